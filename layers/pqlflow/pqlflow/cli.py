@@ -1,0 +1,45 @@
+"""The `pqlflow` command line: one subcommand per module in `pqlflow.commands`.
+
+Each module there exposes `register(subparsers)`, which adds its parser and sets `func` to a callable
+taking the parsed arguments and returning an exit code. Errors a user can fix are raised as
+`UsageError` and printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from pqlflow import __version__, commands
+
+
+class UsageError(Exception):
+    """Wrong input from the user: a bad file, field or value. The message says which."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pqlflow", description="Product-qualified leads from usage events.")
+    parser.add_argument("--version", action="version", version=f"pqlflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"pqlflow.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"pqlflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `pqlflow` CLI, one module each (see `pqlflow.cli`)."""
