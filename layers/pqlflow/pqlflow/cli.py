@@ -2,7 +2,7 @@
 
 Each module there exposes `register(subparsers)`, which adds its parser and sets `func` to a callable
 taking the parsed arguments and returning an exit code. Errors a user can fix are raised as
-`UsageError` and printed as one line on stderr with exit code 2.
+`pqlflow.errors.UsageError` and printed as one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -13,10 +13,7 @@ import pkgutil
 import sys
 
 from pqlflow import __version__, commands
-
-
-class UsageError(Exception):
-    """Wrong input from the user: a bad file, field or value. The message says which."""
+from pqlflow.errors import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
