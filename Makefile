@@ -5,6 +5,7 @@ SAM_VENV ?= .venv-sam
 PY := $(VENV)/bin/python
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
+export SAM_CLI_TELEMETRY = 0
 
 .PHONY: setup test unit lint lint-template demo bench schemas clean
 
