@@ -1,11 +1,11 @@
 """Logger, Metrics and Tracer for every pqlflow function, created once here (Powertools for AWS Lambda).
 
 Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE,
-which the SAM template sets; nothing here reads other configuration or creates AWS clients.
+which the SAM template sets per function; nothing here creates AWS clients.
 """
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
-logger = Logger(service="pqlflow")
-metrics = Metrics(namespace="pqlflow", service="pqlflow")
-tracer = Tracer(service="pqlflow", auto_patch=False)
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer(auto_patch=False)
