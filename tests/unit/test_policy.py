@@ -1,0 +1,189 @@
+"""Nurture policy files: the shipped examples validate, and every error names the file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pqlflow.cli import main
+from pqlflow.errors import UsageError
+from pqlflow.policy import load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "policies").glob("*.yaml"))
+
+MINIMAL = """\
+name: tiny
+version: 1
+rules:
+  - name: everyone
+    then: {channel: email, template: upgrade_nudge}
+"""
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(UsageError) as caught:
+        parse_policy(text, "policy.yaml")
+    return str(caught.value).splitlines()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_policy_validates(path):
+    # Given a shipped example policy
+    # When it is loaded
+    policy = load_policy(path)
+    # Then it has rules and ends with a catch-all, so every qualification gets a decision
+    assert policy.rules
+    assert policy.rules[-1].when is None
+
+
+def test_the_deployed_policy_is_the_documented_default():
+    # Given the policy the route function ships with, and the documented default
+    deployed = (ROOT / "functions" / "route" / "policy.yaml").read_text()
+    documented = (ROOT / "examples" / "policies" / "default.yaml").read_text()
+    # Then they are the same file (copy the example over after changing it)
+    assert deployed == documented
+
+
+def test_defaults_fill_in_what_a_minimal_policy_leaves_out():
+    # Given a policy with only a name, version and one rule
+    policy = parse_policy(MINIMAL)
+    # Then holdout is off and caps and quiet hours have safe defaults
+    assert policy.holdout.share == 0
+    assert (policy.caps.account_days, policy.caps.user_days) == (7, 14)
+    assert (policy.quiet_hours.start, policy.quiet_hours.end) == ("09:00", "18:00")
+    assert policy.quiet_hours.days == ["mon", "tue", "wed", "thu", "fri"]
+
+
+def test_unknown_key_names_its_line_and_path():
+    # Given a rule whose `then` has a misspelled key on line 7
+    text = MINIMAL + "  - name: second\n    then:\n      chanel: email\n"
+    # When validated
+    problems = errors_of(text)
+    # Then the error names the file, line 8 and the key path
+    assert any(p.startswith("policy.yaml:8: rules[1].then.chanel: unknown key") for p in problems), problems
+
+
+def test_bad_operator_names_its_line_and_key():
+    # Given a signal condition with an operator that does not exist
+    text = """\
+name: x
+version: 1
+rules:
+  - name: big
+    when:
+      signal:
+        name: seats
+        op: "=>"
+        value: 10
+    then: {channel: email, template: t}
+"""
+    # When validated
+    problems = errors_of(text)
+    # Then the operator's own line and key are named, with the operators allowed
+    assert len(problems) == 1
+    assert problems[0].startswith("policy.yaml:8: rules[0].when.signal.op: ")
+    assert "'>='" in problems[0]
+
+
+def test_missing_required_key_names_the_mapping_it_belongs_to():
+    # Given a policy without a version
+    problems = errors_of("name: x\nrules:\n  - name: a\n    then: {channel: none}\n")
+    # Then the error says version is missing at the top level
+    assert problems == ["policy.yaml:1: version: missing (required at the top level)"]
+
+
+def test_channel_needs_its_template_or_offer():
+    # Given an email rule without a template and an offer rule without an offer
+    text = """\
+name: x
+version: 1
+rules:
+  - name: mail
+    then:
+      channel: email
+  - name: gift
+    then:
+      channel: offer
+"""
+    problems = errors_of(text)
+    # Then both are reported, each on the line of its `then`
+    assert problems == [
+        "policy.yaml:5: rules[0].then: channel email needs a `template`",
+        "policy.yaml:8: rules[1].then: channel offer needs an `offer` (an offer type of the catalog)",
+    ]
+
+
+def test_a_condition_with_two_tests_is_ambiguous():
+    # Given a condition that mixes touch and reason in one mapping (should be all: [...])
+    text = MINIMAL.replace("    then:", "    when: {touch: low, reason: {kind: limit}}\n    then:")
+    problems = errors_of(text)
+    # Then the error says a condition has exactly one test, and names both
+    assert len(problems) == 1
+    assert problems[0].startswith("policy.yaml:5: rules[0].when: a condition has exactly one of")
+    assert problems[0].endswith("got touch, reason")
+
+
+def test_duplicate_keys_are_errors_not_silently_overwritten():
+    problems = errors_of("name: x\nversion: 1\nversion: 2\nrules: []\n")
+    assert problems == ["policy.yaml:3: version: duplicate key (first on line 2)"]
+
+
+def test_yaml_syntax_error_names_the_line():
+    problems = errors_of("name: x\nversion: 1\nrules: [ {name: a\n")
+    assert len(problems) == 1 and problems[0].startswith("policy.yaml:4: YAML syntax:")
+
+
+def test_bad_timezone_and_share_are_named():
+    text = MINIMAL + "holdout:\n  share: 0.9\nquiet_hours:\n  default_timezone: Mars/Olympus\n"
+    problems = errors_of(text)
+    assert problems[0].startswith("policy.yaml:7: holdout.share: ")
+    assert problems[1].startswith("policy.yaml:9: quiet_hours.default_timezone: unknown IANA time zone")
+
+
+def test_unquoted_times_are_read_as_times_not_base_60_numbers():
+    # Given quiet hours written without quotes (YAML 1.1 reads 18:00 as 1080)
+    policy = parse_policy(MINIMAL + "quiet_hours:\n  start: 08:30\n  end: 18:00\n")
+    # Then they are the times the author meant
+    assert (policy.quiet_hours.start, policy.quiet_hours.end) == ("08:30", "18:00")
+
+
+def test_norway_stays_a_country():
+    # Given a trait comparison with the value NO (a boolean in YAML 1.1)
+    text = MINIMAL.replace("    then:", "    when: {trait: {name: country, value: NO}}\n    then:")
+    policy = parse_policy(text)
+    # Then it compares with the string "NO"
+    assert policy.rules[0].when.trait.value == "NO"
+
+
+def test_python_tags_are_refused_never_constructed():
+    # Given a YAML tag that would build a Python object under an unsafe loader
+    text = MINIMAL.replace("name: tiny", "name: !!python/object/apply:os.system [echo hi]")
+    problems = errors_of(text)
+    assert len(problems) == 1 and problems[0].startswith("policy.yaml:1: name: unsupported YAML value type")
+
+
+def test_cli_validate_exits_zero_for_good_files(capsys):
+    # When validating the examples through the CLI
+    code = main(["policy", "validate", *map(str, EXAMPLES)])
+    # Then it exits 0 and says ok for each
+    assert code == 0
+    assert capsys.readouterr().out.count(": ok: policy") == len(EXAMPLES)
+
+
+def test_cli_validate_exits_non_zero_and_names_line_and_key(tmp_path, capsys):
+    # Given a policy with a negative cap
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL + "caps:\n  account_days: -3\n")
+    # When validating it
+    code = main(["policy", "validate", str(bad)])
+    # Then the exit status is non-zero and stderr names the file, line and key
+    assert code == 2
+    assert f"{bad}:7: caps.account_days:" in capsys.readouterr().err
+
+
+def test_cli_validate_names_a_missing_file(tmp_path, capsys):
+    code = main(["policy", "validate", str(tmp_path / "nope.yaml")])
+    assert code == 2
+    assert "no such policy file" in capsys.readouterr().err
