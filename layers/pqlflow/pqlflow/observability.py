@@ -7,5 +7,5 @@ which the SAM template sets per function; nothing here creates AWS clients.
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 logger = Logger()
-metrics = Metrics()
+metrics = Metrics(namespace="pqlflow")
 tracer = Tracer(auto_patch=False)

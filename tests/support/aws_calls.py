@@ -1,0 +1,31 @@
+"""Count the AWS requests a boto3 client makes, and make the Nth one fail (fault injection)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+
+class Crash(BaseException):
+    """The process died mid-batch (timeout, out of memory): nothing in the handler can catch it."""
+
+
+class CallRecorder:
+    def __init__(self, client: Any):
+        self.client = client
+        self.calls: Counter[str] = Counter()
+        self.total = 0
+        self.fail_at: int | None = None
+        self.failure: type[BaseException] | str = "throttle"
+        client.meta.events.register("before-call.*.*", self._before)
+
+    def _before(self, model: Any, **_: Any) -> None:
+        self.total += 1
+        self.calls[model.name] += 1
+        if self.fail_at is not None and self.total == self.fail_at:
+            if self.failure == "throttle":
+                raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
+                                             "Message": "injected"}}, model.name)
+            raise Crash(f"injected crash at call {self.total} ({model.name})")
