@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pqlflow.cli import main
 from pqlflow.errors import UsageError
 from pqlflow.policy import load_policy, parse_policy
