@@ -1,0 +1,418 @@
+"""Connectors against local HTTP servers on 127.0.0.1 that check each request the way the real
+service would (path, auth, content type, JSON shape) and answer like it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from pqlflow import clock
+from pqlflow.connectors import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Backoff,
+    DeliveryError,
+    Http,
+    HubSpotConnector,
+    SlackConnector,
+    WebhookConnector,
+    build_connectors,
+    parse_names,
+    verify,
+)
+from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
+from pqlflow.errors import UsageError
+from pqlflow.rep_tasks import RepTask, build_task, parse_roster
+
+TOKEN = "pat-test-token"  # noqa: S105 - a test credential for the local fake
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Reply = tuple[int, Any] | tuple[int, Any, dict[str, str]]
+
+
+@dataclass
+class LocalServer:
+    """A tiny HTTP server on 127.0.0.1; `answer(seen)` decides each reply."""
+
+    answer: Callable[[Seen], Reply]
+    seen: list[Seen] = field(default_factory=list)
+    httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.httpd is not None
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> LocalServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                server.seen.append(request)
+                status, payload, *extra = server.answer(request)
+                raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
+                self.send_header(
+                    "Content-Type", "application/json" if not isinstance(payload, bytes) else "text/plain"
+                )
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self.httpd is not None
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FakeHubSpot:
+    """Answers like HubSpot's CRM v3 tasks API and rejects what HubSpot would reject."""
+
+    REQUIRED = {"hs_timestamp", "hs_task_subject", "hs_task_body", "hs_task_status", "hs_task_priority"}
+
+    def __init__(self, token: str = TOKEN, fail_first: int = 0, fail_status: int = 503) -> None:
+        self.token = token
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.problems: list[str] = []
+
+    def __call__(self, req: Seen) -> Reply:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return self.fail_status, {"status": "error", "message": "try again"}
+        if req.headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"status": "error", "category": "INVALID_AUTHENTICATION"}
+        if req.headers.get("content-type") != "application/json":
+            return 415, {"status": "error"}
+        body = req.json()
+        if req.path == "/crm/v3/objects/tasks/search":
+            (flt,) = body["filterGroups"][0]["filters"]
+            assert flt["operator"] == "EQ"
+            hits = [
+                {"id": tid, "properties": t["properties"]}
+                for tid, t in self.tasks.items()
+                if t["properties"].get(flt["propertyName"]) == flt["value"]
+            ]
+            return 200, {"total": len(hits), "results": hits[: body.get("limit", 10)]}
+        if req.path != "/crm/v3/objects/tasks":
+            return 404, {"status": "error"}
+        props = body.get("properties", {})
+        missing = self.REQUIRED - props.keys()
+        if missing:
+            self.problems.append(f"missing {sorted(missing)}")
+            return 400, {"status": "error", "category": "VALIDATION_ERROR"}
+        if props["hs_task_status"] not in {"NOT_STARTED", "COMPLETED"} or props["hs_task_priority"] not in {
+            "LOW",
+            "MEDIUM",
+            "HIGH",
+        }:
+            return 400, {"status": "error", "category": "VALIDATION_ERROR"}
+        for assoc in body.get("associations", []):
+            if assoc["types"] != [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 192}]:
+                return 400, {"status": "error", "message": "bad association type"}
+        task_id = str(1000 + len(self.tasks))
+        self.tasks[task_id] = body
+        return 201, {"id": task_id, "properties": props}
+
+
+class FakeSlack:
+    """Answers like a Slack incoming webhook: plain-text `ok`, or 400 `invalid_blocks`."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+
+    def __call__(self, req: Seen) -> Reply:
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return 500, b"internal_error"
+        if req.path != "/services/T000/B000/XXXX" or req.headers.get("content-type") != "application/json":
+            return 404, b"no_service"
+        body = req.json()
+        blocks = body.get("blocks")
+        if not isinstance(body.get("text"), str) or not isinstance(blocks, list) or not blocks:
+            return 400, b"invalid_payload"
+        if any(b.get("type") not in {"header", "section", "context", "divider"} for b in blocks):
+            return 400, b"invalid_blocks"
+        self.messages.append(body)
+        return 200, b"ok"
+
+
+def sample_task(**traits: Any) -> RepTask:
+    q = PqlQualified(
+        transition_id="tr-42",
+        account_id="acct-42",
+        definition=DefinitionRef(name="drift-conversations", version=2),
+        qualified_at="2026-11-20T15:00:00Z",
+        touch="high",
+        score=91,
+        reasons=[
+            Reason(
+                code="limit.conversations",
+                text="100 conversations: the free plan's limit",
+                kind="limit",
+                signal="conversations",
+                value=100,
+                threshold=100,
+            )
+        ],
+        signals={"conversations": 100},
+        account_traits={"name": "Globex <script>", "hubspot_company_id": "9001"} | traits,
+        users=[UserSummary(user_id="u1", traits={"name": "Hank", "email": "hank@globex.test"})],
+    )
+    action = NurtureAction(
+        action_id="act-42",
+        transition_id=q.transition_id,
+        account_id=q.account_id,
+        channel="rep_task",
+        touch="high",
+        context=q.model_dump(mode="json"),
+    )
+    roster = parse_roster({"reps": [{"id": "rep-1", "hubspot_owner_id": "77001", "slack_user_id": "U123"}]})
+    return build_task(action, q, "rep-1", "round_robin", roster, datetime(2026, 11, 20, 15, tzinfo=UTC))
+
+
+class SleepLog:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def http(sleep: SleepLog | None = None, attempts: int = 4) -> Http:
+    return Http(
+        timeout=2,
+        backoff=Backoff(attempts=attempts, base=0.5, cap=8, sleep=sleep or SleepLog(), rand=lambda: 1.0),
+    )
+
+
+@pytest.fixture
+def hubspot() -> Iterator[tuple[FakeHubSpot, LocalServer]]:
+    fake = FakeHubSpot()
+    with LocalServer(fake) as server:
+        yield fake, server
+
+
+def test_hubspot_task_has_the_documented_shape(hubspot):
+    # Given a HubSpot connector pointed at the fake
+    fake, server = hubspot
+    task = sample_task()
+
+    # When the task is delivered
+    ref, _ = HubSpotConnector(TOKEN, server.url, http=http()).deliver(task)
+
+    # Then HubSpot got one task with subject, body, due timestamp, status, priority, owner and company
+    assert ref == "1000" and not fake.problems
+    created = fake.tasks["1000"]
+    props = created["properties"]
+    assert props["hs_task_subject"] == task.title
+    assert "100 conversations" in props["hs_task_body"]
+    assert props["hs_timestamp"] == int(
+        datetime.fromisoformat(task.due_at.replace("Z", "+00:00")).timestamp() * 1000
+    )
+    assert (props["hs_task_status"], props["hs_task_priority"]) == ("NOT_STARTED", "HIGH")
+    assert props["hubspot_owner_id"] == "77001"
+    assert props["pqlflow_task_id"] == task.task_id
+    assert created["associations"] == [
+        {
+            "to": {"id": "9001"},
+            "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 192}],
+        }
+    ]
+    # and the request carried the bearer token as JSON
+    create = [s for s in server.seen if s.path == "/crm/v3/objects/tasks"][0]
+    assert create.headers["authorization"] == f"Bearer {TOKEN}"
+    assert create.headers["content-type"] == "application/json"
+
+
+def test_hubspot_does_not_create_a_second_copy(hubspot):
+    # Given a task already delivered once
+    fake, server = hubspot
+    connector = HubSpotConnector(TOKEN, server.url, http=http())
+    first, _ = connector.deliver(sample_task())
+
+    # When it is delivered again (a retry after pqlflow lost the answer)
+    second, _ = connector.deliver(sample_task())
+
+    # Then HubSpot still has one task, and the same id comes back
+    assert first == second and len(fake.tasks) == 1
+
+
+def test_hubspot_without_company_id_sends_no_association(hubspot):
+    fake, server = hubspot
+    task = sample_task().model_copy(update={"crm_company_id": None})
+    HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http()).deliver(task)
+    (created,) = fake.tasks.values()
+    assert "associations" not in created and "pqlflow_task_id" not in created["properties"]
+    assert all(s.path != "/crm/v3/objects/tasks/search" for s in server.seen)
+
+
+def test_wrong_token_is_a_permanent_failure_without_retries(hubspot):
+    fake, server = hubspot
+    sleep = SleepLog()
+    with pytest.raises(DeliveryError) as err:
+        HubSpotConnector("wrong", server.url, http=http(sleep)).deliver(sample_task())
+    assert not err.value.transient and "401" in str(err.value)
+    assert sleep.delays == [] and fake.tasks == {}
+    assert "wrong" not in str(err.value)
+
+
+def test_transient_failures_retry_with_exponential_backoff():
+    # Given HubSpot failing twice with 503
+    fake = FakeHubSpot(fail_first=2)
+    sleep = SleepLog()
+    with LocalServer(fake) as server:
+        # When the task is delivered
+        ref, attempts = HubSpotConnector(
+            TOKEN, server.url, idempotency_property=None, http=http(sleep)
+        ).deliver(sample_task())
+
+    # Then it got through on the third attempt after waiting 0.5 s then 1 s (jitter pinned at its max)
+    assert ref is not None and attempts == 3
+    assert sleep.delays == [0.5, 1.0]
+    assert len(fake.tasks) == 1
+
+
+def test_retry_after_is_honoured_but_capped():
+    # Given a service that rate-limits twice, asking for 3 s and then for an hour
+    replies = iter([(429, {}, {"Retry-After": "3"}), (429, {}, {"Retry-After": "3600"}), (201, {"id": "7"})])
+    sleep = SleepLog()
+
+    with LocalServer(lambda req: next(replies)) as server:
+        resp, attempts = http(sleep).request("POST", server.url + "/x", body={}, headers={})
+
+    # Then the client waited as asked, but never longer than its cap
+    assert resp.status == 201 and attempts == 3
+    assert sleep.delays == [3.0, 8.0]
+
+
+def test_jitter_spreads_delays_below_the_exponential_ceiling():
+    values = iter([0.0, 0.25, 0.5, 0.99])
+    backoff = Backoff(base=0.5, cap=3, rand=lambda: next(values))
+    assert [backoff.delay(n) for n in range(4)] == [0.0, 0.25, 1.0, 0.99 * 3]
+
+
+def test_a_failing_connector_gives_up_after_its_attempts():
+    fake = FakeHubSpot(fail_first=100)
+    sleep = SleepLog()
+    with LocalServer(fake) as server, pytest.raises(DeliveryError) as err:
+        HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http(sleep, attempts=3)).deliver(
+            sample_task()
+        )
+    assert err.value.transient and err.value.attempts == 3
+    assert sleep.delays == [0.5, 1.0]
+
+
+def test_unreachable_endpoint_is_transient():
+    with LocalServer(FakeHubSpot()) as server:
+        url = server.url
+    # the server is closed now: connection refused
+    with pytest.raises(DeliveryError) as err:
+        SlackConnector(url + "/services/T000/B000/XXXX", http=http(attempts=2)).deliver(sample_task())
+    assert err.value.transient and "connection failed" in str(err.value)
+
+
+def test_slack_message_uses_blocks_and_escapes_text():
+    # Given a Slack incoming webhook
+    fake = FakeSlack()
+    with LocalServer(fake) as server:
+        # When a task is delivered
+        ref, attempts = SlackConnector(server.url + "/services/T000/B000/XXXX", http=http()).deliver(
+            sample_task()
+        )
+
+    # Then Slack accepted a Block Kit message that mentions the owner and escapes the company name
+    assert attempts == 1 and ref is None
+    (message,) = fake.messages
+    kinds = [b["type"] for b in message["blocks"]]
+    assert kinds[0] == "header" and "section" in kinds and kinds[-1] == "context"
+    text = json.dumps(message["blocks"])
+    assert "<@U123>" in text
+    assert "*Talking points*" in text
+    # the header is plain text (shown literally); the mrkdwn notification text is escaped
+    assert message["blocks"][0]["text"]["type"] == "plain_text"
+    assert "Globex &lt;script&gt;" in message["text"]
+
+
+def test_slack_retries_a_5xx():
+    fake = FakeSlack(fail_first=1)
+    sleep = SleepLog()
+    with LocalServer(fake) as server:
+        SlackConnector(server.url + "/services/T000/B000/XXXX", http=http(sleep)).deliver(sample_task())
+    assert len(fake.messages) == 1 and sleep.delays == [0.5]
+
+
+def test_generic_webhook_is_signed_and_carries_the_idempotency_key():
+    # Given a receiver that checks the signature like a real consumer would
+    secret = "s3cret-s3cret-s3cret"  # noqa: S105
+    clock.set_source(lambda: 1_800_000_000.0)
+
+    def answer(req: Seen) -> Reply:
+        ok = verify(
+            secret, req.headers[TIMESTAMP_HEADER.lower()], req.body, req.headers[SIGNATURE_HEADER.lower()]
+        )
+        return (204, b"") if ok else (401, {"error": "bad signature"})
+
+    with LocalServer(answer) as server:
+        task = sample_task()
+        WebhookConnector(server.url + "/hooks/pql", secret, http=http()).deliver(task)
+
+        # Then it accepted the JSON task with the idempotency key and timestamp
+        (req,) = server.seen
+        assert req.headers["idempotency-key"] == task.task_id
+        assert req.headers[TIMESTAMP_HEADER.lower()] == "1800000000"
+        assert req.json()["task"]["task_id"] == task.task_id
+
+        # And a wrong secret is refused by the receiver (and not retried)
+        with pytest.raises(DeliveryError) as err:
+            WebhookConnector(server.url + "/hooks/pql", "another-secret-value", http=http()).deliver(task)
+        assert not err.value.transient
+
+
+def test_connectors_are_built_from_the_secret_document():
+    secret = {
+        "hubspot": {"token": TOKEN},
+        "slack": {"webhook_url": "https://hooks.slack.com/services/T/B/X"},
+        "webhook": {"url": "https://example.test/hook", "secret": "0123456789abcdef"},
+    }
+    built = build_connectors(parse_names("hubspot, slack ,webhook,slack"), secret)
+    assert [c.name for c in built] == ["hubspot", "slack", "webhook"]
+
+    with pytest.raises(UsageError, match="unknown connector 'salesforce'"):
+        build_connectors(["salesforce"], secret)
+    with pytest.raises(UsageError, match="missing object 'slack'"):
+        build_connectors(["slack"], {})
+    with pytest.raises(UsageError, match=r"field webhook\.secret") as err:
+        build_connectors(["webhook"], {"webhook": {"url": "https://x.test", "secret": "short"}})
+    assert "short" not in str(err.value)

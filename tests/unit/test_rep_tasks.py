@@ -1,0 +1,223 @@
+"""Rep tasks: roster, owner choice, round-robin draw, SLA due dates and what the task tells the rep."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
+from pqlflow.errors import UsageError
+from pqlflow.rep_tasks import (
+    BusinessHours,
+    Sla,
+    build_task,
+    choose_owner,
+    due_at,
+    load_roster,
+    parse_roster,
+    pick_round_robin,
+    talking_points,
+    usage_against_limits,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ROSTER = ROOT / "examples" / "reps" / "roster.yaml"
+
+
+def qualification(**overrides) -> PqlQualified:
+    fields = {
+        "transition_id": "tr-1",
+        "account_id": "acct-1",
+        "definition": DefinitionRef(name="crm-contacts", version=3),
+        "qualified_at": "2026-11-20T15:00:00Z",
+        "touch": "high",
+        "score": 87.0,
+        "reasons": [
+            Reason(
+                code="limit.contacts",
+                text="8,000 of 10,000 contacts (80%)",
+                kind="limit",
+                signal="contacts",
+                value=8000,
+                threshold=10000,
+            ),
+            Reason(
+                code="team.size",
+                text="6 teammates active this week",
+                kind="team",
+                signal="active_users",
+                value=6,
+            ),
+        ],
+        "signals": {
+            "contacts": 8000,
+            "active_users": 6,
+            "imports": 41,
+            "reports_viewed": 120,
+            "plan": "free",
+        },
+        "account_traits": {"name": "Acme Corp", "territory": "amer", "hubspot_company_id": "9001"},
+        "users": [
+            UserSummary(
+                user_id="u1", traits={"name": "Ana", "email": "ana@acme.test"}, last_seen="2026-11-20"
+            ),
+            UserSummary(user_id="u2", traits={"title": "Head of Sales"}, last_seen="2026-11-19"),
+        ],
+    }
+    return PqlQualified(**(fields | overrides))
+
+
+def action_for(q: PqlQualified) -> NurtureAction:
+    return NurtureAction(
+        action_id=f"act-{q.transition_id}",
+        transition_id=q.transition_id,
+        account_id=q.account_id,
+        channel="rep_task",
+        touch="high",
+        reasons=q.reasons,
+        context=q.model_dump(mode="json"),
+    )
+
+
+def test_owner_trait_wins_over_round_robin():
+    # Given an account with an owner trait
+    roster = load_roster(ROSTER)
+    q = qualification(account_traits={"owner": "rep-emea-1", "territory": "amer"})
+
+    # When the owner is chosen
+    choice = choose_owner(q, roster)
+
+    # Then it is the owner, not the next rep in the pool
+    assert (choice.source, choice.owner) == ("trait", "rep-emea-1")
+
+
+def test_round_robin_pool_follows_territory_and_segment_filters():
+    roster = load_roster(ROSTER)
+
+    amer = choose_owner(qualification(account_traits={"territory": "AMER"}), roster)
+    assert amer.source == "round_robin"
+    assert amer.eligible == ["rep-amer-1", "rep-amer-2", "rep-any-1"]
+    assert amer.pool == "any:amer"
+
+    enterprise_emea = choose_owner(
+        qualification(account_traits={"territory": "emea", "segment": "enterprise"}), roster
+    )
+    # rep-emea-1 serves any segment in EMEA, rep-ent-1 enterprise anywhere, rep-any-1 everyone
+    assert enterprise_emea.eligible == ["rep-any-1", "rep-emea-1", "rep-ent-1"]
+    assert enterprise_emea.pool == "enterprise:emea"
+
+
+def test_reps_without_filters_serve_everyone_and_unknown_traits_fall_back():
+    roster = parse_roster(
+        {
+            "reps": [
+                {"id": "a", "territories": ["emea"]},
+                {"id": "b", "territories": ["emea"], "segments": ["smb"]},
+                {"id": "c", "territories": ["apac"]},
+            ]
+        }
+    )
+    assert choose_owner(qualification(account_traits={"territory": "emea"}), roster).eligible == ["a"]
+    assert choose_owner(
+        qualification(account_traits={"territory": "emea", "segment": "smb"}), roster
+    ).eligible == [
+        "a",
+        "b",
+    ]
+    # No rep serves LATAM: every active rep is eligible rather than nobody
+    assert choose_owner(qualification(account_traits={"territory": "latam"}), roster).eligible == [
+        "a",
+        "b",
+        "c",
+    ]
+
+
+def test_round_robin_draw_is_balanced():
+    reps = ["r1", "r2", "r3", "r4", "r5", "r6", "r7"]
+    counts = Counter(pick_round_robin(reps, slot) for slot in range(1000))
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_roster_errors_name_the_field(tmp_path):
+    with pytest.raises(UsageError, match="rep id 'a' appears twice"):
+        parse_roster({"reps": [{"id": "a"}, {"id": "a"}]})
+    with pytest.raises(UsageError, match=r"field sla\.business_hours\.timezone"):
+        parse_roster({"reps": [{"id": "a"}], "sla": {"business_hours": {"timezone": "Mars/Olympus"}}})
+    path = tmp_path / "roster.yaml"
+    path.write_text("reps: []\n")
+    with pytest.raises(UsageError, match="roster.yaml: field reps"):
+        load_roster(path)
+
+
+def test_due_date_without_business_hours_is_plain_hours():
+    start = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    assert due_at(start, Sla(hours=24)) == datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
+
+
+def test_due_date_in_business_hours_skips_nights_and_weekends():
+    # Given an 8-hour SLA in New York business hours and a PQL on Friday at 15:00 local (20:00 UTC)
+    sla = Sla(hours=8, business_hours=BusinessHours(timezone="America/New_York"))
+    friday_3pm = datetime(2026, 11, 20, 20, 0, tzinfo=UTC)
+
+    # Then 2 hours count on Friday and 6 on Monday: due Monday 15:00 local
+    assert due_at(friday_3pm, sla) == datetime(2026, 11, 23, 20, 0, tzinfo=UTC)
+
+    # And a PQL on Saturday starts counting Monday at 09:00
+    saturday = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    assert due_at(
+        saturday, Sla(hours=1, business_hours=BusinessHours(timezone="America/New_York"))
+    ) == datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+
+
+def test_task_says_why_who_usage_what_to_say_and_when():
+    # Given a high-touch qualification
+    roster = load_roster(ROSTER)
+    q = qualification()
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)  # Friday 10:00 in New York
+
+    # When the task is built for a round-robin rep
+    task = build_task(action_for(q), q, "rep-amer-2", "round_robin", roster, now)
+
+    # Then it carries the reasons, score, signals, active users, usage, talking points and due date
+    assert task.title.startswith("PQL follow-up: Acme Corp")
+    assert "8,000 of 10,000 contacts (80%)" in task.body
+    assert "score 87" in task.body
+    assert "contacts: 8,000" in task.body
+    assert "Ana <ana@acme.test>" in task.body and "Head of Sales" in task.body
+    assert "Usage against limits:" in task.body and "contacts: 8,000 of 10,000 (80%)" in task.body
+    assert "Suggested talking points:" in task.body
+    assert list(task.top_signals)[:2] == ["contacts", "active_users"]
+    # 8 business hours from Friday 10:00 New York: 7 on Friday, 1 on Monday → Monday 10:00 (15:00 UTC)
+    assert task.due_at == "2026-11-23T15:00:00Z"
+    assert "Due 2026-11-23T15:00:00Z (SLA 8h in business hours)" in task.body
+    assert task.priority == "HIGH"
+    assert task.hubspot_owner_id == "64492918"
+    assert task.crm_company_id == "9001"
+    assert task.task_id == build_task(action_for(q), q, "rep-amer-1", "round_robin", roster, now).task_id
+
+
+def test_talking_points_follow_the_reasons():
+    points = talking_points(
+        [
+            Reason(code="f", text="used SSO", kind="paid_feature", signal="sso_configured"),
+            Reason(code="v", text="3x more projects this week", kind="velocity"),
+            Reason(code="v2", text="again", kind="velocity"),
+        ]
+    )
+    assert len(points) == 3
+    assert "sso configured" in points[0] and "demo" in points[0]
+    assert "accelerating" in points[1]
+    assert talking_points([]) != []
+
+
+def test_usage_lines_only_for_numeric_limits():
+    lines = usage_against_limits(
+        [
+            Reason(code="a", text="t", kind="limit", signal="storage_gb", value=9.5, threshold=10),
+            Reason(code="b", text="t", kind="limit", signal="x", value="lots", threshold=10),
+            Reason(code="c", text="t", kind="usage", signal="y", value=5, threshold=10),
+        ]
+    )
+    assert [line.text for line in lines] == ["storage_gb: 9.50 of 10 (95%)"]
