@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pqlflow.cli import main
 from pqlflow.errors import UsageError
 from pqlflow.policy import load_policy, parse_policy
@@ -43,6 +44,20 @@ def test_the_deployed_policy_is_the_documented_default():
     documented = (ROOT / "examples" / "policies" / "default.yaml").read_text()
     # Then they are the same file (copy the example over after changing it)
     assert deployed == documented
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_policies_name_only_shipped_templates_and_catalog_offers(path):
+    # Given the email templates and the offer catalog shipped with pqlflow
+    templates = {p.name for p in (ROOT / "templates" / "email").iterdir() if not p.name.startswith("_")}
+    offers = set(yaml.safe_load((ROOT / "examples" / "offers" / "catalog.yaml").read_text())["offers"])
+    # When a shipped policy is loaded
+    policy = load_policy(path)
+    # Then every template and offer it names exists
+    named_templates = {t for r in policy.rules for t in (r.then.template, r.then.also_email) if t}
+    named_offers = {o for o in [*(r.then.offer for r in policy.rules), policy.consent.fallback_offer] if o}
+    assert named_templates <= templates
+    assert named_offers <= offers
 
 
 def test_defaults_fill_in_what_a_minimal_policy_leaves_out():
