@@ -1,0 +1,141 @@
+"""Exactly-once ingest: any order, any batching, any duplication, any crash → the state of one clean pass."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pqlflow import clock
+from pqlflow.dynamo import DynamoUsageStore
+from pqlflow.events import UsageEvent, parse_message
+from pqlflow.ingest import IngestBatch, IngestConfig
+from pqlflow.usage import AccountUsage, GaugeSpec, TrackingSpec
+from pqlflow.usage_item import decode_image, usage_key
+from tests.support.aws_calls import CallRecorder, Crash
+from tests.support.events import iso
+from tests.support.template import table_definition
+
+NOW_MS = 1_795_341_600_000
+HOUR = 3_600_000
+SPEC = TrackingSpec(gauges=(GaugeSpec("Contacts Updated", "total"),))
+ACCOUNTS = ["acme", "globex"]
+
+
+def _message(i: int, kind: str, account: str, user: str, offset_h: int, value: int) -> dict:
+    ts = iso(NOW_MS - offset_h * HOUR - i)
+    base = {"messageId": f"m-{i}", "timestamp": ts, "userId": user, "context": {"groupId": account}}
+    if kind == "group":
+        return {**base, "type": "group", "groupId": account, "traits": {"plan": ["free", "pro"][value % 2],
+                                                                        "employees": value}}
+    if kind == "identify":
+        return {**base, "type": "identify", "traits": {"name": f"user {value}", "timezone": "UTC"}}
+    if kind == "gauge":
+        return {**base, "type": "track", "event": "Contacts Updated", "properties": {"total": value}}
+    return {**base, "type": "track", "event": kind, "properties": {}}
+
+
+messages_strategy = st.lists(
+    st.tuples(st.sampled_from(["Message Sent", "Invite Sent", "gauge", "group", "identify"]),
+              st.sampled_from(ACCOUNTS), st.sampled_from(["u1", "u2", "u3"]),
+              st.integers(0, 60), st.integers(0, 50)),
+    min_size=1, max_size=25,
+).map(lambda rows: [_message(i, *row) for i, row in enumerate(rows)])
+
+
+def _expected(messages: list[dict]) -> dict[str, AccountUsage]:
+    """Each unique event applied once, in order: the reference semantics."""
+    states: dict[str, AccountUsage] = {}
+    for message in messages:
+        event = parse_message(message, NOW_MS / 1000)
+        assert isinstance(event, UsageEvent)
+        states.setdefault(event.account_id, AccountUsage(event.account_id)).apply(event, SPEC)
+    return states
+
+
+def _fresh_table() -> tuple[object, str]:
+    client = boto3.client("dynamodb")
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    client.create_table(TableName=name, **table_definition())
+    return client, name
+
+
+def _ingest(store: DynamoUsageStore, messages: list[dict]) -> list[dict]:
+    """Ingest one batch; returns the messages whose records were reported for retry."""
+    batch = IngestBatch(IngestConfig(spec=SPEC), NOW_MS)
+    for i, message in enumerate(messages):
+        batch.add(i, _body(message))
+    failed: list[int] = []
+    batch.commit(store, lambda record, exc: failed.append(record))
+    return [messages[i] for i in sorted(set(failed))]
+
+
+def _body(message: dict | str) -> str:
+    if isinstance(message, str):
+        return message
+    return json.dumps({"detail-type": message["type"], "source": "aws.partner/segment.com/x", "detail": message})
+
+
+def _state(client, table: str) -> dict[str, AccountUsage]:
+    states = {}
+    for account in ACCOUNTS:
+        item = client.get_item(TableName=table, Key=usage_key(account), ConsistentRead=True).get("Item")
+        if item:
+            states[account] = decode_image(item)
+    return states
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=messages_strategy, data=st.data())
+def test_any_batching_duplication_and_order_gives_the_state_of_one_clean_pass(aws, messages, data):
+    # Given any multiset of valid events, duplicated, shuffled and split into batches
+    clock.set_source(lambda: NOW_MS / 1000)
+    delivered = messages + data.draw(st.lists(st.sampled_from(messages), max_size=len(messages)), label="dups")
+    delivered = data.draw(st.permutations(delivered), label="order")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(delivered)), max_size=4), label="cuts"))
+    batches = [delivered[a:b] for a, b in zip([0, *cuts], [*cuts, len(delivered)], strict=True)]
+    client, table = _fresh_table()
+    store = DynamoUsageStore(table, client)
+    # When every batch is ingested
+    for batch in batches:
+        assert _ingest(store, batch) == []
+    # Then the stored state is exactly one in-order pass over the unique events
+    assert _state(client, table) == _expected(messages)
+
+
+def _clean_run(messages: list[dict]) -> tuple[dict[str, AccountUsage], int]:
+    client, table = _fresh_table()
+    recorder = CallRecorder(client)
+    _ingest(DynamoUsageStore(table, client), messages)
+    return _state(client, table), recorder.total
+
+
+FAULT_BATCH = [_message(i, kind, ACCOUNTS[i % 2], f"u{i % 3}", i % 5, i)
+               for i, kind in enumerate(["Message Sent", "group", "gauge", "Invite Sent", "identify",
+                                         "Message Sent", "gauge", "Message Sent"])] + ["not json"]
+
+
+@pytest.mark.parametrize("failure", ["throttle", "crash"])
+def test_a_failure_at_any_aws_call_then_redelivery_gives_the_clean_state(aws, failure):
+    clock.set_source(lambda: NOW_MS / 1000)
+    expected, calls = _clean_run(FAULT_BATCH)
+    assert calls >= 3
+    for n in range(1, calls + 1):
+        # Given the Nth AWS call of the batch fails (an AWS error, or the process dying)
+        client, table = _fresh_table()
+        recorder = CallRecorder(client)
+        recorder.fail_at, recorder.failure = n, failure
+        store = DynamoUsageStore(table, client)
+        # When the batch runs, and SQS redelivers what was not acknowledged
+        try:
+            retry = _ingest(store, FAULT_BATCH)
+        except Crash:
+            retry = FAULT_BATCH  # nothing was acknowledged: the whole batch comes back
+        recorder.fail_at = None
+        _ingest(store, retry)
+        # Then the state is the clean run's
+        assert _state(client, table) == expected, f"differs after failing call {n} ({failure})"
