@@ -1,0 +1,123 @@
+"""EventBridge emulation: see every event put on the template's buses; deliver it to matching rules' targets.
+
+How events are captured: on each bus the template's rules listen to, the runtime adds one internal
+catch-all rule whose target is a capture SQS queue in the emulator. Whoever calls PutEvents (the
+runtime, a handler, or a product team's SDK pointed at a dev stack's endpoint) goes through the
+emulator's real PutEvents (validation, event ids, time), and the event lands in the capture queue.
+`pump` then matches each captured event against the template's rules with
+`pqlflow.local.patterns` (the emulator's rules are never given the template's patterns, so its own
+partial matcher plays no part) and delivers it: into the target SQS queue, or to the target function
+(an asynchronous invocation, run in-process by the runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pqlflow.local.aws import Clients
+from pqlflow.local.model import Rule, RuleTarget, Wiring
+from pqlflow.local.names import queue_arn, rule_arn
+from pqlflow.local.patterns import matches
+from pqlflow.local.quirks import eventbridge_envelope
+from pqlflow.local.targets import render_input
+
+log = logging.getLogger(__name__)
+
+CAPTURE_RULE = "pqlflow-local-capture"
+# The catch-all input template keeps the whole envelope (moto's default one drops `account`).
+_CAPTURE_TARGET_INPUT = {"InputTemplate": "<aws.events.event.json>"}
+
+
+class EventRouter:
+    """Captures events on the buses the template's rules use and routes them to rule targets."""
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        clients: Clients,
+        queue_urls: dict[str, str],
+        invoke_async: Callable[[str, Any], None],
+    ) -> None:
+        self.wiring = wiring
+        self.clients = clients
+        self.queue_urls = queue_urls
+        self.invoke_async = invoke_async
+        self.capture_urls: dict[str, str] = {}
+        self.delivered: dict[str, int] = {}
+        self.events_seen = 0
+
+    def setup(self) -> None:
+        buses = sorted({rule.bus_name for rule in self.wiring.rules})
+        for bus in buses:
+            name = f"{self.wiring.stack_name}-capture-{bus}"[:80]
+            url = self.clients.sqs.create_queue(QueueName=name)["QueueUrl"]
+            self.clients.events.put_rule(
+                Name=CAPTURE_RULE,
+                EventBusName=bus,
+                EventPattern=json.dumps({"source": [{"exists": True}]}),
+                State="ENABLED",
+            )
+            self.clients.events.put_targets(
+                Rule=CAPTURE_RULE,
+                EventBusName=bus,
+                Targets=[
+                    {"Id": "capture", "Arn": queue_arn(name), "InputTransformer": _CAPTURE_TARGET_INPUT}
+                ],
+            )
+            self.capture_urls[bus] = url
+
+    def pump(self) -> int:
+        """Route every captured event; returns how many events were taken off the buses."""
+        taken = 0
+        for bus, url in self.capture_urls.items():
+            while True:
+                messages = self.clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+                    "Messages", []
+                )
+                if not messages:
+                    break
+                for message in messages:
+                    self.route(bus, eventbridge_envelope(json.loads(message["Body"])))
+                self.clients.sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+                    ],
+                )
+                taken += len(messages)
+        return taken
+
+    def route(self, bus: str, event: dict[str, Any]) -> int:
+        """Deliver `event` to the targets of every enabled rule on `bus` that matches it."""
+        self.events_seen += 1
+        deliveries = 0
+        for rule in self.wiring.rules:
+            if rule.bus_name != bus or not rule.enabled or not matches(rule.pattern, event):
+                continue
+            for target in rule.targets:
+                self._deliver(rule, target, event)
+                deliveries += 1
+            self.delivered[rule.logical_id] = self.delivered.get(rule.logical_id, 0) + 1
+        return deliveries
+
+    def _deliver(self, rule: Rule, target: RuleTarget, event: dict[str, Any]) -> None:
+        payload = render_input(
+            target, event, rule_name=rule.name, rule_arn=rule_arn(rule.name, rule.bus_name)
+        )
+        if target.kind == "sqs":
+            request: dict[str, Any] = {"QueueUrl": self.queue_urls[target.name], "MessageBody": payload}
+            if target.name.endswith(".fifo"):
+                request["MessageGroupId"] = target.message_group_id or rule.name
+                request["MessageDeduplicationId"] = event.get("id", "")
+            self.clients.sqs.send_message(**request)
+        elif target.kind == "function":
+            try:
+                value = json.loads(payload)
+            except ValueError:
+                value = payload
+            self.invoke_async(target.name, value)
+        else:
+            log.debug("rule %s: target %s is not emulated; event dropped", rule.name, target.arn)

@@ -1,0 +1,485 @@
+"""`LocalRuntime`: the SAM application of a template.yaml running in-process against moto.
+
+Everything comes from the template (`pqlflow.local.template`): tables, queues (with redrive) and buses
+are created in the emulator; functions run in-process (`pqlflow.local.functions`), never in moto's
+Lambda; and the event sources are emulated: EventBridge rules (`eventbus`), SQS event source mappings
+(`sqs`) and DynamoDB stream mappings (`streams`). `run_until_idle()` pumps them all until nothing moves.
+
+    with LocalRuntime("template.yaml") as runtime:
+        runtime.put_events([{"Source": "app", "DetailType": "track", "Detail": {...}}])
+        runtime.run_until_idle()
+        runtime.counters()   # invocations per function, AWS requests by service and operation
+
+Simulated time: pass `before_invoke(function_logical_id, event)` to set `pqlflow.clock` before each
+delivery (replay sets it from event timestamps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pqlflow import clock
+from pqlflow.errors import UsageError
+from pqlflow.local import requests
+from pqlflow.local.aws import Clients, create_all
+from pqlflow.local.eventbus import EventRouter
+from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
+from pqlflow.local.http import http_event, http_response, match_route
+from pqlflow.local.model import ACCOUNT, DEFAULT_STACK_NAME, REGION, Function, Wiring
+from pqlflow.local.names import parse_arn
+from pqlflow.local.sqs import SqsPoller
+from pqlflow.local.streams import StreamPoller
+from pqlflow.local.template import load_template
+
+log = logging.getLogger(__name__)
+
+BeforeInvoke = Callable[[str, Any], None]
+
+
+class LocalRuntimeError(RuntimeError):
+    """The local run cannot go on (e.g. events rejected by PutEvents, or no progress after max_rounds)."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One recorded invocation (only kept with `record_invocations=True`)."""
+
+    function: str
+    event: Any
+    result: Any
+    error: BaseException | None
+
+
+class LocalRuntime:
+    """Runs the application a SAM template describes, in-process, against moto."""
+
+    def __init__(
+        self,
+        template_path: str | Path,
+        parameter_overrides: Mapping[str, Any] | None = None,
+        root: str | Path | None = None,
+        *,
+        endpoint_url: str | None = None,
+        start_mock: bool = True,
+        stack_name: str = DEFAULT_STACK_NAME,
+        before_invoke: BeforeInvoke | None = None,
+        environment: Mapping[str, str] | None = None,
+        record_invocations: bool = False,
+        unbounded_retry_limit: int = 10,
+        imports: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Read the template; nothing is created until `start()` (or `with`).
+
+        `root`: folder CodeUri paths are relative to (default: the template's folder).
+        `endpoint_url`: drive an emulator server (e.g. a moto server for a dev stack) instead of an
+        in-process `mock_aws`; `start_mock=False` when the caller already runs `mock_aws`.
+        `environment`: extra variables for every function (after the template's own).
+        `unbounded_retry_limit`: how many attempts stand for "retry until the message or record
+        expires" (an SQS queue without a RedrivePolicy, a stream with MaximumRetryAttempts -1).
+        """
+        self.wiring: Wiring = load_template(
+            template_path, parameter_overrides, root=root, stack_name=stack_name, imports=imports
+        )
+        self.endpoint_url = endpoint_url
+        self._start_mock = start_mock and endpoint_url is None
+        self.before_invoke = before_invoke
+        self._extra_environment = dict(environment or {})
+        self.record_invocations = record_invocations
+        self.unbounded_retry_limit = unbounded_retry_limit
+        self.invocations: list[Invocation] = []
+        self.invocation_counts: Counter[str] = Counter()
+        self.error_counts: Counter[str] = Counter()
+        self.failed_async: list[tuple[str, Any, BaseException]] = []
+        self.requests = requests.RequestLog()
+        self.events_put = 0
+        self._mock: Any = None
+        self._started = False
+        self.clients: Clients | None = None
+        self.queue_urls: dict[str, str] = {}
+        self.stream_arns: dict[str, str] = {}
+        self._hosts: dict[str, FunctionHost] = {}
+        self._router: EventRouter | None = None
+        self._sqs: list[SqsPoller] = []
+        self._streams: list[StreamPoller] = []
+
+    # -- lifecycle ---
+    def start(self) -> LocalRuntime:
+        """Start the emulator (unless given an endpoint) and create the template's resources."""
+        if self._started:
+            return self
+        requests.install()
+        if self._start_mock:
+            from moto import mock_aws  # a dev dependency: imported only when running locally
+
+            self._mock = mock_aws()
+            self._mock.start()
+        self._started = True
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _create(self) -> None:
+        self.clients = Clients(self.endpoint_url)
+        self.queue_urls, self.stream_arns = create_all(self.clients, self.wiring)
+        environment = dict(self._extra_environment)
+        if self.endpoint_url:
+            environment.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+        self._hosts = {
+            lid: FunctionHost(fn, extra_environment=environment) for lid, fn in self.wiring.functions.items()
+        }
+        self._router = EventRouter(self.wiring, self.clients, self.queue_urls, self._invoke_async)
+        self._router.setup()
+        self._sqs = [
+            SqsPoller(source, self.queue_urls[source.queue_name], self.clients, self._invoke)
+            for source in self.wiring.sqs_sources
+            if source.enabled and source.function in self._hosts
+        ]
+        self._streams = []
+        for source in self.wiring.stream_sources:
+            if not source.enabled or source.function not in self._hosts:
+                continue
+            arn = self.stream_arns.get(source.table_name)
+            if arn is None:
+                raise UsageError(
+                    f"{self.wiring.template_path}: {source.function}.Events.{source.event_name}: table "
+                    f"{source.table_name!r} has no StreamSpecification"
+                )
+            poller = StreamPoller(
+                source,
+                arn,
+                self.wiring.functions[source.function].arn,
+                self.clients,
+                self._invoke,
+                self._send_on_failure,
+                unbounded_retry_limit=self.unbounded_retry_limit,
+            )
+            if source.starting_position == "LATEST":
+                poller.skip_existing()
+            self._streams.append(poller)
+
+    def close(self) -> None:
+        """Unload the functions and stop the in-process emulator (its data is gone)."""
+        for host in self._hosts.values():
+            host.unload()
+        if self._mock is not None:
+            self._mock.stop()
+            self._mock = None
+        self._started = False
+
+    def __enter__(self) -> LocalRuntime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- feeding the application ---
+    @property
+    def default_bus(self) -> str:
+        """The bus the template's rules listen on when there is exactly one, else "default"."""
+        buses = {rule.bus_name for rule in self.wiring.rules}
+        return buses.pop() if len(buses) == 1 else "default"
+
+    def put_events(self, entries: Iterable[Mapping[str, Any]]) -> list[str]:
+        """PutEvents (boto3 entry shape; `Detail` may be a dict), in chunks of 10; returns the event ids.
+
+        Entries without `EventBusName` go to `default_bus`, without `Time` get `pqlflow.clock` time.
+        """
+        events = self._need().events
+        ids: list[str] = []
+        chunk: list[dict[str, Any]] = []
+        for entry in entries:
+            chunk.append(self._entry(entry))
+            if len(chunk) == 10:
+                ids.extend(self._put_chunk(events, chunk))
+                chunk = []
+        if chunk:
+            ids.extend(self._put_chunk(events, chunk))
+        return ids
+
+    def put_event(
+        self,
+        detail_type: str,
+        detail: Mapping[str, Any],
+        source: str = "pqlflow.local",
+        bus: str | None = None,
+    ) -> str:
+        entry = {"DetailType": detail_type, "Detail": detail, "Source": source}
+        if bus:
+            entry["EventBusName"] = bus
+        return self.put_events([entry])[0]
+
+    def _entry(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(entry)
+        if not isinstance(out.get("Detail"), str):
+            out["Detail"] = json.dumps(out.get("Detail"))
+        out.setdefault("EventBusName", self.default_bus)
+        if out.get("Time") is None:
+            out["Time"] = dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC)
+        return out
+
+    def _put_chunk(self, events: Any, chunk: list[dict[str, Any]]) -> list[str]:
+        response = events.put_events(Entries=chunk)
+        failed = [e for e in response.get("Entries", []) if "ErrorCode" in e]
+        if failed:
+            raise LocalRuntimeError(
+                f"PutEvents rejected {len(failed)} entries: {failed[0].get('ErrorMessage')}"
+            )
+        self.events_put += len(chunk)
+        return [e["EventId"] for e in response["Entries"]]
+
+    def send_message(self, queue: str, body: str | Mapping[str, Any], **kwargs: Any) -> str:
+        """SendMessage to a template queue (logical id or name)."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        response = self._need().sqs.send_message(QueueUrl=self.queue_url(queue), MessageBody=text, **kwargs)
+        return response["MessageId"]
+
+    def invoke(self, function: str, event: Any) -> Any:
+        """Invoke a function synchronously (RequestResponse): its result, or its exception raised."""
+        outcome = self._invoke(self._function(function).logical_id, event)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    def invoke_http(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str | Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: str | bytes | None = None,
+    ) -> dict[str, Any]:
+        """Serve one HTTP API request through the template's HttpApi routes (404 when none matches)."""
+        match = match_route(self.wiring.http_routes, method, path)
+        if match is None:
+            return {
+                "statusCode": 404,
+                "headers": {"content-type": "application/json"},
+                "body": '{"message":"Not Found"}',
+            }
+        event = http_event(match, method, path, query=query, headers=headers, body=body)
+        outcome = self._invoke(match.route.function, event)
+        if outcome.error is not None:
+            return {
+                "statusCode": 500,
+                "headers": {"content-type": "application/json"},
+                "body": '{"message":"Internal Server Error"}',
+            }
+        return http_response(outcome.result)
+
+    def fire_schedule(self, name: str) -> None:
+        """Run one scheduled invocation now (a schedule's name from the template)."""
+        for schedule in self.wiring.schedules:
+            if schedule.name == name:
+                event = json.loads(schedule.input) if schedule.input else _scheduled_event(schedule.name)
+                if schedule.target_kind == "function":
+                    self._invoke_async(schedule.target_name, event)
+                elif schedule.target_kind == "sqs":
+                    self.send_message(schedule.target_name, event)
+                return
+        raise UsageError(
+            f"no schedule named {name!r}; the template has {[s.name for s in self.wiring.schedules]}"
+        )
+
+    # -- pumping ---
+    def pump(self) -> int:
+        """One round: route captured events, one batch per SQS mapping, new records per stream mapping."""
+        router = self._router
+        if router is None:
+            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
+        moved = router.pump()
+        for poller in self._sqs:
+            moved += poller.poll()
+            moved += self._expire_unbounded(poller)
+        for stream in self._streams:
+            moved += stream.poll()
+        return moved
+
+    def run_until_idle(self, max_rounds: int | None = None) -> int:
+        """Pump until a whole round moves nothing; returns the number of rounds that moved something."""
+        rounds = 0
+        while self.pump():
+            rounds += 1
+            if max_rounds is not None and rounds >= max_rounds:
+                raise LocalRuntimeError(f"still busy after {max_rounds} rounds (a loop between functions?)")
+        return rounds
+
+    drain = run_until_idle
+
+    def _expire_unbounded(self, poller: SqsPoller) -> int:
+        """A queue without a DLQ retries until retention ends: locally, `unbounded_retry_limit` receives."""
+        queue = self.wiring.queue_named(poller.source.queue_name)
+        if queue is None or queue.redrive is not None or not poller.last_failed:
+            return 0
+        expired = [
+            r
+            for r in poller.last_failed
+            if int(r["attributes"].get("ApproximateReceiveCount", "1")) >= self.unbounded_retry_limit
+        ]
+        if expired:
+            log.warning(
+                "%d message(s) on %s failed %d times; dropped as expired",
+                len(expired),
+                queue.name,
+                self.unbounded_retry_limit,
+            )
+            poller.delete(expired)
+            poller.expired += len(expired)
+        return 0
+
+    # -- invoking ---
+    def _function(self, name: str) -> Function:
+        fn = self.wiring.function_named(name)
+        if fn is None:
+            raise UsageError(f"no function {name!r}; the template has {sorted(self.wiring.functions)}")
+        return fn
+
+    def _invoke(self, function: str, event: Any) -> Outcome:
+        host = self._hosts.get(function)
+        if host is None:
+            raise UsageError(f"function {function!r} is not runnable locally")
+        if self.before_invoke is not None:
+            self.before_invoke(function, event)
+        self.invocation_counts[function] += 1
+        with requests.attributed_to(function, self.requests):
+            try:
+                outcome = Outcome(result=host.invoke(event))
+            except FunctionLoadError:
+                raise
+            except Exception as exc:  # the event source decides what a failure means
+                log.info("function %s failed: %s: %s", function, type(exc).__name__, exc)
+                self.error_counts[function] += 1
+                outcome = Outcome(error=exc)
+        if self.record_invocations:
+            self.invocations.append(Invocation(function, event, outcome.result, outcome.error))
+        return outcome
+
+    def _invoke_async(self, function: str, event: Any) -> None:
+        """Asynchronous invocation: Lambda retries twice by default, then the OnFailure destination."""
+        fn = self.wiring.functions[function]
+        outcome = Outcome()
+        for _attempt in range(1 + max(0, fn.async_max_retry_attempts)):
+            outcome = self._invoke(function, event)
+            if outcome.ok:
+                return
+        assert outcome.error is not None
+        self.failed_async.append((function, event, outcome.error))
+        if fn.async_on_failure_arn:
+            self._send_on_failure(
+                fn.async_on_failure_arn,
+                {
+                    "version": "1.0",
+                    "requestContext": {
+                        "functionArn": fn.arn,
+                        "condition": "RetriesExhausted",
+                        "approximateInvokeCount": 1 + fn.async_max_retry_attempts,
+                    },
+                    "requestPayload": event,
+                    "responseContext": {
+                        "statusCode": 200,
+                        "executedVersion": "$LATEST",
+                        "functionError": "Unhandled",
+                    },
+                    "responsePayload": {
+                        "errorMessage": str(outcome.error),
+                        "errorType": type(outcome.error).__name__,
+                    },
+                },
+            )
+
+    def _send_on_failure(self, destination_arn: str, payload: dict[str, Any]) -> None:
+        arn = parse_arn(destination_arn)
+        if arn is None or arn.service != "sqs":
+            log.warning("OnFailure destination %s is not emulated; record dropped", destination_arn)
+            return
+        self._need().sqs.send_message(QueueUrl=self.queue_url(arn.name), MessageBody=json.dumps(payload))
+
+    # -- observing ---
+    def counters(self) -> dict[str, Any]:
+        """Invocations per function and AWS requests handlers made, by service and operation."""
+        router = self._router
+        return {
+            "invocations": dict(sorted(self.invocation_counts.items())),
+            "invocation_errors": dict(sorted(self.error_counts.items())),
+            "requests": self.requests.as_dict(),
+            "requests_by_function": self.requests.by_function_dict(),
+            "events_put": self.events_put,
+            "events_routed": router.events_seen if router else 0,
+            "rule_matches": dict(sorted((router.delivered if router else {}).items())),
+            "filtered_out": {
+                **{f"{p.source.function}.{p.source.event_name}": p.filtered_out for p in self._sqs},
+                **{f"{p.source.function}.{p.source.event_name}": p.filtered_out for p in self._streams},
+            },
+            "stream_records_discarded": {
+                f"{p.source.function}.{p.source.event_name}": p.discarded for p in self._streams
+            },
+            "sqs_messages_expired": {
+                f"{p.source.function}.{p.source.event_name}": p.expired for p in self._sqs
+            },
+            "async_failures": len(self.failed_async),
+        }
+
+    def queue_url(self, queue: str) -> str:
+        """The URL of a queue by logical id or name."""
+        found = self.wiring.queue_named(queue)
+        if found is None or found.name not in self.queue_urls:
+            raise UsageError(f"no queue {queue!r}; the template has {sorted(self.wiring.queues)}")
+        return self.queue_urls[found.name]
+
+    def table_name(self, table: str) -> str:
+        found = self.wiring.table_named(table)
+        if found is None:
+            raise UsageError(f"no table {table!r}; the template has {sorted(self.wiring.tables)}")
+        return found.name
+
+    def take_messages(self, queue: str) -> list[dict[str, Any]]:
+        """Receive and delete every visible message of a queue (e.g. a DLQ); JSON bodies are decoded."""
+        sqs = self._need().sqs
+        url = self.queue_url(queue)
+        taken: list[dict[str, Any]] = []
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+            ).get("Messages", [])
+            if not messages:
+                return taken
+            for message in messages:
+                with contextlib.suppress(ValueError):
+                    message["Body"] = json.loads(message["Body"])
+                taken.append(message)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def client(self, service: str) -> Any:
+        """A boto3 client on the runtime's emulator (for inspection; its calls are not counted)."""
+        return self._need().client(service)
+
+    def _need(self) -> Clients:
+        if self.clients is None:
+            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
+        return self.clients
+
+
+def _scheduled_event(name: str) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": [name],
+        "detail": {},
+    }
