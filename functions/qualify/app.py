@@ -82,7 +82,8 @@ def handler(event: dict[str, Any], context: LambdaContext, *, qualifier: Qualifi
                 },
             )
 
-    processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+    # An all-failed batch is reported like a partial one: Lambda retries (and bisects) from the first failure.
+    processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

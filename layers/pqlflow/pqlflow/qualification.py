@@ -723,27 +723,33 @@ def decide(defn: Definition, usage: AccountUsage, state: PqlState | None, now_ms
     )
 
 
-def needs_decision(defn: Definition, old: AccountUsage | None, new: AccountUsage | None) -> bool:
-    """Whether a change from `old` to `new` usage could change the stored state (else: no write, no read).
+Hint = Literal["enter", "leave", "convert", "recheck"]
+
+
+def needs_decision(defn: Definition, old: AccountUsage | None, new: AccountUsage | None) -> Hint | None:
+    """Whether a change from `old` to `new` usage could change the stored state, and how (None: it cannot,
+    so nothing is written or read).
 
     Every earlier change was decided the same way, so a subject qualified before this change still met
     the stay condition on `old`, and one not qualified did not meet the enter condition on `old` (unless a
     cooldown or a newly published definition held it back: those are rechecked once per active day).
     """
     if new is None or new.last_seen_ms is None:
-        return False
+        return None
     if new.converted:
-        return old is None or not old.converted
+        return "convert" if old is None or not old.converted else None
     now = new.last_seen_ms
     ev_new = evaluate(defn, new, now, explain=False)
     if old is None or old.last_seen_ms is None:
-        return ev_new.would_enter
+        return "enter" if ev_new.would_enter else None
     ev_old = evaluate(defn, old, old.last_seen_ms, explain=False)
     if ev_new.would_enter and not ev_old.would_enter:
-        return True
+        return "enter"
     if ev_old.would_stay and not ev_new.would_stay:
-        return True
-    return ev_new.would_enter and day_of(now) != day_of(old.last_seen_ms)
+        return "leave"
+    if ev_new.would_enter and day_of(now) != day_of(old.last_seen_ms):
+        return "recheck"
+    return None
 
 
 def state_sk(user_id: str | None) -> str:

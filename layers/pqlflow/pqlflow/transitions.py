@@ -92,6 +92,40 @@ class PqlStateStore:
             old = exc.response.get("Item")
             raise StateConflict(decode_state(old) if old else None) from None
 
+    def write_leave(self, account_id: str, user_id: str | None, state: PqlState, detail: _Detail) -> int:
+        """Disqualify a subject believed qualified, whatever its `seq`; returns the new `seq`.
+
+        Only the fields a disqualification changes are set, so the stored qualification (time, version)
+        is kept. If the subject is not qualified (or converted), raises `StateConflict` with its state.
+        """
+        try:
+            result = self.client.update_item(
+                TableName=self.table,
+                Key=state_key(account_id, user_id),
+                UpdateExpression=(
+                    "SET #status = :status, since_ms = :since, seq = seq + :one, "
+                    "pending = :pending, pending_type = :type, updated_ms = :now"
+                ),
+                ConditionExpression="#status = :qualified AND converted_reported = :false",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":status": {"S": state.status},
+                    ":since": {"N": str(state.since_ms)},
+                    ":one": {"N": "1"},
+                    ":pending": {"S": detail.model_dump_json()},
+                    ":type": {"S": detail.DETAIL_TYPE},
+                    ":now": {"N": str(clock.now_ms())},
+                    ":qualified": {"S": "qualified"},
+                    ":false": {"BOOL": False},
+                },
+                ReturnValues="UPDATED_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self.client.exceptions.ConditionalCheckFailedException as exc:
+            old = exc.response.get("Item")
+            raise StateConflict(decode_state(old) if old else None) from None
+        return int(result["Attributes"]["seq"]["N"])
+
     def mark_emitted(self, account_id: str, user_id: str | None, seq: int) -> None:
         """Drop the pending event of transition `seq` (a no-op if a later transition replaced it)."""
         with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
@@ -154,6 +188,8 @@ class StateWriter(Protocol):
         self, account_id: str, user_id: str | None, expected_seq: int | None, state: PqlState, detail: _Detail
     ) -> None: ...
 
+    def write_leave(self, account_id: str, user_id: str | None, state: PqlState, detail: _Detail) -> int: ...
+
     def mark_emitted(self, account_id: str, user_id: str | None, seq: int) -> None: ...
 
 
@@ -190,38 +226,57 @@ class Qualifier:
         defn = self.definitions.active()
         new = self.decode(new_image)
         old = self.decode(change["OldImage"]) if change.get("OldImage") else None
-        if new.last_seen_ms is None or not needs_decision(defn, old, new):
+        hint = needs_decision(defn, old, new) if new.last_seen_ms is not None else None
+        if hint is None:
             return RecordOutcome("unchanged", defn.version)
-        return self._apply(defn, new)
+        return self._apply(defn, new, hint)
 
-    def _apply(self, defn: Definition, usage: AccountUsage) -> RecordOutcome:
+    def _apply(self, defn: Definition, usage: AccountUsage, hint: str) -> RecordOutcome:
         outcome = RecordOutcome("no_transition", defn.version)
         now = usage.last_seen_ms or 0
-        current: StoredPql | None = None  # assume no state item; a failed write tells us otherwise
+        # The stored state is never read. First guess it (not there yet; or qualified, when the change can
+        # only disqualify): a wrong guess makes the conditional write fail and return the real state.
+        known = False
+        current: StoredPql | None = StoredPql(PqlState(status="qualified")) if hint == "leave" else None
         for _ in range(MAX_ATTEMPTS):
-            if current is not None and current.pending is not None:
+            if known and current is not None and current.pending is not None:
                 self._emit_pending(usage, current, outcome)
-            if current is not None and current.state.since_ms is not None and now < current.state.since_ms:
+            if (
+                known
+                and current is not None
+                and current.state.since_ms is not None
+                and now < current.state.since_ms
+            ):
                 return outcome  # an older image than the one that decided the stored state (a late retry)
             transition = decide(defn, usage, current.state if current else None, now)
             if transition is None:
+                # Known state: nothing to do. Guessed: the guess was "qualified" (a possible
+                # disqualification) and the definition keeps it; if it was not qualified at all, the
+                # change cannot qualify it either (entering implies staying).
                 return outcome
             detail = transition_event(defn, usage, transition)
             try:
                 outcome.writes += 1
-                self.states.write(
-                    usage.account_id,
-                    usage.user_id,
-                    current.state.seq if current else None,
-                    transition.new_state,
-                    detail,
-                )
+                if not known and hint == "leave":
+                    seq = self.states.write_leave(
+                        usage.account_id, usage.user_id, transition.new_state, detail
+                    )
+                else:
+                    self.states.write(
+                        usage.account_id,
+                        usage.user_id,
+                        current.state.seq if current else None,
+                        transition.new_state,
+                        detail,
+                    )
+                    seq = transition.new_state.seq
             except StateConflict as conflict:
-                current = conflict.current
+                known, current = True, conflict.current
                 continue
+            detail = with_transition_id(detail, usage, seq)
             self.publisher.publish([detail])
             outcome.published.append(detail.DETAIL_TYPE)
-            self.states.mark_emitted(usage.account_id, usage.user_id, transition.new_state.seq)
+            self.states.mark_emitted(usage.account_id, usage.user_id, seq)
             outcome.result = transition.kind
             return outcome
         raise RuntimeError(f"qualification state kept changing under {MAX_ATTEMPTS} attempts")
@@ -229,8 +284,16 @@ class Qualifier:
     def _emit_pending(self, usage: AccountUsage, current: StoredPql, outcome: RecordOutcome) -> None:
         detail = current.pending_detail()
         if detail is not None:
+            detail = with_transition_id(detail, usage, current.state.seq)
             self.publisher.publish([detail])
             outcome.published.append(detail.DETAIL_TYPE)
             outcome.result = "re_emitted"
         self.states.mark_emitted(usage.account_id, usage.user_id, current.state.seq)
         current.pending = current.pending_type = None
+
+
+def with_transition_id(detail: _Detail, usage: AccountUsage, seq: int) -> _Detail:
+    """The detail with the id of transition `seq` (a disqualification learns its seq only from its write)."""
+    if "transition_id" not in type(detail).model_fields:
+        return detail
+    return detail.model_copy(update={"transition_id": transition_id(usage.account_id, usage.user_id, seq)})
