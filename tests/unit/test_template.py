@@ -1,0 +1,293 @@
+"""What an operator relies on in template.yaml: triggers fire for the right events only, every
+function exists and has its failure path, alarms watch every dead-letter queue, logs expire."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import pytest
+from pqlflow.local.patterns import filter_criteria_match, matches
+from pqlflow.local.template import load_template as load_wiring
+
+from tests.support.template import ROOT, TEMPLATE
+
+FUNCTION = "AWS::Serverless::Function"
+
+
+def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _stream_record(event_name: str, kind: str) -> dict[str, Any]:
+    """A DynamoDB stream record as Lambda's filter sees it (NEW_AND_OLD_IMAGES)."""
+    image = {"pk": {"S": "A#acme"}, "sk": {"S": "USAGE" if kind == "usage" else "PQL"}, "kind": {"S": kind}}
+    record: dict[str, Any] = {
+        "eventID": "1",
+        "eventName": event_name,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": {"pk": image["pk"], "sk": image["sk"]}, "OldImage": image},
+    }
+    if event_name != "REMOVE":
+        record["dynamodb"]["NewImage"] = image
+    return record
+
+
+def _usage_event(source: str, detail_type: str = "track") -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": "6f87d04b-9f74-4f04-8780-c6c1a4ce8d7e",
+        "source": source,
+        "detail-type": detail_type,
+        "account": "123456789012",
+        "time": "2026-11-22T12:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"type": detail_type, "event": "Signed In", "messageId": "m-1", "userId": "u-1"},
+    }
+
+
+def _nurture_action(channel: str, outcome: str) -> dict[str, Any]:
+    return {
+        "source": "pqlflow",
+        "detail-type": "Nurture Action",
+        "detail": {"action_id": "a-1", "account_id": "acme", "channel": channel, "outcome": outcome},
+    }
+
+
+# --- qualify: the stream filter --------------------------------------------------------------------
+
+
+@pytest.fixture
+def qualify_filters(template: dict[str, Any]) -> list[dict[str, Any]]:
+    event = template["Resources"]["QualifyFunction"]["Properties"]["Events"]["UsageState"]["Properties"]
+    return [json.loads(f["Pattern"]) for f in event["FilterCriteria"]["Filters"]]
+
+
+@pytest.mark.parametrize("event_name", ["INSERT", "MODIFY"])
+def test_qualify_is_invoked_for_usage_state_changes(
+    qualify_filters: list[dict[str, Any]], event_name: str
+) -> None:
+    # Given a usage-state item written by ingest
+    record = _stream_record(event_name, kind="usage")
+    # When Lambda applies the qualify mapping's filter
+    # Then the record reaches qualify
+    assert filter_criteria_match(qualify_filters, record)
+
+
+@pytest.mark.parametrize("kind", ["pql", "nurture_action", "email", "offer", "quarantine", "definition"])
+def test_qualify_is_never_invoked_by_other_items(qualify_filters: list[dict[str, Any]], kind: str) -> None:
+    # Given an item qualify itself (kind pql) or another part of pqlflow wrote
+    record = _stream_record("MODIFY", kind=kind)
+    # When / Then the filter drops it, so qualify never triggers itself
+    assert not filter_criteria_match(qualify_filters, record)
+
+
+def test_qualify_is_not_invoked_when_ttl_removes_a_usage_item(qualify_filters: list[dict[str, Any]]) -> None:
+    # Given a usage item deleted by TTL (a REMOVE record has no NewImage)
+    record = _stream_record("REMOVE", kind="usage")
+    # When / Then
+    assert not filter_criteria_match(qualify_filters, record)
+
+
+def test_qualify_mapping_retries_bisects_and_keeps_what_fails(template: dict[str, Any]) -> None:
+    # Given the qualify stream mapping
+    props = template["Resources"]["QualifyFunction"]["Properties"]["Events"]["UsageState"]["Properties"]
+    # Then a poison record is isolated, retried a bounded number of times, and its pointer kept
+    assert props["BisectBatchOnFunctionError"] is True
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 0 < props["MaximumRetryAttempts"] <= 10
+    on_failure = props["DestinationConfig"]["OnFailure"]["Destination"]
+    assert on_failure == {"Fn::GetAtt": ["QualifyFailureQueue", "Arn"]}
+
+
+# --- ingest: the usage rule ------------------------------------------------------------------------
+
+
+def _usage_rule(**overrides: str) -> dict[str, Any]:
+    wiring = load_wiring(TEMPLATE, overrides)
+    (rule,) = [r for r in wiring.rules if r.logical_id == "UsageEventsRule"]
+    return rule.pattern
+
+
+@pytest.mark.parametrize("detail_type", ["track", "identify", "group", "page", "screen"])
+def test_usage_rule_accepts_segment_partner_sources(detail_type: str) -> None:
+    # Given the usage rule with its default parameters
+    pattern = _usage_rule()
+    # When Segment's EventBridge destination sends a call
+    event = _usage_event("aws.partner/segment.com/Ab12Cd34Ef", detail_type)
+    # Then it goes to the ingest queue
+    assert matches(pattern, event)
+
+
+def test_usage_rule_accepts_every_allowed_source_not_only_the_first() -> None:
+    # Given three allowed sources
+    pattern = _usage_rule(AllowedSources="pqlflow.emitter,com.acme.web,com.acme.mobile")
+    # When / Then events from each of them are accepted
+    for source in ("pqlflow.emitter", "com.acme.web", "com.acme.mobile"):
+        assert matches(pattern, _usage_event(source)), source
+
+
+def test_usage_rule_rejects_unknown_sources_and_non_segment_types() -> None:
+    # Given the usage rule with its default parameters
+    pattern = _usage_rule()
+    # When / Then an unknown source, or pqlflow's own events, never reach ingest
+    assert not matches(pattern, _usage_event("com.unknown.app"))
+    assert not matches(pattern, _usage_event("aws.partner/segment.com/Ab12", "alias"))
+    assert not matches(pattern, _usage_event("pqlflow", "PQL Qualified"))
+
+
+def test_usage_rule_reads_an_existing_bus_while_pqlflow_events_stay_on_its_own() -> None:
+    # Given an existing Segment partner bus
+    partner_bus = "aws.partner/segment.com/Ab12Cd34Ef"
+    wiring = load_wiring(TEMPLATE, {"EventBusName": partner_bus})
+    # When the stack is wired
+    (usage_rule,) = [r for r in wiring.rules if r.logical_id == "UsageEventsRule"]
+    route_rules = [r for r in wiring.rules if r.logical_id.startswith("RouteFunction")]
+    # Then usage is read from the partner bus, and pqlflow's own events use the stack's bus
+    assert usage_rule.bus_name == partner_bus
+    assert route_rules and all(r.bus_name != partner_bus for r in route_rules)
+    assert all(f.environment["EVENT_BUS_NAME"] != partner_bus for f in wiring.functions.values())
+
+
+# --- nurture: channel rules ------------------------------------------------------------------------
+
+
+def _rules_matching(event: dict[str, Any]) -> set[str]:
+    wiring = load_wiring(TEMPLATE)
+    return {t.name for r in wiring.rules if matches(r.pattern, event) for t in r.targets}
+
+
+@pytest.mark.parametrize(
+    ("channel", "function"),
+    [("email", "SendEmailFunction"), ("offer", "OffersFunction"), ("rep_task", "RepTaskFunction")],
+)
+def test_a_sent_action_reaches_exactly_its_channel(
+    channel: str, function: str, template: dict[str, Any]
+) -> None:
+    if function not in template["Resources"]:
+        pytest.skip(f"{function} is not in the template yet")
+    # Given a Nurture Action to send on one channel
+    # When it is put on the bus / Then exactly that channel's function gets it
+    assert _rules_matching(_nurture_action(channel, "send")) == {function}
+
+
+@pytest.mark.parametrize("outcome", ["deferred", "holdout", "suppressed", "capped"])
+def test_an_action_that_is_not_send_reaches_no_channel(outcome: str) -> None:
+    # Given an email action deferred to quiet hours (Scheduler puts it back later as `send`), or
+    # an action that sends nothing
+    # When / Then no channel function acts on it
+    assert _rules_matching(_nurture_action("email", outcome)) == set()
+
+
+# --- every function: code, logs, failure path, least privilege -----------------------------------
+
+
+def test_every_function_handler_exists(template: dict[str, Any]) -> None:
+    # Given every function of the template
+    for name, fn in _resources(template, FUNCTION).items():
+        props = fn["Properties"]
+        module, _, attr = props["Handler"].rpartition(".")
+        path = ROOT / props["CodeUri"] / f"{module.replace('.', '/')}.py"
+        # Then its handler file exists and defines the handler
+        assert path.is_file(), f"{name}: {path} is missing"
+        body = ast.parse(path.read_text()).body
+        defined = {n.name for n in body if isinstance(n, ast.FunctionDef)}
+        assigned = (t for n in body if isinstance(n, ast.Assign) for t in n.targets)
+        defined |= {t.id for t in assigned if isinstance(t, ast.Name)}
+        assert attr in defined, f"{name}: {path} defines no {attr}"
+
+
+def test_every_function_logs_to_its_own_group_with_retention(template: dict[str, Any]) -> None:
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    for name, fn in _resources(template, FUNCTION).items():
+        # Given a function's log configuration
+        ref = fn["Properties"].get("LoggingConfig", {}).get("LogGroup", {}).get("Ref")
+        # Then it names a log group of the stack that expires its logs
+        assert ref in groups, f"{name}: LoggingConfig.LogGroup must reference a log group of the template"
+        assert groups[ref]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, ref
+
+
+def test_every_eventbridge_triggered_function_keeps_what_it_cannot_process(template: dict[str, Any]) -> None:
+    for name, fn in _resources(template, FUNCTION).items():
+        props = fn["Properties"]
+        rules = [e["Properties"] for e in props.get("Events", {}).values() if e["Type"] == "EventBridgeRule"]
+        if not rules:
+            continue
+        # Given an EventBridge-triggered function
+        on_failure = props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
+        # Then a failed invocation and an undeliverable event both land in the same queue
+        assert on_failure["Fn::GetAtt"][1] == "Arn", name
+        for rule in rules:
+            assert rule["DeadLetterConfig"]["Arn"] == on_failure, name
+            assert rule["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 86400, name
+
+
+def test_every_dead_letter_queue_has_an_alarm(template: dict[str, Any]) -> None:
+    queues = _resources(template, "AWS::SQS::Queue")
+    dead_letter = {n for n, q in queues.items() if "RedrivePolicy" not in q["Properties"]}
+    alarmed = {
+        a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for a in _resources(template, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        and a["Properties"]["Threshold"] == 0
+        and a["Properties"]["ComparisonOperator"] == "GreaterThanThreshold"
+    }
+    # Given every queue that is the end of the line (no redrive of its own)
+    # Then its first message raises an alarm
+    assert dead_letter, "the template should have dead-letter queues"
+    assert dead_letter <= alarmed, f"no depth alarm on {sorted(dead_letter - alarmed)}"
+
+
+def test_every_function_has_an_errors_alarm_that_notifies_the_topic(template: dict[str, Any]) -> None:
+    alarms = _resources(template, "AWS::CloudWatch::Alarm").values()
+    watched = {a["Properties"]["Dimensions"][0]["Value"]["Ref"] for a in alarms
+               if a["Properties"]["MetricName"] == "Errors"}
+    # Given every function / Then its errors are alarmed
+    assert set(_resources(template, FUNCTION)) <= watched
+    # And every alarm notifies AlarmTopicArn when it is set
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"] == {
+            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }
+
+
+def test_function_policies_name_their_actions_and_resources(template: dict[str, Any]) -> None:
+    for name, fn in _resources(template, FUNCTION).items():
+        for policy in fn["Properties"].get("Policies", []):
+            for statement in policy["Statement"]:
+                actions = _as_list(statement["Action"])
+                resources = _as_list(statement["Resource"])
+                # Then no wildcard action and no account-wide resource
+                assert all("*" not in a for a in actions), f"{name}: {actions}"
+                assert "*" not in resources, f"{name}: Resource '*'"
+
+
+def test_every_lint_suppression_says_why() -> None:
+    # Given the template text (comments are the written reasons)
+    lines = TEMPLATE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "ignore_checks:" in line:
+            # Then a comment sits right above each suppression
+            reason = lines[i - 1]
+            assert re.match(r"^\s*#\s*\w", reason), f"template.yaml:{i + 1}: suppression without a reason"
+
+
+def test_offers_api_requires_a_jwt_and_unsubscribe_is_public(template: dict[str, Any]) -> None:
+    api = template["Resources"]["HttpApi"]["Properties"]["Auth"]
+    assert api["DefaultAuthorizer"] == "OffersJwt"
+    jwt = api["Authorizers"]["OffersJwt"]["JwtConfiguration"]
+    assert jwt == {"issuer": {"Ref": "OffersJwtIssuer"}, "audience": {"Ref": "OffersJwtAudience"}}
+    for name, fn in _resources(template, FUNCTION).items():
+        for event in fn["Properties"].get("Events", {}).values():
+            if event["Type"] != "HttpApi":
+                continue
+            path, auth = event["Properties"]["Path"], event["Properties"]["Auth"]["Authorizer"]
+            expected = "NONE" if path == "/unsubscribe" else "OffersJwt"
+            assert auth == expected, f"{name} {path}: {auth}"
