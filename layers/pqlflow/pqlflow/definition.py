@@ -582,8 +582,7 @@ def _data_loc(loc: Sequence[str | int], data: Any) -> Loc:
         if (
             isinstance(current, dict)
             and name in _KNOWN_TAGS
-            and i + 1 < len(loc)
-            and (name not in current or loc[i + 1] in current)
+            and (name not in current or (i + 1 < len(loc) and loc[i + 1] in current))
         ):
             continue  # a union tag (pydantic puts it before the field), not a key
         in_dict = isinstance(current, dict) and name in current
