@@ -189,6 +189,7 @@ class Wiring:
     stream_sources: tuple[StreamSource, ...]
     http_routes: tuple[HttpRoute, ...]
     schedules: tuple[Schedule, ...]
+    schedule_groups: tuple[str, ...] = ()
     outputs: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     region: str = REGION

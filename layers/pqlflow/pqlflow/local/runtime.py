@@ -3,7 +3,8 @@
 Everything comes from the template (`pqlflow.local.template`): tables, queues (with redrive) and buses
 are created in the emulator; functions run in-process (`pqlflow.local.functions`), never in moto's
 Lambda; and the event sources are emulated: EventBridge rules (`eventbus`), SQS event source mappings
-(`sqs`) and DynamoDB stream mappings (`streams`). `run_until_idle()` pumps them all until nothing moves.
+(`sqs`), DynamoDB stream mappings (`streams`) and one-time Scheduler schedules (`scheduler`).
+`run_until_idle()` pumps them all until nothing moves.
 
     with LocalRuntime("template.yaml") as runtime:
         runtime.put_events([{"Source": "app", "DetailType": "track", "Detail": {...}}])
@@ -36,6 +37,7 @@ from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
 from pqlflow.local.http import http_event, http_response, match_route
 from pqlflow.local.model import ACCOUNT, DEFAULT_STACK_NAME, REGION, Function, Wiring
 from pqlflow.local.names import parse_arn
+from pqlflow.local.scheduler import ScheduleRunner
 from pqlflow.local.sqs import SqsPoller
 from pqlflow.local.streams import StreamPoller
 from pqlflow.local.template import load_template
@@ -110,6 +112,7 @@ class LocalRuntime:
         self._router: EventRouter | None = None
         self._sqs: list[SqsPoller] = []
         self._streams: list[StreamPoller] = []
+        self._scheduler: ScheduleRunner | None = None
 
     # -- lifecycle ---
     def start(self) -> LocalRuntime:
@@ -168,6 +171,13 @@ class LocalRuntime:
             if source.starting_position == "LATEST":
                 poller.skip_existing()
             self._streams.append(poller)
+        self._scheduler = ScheduleRunner(
+            self.clients,
+            put_event=lambda entry: self.put_events([entry]),
+            invoke_async=self._invoke_async,
+            send_message=lambda queue, body: self.send_message(queue, body),
+            function_by_name=self._function_logical_id,
+        )
 
     def close(self) -> None:
         """Unload the functions and stop the in-process emulator (its data is gone)."""
@@ -305,6 +315,8 @@ class LocalRuntime:
             moved += self._expire_unbounded(poller)
         for stream in self._streams:
             moved += stream.poll()
+        if self._scheduler is not None:
+            moved += self._scheduler.pump()
         return moved
 
     def run_until_idle(self, max_rounds: int | None = None) -> int:
@@ -345,6 +357,10 @@ class LocalRuntime:
         if fn is None:
             raise UsageError(f"no function {name!r}; the template has {sorted(self.wiring.functions)}")
         return fn
+
+    def _function_logical_id(self, name: str) -> str | None:
+        fn = self.wiring.function_named(name)
+        return fn.logical_id if fn else None
 
     def _invoke(self, function: str, event: Any) -> Outcome:
         host = self._hosts.get(function)
@@ -429,6 +445,7 @@ class LocalRuntime:
                 f"{p.source.function}.{p.source.event_name}": p.expired for p in self._sqs
             },
             "async_failures": len(self.failed_async),
+            "schedules_fired": self._scheduler.fired if self._scheduler else 0,
         }
 
     def queue_url(self, queue: str) -> str:

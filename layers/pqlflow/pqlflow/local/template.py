@@ -53,6 +53,7 @@ _NAME_PROPERTY = {
     "AWS::Serverless::Function": "FunctionName",
     "AWS::Lambda::Function": "FunctionName",
     "AWS::Scheduler::Schedule": "Name",
+    "AWS::Scheduler::ScheduleGroup": "Name",
     "AWS::SNS::Topic": "TopicName",
     "AWS::IAM::Role": "RoleName",
 }
@@ -322,6 +323,11 @@ class _Builder:
             stream_sources=tuple(self.stream_sources),
             http_routes=tuple(self.http_routes),
             schedules=tuple(self.schedules),
+            schedule_groups=tuple(
+                self.name_of(lid, lid)
+                for lid, r in self.resources.items()
+                if r.get("Type") == "AWS::Scheduler::ScheduleGroup" and self.active(lid)
+            ),
             outputs=self._outputs(),
             warnings=tuple(self.warnings),
         )
