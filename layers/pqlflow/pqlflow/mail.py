@@ -517,6 +517,23 @@ def _format_percent(value: Any) -> str:
     return "" if number is None else f"{round(number * 100)}%"
 
 
+LAMBDA_TEMPLATES_DIR = Path("/opt")
+"""Where the templates layer lands in Lambda: its ContentUri is the repository's templates/ folder."""
+REPO_TEMPLATES_DIR = Path(__file__).resolve().parents[3] / "templates"
+
+
+def find_templates_dir(configured: str | Path | None = None) -> Path:
+    """The folder holding `email/`: `configured` (TEMPLATES_DIR) if given, else the layer, else the repo's."""
+    if configured:
+        return Path(configured)
+    for candidate in (LAMBDA_TEMPLATES_DIR, REPO_TEMPLATES_DIR):
+        if (candidate / EMAIL_DIR).is_dir():
+            return candidate
+    raise MailError(
+        f"no email templates: set TEMPLATES_DIR (looked in {LAMBDA_TEMPLATES_DIR}, {REPO_TEMPLATES_DIR})"
+    )
+
+
 class EmailTemplates:
     """The shipped email templates under `<root>/email/`, rendered in an immutable sandbox."""
 

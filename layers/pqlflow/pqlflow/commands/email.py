@@ -6,7 +6,7 @@
 
 A context FILE is a `Nurture Action` detail as JSON (its `context` is the `PQL Qualified`); the
 examples live in examples/email-contexts/. Templates come from --templates, else $TEMPLATES_DIR, else
-./templates (the repository's). Nothing is sent: the unsubscribe link is signed with a preview key.
+the repository's templates/ folder. Nothing is sent: the unsubscribe link is signed with a preview key.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from pydantic import ValidationError
 
 from pqlflow.contracts import NurtureAction
 from pqlflow.errors import UsageError
-from pqlflow.mail import Composed, EmailTemplates, MailError, compose, load_brand, message_bytes
+from pqlflow.mail import (
+    Composed,
+    EmailTemplates,
+    MailError,
+    compose,
+    find_templates_dir,
+    load_brand,
+    message_bytes,
+)
 
 PREVIEW_KEY = b"pqlflow-preview-key-not-for-sending-0000"
 DEFAULT_CONTEXTS = Path("examples/email-contexts")
@@ -53,17 +61,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", type=Path, default=None, metavar="DIR", help="folder holding email/")
 
 
-def templates_dir(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    if os.environ.get("TEMPLATES_DIR"):
-        return Path(os.environ["TEMPLATES_DIR"])
-    return Path("templates")
-
-
 def _templates(args: argparse.Namespace) -> EmailTemplates:
     try:
-        return EmailTemplates(templates_dir(args.templates))
+        return EmailTemplates(find_templates_dir(args.templates or os.environ.get("TEMPLATES_DIR")))
     except MailError as exc:
         raise UsageError(f"{exc} (pass --templates DIR)") from exc
 

@@ -1,0 +1,269 @@
+"""send_email, unsubscribe and ses_events on moto: one message per action, and suppression that holds."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ses.models import ses_backends
+from pqlflow import unsubscribe
+from pqlflow.settings import SettingsError, from_environ
+from pqlflow.suppression import address_hash
+
+from functions.send_email import app as send_email
+from functions.ses_events import app as ses_events
+from functions.unsubscribe import app as unsubscribe_fn
+from tests.support.lambda_context import LambdaContext
+
+ROOT = Path(__file__).resolve().parents[2]
+SENDER = "Northwind <hello@mail.example.com>"
+UNSUBSCRIBE_URL = "https://api.example.com/unsubscribe"
+PRIYA = "priya@fieldstone.example"
+
+
+def example_action(name: str = "crm_contacts_80pct", **update: Any) -> dict[str, Any]:
+    return json.loads((ROOT / "examples" / "email-contexts" / f"{name}.json").read_text()) | update
+
+
+def nurture_event(detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Nurture Action",
+        "source": "pqlflow",
+        "account": "123456789012",
+        "time": "2026-11-23T15:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": detail,
+    }
+
+
+def http_event(method: str, token: str, body: str | None = None) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} /unsubscribe",
+        "rawPath": "/unsubscribe",
+        "rawQueryString": f"token={token}",
+        "queryStringParameters": {"token": token},
+        "headers": {"content-type": "application/x-www-form-urlencoded"},
+        "requestContext": {"http": {"method": method, "path": "/unsubscribe"}},
+        "body": body,
+        "isBase64Encoded": False,
+    }
+
+
+@pytest.fixture
+def email_env(table_name, monkeypatch) -> dict[str, str]:
+    """SES identity and configuration set, the signing secret, and the functions' environment."""
+    unsubscribe.clear_cache()
+    sesv2 = boto3.client("sesv2")
+    sesv2.create_email_identity(EmailIdentity="mail.example.com")
+    boto3.client("ses").verify_email_identity(EmailAddress="hello@mail.example.com")
+    sesv2.create_configuration_set(ConfigurationSetName="pqlflow-email")
+    secret = boto3.client("secretsmanager").create_secret(
+        Name=f"unsub-{uuid.uuid4().hex[:6]}", SecretString="s3cr3t-" * 8
+    )
+    env = {
+        "TABLE_NAME": table_name,
+        "SENDER": SENDER,
+        "SES_CONFIGURATION_SET": "pqlflow-email",
+        "UNSUBSCRIBE_URL": UNSUBSCRIBE_URL,
+        "UNSUBSCRIBE_SECRET_ARN": secret["ARN"],
+        "TEMPLATES_DIR": str(ROOT / "templates"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield env
+    unsubscribe.clear_cache()
+
+
+def sent_messages() -> list[Any]:
+    return ses_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
+
+
+def sent_count() -> int:
+    """Messages SES accepted (moto keeps each raw message it was given)."""
+    return len(sent_messages())
+
+
+def send(event: dict[str, Any], sender=None) -> dict[str, Any]:
+    return send_email.handler(event, LambdaContext(), sender=sender or send_email.build())
+
+
+def marker(table: str, account_id: str, action_id: str) -> dict[str, Any] | None:
+    key = {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"EMAIL#{action_id}"}}
+    return boto3.client("dynamodb").get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+
+
+def token_of(raw: str) -> str:
+    msg = BytesParser(policy=policy.default).parsebytes(raw.encode())
+    link = msg["List-Unsubscribe"].strip("<>")
+    assert link.startswith(UNSUBSCRIBE_URL)
+    return urlsplit(link).query.split("token=", 1)[1]
+
+
+def test_a_nurture_action_sends_one_personalized_multipart_email(email_env):
+    # Given a Nurture Action for Priya, whose CRM is at 80% of its contact tier
+    event = nurture_event(example_action())
+    # When send_email handles it
+    result = send(event)
+    # Then SES got one raw message for Priya, multipart with the one-click headers
+    assert result["outcome"] == "sent" and result["message_id"]
+    assert sent_count() == 1
+    message = sent_messages()[-1]
+    assert PRIYA in message.destinations
+    msg = BytesParser(policy=policy.default).parsebytes(message.raw_data.encode())
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg["Subject"] == "Fieldstone Logistics has used 80% of its contacts"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "Hi Priya," in msg.get_body(("plain",)).get_content()
+    # And the marker item records the send without the address
+    item = marker(email_env["TABLE_NAME"], "acc_fieldstone", event["detail"]["action_id"])
+    assert item["status"]["S"] == "sent" and item["kind"]["S"] == "email"
+    assert item["address_hash"]["S"] == address_hash(PRIYA)
+    assert PRIYA not in json.dumps(item)
+
+
+def test_a_redelivered_trigger_sends_one_message(email_env):
+    # Given one Nurture Action delivered four times (EventBridge retries, duplicates), even to cold starts
+    event = nurture_event(example_action())
+    # When each delivery is handled
+    outcomes = [send(event)["outcome"] for _ in range(2)] + [
+        send(event, send_email.build())["outcome"] for _ in range(2)
+    ]
+    # Then SES sent exactly one message
+    assert outcomes == ["sent", "duplicate", "duplicate", "duplicate"]
+    assert sent_count() == 1
+
+
+def test_unsubscribing_by_one_click_stops_the_next_email(email_env):
+    # Given Priya got a nudge
+    send(nurture_event(example_action()))
+    token = token_of(sent_messages()[-1].raw_data)
+    # When her mail client posts the RFC 8058 one-click unsubscribe
+    response = unsubscribe_fn.handler(
+        http_event("POST", token, "List-Unsubscribe=One-Click"),
+        LambdaContext(),
+        service=unsubscribe_fn.build(),
+    )
+    assert response["statusCode"] == 200 and "unsubscribed" in response["body"]
+    # Then the next nudge for her address (a new action) is not sent
+    result = send(nurture_event(example_action(action_id="na_acc_fieldstone_next")))
+    assert result["outcome"] == "suppressed"
+    assert sent_count() == 1
+
+
+def test_a_get_only_shows_the_confirmation_page(email_env):
+    # Given a valid unsubscribe link
+    send(nurture_event(example_action()))
+    token = token_of(sent_messages()[-1].raw_data)
+    service = unsubscribe_fn.build()
+    # When it is opened (GET), as link scanners do too
+    page = unsubscribe_fn.handler(http_event("GET", token), LambdaContext(), service=service)
+    # Then a page asks to confirm with a POST form, and nothing is suppressed yet
+    assert page["statusCode"] == 200
+    assert page["headers"]["Content-Type"].startswith("text/html")
+    assert '<form method="post" action="/unsubscribe?token=' in page["body"]
+    assert send(nurture_event(example_action(action_id="na_next")))["outcome"] == "sent"
+    # And after the button's POST, a GET says it is done
+    unsubscribe_fn.handler(
+        http_event("POST", token, "List-Unsubscribe=One-Click&source=page"), LambdaContext(), service=service
+    )
+    again = unsubscribe_fn.handler(http_event("GET", token), LambdaContext(), service=service)
+    assert "You&#39;re unsubscribed" in again["body"] or "You're unsubscribed" in again["body"]
+
+
+def test_a_forged_token_is_rejected_and_suppresses_nothing(email_env):
+    # Given a token signed with some other secret for Priya's address
+    forged = unsubscribe.issue(
+        b"not-the-secret" * 4,
+        address_hash=address_hash(PRIYA),
+        account_id="acc_fieldstone",
+        user_id="u_priya",
+    )
+    # When it is posted
+    response = unsubscribe_fn.handler(
+        http_event("POST", forged, "List-Unsubscribe=One-Click"),
+        LambdaContext(),
+        service=unsubscribe_fn.build(),
+    )
+    # Then it is refused and Priya still gets email
+    assert response["statusCode"] == 400
+    assert send(nurture_event(example_action()))["outcome"] == "sent"
+
+
+def test_an_expired_token_is_rejected_and_suppresses_nothing(email_env):
+    # Given a token signed with the real secret that expired a second ago
+    secret = boto3.client("secretsmanager").get_secret_value(SecretId=email_env["UNSUBSCRIBE_SECRET_ARN"])
+    expired = unsubscribe.issue(
+        secret["SecretString"].encode(),
+        address_hash=address_hash(PRIYA),
+        account_id="acc_fieldstone",
+        user_id="u_priya",
+        ttl_seconds=-1,
+    )
+    # When it is posted
+    response = unsubscribe_fn.handler(
+        http_event("POST", expired, "List-Unsubscribe=One-Click"),
+        LambdaContext(),
+        service=unsubscribe_fn.build(),
+    )
+    # Then it is refused as expired and Priya still gets email
+    assert response["statusCode"] == 410 and "expired" in response["body"]
+    assert send(nurture_event(example_action()))["outcome"] == "sent"
+
+
+def test_a_permanent_bounce_suppresses_the_address(email_env):
+    # Given SES reports a hard bounce for Priya through the configuration set's EventBridge destination
+    bounce = {
+        "version": "0",
+        "id": "e-1",
+        "detail-type": "Email Bounced",
+        "source": "aws.ses",
+        "detail": {
+            "eventType": "Bounce",
+            "mail": {"messageId": "m-1", "tags": {"pqlflow_template": ["limit_approaching"]}},
+            "bounce": {
+                "bounceType": "Permanent",
+                "bounceSubType": "General",
+                "bouncedRecipients": [{"emailAddress": PRIYA}],
+            },
+        },
+    }
+    # When ses_events handles it (twice: redelivery is harmless)
+    results = [ses_events.handler(bounce, LambdaContext(), suppressions=ses_events.build()) for _ in range(2)]
+    # Then the address is suppressed once and the nudge is not sent
+    assert [r["suppressed"] for r in results] == [1, 0]
+    assert send(nurture_event(example_action()))["outcome"] == "suppressed"
+    assert sent_count() == 0
+
+
+def test_an_ses_refusal_leaves_the_action_retryable(email_env):
+    # Given the sender address is not a verified identity, so SES refuses
+    boto3.client("sesv2").delete_email_identity(EmailIdentity="mail.example.com")
+    boto3.client("ses").delete_identity(Identity="hello@mail.example.com")
+    event = nurture_event(example_action())
+    # When the trigger delivers it
+    with pytest.raises(send_email.SendRejected):
+        send(event)
+    # Then no claim is left behind, so once SES accepts, the retry sends it
+    assert marker(email_env["TABLE_NAME"], "acc_fieldstone", event["detail"]["action_id"]) is None
+    boto3.client("ses").verify_email_identity(EmailAddress="hello@mail.example.com")
+    assert send(event)["outcome"] == "sent"
+    assert sent_count() == 1
+
+
+def test_a_missing_variable_names_it(monkeypatch):
+    monkeypatch.delenv("UNSUBSCRIBE_SECRET_ARN", raising=False)
+    monkeypatch.setenv("TABLE_NAME", "t")
+    with pytest.raises(SettingsError, match="UNSUBSCRIBE_SECRET_ARN"):
+        from_environ(send_email.SendEmailSettings)

@@ -1,0 +1,300 @@
+"""Nurture email rendering: sandboxed templates, personalization, and the MIME message they become."""
+
+from __future__ import annotations
+
+import base64
+import json
+from email import policy
+from email.parser import BytesParser
+from functools import cache
+from pathlib import Path
+
+import pytest
+from pqlflow import mail, suppression, unsubscribe
+from pqlflow.contracts import NurtureAction
+from pqlflow.mail import (
+    EmailTemplates,
+    MailError,
+    NoRecipient,
+    TemplateError,
+    build_context,
+    choose_template,
+    compose,
+    load_brand,
+    message_bytes,
+    qualification_of,
+    resolve_recipient,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "templates"
+CONTEXTS = sorted((ROOT / "examples" / "email-contexts").glob("*.json"))
+KEY = b"k" * 40
+UNSUBSCRIBE = "https://api.example.com/unsubscribe"
+SHIPPED = EmailTemplates(TEMPLATES).names()
+
+
+def example(name: str) -> NurtureAction:
+    return NurtureAction.model_validate(
+        json.loads((ROOT / "examples" / "email-contexts" / f"{name}.json").read_text())
+    )
+
+
+@cache
+def shipped(root: Path) -> tuple[EmailTemplates, mail.Brand]:
+    return EmailTemplates(root), load_brand(root)
+
+
+def render(
+    action: NurtureAction, template: str | None = None, templates_root: Path = TEMPLATES
+) -> mail.Composed:
+    templates, brand = shipped(templates_root)
+    return compose(
+        action,
+        templates=templates,
+        brand=brand,
+        sender="Northwind <hello@mail.example.com>",
+        unsubscribe_url=UNSUBSCRIBE,
+        signing_key=KEY,
+        template=template,
+    )
+
+
+def parse(composed: mail.Composed):
+    return BytesParser(policy=policy.default).parsebytes(message_bytes(composed.message))
+
+
+def test_the_five_seed_strategies_are_shipped():
+    assert set(SHIPPED) >= {
+        "upgrade_nudge",
+        "limit_approaching",
+        "demo_invite",
+        "feature_content",
+        "incentive_offer",
+    }
+
+
+@pytest.mark.parametrize("template", SHIPPED)
+@pytest.mark.parametrize("context_file", CONTEXTS, ids=lambda p: p.stem)
+def test_every_shipped_template_renders_with_every_example_context(template, context_file):
+    # Given an example Nurture Action (its context is the PQL Qualified)
+    action = NurtureAction.model_validate(json.loads(context_file.read_text()))
+    # When the template renders it
+    composed = render(action, template)
+    # Then subject, HTML and text are all there, with the unsubscribe link and the postal address
+    brand = shipped(TEMPLATES)[1]
+    rendered = composed.rendered
+    assert rendered.subject and "\n" not in rendered.subject
+    assert rendered.html.lstrip().startswith("<!DOCTYPE html>")
+    for body in (rendered.html, rendered.text):
+        assert UNSUBSCRIBE + "?token=" in body
+        assert brand.postal_address in body
+        assert "None" not in body and "Undefined" not in body
+
+
+def test_a_name_that_looks_like_template_code_renders_literally_and_html_is_escaped():
+    # Given a recipient named `{{ 7*7 }} <script>alert(1)</script>` whose first name is `{{ 7*7 }}`
+    action = example("hostile_traits")
+    # When the upgrade nudge renders
+    rendered = render(action, "upgrade_nudge").rendered
+    # Then the name is shown as typed, never evaluated, and no markup from data reaches the HTML
+    assert "Hi {{ 7*7 }}," in rendered.html
+    assert "Hi {{ 7*7 }}," in rendered.text
+    assert rendered.subject.startswith("{{ 7*7 }},")
+    assert "49" not in rendered.subject + rendered.text + rendered.html
+    assert "<script>" not in rendered.html
+    assert (
+        "<img src=x" not in rendered.html and "&lt;img src=x onerror=alert(1)&gt; &amp; Sons" in rendered.html
+    )
+    assert "<h1>Injected</h1>" not in rendered.html
+    assert "&lt;b&gt;2,000&lt;/b&gt; messages {{ config }}" in rendered.html
+
+
+def test_a_script_tag_in_the_name_is_escaped_in_the_html_part():
+    # Given a recipient whose name is a script tag
+    action = example("storage_hd_videos")
+    users = action.context["users"]
+    users[0]["traits"] = {**users[0]["traits"], "first_name": "<script>alert('x')</script>"}
+    # When it renders
+    rendered = render(action).rendered
+    # Then the HTML shows it as text
+    assert "Hi &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;," in rendered.html
+    assert "<script>" not in rendered.html
+
+
+def write_templates(root: Path, body_html: str) -> Path:
+    (root / "email" / "probe").mkdir(parents=True)
+    (root / "email" / "probe" / "subject.txt").write_text("Hello {{ recipient.greeting }}")
+    (root / "email" / "probe" / "body.html").write_text(body_html)
+    (root / "email" / "probe" / "body.txt").write_text("{{ links.unsubscribe }}")
+    (root / "brand.yaml").write_text((TEMPLATES / "brand.yaml").read_text())
+    return root
+
+
+def test_a_template_that_uses_a_missing_variable_fails_naming_file_and_line(tmp_path):
+    # Given a template whose second line uses a variable the context does not have
+    root = write_templates(tmp_path, "<p>{{ recipient.greeting }}</p>\n<p>{{ recipient.nickname }}</p>\n")
+    # When it renders
+    with pytest.raises(TemplateError) as err:
+        render(example("crm_contacts_80pct"), "probe", templates_root=root)
+    # Then the error is raised (not a blank in production) and names where to fix it
+    assert "email/probe/body.html:2" in str(err.value)
+    assert "nickname" in str(err.value)
+
+
+def test_an_undefined_top_level_name_fails_too(tmp_path):
+    root = write_templates(tmp_path, "{{ customer_name }}")
+    with pytest.raises(TemplateError, match="customer_name"):
+        render(example("crm_contacts_80pct"), "probe", templates_root=root)
+
+
+def test_templates_run_in_a_sandbox(tmp_path):
+    # Given a template that reaches for Python internals
+    root = write_templates(tmp_path, "{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    # When it renders, Then the sandbox refuses
+    with pytest.raises(TemplateError):
+        render(example("crm_contacts_80pct"), "probe", templates_root=root)
+
+
+def test_the_message_is_rfc5322_multipart_alternative_with_one_click_unsubscribe():
+    # Given a rendered nudge
+    composed = render(example("crm_contacts_80pct"))
+    # When its bytes are parsed as a mail client would
+    msg = parse(composed)
+    # Then it is multipart/alternative with a text and an HTML part, in that order
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert "8,000 of 10,000 contacts" in msg.get_body(("plain",)).get_content()
+    assert "8,000" in msg.get_body(("html",)).get_content()
+    # And it carries RFC 5322 headers and the RFC 8058 pair
+    assert msg["From"] == "Northwind <hello@mail.example.com>"
+    assert msg["To"].addresses[0].addr_spec == "priya@fieldstone.example"
+    assert msg["Subject"] == composed.rendered.subject
+    assert msg["Date"] and msg["Message-ID"].endswith("@mail.example.com>")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = msg["List-Unsubscribe"]
+    assert link.startswith(f"<{UNSUBSCRIBE}?token=v1.") and link.endswith(">")
+    # And the token in it unsubscribes exactly this recipient
+    token = link[1:-1].split("token=", 1)[1]
+    who = unsubscribe.verify([KEY], token)
+    assert who.address_hash == suppression.address_hash("priya@fieldstone.example")
+    assert who.account_id == "acc_fieldstone"
+
+
+def test_the_message_uses_crlf_line_endings_for_ses_raw():
+    raw = message_bytes(render(example("storage_hd_videos")).message)
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_a_name_with_a_line_break_cannot_inject_headers():
+    # Given a first name carrying a header injection attempt
+    action = example("crm_contacts_80pct")
+    action.context["users"][0]["traits"]["first_name"] = "Priya\r\nBcc: attacker@example.net"
+    action.context["users"][0]["traits"]["name"] = "Priya\nBcc: attacker@example.net"
+    # When the message is built and parsed
+    msg = parse(render(action, "upgrade_nudge"))
+    # Then there is no Bcc header and the subject is one line
+    assert msg["Bcc"] is None
+    assert "\n" not in msg["Subject"]
+    assert msg["To"].addresses[0].addr_spec == "priya@fieldstone.example"
+
+
+def test_the_token_in_the_link_carries_no_readable_address():
+    composed = render(example("storage_hd_videos"))
+    token = composed.message["List-Unsubscribe"][1:-1].split("token=", 1)[1]
+    payload = base64.urlsafe_b64decode(token.split(".")[1] + "==").decode()
+    assert "@" not in payload and "sofia" not in payload.lower().replace("u_sofia", "")
+
+
+def test_context_personalizes_from_the_qualification():
+    # Given a team whose storage nears its quota and whose recipient uploads HD video most
+    action = example("storage_hd_videos")
+    q = qualification_of(action)
+    recipient = resolve_recipient(action, q)
+    # When the context is built
+    ctx = build_context(
+        action,
+        template="upgrade_nudge",
+        recipient=recipient,
+        brand=load_brand(TEMPLATES),
+        unsubscribe_url="u",
+    )
+    # Then it knows the first name, the top feature, usage against the limit and who else is active
+    assert ctx["recipient"]["first_name"] == "Sofia"
+    assert ctx["usage"]["feature"]["key"] == "hd_video_uploads"
+    assert ctx["usage"]["feature"]["count"] == 1240
+    limit = ctx["usage"]["limit"]
+    assert (limit["used"], limit["limit"], limit["percent"]) == (1780, 2000, 89)
+    assert ctx["usage"]["team"]["names"] == ["Erik", "Noor", "Léa"]
+    assert ctx["account"]["name"] == "Northlight Studio"
+    assert [r["code"] for r in ctx["qualification"]["reasons"]][0] == "hd_uploads_500"
+    assert ctx["links"]["upgrade"].endswith("utm_source=pqlflow&utm_medium=email&utm_campaign=upgrade_nudge")
+
+
+def test_the_rendered_nudge_reads_like_a_person_wrote_it():
+    rendered = render(example("storage_hd_videos")).rendered
+    assert rendered.subject == "Sofia, 1,240 HD videos and counting"
+    assert "Northlight Studio now has 1,240 HD videos" in rendered.text
+    assert "Erik, Noor and Léa on your team are active too." in rendered.text
+    assert "faster" in rendered.text  # the premium pitch for the feature they use most
+
+
+def test_the_limit_notice_says_how_much_is_used_and_left():
+    rendered = render(example("crm_contacts_80pct")).rendered
+    assert rendered.subject == "Fieldstone Logistics has used 80% of its contacts"
+    assert "8,000 of 10,000 contacts used (80%, 2,000 left) on the Starter plan." in rendered.text
+
+
+def test_each_incentive_kind_shows_its_offer():
+    discount = render(example("incentive_discount")).rendered
+    trial = render(example("incentive_extended_trial")).rendered
+    feature = render(example("incentive_premium_feature")).rendered
+    assert "20% off Pro" in discount.subject and "GROW20" in discount.html
+    assert "14 more days" in trial.subject and "offer=trial-extension-14" in trial.html
+    assert "Advanced analytics" in feature.subject
+
+
+def test_an_offer_without_copy_is_an_error_not_a_wrong_offer():
+    action = example("incentive_discount").model_copy(update={"offer": "unlock-sso"})
+    with pytest.raises(MailError, match="unlock-sso"):
+        render(action)
+
+
+def test_without_a_template_the_strongest_reason_picks_one():
+    assert (
+        choose_template(example("crm_contacts_80pct").model_copy(update={"template": None}))
+        == "limit_approaching"
+    )
+    assert choose_template(example("b2c_minimal")) == "upgrade_nudge"
+
+
+def test_a_recipient_without_an_email_address_is_no_recipient():
+    action = example("b2c_minimal")
+    action.context["users"][0]["traits"] = {"name": "No Address"}
+    with pytest.raises(NoRecipient):
+        render(action)
+
+
+def test_an_unknown_template_name_is_an_error_listing_the_shipped_ones():
+    with pytest.raises(MailError, match="upgrade_nudge"):
+        render(example("b2c_minimal"), "../../etc/passwd")
+
+
+def test_social_proof_is_stable_for_an_account_and_about_its_feature():
+    first = render(example("storage_hd_videos")).rendered.text
+    again = render(example("storage_hd_videos")).rendered.text
+    assert first == again
+    assert "Brightframe Films" in first  # the testimonial tagged with HD video
+
+
+def test_a_brand_file_with_a_typo_names_the_field(tmp_path):
+    (tmp_path / "brand.yaml").write_text(
+        (TEMPLATES / "brand.yaml").read_text().replace("postal_address:", "postal_adress:")
+    )
+    with pytest.raises(MailError, match="postal_ad"):
+        load_brand(tmp_path)
+
+
+def test_the_postal_address_can_come_from_configuration():
+    brand = load_brand(TEMPLATES, {"postal_address": "Acme, 1 Real Street, Berlin"})
+    assert brand.postal_address == "Acme, 1 Real Street, Berlin"
