@@ -1,0 +1,1252 @@
+"""Backtest PQL definitions against an exported usage history, in memory: how well they predict upgrades.
+
+The history is JSON Lines of Segment messages (or EventBridge events whose `detail` is the message). Every
+line is validated exactly as `pqlflow.events.parse_body` validates an SQS body (a fast path for the common
+shape, the reference parser for everything else), deduplicated by `messageId` (the first copy in file
+order wins), sorted by event time (stable: ties keep file order), and folded per subject with
+`AccountUsage.apply` — the aggregation the live ingest writes — and evaluated with
+`pqlflow.qualification.decide`, the code the qualify function runs. Nothing touches AWS.
+
+Speed comes from three honest shortcuts, each tested against the slow path:
+- decoding: a fast validator accepts only messages it can prove `parse_body` accepts, and produces the
+  same `UsageEvent`; anything else goes through `parse_body` itself (tests/unit/test_backtest_decode.py);
+- folding: an event whose name, traits and user cannot change any signal the definition reads only marks
+  the subject active; it is not folded (it could only change counters the definition never reads);
+- evaluation: `decide` runs only after an event that changed something the definition reads, at the first
+  event of each new day when the definition has time windows (windows slide by whole days), and at the
+  first event after a re-qualification cooldown ends.
+
+`run_backtest` returns a `BacktestResult`; `pqlflow.report` renders it as text, JSON or one HTML page.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gc
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pqlflow import clock
+from pqlflow.definition import (
+    NUMERIC_OPS,
+    OP_SYMBOL,
+    ActiveUsersSignal,
+    AllRule,
+    AnyRule,
+    Condition,
+    CountSignal,
+    DaysToSignal,
+    Definition,
+    GaugeSignal,
+    NotRule,
+    RatioSignal,
+    VelocitySignal,
+    _walk_rule,
+)
+from pqlflow.errors import UsageError
+from pqlflow.events import (
+    MAX_FUTURE_SECONDS,
+    MAX_IDENTIFIER_CHARS,
+    MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
+    PAGE_EVENT,
+    SCREEN_EVENT,
+    Rejection,
+    UsageEvent,
+    account_for,
+    parse_body,
+)
+from pqlflow.qualification import (
+    PqlState,
+    _compare,
+    _number,
+    decayed_count,
+    decide,
+    exclusion,
+    fmt,
+    signal_value,
+)
+from pqlflow.usage import AccountUsage, GaugeError, TrackingSpec
+
+try:  # orjson is ~3x faster than json; the stdlib fallback gives the same answers, more slowly
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
+JSON_DECODER = "orjson" if _orjson is not None else "json"
+HISTORY_RETENTION_DAYS = 36_500  # an export is history on purpose: no retention window in a backtest
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A line that is not a valid usage event: where it is and why (the quarantine reason live would give)."""
+
+    file: str
+    line: int
+    reason: str
+    message_id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+@dataclass
+class History:
+    """A decoded, deduplicated, time-sorted history: what every definition in a run is evaluated on."""
+
+    events: list[UsageEvent]  # sorted by event time, ties in file order
+    where: list[int]  # per event: its global line index (see `locate`)
+    files: list[tuple[str, int]]  # (path, first global line index)
+    lines: int = 0  # non-blank lines read
+    duplicates: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    decode_seconds: float = 0.0  # reading + validating + deduplicating + sorting
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """(file, 1-based line) of a global line index."""
+        starts = [start for _, start in self.files]
+        i = bisect.bisect_right(starts, index) - 1
+        path, start = self.files[i]
+        return path, index - start + 1
+
+
+def _read(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a JSON Lines file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the file ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def _identifier(value: Any) -> bool:
+    """True when `value` certainly passes events.Identifier (printable ASCII, not blank, ≤ 256 chars).
+    False means "not sure": the caller hands the line to the reference parser."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_IDENTIFIER_CHARS
+        and value.isascii()
+        and value.isprintable()
+        and not value.isspace()
+    )
+
+
+_BIG = 9.2e18  # orjson turns integers beyond 64 bits into floats; pydantic keeps them exact
+
+
+def _plain(value: Any) -> bool:
+    """No float that orjson may have made from a big integer, anywhere inside."""
+    if type(value) is dict:
+        value = value.values()
+    for v in value:
+        t = type(v)
+        if t is float:
+            if v >= _BIG or v <= -_BIG:
+                return False
+        elif (t is dict or t is list) and not _plain(v):
+            return False
+    return True
+
+
+class FastDecoder:
+    """Decode one JSON line into exactly what `parse_body(line, now_s, retention_days)` returns.
+
+    The fast path covers the shapes exports actually have (ASCII identifiers, `YYYY-MM-DDTHH:MM:SS.mmmZ`
+    times, objects where objects belong); whenever it is not certain, it calls `parse_body` itself.
+    """
+
+    def __init__(self, now_s: float, retention_days: int = HISTORY_RETENTION_DAYS):
+        self.now_s = now_s
+        self.retention_days = retention_days
+        self.lo_s = now_s - retention_days * 86400
+        self.hi_s = now_s + MAX_FUTURE_SECONDS
+        self._ok: set[str] = set()  # identifiers already proven valid (user, group and event names repeat)
+        self.fast = 0
+        self.slow = 0
+
+    def decode(self, raw: bytes) -> UsageEvent | Rejection:
+        event = self._fast(raw)
+        if event is not None:
+            self.fast += 1
+            return event
+        self.slow += 1
+        return self._slow(raw)
+
+    def _slow(self, raw: bytes) -> UsageEvent | Rejection:
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejection("", f"line is not valid UTF-8 (byte {exc.start + 1})")
+        return parse_body(body, self.now_s, self.retention_days)
+
+    def _ident(self, value: Any) -> bool:
+        if type(value) is str and value in self._ok:
+            return True
+        if _identifier(value):
+            self._ok.add(value)
+            return True
+        return False
+
+    def _fast(self, raw: bytes) -> UsageEvent | None:  # noqa: C901 - one flat pass is the point
+        if len(raw) > MAX_MESSAGE_BYTES // 4:
+            return None
+        if raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
+            return None
+        try:
+            if _orjson is not None:
+                doc = _orjson.loads(raw)
+            else:
+                if b"\\ud" in raw or b"\\uD" in raw:  # lone surrogates: json accepts them, pydantic does not
+                    return None
+                doc = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if type(doc) is not dict:
+            return None
+        if b'"detail-type"' in raw:
+            if "detail_type" in doc:
+                return None
+            detail_type = doc.get("detail-type")
+            message = doc.get("detail")
+            if (
+                type(detail_type) is not str
+                or type(doc.get("source")) is not str
+                or type(message) is not dict
+            ):
+                return None
+            for key in ("id", "time", "account", "region"):
+                v = doc.get(key)
+                if v is not None and type(v) is not str:
+                    return None
+            if message.get("type") != detail_type:
+                return None
+        else:
+            message = doc
+        kind = message.get("type")
+        mid = message.get("messageId")
+        if type(mid) is not str or not _identifier(mid):
+            return None
+        user_id = message.get("userId")
+        anon = message.get("anonymousId")
+        if user_id is not None and not self._ident(user_id):
+            return None
+        if anon is not None and not self._ident(anon):
+            return None
+        user_id = user_id or anon
+        if user_id is None:
+            return None
+        ms = self._time(message.get("timestamp"))
+        if ms is None:
+            return None
+        context = message.get("context")
+        group_id = timezone = None
+        if context is not None:
+            if type(context) is not dict:
+                return None
+            group_id = context.get("groupId")
+            if group_id is not None and not self._ident(group_id):
+                return None
+            timezone = context.get("timezone")
+            if timezone is not None and type(timezone) is not str:
+                return None
+        if kind == "track":
+            name = message.get("event")
+            if not self._ident(name):
+                return None
+            properties = message.get("properties", _MISSING)
+            if properties is _MISSING:
+                properties = {}
+            elif type(properties) is not dict or (_orjson is not None and not _plain(properties)):
+                return None
+            return UsageEvent(
+                mid,
+                "track",
+                group_id or account_for(user_id),
+                user_id,
+                ms,
+                name,
+                properties,
+                timezone=timezone,
+            )
+        if kind == "identify" or kind == "group":
+            traits = message.get("traits", _MISSING)
+            if traits is _MISSING:
+                traits = {}
+            elif type(traits) is not dict or (_orjson is not None and not _plain(traits)):
+                return None
+            if kind == "group":
+                group_id = message.get("groupId")
+                if not self._ident(group_id):
+                    return None
+                return UsageEvent(mid, "group", group_id, user_id, ms, traits=traits, timezone=timezone)
+            return UsageEvent(
+                mid,
+                "identify",
+                group_id or account_for(user_id),
+                user_id,
+                ms,
+                traits=traits,
+                timezone=timezone,
+            )
+        if kind == "page" or kind == "screen":
+            properties = message.get("properties", _MISSING)
+            if properties is _MISSING:
+                properties = {}
+            elif type(properties) is not dict or (_orjson is not None and not _plain(properties)):
+                return None
+            properties = dict(properties)
+            for key in ("name", "category"):
+                v = message.get(key)
+                if v is not None:
+                    if not self._ident(v):
+                        return None
+                    properties.setdefault(key, v)
+            return UsageEvent(
+                mid,
+                "track",
+                group_id or account_for(user_id),
+                user_id,
+                ms,
+                PAGE_EVENT if kind == "page" else SCREEN_EVENT,
+                properties,
+                timezone=timezone,
+            )
+        return None
+
+    def _time(self, ts: Any) -> int | None:
+        """Epoch ms of a `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` time inside the accepted window."""
+        if type(ts) is not str or not ts.isascii():
+            return None
+        n = len(ts)
+        if (
+            n < 20
+            or n > 32
+            or ts[4] != "-"
+            or ts[7] != "-"
+            or ts[10] != "T"
+            or ts[13] != ":"
+            or ts[16] != ":"
+        ):
+            return None
+        tail = ts[19:]
+        if tail[-1] == "Z":
+            zone = 1
+        elif (
+            n >= 25 and tail[-6] in "+-" and tail[-3] == ":" and tail[-5:-3].isdigit() and tail[-2:].isdigit()
+        ):
+            if int(tail[-5:-3]) > 14 or int(tail[-2:]) > 59:
+                return None
+            zone = 6
+        else:
+            return None
+        frac = tail[:-zone]
+        if frac and (frac[0] != "." or not 2 <= len(frac) <= 7 or not frac[1:].isdigit()):
+            return None
+        try:  # the C parser reads only ASCII digits in every other position (and ts is ASCII)
+            parsed = datetime.fromisoformat(ts)
+        except ValueError:
+            return None
+        ts_s = parsed.timestamp()
+        if ts_s > self.hi_s or ts_s < self.lo_s:
+            return None
+        return int(ts_s * 1000)
+
+
+_MISSING = object()
+
+
+def _lines(data: bytes) -> list[bytes]:
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def decode_history(
+    paths: Sequence[str | Path], *, now_s: float | None = None, retention_days: int = HISTORY_RETENTION_DAYS
+) -> History:
+    """Read, validate, deduplicate (by messageId) and time-sort the events of JSON Lines files.
+
+    A missing or unreadable file is a `UsageError`; a bad line is recorded in `History.bad` and skipped.
+    """
+    started = time.perf_counter()
+    decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days)
+    events: list[UsageEvent] = []
+    where: list[int] = []
+    files: list[tuple[str, int]] = []
+    bad: list[BadLine] = []
+    seen: set[str] = set()
+    duplicates = 0
+    index = 0
+    nonblank = 0
+    decode = decoder.decode
+    gc_was = gc.isenabled()
+    gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
+    try:
+        for path in paths:
+            data = _read(path)
+            files.append((str(path), index))
+            for raw in _lines(data):
+                index += 1
+                if not raw.strip():
+                    continue
+                nonblank += 1
+                result = decode(raw)
+                if type(result) is UsageEvent:
+                    mid = result.message_id
+                    if mid in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(mid)
+                    events.append(result)
+                    where.append(index - 1)
+                else:
+                    file, line = str(path), index - files[-1][1]
+                    bad.append(BadLine(file, line, str(result), result.message_id))
+        order = sorted(range(len(events)), key=[e.ms for e in events].__getitem__)
+        if any(i != j for i, j in zip(order, range(len(order)), strict=True)):
+            events = [events[i] for i in order]
+            where = [where[i] for i in order]
+    finally:
+        if gc_was:
+            gc.enable()
+    return History(events, where, files, nonblank, duplicates, bad, time.perf_counter() - started)
+
+
+def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
+    """The bare-decoding baseline: read the files and JSON-decode every line, nothing else.
+    Returns (lines, wall seconds, CPU seconds)."""
+    started = time.perf_counter()
+    cpu = time.process_time()
+    loads = _orjson.loads if _orjson is not None else json.loads
+    n = 0
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for path in paths:
+            for raw in _lines(_read(path)):
+                if raw.strip():
+                    with contextlib.suppress(ValueError):
+                        loads(raw)
+                    n += 1
+    finally:
+        if gc_was:
+            gc.enable()
+    return n, time.perf_counter() - started, time.process_time() - cpu
+
+
+# ---- what a definition reads --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What can change a definition's decisions: the event names it counts, and whether it reads
+    distinct active users. Traits (identify/group) and conversions always matter."""
+
+    names: frozenset[str]
+    active_users: bool
+    time_dependent: bool  # rolling windows, velocity, decay or a cooldown: re-decide on each new day
+
+
+def _rule_conditions(rule: Any) -> list[Condition]:
+    return [c for c, _ in _walk_rule(rule, ())] if rule is not None else []
+
+
+def referenced_signals(defn: Definition) -> list[str]:
+    """Signals the decision reads (qualify, points, touch), with the signals a ratio reads, in order."""
+    names: list[str] = []
+    conds = _rule_conditions(defn.qualify) + _rule_conditions(defn.touch.high)
+    if defn.points is not None:
+        for rule in defn.points.rules:
+            conds += _rule_conditions(rule.when)
+            if rule.signal is not None:
+                names.append(rule.signal)
+    names += [c.signal for c in conds if c.signal is not None and c.signal != "score"]
+    out: list[str] = []
+    while names:
+        name = names.pop(0)
+        if name in out or name not in defn.signals:
+            continue
+        out.append(name)
+        signal = defn.signals[name]
+        if isinstance(signal, RatioSignal):
+            names.append(signal.ratio.of)
+    return out
+
+
+def reads_of(defn: Definition, spec: TrackingSpec) -> Reads:
+    names: set[str] = set(spec.conversions)
+    active = False
+    timed = defn.requalify.cooldown_days > 0 or (
+        defn.points is not None and defn.points.half_life_days is not None
+    )
+    for name in referenced_signals(defn):
+        signal = defn.signals[name]
+        if isinstance(signal, CountSignal):
+            names.add(signal.count)
+            timed = timed or signal.last_days is not None
+        elif isinstance(signal, ActiveUsersSignal):
+            active = True
+            timed = timed or signal.active_users.last_days is not None
+        elif isinstance(signal, GaugeSignal):
+            names.add(signal.gauge.event)
+        elif isinstance(signal, VelocitySignal | DaysToSignal):
+            of = signal.velocity if isinstance(signal, VelocitySignal) else signal.days_to
+            if of.count:
+                names.add(of.count)
+            else:
+                active = True
+            timed = True
+    return Reads(frozenset(names), active, timed)
+
+
+# ---- the decision gate: evaluate's would_enter / would_stay without building reasons -------------
+
+
+def _holds(rule: Any, value: Callable[[str], Any], force: tuple[int, bool] | None = None) -> bool:
+    if isinstance(rule, AllRule):
+        return all([_holds(r, value, force) for r in rule.all])
+    if isinstance(rule, AnyRule):
+        return any([_holds(r, value, force) for r in rule.any])
+    if isinstance(rule, NotRule):
+        return not _holds(rule.not_, value, force)
+    if force is not None and force[0] == id(rule):
+        return force[1]
+    return _compare(rule.op, value(rule.signal_name), rule.threshold)
+
+
+@dataclass(frozen=True)
+class SignalRow:
+    """A row of the per-signal table: one condition of the definition, at its threshold."""
+
+    label: str  # e.g. "messages ≥ 2,000"
+    signal: str
+    op: str
+    threshold: Any
+    source: str  # qualify | points | touch
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    """A threshold the sweep varies: a numeric qualify condition, or the points threshold."""
+
+    label: str
+    signal: str
+    op: str  # gte | gt | lte | lt
+    current: float
+    condition_id: int | None  # id() of the Condition; None for the points threshold
+
+
+class Gate:
+    """`evaluate`'s would_enter/would_stay, computed with qualification's own signal and comparison
+    functions but without building reasons (tests/unit/test_backtest_gate.py proves they agree)."""
+
+    def __init__(self, defn: Definition):
+        self.defn = defn
+        self.rows: list[SignalRow] = []
+        seen: set[tuple[str, str, str]] = set()
+
+        def add(cond: Condition, source: str) -> None:
+            key = (cond.signal_name, cond.op, repr(cond.threshold))
+            if key not in seen:
+                seen.add(key)
+                shown = (
+                    ", ".join(map(fmt, cond.threshold))
+                    if isinstance(cond.threshold, list)
+                    else fmt(cond.threshold)
+                )
+                self.rows.append(
+                    SignalRow(
+                        f"{cond.signal_name} {OP_SYMBOL[cond.op]} {shown}",
+                        cond.signal_name,
+                        cond.op,
+                        cond.threshold,
+                        source,
+                    )
+                )
+
+        for cond in _rule_conditions(defn.qualify):
+            add(cond, "qualify")
+        if defn.points is not None:
+            for rule in defn.points.rules:
+                for cond in _rule_conditions(rule.when):
+                    add(cond, "points")
+                if rule.signal is not None:
+                    key = (rule.signal, "gt", "0")
+                    if key not in seen:
+                        seen.add(key)
+                        self.rows.append(SignalRow(f"{rule.signal} > 0", rule.signal, "gt", 0, "points"))
+        self.targets: list[SweepTarget] = []
+        for cond in _rule_conditions(defn.qualify):
+            if cond.op in NUMERIC_OPS and cond.signal != "score":
+                self.targets.append(
+                    SweepTarget(
+                        f"{cond.signal_name} {OP_SYMBOL[cond.op]}",
+                        cond.signal_name,
+                        cond.op,
+                        float(cond.threshold),
+                        id(cond),
+                    )
+                )
+        if defn.points is not None:
+            self.targets.append(
+                SweepTarget("score ≥ (points threshold)", "score", "gte", float(defn.points.threshold), None)
+            )
+
+    def check(
+        self, usage: AccountUsage, now_ms: int, excluded: bool
+    ) -> tuple[bool, bool, list[bool], list[float]]:
+        """(would_enter, would_stay, each row holds, each sweep target's critical value).
+
+        A target's critical value is the largest threshold (smallest, for lte/lt, negated) at which the
+        enter condition would hold now, with everything else unchanged: +inf when it holds at any
+        threshold, -inf when at none.
+        """
+        defn = self.defn
+        cache: dict[str, Any] = {}
+
+        def value(name: str) -> Any:
+            return signal_value(defn, name, usage, now_ms, cache)
+
+        score = None
+        points_enter = True
+        if defn.points is not None:
+            pm = defn.points
+            score = 0.0
+            for rule in pm.rules:
+                if rule.when is not None:
+                    if _holds(rule.when, value) and rule.points:
+                        score += float(rule.points)
+                    continue
+                name = rule.signal or ""
+                units = _number(value(name)) or 0.0
+                signal = defn.signals[name]
+                if pm.half_life_days and rule.decay and isinstance(signal, CountSignal):
+                    units = decayed_count(usage, signal, now_ms, pm.half_life_days)
+                pts = units * float(rule.each or 0)
+                if rule.cap is not None:
+                    pts = max(-rule.cap, min(rule.cap, pts))
+                score += round(pts, 4)
+            score = round(score, 2)
+            cache["score"] = score
+            points_enter = score >= pm.threshold
+        rule_ok = _holds(defn.qualify, value) if defn.qualify is not None else True
+        enter = stay = rule_ok and not excluded
+        if defn.points is not None:
+            assert score is not None
+            enter = enter and points_enter
+            stay = stay and score >= defn.points.threshold - defn.points.margin
+        rows = [_compare(r.op, value(r.signal), r.threshold) for r in self.rows]
+        crits: list[float] = []
+        for t in self.targets:
+            if excluded:
+                crits.append(-math.inf)
+            elif t.condition_id is None:
+                crits.append(score if rule_ok and score is not None else -math.inf)
+            elif not points_enter:
+                crits.append(-math.inf)
+            elif _holds(defn.qualify, value, (t.condition_id, False)):
+                crits.append(math.inf)
+            elif _holds(defn.qualify, value, (t.condition_id, True)):
+                number = _number(value(t.signal))
+                crits.append(-math.inf if number is None else (number if t.op in ("gte", "gt") else -number))
+            else:
+                crits.append(-math.inf)
+        return enter, stay, rows, crits
+
+
+# ---- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SubjectOutcome:
+    """What happened to one subject (account, or user for `unit: user`) over the history."""
+
+    account_id: str
+    user_id: str | None
+    first_ms: int
+    last_ms: int
+    qualified_at_ms: int | None = None  # first qualification
+    qualifications: int = 0
+    disqualifications: int = 0
+    converted_at_ms: int | None = None
+    reasons: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (code, kind, text) at first qualification
+    touch: str | None = None
+    rows: list[bool] = field(default_factory=list)  # per SignalRow: held at some point before conversion
+    records: list[list[tuple[int, float]]] = field(default_factory=list)  # per target: (ms, new max critical)
+
+
+class _Subject:
+    __slots__ = (
+        "usage",
+        "state",
+        "out",
+        "day",
+        "day_users",
+        "enter",
+        "stay",
+        "excluded",
+        "dirty",
+        "final",
+        "maxes",
+    )
+
+    def __init__(self, usage: AccountUsage, out: SubjectOutcome, n_targets: int):
+        self.usage = usage
+        self.state = PqlState()
+        self.out = out
+        self.day = -1
+        self.day_users: set[str] = set()
+        self.enter = False
+        self.stay = False
+        self.excluded = False
+        self.dirty = True
+        self.final = False
+        self.maxes = [-math.inf] * n_targets
+
+
+@dataclass
+class DefinitionRun:
+    """The raw outcome of one definition over one history, before metrics."""
+
+    name: str
+    version: int
+    source: str
+    unit: str
+    rows: list[SignalRow]
+    targets: list[SweepTarget]
+    subjects: list[SubjectOutcome]
+    transitions: list[tuple[str, int]]  # (kind, at_ms) of every transition
+    folded: int = 0  # events folded with AccountUsage.apply
+    gated: int = 0  # cheap would_enter/would_stay checks
+    decided: int = 0  # calls of qualification.decide
+    bad: list[BadLine] = field(default_factory=list)  # events ingest would quarantine (bad gauge values)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_definition(
+    history: History, defn: Definition, source: str = "", spec: TrackingSpec | None = None
+) -> DefinitionRun:
+    """Fold the history per subject and record every transition `decide` makes, as the live path would."""
+    started = time.perf_counter()
+    spec = defn.tracking_spec(spec)
+    reads = reads_of(defn, spec)
+    gate = Gate(defn)
+    names = reads.names
+    active = reads.active_users
+    timed = reads.time_dependent
+    by_user = defn.unit == "user"
+    retention = spec.retention_days
+    subjects: dict[Any, _Subject] = {}
+    outs: list[SubjectOutcome] = []
+    transitions: list[tuple[str, int]] = []
+    run = DefinitionRun(
+        defn.name,
+        defn.version,
+        source,
+        defn.unit,
+        gate.rows,
+        gate.targets,
+        outs,
+        transitions,
+        warnings=list(defn.warnings),
+    )
+    n_targets = len(gate.targets)
+    folded = gated = decided = 0
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i, ev in enumerate(history.events):
+            ms = ev.ms
+            key = (ev.account_id, ev.user_id) if by_user else ev.account_id
+            subj = subjects.get(key)
+            if subj is None:
+                out = SubjectOutcome(
+                    ev.account_id,
+                    ev.user_id if by_user else None,
+                    ms,
+                    ms,
+                    rows=[False] * len(gate.rows),
+                    records=[[] for _ in range(n_targets)],
+                )
+                usage = AccountUsage(ev.account_id, ev.user_id if by_user else None)
+                subj = subjects[key] = _Subject(usage, out, n_targets)
+                outs.append(out)
+            out = subj.out
+            out.last_ms = ms
+            if subj.final:
+                continue
+            usage = subj.usage
+            day = ms // DAY_MS
+            new_day = day != subj.day
+            if new_day:
+                subj.day = day
+                if active:
+                    subj.day_users = set()
+                if usage.first_seen_ms is not None and day - usage.first_seen_ms // DAY_MS >= retention:
+                    usage.prune(ms, spec)
+            kind = ev.kind
+            relevant = kind != "track" or ev.name in names
+            if active and not relevant and ev.user_id not in subj.day_users:
+                relevant = True
+            if relevant:
+                if active:
+                    subj.day_users.add(ev.user_id)
+                try:
+                    usage.apply(ev, spec)
+                except GaugeError as exc:
+                    path, line = history.locate(history.where[i])
+                    run.bad.append(BadLine(path, line, f"{exc.field}: {exc}", ev.message_id))
+                    continue
+                folded += 1
+                if kind != "track" or usage.converted:
+                    subj.dirty = True
+            else:
+                if usage.first_seen_ms is None:
+                    usage.first_seen_ms = ms
+                usage.last_seen_ms = ms
+                if not (new_day and timed):
+                    continue
+            # ---- decide, exactly when the live qualify function would (qualification.needs_decision)
+            if usage.converted:
+                must = True
+            else:
+                if subj.dirty:
+                    subj.excluded = exclusion(defn, usage) is not None
+                    subj.dirty = False
+                gated += 1
+                enter, stay, rows, crits = gate.check(usage, ms, subj.excluded)
+                must = (enter and not subj.enter) or (subj.stay and not stay) or (enter and new_day)
+                subj.enter, subj.stay = enter, stay
+                held = out.rows
+                for j, ok in enumerate(rows):
+                    if ok:
+                        held[j] = True
+                maxes = subj.maxes
+                for j, c in enumerate(crits):
+                    if c > maxes[j]:
+                        maxes[j] = c
+                        out.records[j].append((ms, c))
+            if not must:
+                continue
+            decided += 1
+            transition = decide(defn, usage, subj.state, ms)
+            if transition is None:
+                continue
+            subj.state = transition.new_state
+            transitions.append((transition.kind, transition.at_ms))
+            if transition.kind == "qualified":
+                out.qualifications += 1
+                if out.qualified_at_ms is None:
+                    out.qualified_at_ms = transition.at_ms
+                    evaluation = transition.evaluation
+                    if evaluation is not None:
+                        out.touch = evaluation.touch
+                        out.reasons = [(r.code, r.kind, r.text) for r in evaluation.reasons]
+            elif transition.kind == "disqualified":
+                out.disqualifications += 1
+            else:
+                out.converted_at_ms = transition.at_ms
+                subj.final = True
+    finally:
+        if gc_was:
+            gc.enable()
+    run.folded, run.gated, run.decided = folded, gated, decided
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+TIME_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("< 1 d", 1),
+    ("1–3 d", 3),
+    ("3–7 d", 7),
+    ("1–2 wk", 14),
+    ("2–4 wk", 28),
+    ("4–8 wk", 56),
+    ("8+ wk", math.inf),
+)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _week_start(ms: int) -> str:
+    day = datetime.fromtimestamp(ms / 1000, UTC).date()
+    return (day - timedelta(days=day.weekday())).isoformat()
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _confusion(subjects: Iterable[tuple[int | None, int | None]], window_ms: int) -> dict[str, Any]:
+    """Precision, recall and lift of "qualified" as a predictor of converting: within the window after
+    qualification for PQLs, at any time in the history for the others. (qualified_at, converted_at) pairs."""
+    tp = fp = fn = tn = 0
+    for q, c in subjects:
+        if q is not None:
+            if c is not None and 0 <= c - q <= window_ms:
+                tp += 1
+            else:
+                fp += 1
+        elif c is not None:
+            fn += 1
+        else:
+            tn += 1
+    n = tp + fp + fn + tn
+    precision = _ratio(tp, tp + fp)
+    base = _ratio(tp + fn, n)
+    return {
+        "subjects": n,
+        "pqls": tp + fp,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": precision,
+        "recall": _ratio(tp, tp + fn),
+        "base_rate": base,
+        "lift": precision / base if precision is not None and base else None,
+        "pql_conversion_rate": precision,
+        "non_pql_conversion_rate": _ratio(fn, fn + tn),
+    }
+
+
+def _nice(x: float) -> float:
+    """A round number near x (1, 2, 2.5, 5 × 10^k), for sweep thresholds a person would pick."""
+    if x <= 0 or not math.isfinite(x):
+        return x
+    k = 10 ** math.floor(math.log10(x))
+    for m in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7.5, 8, 10):
+        if x <= m * k * 1.0001:
+            value = m * k
+            return float(round(value)) if value >= 1 else round(value, 6)
+    return x
+
+
+def _grid(current: float, maxima: list[float], steps: int = 14) -> list[float]:
+    finite = sorted(v for v in maxima if math.isfinite(v) and v > 0)
+    cands = {current}
+    if current > 0:
+        cands |= {_nice(current * f) for f in (0.25, 0.5, 0.75, 1.25, 1.5, 2, 3)}
+    if finite:
+        for q in range(1, 10):
+            cands.add(_nice(finite[min(len(finite) - 1, int(len(finite) * q / 10))]))
+    values = sorted(v for v in cands if v > 0 or current <= 0)
+    if len(values) > steps:  # keep the current threshold and an even spread around it
+        keep = {current, values[0], values[-1]}
+        stride = len(values) / (steps - 3)
+        keep |= {values[int(i * stride)] for i in range(steps - 3)}
+        values = sorted(keep)
+    return values
+
+
+def sweep(
+    run: DefinitionRun, target_index: int, window_ms: int, thresholds: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """PQL volume and conversion at other thresholds of one target, from each subject's record highs."""
+    target = run.targets[target_index]
+    sign = 1.0 if target.op in ("gte", "gt") else -1.0
+    strict = target.op in ("gt", "lt")
+    prepared = []
+    for s in run.subjects:
+        records = s.records[target_index]
+        prepared.append(([c for _, c in records], [m for m, _ in records], s.converted_at_ms))
+    if thresholds is None:
+        maxima = [sign * r[0][-1] for r in prepared if r[0]]
+        thresholds = _grid(target.current, maxima)
+    points = []
+    for t in thresholds:
+        internal = sign * t
+        pairs = []
+        for crits, times, conv in prepared:
+            i = bisect.bisect_right(crits, internal) if strict else bisect.bisect_left(crits, internal)
+            pairs.append((times[i] if i < len(crits) else None, conv))
+        m = _confusion(pairs, window_ms)
+        points.append(
+            {
+                "threshold": t,
+                "pqls": m["pqls"],
+                "converted": m["tp"],
+                "conversion_rate": m["precision"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "lift": m["lift"],
+                "current": t == target.current,
+            }
+        )
+    return {
+        "label": target.label,
+        "signal": target.signal,
+        "op": target.op,
+        "current": target.current,
+        "points": points,
+    }
+
+
+def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = None) -> dict[str, Any]:
+    """Everything the report shows about one definition's run, as plain JSON-able data."""
+    window_ms = int(window_days * DAY_MS)
+    subjects = run.subjects
+    end_ms = end_ms if end_ms is not None else max((s.last_ms for s in subjects), default=0)
+    conf = _confusion(((s.qualified_at_ms, s.converted_at_ms) for s in subjects), window_ms)
+    pqls = [s for s in subjects if s.qualified_at_ms is not None]
+    converted_after = [
+        (s.converted_at_ms - s.qualified_at_ms) / DAY_MS
+        for s in pqls
+        if s.converted_at_ms is not None
+        and s.qualified_at_ms is not None
+        and s.converted_at_ms >= s.qualified_at_ms
+    ]
+    buckets = []
+    lower = 0.0
+    for label, upper in TIME_BUCKETS:
+        buckets.append({"label": label, "count": sum(1 for d in converted_after if lower <= d < upper)})
+        lower = upper
+    ttc: dict[str, Any] = {
+        "n": len(converted_after),
+        "buckets": buckets,
+        "median_days": None,
+        "p25_days": None,
+        "p75_days": None,
+        "mean_days": None,
+    }
+    if converted_after:
+        ordered = sorted(converted_after)
+        ttc["median_days"] = round(statistics.median(ordered), 2)
+        ttc["mean_days"] = round(statistics.fmean(ordered), 2)
+        ttc["p25_days"] = round(ordered[int(0.25 * (len(ordered) - 1))], 2)
+        ttc["p75_days"] = round(ordered[int(0.75 * (len(ordered) - 1))], 2)
+    weeks: dict[str, dict[str, int]] = {}
+
+    def week(ms: int) -> dict[str, int]:
+        return weeks.setdefault(
+            _week_start(ms),
+            {"new_subjects": 0, "pqls": 0, "qualified_events": 0, "converted": 0, "pqls_converted": 0},
+        )
+
+    for s in subjects:
+        week(s.first_ms)["new_subjects"] += 1
+        if s.qualified_at_ms is not None:
+            row = week(s.qualified_at_ms)
+            row["pqls"] += 1
+            if s.converted_at_ms is not None and 0 <= s.converted_at_ms - s.qualified_at_ms <= window_ms:
+                row["pqls_converted"] += 1
+        if s.converted_at_ms is not None:
+            week(s.converted_at_ms)["converted"] += 1
+    for kind, at in run.transitions:
+        if kind == "qualified":
+            week(at)["qualified_events"] += 1
+    weekly = [{"week": w, **weeks[w]} for w in sorted(weeks)]
+    reasons: dict[str, dict[str, Any]] = {}
+    for s in pqls:
+        for code, kind, text in s.reasons:
+            entry = reasons.setdefault(code, {"code": code, "kind": kind, "example": text, "count": 0})
+            entry["count"] += 1
+    top_reasons = sorted(reasons.values(), key=lambda r: (-r["count"], r["code"]))
+    n = len(subjects)
+    converted_total = sum(1 for s in subjects if s.converted_at_ms is not None)
+    base = _ratio(converted_total, n)
+    signal_rows = []
+    for j, row in enumerate(run.rows):
+        with_ = [s for s in subjects if s.rows[j]]
+        w_conv = sum(1 for s in with_ if s.converted_at_ms is not None)
+        wo_n = n - len(with_)
+        wo_conv = converted_total - w_conv
+        rate_with = _ratio(w_conv, len(with_))
+        signal_rows.append(
+            {
+                "label": row.label,
+                "signal": row.signal,
+                "source": row.source,
+                "with": len(with_),
+                "with_converted": w_conv,
+                "with_rate": rate_with,
+                "without": wo_n,
+                "without_converted": wo_conv,
+                "without_rate": _ratio(wo_conv, wo_n),
+                "lift": rate_with / base if rate_with is not None and base else None,
+                "coverage": _ratio(len(with_), n),
+            }
+        )
+    censored = sum(
+        1
+        for s in pqls
+        if s.qualified_at_ms is not None
+        and s.qualified_at_ms + window_ms > end_ms
+        and s.converted_at_ms is None
+    )
+    touch = {
+        "high": sum(1 for s in pqls if s.touch == "high"),
+        "low": sum(1 for s in pqls if s.touch == "low"),
+    }
+    return {
+        "definition": {"name": run.name, "version": run.version, "source": run.source, "unit": run.unit},
+        "window_days": window_days,
+        "active": n,
+        "converted": converted_total,
+        **conf,
+        "qualified_events": sum(1 for k, _ in run.transitions if k == "qualified"),
+        "disqualified_events": sum(1 for k, _ in run.transitions if k == "disqualified"),
+        "censored_pqls": censored,
+        "touch": touch,
+        "time_to_convert": ttc,
+        "weekly": weekly,
+        "reasons": top_reasons[:10],
+        "signals": signal_rows,
+        "sweeps": [sweep(run, i, window_ms) for i in range(len(run.targets))],
+        "work": {
+            "folded": run.folded,
+            "gated": run.gated,
+            "decided": run.decided,
+            "seconds": round(run.seconds, 3),
+        },
+        "warnings": run.warnings,
+        "bad_events": [str(b) for b in run.bad[:50]],
+        "bad_event_count": len(run.bad),
+    }
+
+
+def overlap(a: DefinitionRun, b: DefinitionRun, window_days: float = 30) -> dict[str, Any]:
+    """Comparison mode: which accounts each definition qualifies, and how those groups convert."""
+    window_ms = int(window_days * DAY_MS)
+
+    def by_account(run: DefinitionRun) -> dict[str, SubjectOutcome]:
+        out: dict[str, SubjectOutcome] = {}
+        for s in run.subjects:
+            prev = out.get(s.account_id)
+            if prev is None or (
+                s.qualified_at_ms is not None
+                and (prev.qualified_at_ms is None or s.qualified_at_ms < prev.qualified_at_ms)
+            ):
+                out[s.account_id] = s
+        return out
+
+    sa, sb = by_account(a), by_account(b)
+    groups = {"both": [], "only_a": [], "only_b": [], "neither": []}
+    for account in sorted(set(sa) | set(sb)):
+        x, y = sa.get(account), sb.get(account)
+        qa = x is not None and x.qualified_at_ms is not None
+        qb = y is not None and y.qualified_at_ms is not None
+        conv = (x or y).converted_at_ms  # type: ignore[union-attr]
+        group = "both" if qa and qb else "only_a" if qa else "only_b" if qb else "neither"
+        groups[group].append(conv is not None)
+    rows = [
+        {"group": g, "accounts": len(v), "converted": sum(v), "conversion_rate": _ratio(sum(v), len(v))}
+        for g, v in groups.items()
+    ]
+    earlier = later = same = 0
+    for account, x in sa.items():
+        y = sb.get(account)
+        if x.qualified_at_ms is not None and y is not None and y.qualified_at_ms is not None:
+            if x.qualified_at_ms < y.qualified_at_ms:
+                earlier += 1
+            elif x.qualified_at_ms > y.qualified_at_ms:
+                later += 1
+            else:
+                same += 1
+    return {
+        "groups": rows,
+        "a_earlier": earlier,
+        "b_earlier": later,
+        "same_time": same,
+        "window_days": window_days,
+        "window_ms": window_ms,
+    }
+
+
+# ---- one call for the CLI, the bench and tests ----------------------------------------------------
+
+
+@dataclass
+class BacktestResult:
+    history: History
+    runs: list[DefinitionRun]
+    window_days: float
+    decode_only: tuple[int, float, float] | None = None  # bare decoding (lines, wall s, CPU s), when measured
+    seconds: float = 0.0  # decode + every definition's run, wall clock
+    cpu_seconds: float = 0.0  # the same, CPU time of this process (one core: nothing runs in parallel)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.history.lines / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        h = self.history
+        end = h.events[-1].ms if h.events else None
+        start = h.events[0].ms if h.events else None
+        data: dict[str, Any] = {
+            "source": "backtest",
+            "history": {
+                "files": [p for p, _ in h.files],
+                "lines": h.lines,
+                "events": len(h.events),
+                "duplicates": h.duplicates,
+                "bad_lines": len(h.bad),
+                "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in h.bad[:100]],
+                "start": _iso(start),
+                "end": _iso(end),
+            },
+            "window_days": self.window_days,
+            "speed": {
+                "seconds": round(self.seconds, 3),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "decode_seconds": round(h.decode_seconds, 3),
+                "events_per_second": round(self.events_per_second),
+                "events_per_cpu_second": round(h.lines / self.cpu_seconds) if self.cpu_seconds else None,
+                "json": JSON_DECODER,
+            },
+            "definitions": [metrics(r, self.window_days, end) for r in self.runs],
+        }
+        if self.decode_only is not None:
+            lines, secs, cpu = self.decode_only
+            data["speed"]["bare_decode_seconds"] = round(secs, 3)
+            data["speed"]["bare_decode_cpu_seconds"] = round(cpu, 3)
+            data["speed"]["bare_decode_lines_per_second"] = round(lines / secs) if secs else None
+        if len(self.runs) == 2:
+            data["comparison"] = overlap(self.runs[0], self.runs[1], self.window_days)
+        return data
+
+
+def run_backtest(
+    paths: Sequence[str | Path],
+    definitions: Sequence[tuple[Definition, str]],
+    *,
+    window_days: float = 30,
+    measure_decode: bool = False,
+    now_s: float | None = None,
+) -> BacktestResult:
+    """Decode the history once, run each (definition, source) on it, and time it all."""
+    if window_days <= 0 or not math.isfinite(window_days):
+        raise UsageError(f"--window {window_days}: must be a positive number of days")
+    bare = decode_only(paths) if measure_decode else None
+    started = time.perf_counter()
+    cpu = time.process_time()
+    history = decode_history(paths, now_s=now_s)
+    runs = [run_definition(history, defn, source) for defn, source in definitions]
+    return BacktestResult(
+        history, runs, window_days, bare, time.perf_counter() - started, time.process_time() - cpu
+    )
