@@ -298,3 +298,13 @@ def test_a_brand_file_with_a_typo_names_the_field(tmp_path):
 def test_the_postal_address_can_come_from_configuration():
     brand = load_brand(TEMPLATES, {"postal_address": "Acme, 1 Real Street, Berlin"})
     assert brand.postal_address == "Acme, 1 Real Street, Berlin"
+
+
+@pytest.mark.parametrize("state", ["confirm", "done", "expired", "invalid"])
+def test_the_unsubscribe_page_renders_every_state(state):
+    templates, brand = shipped(TEMPLATES)
+    page = templates.render_page(
+        "web/unsubscribe.html", {"state": state, "action": "/unsubscribe?token=a&b", "brand": brand.model_dump()}
+    )
+    assert page.startswith("<!DOCTYPE html>") and brand.postal_address in page
+    assert ('action="/unsubscribe?token=a&amp;b"' in page) == (state == "confirm")
