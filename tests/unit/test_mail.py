@@ -304,7 +304,8 @@ def test_the_postal_address_can_come_from_configuration():
 def test_the_unsubscribe_page_renders_every_state(state):
     templates, brand = shipped(TEMPLATES)
     page = templates.render_page(
-        "web/unsubscribe.html", {"state": state, "action": "/unsubscribe?token=a&b", "brand": brand.model_dump()}
+        "web/unsubscribe.html",
+        {"state": state, "action": "/unsubscribe?token=a&b", "brand": brand.model_dump()},
     )
     assert page.startswith("<!DOCTYPE html>") and brand.postal_address in page
     assert ('action="/unsubscribe?token=a&amp;b"' in page) == (state == "confirm")
