@@ -154,6 +154,10 @@ def test_usage_rule_reads_an_existing_bus_while_pqlflow_events_stay_on_its_own()
     assert usage_rule.bus_name == partner_bus
     assert route_rules and all(r.bus_name != partner_bus for r in route_rules)
     assert all(f.environment["EVENT_BUS_NAME"] != partner_bus for f in wiring.functions.values())
+    # And the emitter's events, which cannot go to a partner bus, still reach ingest from the stack's bus
+    emitter_event = _usage_event("pqlflow.emitter")
+    emitted = [r for r in wiring.rules if r.bus_name != partner_bus and matches(r.pattern, emitter_event)]
+    assert [t.name for r in emitted for t in r.targets] == [usage_rule.targets[0].name]
 
 
 # --- nurture: channel rules ------------------------------------------------------------------------
