@@ -235,7 +235,7 @@ BOUNDARIES = {
     "logins.yaml": (_logins, "10 sign-ins"),
     "dropbox-collaboration.yaml": (_dropbox, "connected 1 integration(s)"),
     "team-velocity.yaml": (_team_velocity, "3 teammates active within 14 days of signing up"),
-    "scoring.yaml": (_scoring, "score 60 of the 60 needed"),
+    "scoring.yaml": (_scoring, "score 60 (60 needed)"),
     "hubspot-freemium.yaml": (_hubspot, "used paid-tier features 5 times in the last 14 days"),
 }
 

@@ -240,7 +240,7 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
             if not signal.where
             else " with " + ", ".join(f"{k} = {fmt(v)}" for k, v in signal.where.items())
         )
-        window = f" in the last {signal.last_days} days" if signal.last_days else ""
+        window = f" in the last {signal.last_days} days" if signal.last_days and not label else ""
         return f"{fmt(value)} {what}{window}"
     if isinstance(signal, ActiveUsersSignal):
         who = label or "teammates"
@@ -493,7 +493,7 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
             kind=kind,
             signal=name,
             value=first.value if first else None,
-            threshold=rule.points,
+            threshold=first.threshold if first else None,
         )
     name = rule.signal or ""
     value = ctx.value(name)
@@ -617,7 +617,7 @@ def evaluate(
         reasons += sorted(point_reasons, key=lambda r: r.code)
         score_reason = Reason(
             code="points",
-            text=f"score {fmt(score)} of the {fmt(pm.threshold)} needed",
+            text=f"score {fmt(score)} ({fmt(pm.threshold)} needed)",
             kind="score",
             signal="score",
             value=score,
