@@ -552,19 +552,22 @@ class EmailTemplates:
             keep_trailing_newline=False,
             auto_reload=False,
         )
+        self._names: list[str] | None = None
         self.env.filters["number"] = _format_number
         self.env.filters["percent"] = _format_percent
 
     def names(self) -> list[str]:
         """The templates a Nurture Action can name: folders holding subject, HTML and text parts."""
-        folder = self.root / EMAIL_DIR
-        return sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.is_dir()
-            and TEMPLATE_NAME.match(p.name)
-            and all((p / part).is_file() for part in TEMPLATE_PARTS)
-        )
+        if self._names is None:
+            folder = self.root / EMAIL_DIR
+            self._names = sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.is_dir()
+                and TEMPLATE_NAME.match(p.name)
+                and all((p / part).is_file() for part in TEMPLATE_PARTS)
+            )
+        return list(self._names)
 
     def check_name(self, name: str) -> str:
         if not TEMPLATE_NAME.match(name or "") or name not in self.names():

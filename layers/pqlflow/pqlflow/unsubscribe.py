@@ -125,11 +125,11 @@ def secret_from_string(value: str, where: str = "secret") -> bytes:
     return text.encode("utf-8")
 
 
-_cache: dict[str, tuple[bytes, ...]] = {}
+_cache: dict[tuple[str, str], bytes | None] = {}
 
 
 class SigningKeys:
-    """The unsubscribe signing secret in Secrets Manager, fetched once per cold start and per ARN."""
+    """The unsubscribe signing secret in Secrets Manager, fetched once per cold start, version and ARN."""
 
     def __init__(self, secret_arn: str, client: Any = None) -> None:
         self.secret_arn = secret_arn
@@ -143,24 +143,36 @@ class SigningKeys:
             self._client = boto3.client("secretsmanager")
         return self._client
 
-    def all(self) -> tuple[bytes, ...]:
-        """Current secret first, then the previous version if there is one (accepted for verification)."""
-        cached = _cache.get(self.secret_arn)
-        if cached is None:
-            current = self.client.get_secret_value(SecretId=self.secret_arn)["SecretString"]
-            keys = [secret_from_string(current, self.secret_arn)]
+    def _version(self, stage: str) -> bytes | None:
+        key = (self.secret_arn, stage)
+        if key not in _cache:
             try:
-                previous = self.client.get_secret_value(SecretId=self.secret_arn, VersionStage="AWSPREVIOUS")
-                keys.append(secret_from_string(previous["SecretString"], self.secret_arn))
+                value = self.client.get_secret_value(SecretId=self.secret_arn, VersionStage=stage)[
+                    "SecretString"
+                ]
             except self.client.exceptions.ResourceNotFoundException:
-                pass
+                if stage == "AWSCURRENT":
+                    raise
+                value = None  # never rotated: there is no previous version
+            try:
+                _cache[key] = None if value is None else secret_from_string(value, self.secret_arn)
             except ValueError:
-                pass  # a previous version that is not a usable secret just isn't accepted
-            cached = _cache[self.secret_arn] = tuple(keys)
-        return cached
+                if stage == "AWSCURRENT":
+                    raise
+                _cache[key] = None  # a previous version that is not a usable secret just isn't accepted
+        return _cache[key]
 
     def current(self) -> bytes:
-        return self.all()[0]
+        """The secret new tokens are signed with."""
+        current = self._version("AWSCURRENT")
+        if current is None:  # unreachable: a missing or unusable current version raises above
+            raise ValueError(f"{self.secret_arn}: no current signing secret")
+        return current
+
+    def all(self) -> tuple[bytes, ...]:
+        """Current secret first, then the previous version if there is one (accepted for verification)."""
+        previous = self._version("AWSPREVIOUS")
+        return (self.current(),) + ((previous,) if previous else ())
 
 
 def clear_cache() -> None:
