@@ -1,11 +1,15 @@
 """The local runtime: the SAM application of template.yaml running in-process against moto, no AWS account.
 
 Modules, from the template inwards:
-`cfn_yaml` (read the template), `intrinsics` (evaluate !Ref/!Sub/...), `template` → `model` (the wiring),
-`patterns` (EventBridge pattern and FilterCriteria matching), `targets` (rule target input),
-`functions` (load and invoke handlers), `eventbus` / `sqs` / `streams` (event sources), `http` (HTTP API
-routes), `quirks` (the emulator's differences, smoothed at this boundary only), `requests` (counting
-handlers' AWS calls), `aws` (the runtime's own clients and resource creation) and `runtime` (`LocalRuntime`).
 
-Import `pqlflow.local.runtime.LocalRuntime` for the runtime; this package init stays import-light.
+- `cfn_yaml` reads the template, `intrinsics` evaluates !Ref/!Sub/!If/..., `naming` gives resources
+  their local names and ARNs, `template` + `triggers` build the wiring `model`;
+- `patterns` matches EventBridge patterns and FilterCriteria, `targets` renders rule target input;
+- `functions` loads and invokes handlers, `context` is the Lambda context stub;
+- `eventbus`, `sqs`, `streams`, `scheduler` and `http` emulate the event sources;
+- `quirks` smooths the emulator's differences from AWS (at this boundary only), `calls` counts the
+  AWS calls handlers make, `aws` holds the runtime's own clients and creates the resources;
+- `runtime` puts it together: `LocalRuntime`.
+
+This package init stays import-light: import `pqlflow.local.runtime.LocalRuntime` for the runtime.
 """

@@ -21,6 +21,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +32,7 @@ from typing import Any
 
 from pqlflow import clock
 from pqlflow.errors import UsageError
-from pqlflow.local import requests
+from pqlflow.local import calls
 from pqlflow.local.aws import Clients, create_all
 from pqlflow.local.eventbus import EventRouter
 from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
@@ -101,7 +103,7 @@ class LocalRuntime:
         self.invocation_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self.failed_async: list[tuple[str, Any, BaseException]] = []
-        self.requests = requests.RequestLog()
+        self.requests = calls.RequestLog()
         self.events_put = 0
         self._mock: Any = None
         self._started = False
@@ -113,13 +115,16 @@ class LocalRuntime:
         self._sqs: list[SqsPoller] = []
         self._streams: list[StreamPoller] = []
         self._scheduler: ScheduleRunner | None = None
+        # Functions run one at a time (as os.environ is theirs while they run), even when a dev stack
+        # serves HTTP requests on another thread than the pump's.
+        self._invoking = threading.RLock()
 
     # -- lifecycle ---
     def start(self) -> LocalRuntime:
         """Start the emulator (unless given an endpoint) and create the template's resources."""
         if self._started:
             return self
-        requests.install()
+        calls.install()
         if self._start_mock:
             from moto import mock_aws  # a dev dependency: imported only when running locally
 
@@ -139,6 +144,9 @@ class LocalRuntime:
         environment = dict(self._extra_environment)
         if self.endpoint_url:
             environment.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                if key not in os.environ:
+                    environment.setdefault(key, "testing")  # the emulator accepts any credentials
         self._hosts = {
             lid: FunctionHost(fn, extra_environment=environment) for lid, fn in self.wiring.functions.items()
         }
@@ -312,7 +320,7 @@ class LocalRuntime:
         moved = router.pump()
         for poller in self._sqs:
             moved += poller.poll()
-            moved += self._expire_unbounded(poller)
+            self._expire_unbounded(poller)
         for stream in self._streams:
             moved += stream.poll()
         if self._scheduler is not None:
@@ -330,11 +338,11 @@ class LocalRuntime:
 
     drain = run_until_idle
 
-    def _expire_unbounded(self, poller: SqsPoller) -> int:
+    def _expire_unbounded(self, poller: SqsPoller) -> None:
         """A queue without a DLQ retries until retention ends: locally, `unbounded_retry_limit` receives."""
         queue = self.wiring.queue_named(poller.source.queue_name)
         if queue is None or queue.redrive is not None or not poller.last_failed:
-            return 0
+            return
         expired = [
             r
             for r in poller.last_failed
@@ -349,7 +357,6 @@ class LocalRuntime:
             )
             poller.delete(expired)
             poller.expired += len(expired)
-        return 0
 
     # -- invoking ---
     def _function(self, name: str) -> Function:
@@ -369,7 +376,7 @@ class LocalRuntime:
         if self.before_invoke is not None:
             self.before_invoke(function, event)
         self.invocation_counts[function] += 1
-        with requests.attributed_to(function, self.requests):
+        with self._invoking, calls.attributed_to(function, self.requests):
             try:
                 outcome = Outcome(result=host.invoke(event))
             except FunctionLoadError:

@@ -28,35 +28,19 @@ from pqlflow.local.model import (
     EventBus,
     Function,
     HttpRoute,
-    InputTransformer,
     Queue,
     Redrive,
     Rule,
-    RuleTarget,
     Schedule,
     SqsSource,
     StreamSource,
     Table,
     Wiring,
 )
-from pqlflow.local.patterns import PatternError, parse_pattern
+from pqlflow.local.naming import ResourceNames
+from pqlflow.local.triggers import TriggerReader
 
 __all__ = ["build_wiring", "load_template"]
-
-_FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
-_NAME_PROPERTY = {
-    "AWS::DynamoDB::Table": "TableName",
-    "AWS::Serverless::SimpleTable": "TableName",
-    "AWS::SQS::Queue": "QueueName",
-    "AWS::Events::EventBus": "Name",
-    "AWS::Events::Rule": "Name",
-    "AWS::Serverless::Function": "FunctionName",
-    "AWS::Lambda::Function": "FunctionName",
-    "AWS::Scheduler::Schedule": "Name",
-    "AWS::Scheduler::ScheduleGroup": "Name",
-    "AWS::SNS::Topic": "TopicName",
-    "AWS::IAM::Role": "RoleName",
-}
 
 
 def load_template(
@@ -96,7 +80,9 @@ def build_wiring(
     return _Builder(document, template_path, parameter_overrides or {}, root, stack_name, imports).build()
 
 
-class _Builder:
+class _Builder(TriggerReader):
+    """Reads one template document into a `Wiring` (triggers are read by `TriggerReader`)."""
+
     def __init__(
         self,
         document: Mapping[str, Any],
@@ -115,6 +101,7 @@ class _Builder:
             lid: r for lid, r in document["Resources"].items() if isinstance(r, dict)
         }
         self.parameters = self._parameters(document.get("Parameters") or {}, overrides)
+        self.names = ResourceNames(self.resources, stack_name, self.file)
         self.resolver = Resolver(
             parameters=self.parameters,
             pseudo={
@@ -128,13 +115,12 @@ class _Builder:
             },
             conditions=document.get("Conditions") or {},
             mappings=document.get("Mappings") or {},
-            ref=self._ref,
-            get_att=self._get_att,
+            ref=self.names.ref,
+            get_att=self.names.get_att,
             imports=imports,
             region=REGION,
         )
-        self._names: dict[str, str] = {}
-        self._naming: set[str] = set()
+        self.names.resolve = self.resolver.resolve
         self.warnings: list[str] = []
         self.queues: dict[str, Queue] = {}
         self.tables: dict[str, Table] = {}
@@ -176,101 +162,9 @@ class _Builder:
             values[name] = value
         return values
 
-    # -- names and references ---
     def active(self, logical_id: str) -> bool:
         condition = self.resources[logical_id].get("Condition")
         return not condition or self.resolver.condition(condition, f"Resources.{logical_id}.Condition")
-
-    def name_of(self, logical_id: str, where: str) -> str:
-        if logical_id in self._names:
-            return self._names[logical_id]
-        resource = self.resources.get(logical_id)
-        if resource is None:
-            raise UsageError(f"{self.file}: {where}: no parameter or resource named {logical_id!r}")
-        if logical_id in self._naming:
-            raise UsageError(f"{self.file}: Resources.{logical_id}: its name refers to itself")
-        self._naming.add(logical_id)
-        try:
-            kind = resource.get("Type", "")
-            props = resource.get("Properties") or {}
-            prop = _NAME_PROPERTY.get(kind)
-            name = None
-            if prop and prop in props:
-                name = self.resolver.resolve(props[prop], f"Resources.{logical_id}.Properties.{prop}")
-            if kind == "AWS::Lambda::Function" or kind == "AWS::Serverless::Function":
-                name = name or f"{self.stack}-{logical_id}"
-            elif kind == "AWS::SQS::Queue" and not name:
-                fifo = bool(self.resolver.resolve(props.get("FifoQueue", False), logical_id))
-                name = f"{self.stack}-{logical_id}" + (".fifo" if fifo else "")
-            elif kind == "AWS::Serverless::HttpApi":
-                name = logical_id.lower()[:10]
-            name = str(name or f"{self.stack}-{logical_id}")
-        finally:
-            self._naming.discard(logical_id)
-        self._names[logical_id] = name
-        return name
-
-    def _implicit(self, logical_id: str) -> bool:
-        """SAM-generated resources templates may refer to (implicit API, function roles)."""
-        if logical_id == "ServerlessHttpApi":
-            return True
-        return (
-            logical_id.endswith("Role")
-            and self.resources.get(logical_id[:-4], {}).get("Type") in _FUNCTION_TYPES
-        )
-
-    def _ref(self, logical_id: str, where: str) -> str:
-        if logical_id not in self.resources and self._implicit(logical_id):
-            return f"{self.stack}-{logical_id}"
-        name = self.name_of(logical_id, where)
-        kind = self.resources[logical_id].get("Type", "")
-        if kind == "AWS::SQS::Queue":
-            return names.queue_url(name)
-        if kind in ("AWS::SNS::Topic", "AWS::Serverless::LayerVersion", "AWS::Lambda::LayerVersion"):
-            return self._arn(logical_id, where)
-        return name
-
-    def _get_att(self, logical_id: str, attribute: str, where: str) -> Any:
-        if logical_id not in self.resources and self._implicit(logical_id):
-            return names.generic_arn("iam", f"role/{self.stack}-{logical_id}")
-        name = self.name_of(logical_id, where)
-        kind = self.resources[logical_id].get("Type", "")
-        if attribute == "Arn":
-            return self._arn(logical_id, where)
-        if kind in ("AWS::DynamoDB::Table", "AWS::Serverless::SimpleTable") and attribute == "StreamArn":
-            return names.stream_arn_placeholder(name)
-        if kind == "AWS::SQS::Queue" and attribute == "QueueName":
-            return name
-        if kind == "AWS::SQS::Queue" and attribute == "QueueUrl":
-            return names.queue_url(name)
-        if kind == "AWS::Events::EventBus" and attribute == "Name":
-            return name
-        if kind == "AWS::Serverless::HttpApi" and attribute == "ApiEndpoint":
-            return f"https://{name}.execute-api.{REGION}.amazonaws.com"
-        return f"{name}-{attribute}"
-
-    def _arn(self, logical_id: str, where: str) -> str:
-        name = self.name_of(logical_id, where)
-        kind = self.resources[logical_id].get("Type", "")
-        if kind in ("AWS::DynamoDB::Table", "AWS::Serverless::SimpleTable"):
-            return names.table_arn(name)
-        if kind == "AWS::SQS::Queue":
-            return names.queue_arn(name)
-        if kind == "AWS::Events::EventBus":
-            return names.bus_arn(name)
-        if kind == "AWS::Events::Rule":
-            bus = (self.resources[logical_id].get("Properties") or {}).get("EventBusName", "default")
-            return names.rule_arn(name, names.bus_name(str(self.resolver.resolve(bus, where))))
-        if kind in _FUNCTION_TYPES:
-            return names.function_arn(name)
-        if kind == "AWS::IAM::Role":
-            return f"arn:aws:iam::{ACCOUNT}:role/{name}"
-        if kind.endswith("LayerVersion"):
-            return f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{name}:1"
-        if kind == "AWS::Scheduler::Schedule":
-            return names.generic_arn("scheduler", f"schedule/default/{name}")
-        service = kind.split("::")[1].lower() if kind.count("::") == 2 else "local"
-        return names.generic_arn(service, name)
 
     def resolve(self, value: Any, where: str) -> Any:
         try:
@@ -324,7 +218,7 @@ class _Builder:
             http_routes=tuple(self.http_routes),
             schedules=tuple(self.schedules),
             schedule_groups=tuple(
-                self.name_of(lid, lid)
+                self.names.name_of(lid, lid)
                 for lid, r in self.resources.items()
                 if r.get("Type") == "AWS::Scheduler::ScheduleGroup" and self.active(lid)
             ),
@@ -373,7 +267,7 @@ class _Builder:
                 "ReceiveMessageWaitTimeSeconds",
             ),
         )
-        name = self.name_of(logical_id, logical_id)
+        name = self.names.name_of(logical_id, logical_id)
         redrive = None
         policy = p.pop("RedrivePolicy", None)
         if isinstance(policy, str):
@@ -433,7 +327,7 @@ class _Builder:
             raise UsageError(f"{where}: a table needs KeySchema and AttributeDefinitions")
         ttl = p.get("TimeToLiveSpecification") or {}
         stream = p.get("StreamSpecification") or {}
-        name = self.name_of(logical_id, logical_id)
+        name = self.names.name_of(logical_id, logical_id)
         self.tables[logical_id] = Table(
             logical_id=logical_id,
             name=name,
@@ -450,7 +344,7 @@ class _Builder:
         p = self._props(logical_id, props, ("PrimaryKey",))
         key = p.get("PrimaryKey") or {"Name": "id", "Type": "String"}
         kind = {"String": "S", "Number": "N", "Binary": "B"}.get(key.get("Type", "String"), "S")
-        name = self.name_of(logical_id, logical_id)
+        name = self.names.name_of(logical_id, logical_id)
         self.tables[logical_id] = Table(
             logical_id=logical_id,
             name=name,
@@ -460,97 +354,12 @@ class _Builder:
         )
 
     def _bus(self, logical_id: str, props: Mapping[str, Any]) -> None:
-        name = self.name_of(logical_id, logical_id)
+        name = self.names.name_of(logical_id, logical_id)
         self.buses[name] = EventBus(name=name, arn=names.bus_arn(name), logical_id=logical_id)
 
     def _ensure_bus(self, name: str) -> None:
         if name not in self.buses:
             self.buses[name] = EventBus(name=name, arn=names.bus_arn(name))
-
-    # -- rules and schedules ---
-    def _rule(self, logical_id: str, props: Mapping[str, Any]) -> None:
-        p = self._props(
-            logical_id, props, ("EventBusName", "EventPattern", "State", "Targets", "ScheduleExpression")
-        )
-        name = self.name_of(logical_id, logical_id)
-        enabled = str(p.get("State", "ENABLED")).upper().startswith("ENABLED")
-        targets = tuple(
-            self._target(t, f"Resources.{logical_id}.Properties.Targets[{i}]")
-            for i, t in enumerate(p.get("Targets") or [])
-        )
-        if "ScheduleExpression" in p and "EventPattern" not in p:
-            for target in targets:
-                self.schedules.append(
-                    Schedule(
-                        f"{name}-{target.id}",
-                        str(p["ScheduleExpression"]),
-                        target.kind,
-                        target.name,
-                        target.input,
-                        enabled,
-                    )
-                )
-            return
-        pattern = self._pattern(p.get("EventPattern"), f"Resources.{logical_id}.Properties.EventPattern")
-        bus = names.bus_name(str(p.get("EventBusName", "default")))
-        self.rules.append(Rule(logical_id, name, bus, pattern, enabled, targets))
-
-    def _pattern(self, raw: Any, where: str) -> dict[str, Any]:
-        if raw is None:
-            raise UsageError(f"{self.file}: {where}: a rule needs an event pattern")
-        try:
-            return parse_pattern(raw)
-        except PatternError as exc:
-            raise UsageError(f"{self.file}: {where}: {exc}") from exc
-
-    def _target(self, target: Mapping[str, Any], where: str) -> RuleTarget:
-        arn = str(target.get("Arn", ""))
-        parsed = names.parse_arn(arn)
-        kind, name = "unsupported", arn
-        if parsed and parsed.service == "sqs":
-            kind, name = "sqs", parsed.name
-        elif parsed and parsed.service == "lambda":
-            fn = self._function_by_name(parsed.name)
-            if fn:
-                kind, name = "function", fn
-        if kind == "unsupported":
-            self.warnings.append(f"{where}: target {arn!r} is not emulated locally; events to it are dropped")
-        transformer = target.get("InputTransformer")
-        return RuleTarget(
-            id=str(target.get("Id", name)),
-            arn=arn,
-            kind=kind,  # type: ignore[arg-type]
-            name=name,
-            input=_json_text(target.get("Input")),
-            input_path=target.get("InputPath"),
-            input_transformer=InputTransformer(
-                dict(transformer.get("InputPathsMap") or {}), str(transformer.get("InputTemplate", ""))
-            )
-            if transformer
-            else None,
-            message_group_id=(target.get("SqsParameters") or {}).get("MessageGroupId"),
-        )
-
-    def _function_by_name(self, name: str) -> str | None:
-        """The logical id of the template function with this physical name."""
-        for logical_id, resource in self.resources.items():
-            if resource.get("Type") in _FUNCTION_TYPES and self.name_of(logical_id, logical_id) == name:
-                return logical_id
-        return None
-
-    def _scheduler_schedule(self, logical_id: str, props: Mapping[str, Any]) -> None:
-        p = self._props(logical_id, props, ("ScheduleExpression", "Target", "State"))
-        target = self._target(p.get("Target") or {}, f"Resources.{logical_id}.Properties.Target")
-        self.schedules.append(
-            Schedule(
-                self.name_of(logical_id, logical_id),
-                str(p.get("ScheduleExpression", "")),
-                target.kind,
-                target.name,
-                target.input,
-                str(p.get("State", "ENABLED")).upper() == "ENABLED",
-            )
-        )
 
     # -- functions ---
     def _function(self, logical_id: str, props: Mapping[str, Any]) -> None:
@@ -586,7 +395,7 @@ class _Builder:
             "Destination"
         )
         dlq = (p.get("DeadLetterQueue") or {}).get("TargetArn")
-        name = self.name_of(logical_id, logical_id)
+        name = self.names.name_of(logical_id, logical_id)
         self.functions[logical_id] = Function(
             logical_id=logical_id,
             name=name,
@@ -602,137 +411,6 @@ class _Builder:
         )
         for event_name, event in (merged.get("Events") or {}).items():
             self._event(logical_id, event_name, event or {})
-
-    def _event(self, fn: str, event_name: str, event: Mapping[str, Any]) -> None:
-        where = f"Resources.{fn}.Properties.Events.{event_name}"
-        kind = event.get("Type")
-        p = self.resolve(event.get("Properties") or {}, f"{where}.Properties")
-        if kind == "SQS":
-            self.sqs_sources.append(self._sqs_source(fn, event_name, p, where))
-        elif kind == "DynamoDB":
-            self.stream_sources.append(self._stream_source(fn, event_name, p, where))
-        elif kind in ("EventBridgeRule", "CloudWatchEvent"):
-            self._function_rule(fn, event_name, p, where)
-        elif kind == "HttpApi":
-            self.http_routes.append(
-                HttpRoute(
-                    function=fn,
-                    event_name=event_name,
-                    api=str(p.get("ApiId", "ServerlessHttpApi")),
-                    method=str(p.get("Method", "ANY")).upper(),
-                    path=str(p.get("Path", "$default")),
-                    authorizer=(p.get("Auth") or {}).get("Authorizer"),
-                    payload_format_version=str(p.get("PayloadFormatVersion", "2.0")),
-                )
-            )
-        elif kind in ("Schedule", "ScheduleV2"):
-            expression = p.get("Schedule") or p.get("ScheduleExpression") or ""
-            enabled = (
-                p.get("Enabled", True) is not False and str(p.get("State", "ENABLED")).upper() == "ENABLED"
-            )
-            self.schedules.append(
-                Schedule(
-                    p.get("Name") or f"{self.stack}-{fn}{event_name}",
-                    str(expression),
-                    "function",
-                    fn,
-                    _json_text(p.get("Input")),
-                    enabled,
-                )
-            )
-        else:
-            self.warnings.append(f"{where}: event type {kind!r} is not emulated locally")
-
-    def _sqs_source(self, fn: str, event_name: str, p: Mapping[str, Any], where: str) -> SqsSource:
-        arn = str(p.get("Queue", ""))
-        parsed = names.parse_arn(arn)
-        if not parsed or parsed.service != "sqs":
-            raise UsageError(f"{self.file}: {where}.Properties.Queue: expected an SQS queue ARN, got {arn!r}")
-        return SqsSource(
-            function=fn,
-            event_name=event_name,
-            queue_name=parsed.name,
-            queue_arn=arn,
-            batch_size=int(p.get("BatchSize", 10)),
-            batching_window_seconds=int(p.get("MaximumBatchingWindowInSeconds", 0)),
-            report_batch_item_failures="ReportBatchItemFailures" in (p.get("FunctionResponseTypes") or []),
-            filters=self._filters(p.get("FilterCriteria"), f"{where}.Properties.FilterCriteria"),
-            enabled=p.get("Enabled", True) is not False,
-        )
-
-    def _stream_source(self, fn: str, event_name: str, p: Mapping[str, Any], where: str) -> StreamSource:
-        arn = str(p.get("Stream", ""))
-        parsed = names.parse_arn(arn)
-        if not parsed or parsed.service != "dynamodb":
-            raise UsageError(
-                f"{self.file}: {where}.Properties.Stream: expected a DynamoDB stream ARN, got {arn!r}"
-            )
-        on_failure = ((p.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
-        return StreamSource(
-            function=fn,
-            event_name=event_name,
-            table_name=parsed.name,
-            batch_size=int(p.get("BatchSize", 100)),
-            starting_position=str(p.get("StartingPosition", "TRIM_HORIZON")),
-            filters=self._filters(p.get("FilterCriteria"), f"{where}.Properties.FilterCriteria"),
-            bisect_on_error=bool(p.get("BisectBatchOnFunctionError", False)),
-            maximum_retry_attempts=int(p.get("MaximumRetryAttempts", -1)),
-            on_failure_arn=str(on_failure) if on_failure else None,
-            report_batch_item_failures="ReportBatchItemFailures" in (p.get("FunctionResponseTypes") or []),
-            enabled=p.get("Enabled", True) is not False,
-        )
-
-    def _filters(self, criteria: Any, where: str) -> tuple[dict[str, Any], ...]:
-        filters = []
-        for i, f in enumerate((criteria or {}).get("Filters") or []):
-            try:
-                filters.append(parse_pattern((f or {}).get("Pattern", "")))
-            except PatternError as exc:
-                raise UsageError(f"{self.file}: {where}.Filters[{i}].Pattern: {exc}") from exc
-        return tuple(filters)
-
-    def _function_rule(self, fn: str, event_name: str, p: Mapping[str, Any], where: str) -> None:
-        pattern = self._pattern(p.get("Pattern"), f"{where}.Properties.Pattern")
-        function = self.functions[fn]
-        state = str(p.get("State", "ENABLED")).upper()
-        target = {
-            "Arn": function.arn,
-            "Id": (p.get("Target") or {}).get("Id", f"{fn}{event_name}LambdaTarget"),
-        }
-        for key in ("Input", "InputPath", "InputTransformer"):
-            if key in p:
-                target[key] = p[key]
-        self.rules.append(
-            Rule(
-                logical_id=f"{fn}{event_name}",
-                name=str(p.get("RuleName") or f"{self.stack}-{fn}{event_name}"),
-                bus_name=names.bus_name(str(p.get("EventBusName", "default"))),
-                pattern=pattern,
-                enabled=p.get("Enabled", True) is not False and state.startswith("ENABLED"),
-                targets=(self._target(target, where),),
-            )
-        )
-
-    def _event_source_mapping(self, logical_id: str, props: Mapping[str, Any]) -> None:
-        where = f"Resources.{logical_id}.Properties"
-        p = self.resolve(dict(props), where)
-        arn, fn_ref = str(p.get("EventSourceArn", "")), str(p.get("FunctionName", ""))
-        fn_arn = names.parse_arn(fn_ref)
-        fn = self._function_by_name(fn_arn.name if fn_arn else fn_ref)
-        parsed = names.parse_arn(arn)
-        if fn is None or parsed is None:
-            self.warnings.append(f"{where}: event source mapping to {fn_ref!r} from {arn!r} is not emulated")
-            return
-        properties = {
-            "Queue": arn,
-            "Stream": arn,
-            **p,
-            "FunctionResponseTypes": p.get("FunctionResponseTypes") or [],
-        }
-        if parsed.service == "sqs":
-            self.sqs_sources.append(self._sqs_source(fn, logical_id, properties, where))
-        elif parsed.service == "dynamodb":
-            self.stream_sources.append(self._stream_source(fn, logical_id, properties, where))
 
     def _outputs(self) -> dict[str, Any]:
         outputs = {}
@@ -783,9 +461,3 @@ def _env_text(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
-
-
-def _json_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value)
