@@ -1,5 +1,6 @@
 """The local runtime runs the fixture app from its template alone: rules, queues, streams, retries."""
 
+import base64
 import datetime as dt
 import json
 import os
@@ -312,6 +313,30 @@ def test_http_api_routes_come_from_the_template(runtime):
     assert response["statusCode"] == 200
     assert json.loads(response["body"]) == {"hello": "ada", "query": {"x": "1"}}
     assert runtime.invoke_http("GET", "/nope")["statusCode"] == 404
+
+
+def token(**claims):
+    def part(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none'})}.{part(claims)}.signature"
+
+
+def test_http_routes_behind_the_jwt_authorizer_need_an_accepted_token(runtime):
+    # Given the template's JWT authorizer (issuer https://issuer.test, audience fixture-app)
+    good = token(iss="https://issuer.test", aud="fixture-app", sub="user-1", exp=clock.now() + 60)
+    wrong_audience = token(iss="https://issuer.test", aud="other", sub="user-1")
+    # Then only an accepted bearer token (or claims given directly) gets through
+    assert runtime.invoke_http("GET", "/me")["statusCode"] == 401
+    assert (
+        runtime.invoke_http("GET", "/me", headers={"Authorization": f"Bearer {wrong_audience}"})["statusCode"]
+        == 401
+    )
+    response = runtime.invoke_http("GET", "/me", headers={"Authorization": f"Bearer {good}"})
+    assert (response["statusCode"], json.loads(response["body"])) == (200, {"sub": "user-1"})
+    assert json.loads(runtime.invoke_http("GET", "/me", claims={"sub": "user-2"})["body"]) == {
+        "sub": "user-2"
+    }
 
 
 def test_direct_invoke_returns_the_result_or_raises(runtime):

@@ -1,13 +1,14 @@
 """Pure pieces of event delivery: rule target input, emulator quirks, batch failure rules, HTTP routes."""
 
+import base64
 import datetime as dt
 import json
 
 import pytest
 from pqlflow.local.context import LambdaContext
 from pqlflow.local.functions import Outcome
-from pqlflow.local.http import http_event, http_response, match_route
-from pqlflow.local.model import HttpRoute, InputTransformer, RuleTarget
+from pqlflow.local.http import Unauthorized, http_event, http_response, jwt_claims, match_route
+from pqlflow.local.model import HttpRoute, InputTransformer, JwtAuthorizer, RuleTarget
 from pqlflow.local.quirks import collapse_double_inserts, eventbridge_envelope, stream_record
 from pqlflow.local.sqs import failed_ids
 from pqlflow.local.streams import first_failed
@@ -199,3 +200,40 @@ def test_lambda_context_stub():
     )
     assert 0 < context.get_remaining_time_in_millis() <= 10_000
     assert context.aws_request_id and context.memory_limit_in_mb == 128
+
+
+def jwt(**claims):
+    def part(data):
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.sig"
+
+
+AUTHORIZER = JwtAuthorizer("Jwt", "https://issuer.test", ("app",))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iss": "https://other.test", "aud": "app"},
+        {"iss": "https://issuer.test", "aud": ["x", "y"]},
+        {"iss": "https://issuer.test", "aud": "app", "exp": 1000},
+        {"iss": "https://issuer.test", "aud": "app", "nbf": 4_000_000_000},
+    ],
+)
+def test_jwt_authorizer_rejects_tokens_it_would_not_accept(claims):
+    with pytest.raises(Unauthorized):
+        jwt_claims(AUTHORIZER, {"authorization": f"Bearer {jwt(**claims)}"})
+
+
+def test_jwt_authorizer_accepts_and_passes_claims_as_api_gateway_does():
+    claims = jwt_claims(
+        AUTHORIZER, {"Authorization": jwt(iss="https://issuer.test", aud=["app"], sub="u", scope="a b")}
+    )
+    event = http_event(match_route(ROUTES, "GET", "/offers"), "GET", "/offers", claims=claims | {"n": 1})
+    assert event["requestContext"]["authorizer"]["jwt"] == {
+        "claims": {"iss": "https://issuer.test", "aud": "[app]", "sub": "u", "scope": "a b", "n": "1"},
+        "scopes": ["a", "b"],
+    }
+    with pytest.raises(Unauthorized):
+        jwt_claims(AUTHORIZER, {})

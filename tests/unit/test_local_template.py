@@ -198,3 +198,12 @@ Resources:
 def test_yaml_errors_name_the_line():
     with pytest.raises(UsageError, match=r"t\.yaml:3: invalid YAML"):
         loads("Resources:\n  A: 1\n  B: : :\n", "t.yaml")
+
+
+def test_http_routes_get_the_authorizer_in_effect():
+    wiring = load_template(FIXTURE)
+    routes = {r.event_name: r for r in wiring.http_routes}
+    assert (routes["Hello"].api, routes["Hello"].authorizer) == ("Api", None)
+    assert routes["Me"].authorizer == "Jwt"
+    jwt = wiring.http_apis["Api"].authorizers["Jwt"]
+    assert (jwt.issuer, jwt.audience) == ("https://issuer.test", ("fixture-app",))

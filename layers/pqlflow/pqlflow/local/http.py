@@ -2,8 +2,12 @@
 
 Routes come from functions' `HttpApi` events (`GET /offers/{account_id}`, `ANY /{proxy+}`, `$default`).
 Matching follows API Gateway: the most specific route wins (exact paths, then `{param}` paths, then
-greedy `{proxy+}`, then `$default`); method `ANY` matches every method. Authorizers are not evaluated
-locally. Pure: no I/O.
+greedy `{proxy+}`, then `$default`); method `ANY` matches every method.
+
+JWT authorizers are emulated without the signature check (the issuer's keys are not reachable
+offline): the bearer token's payload must name the authorizer's issuer and one of its audiences, and
+be within `exp` / `nbf` on pqlflow's clock; its claims then reach the function as API Gateway passes
+them. Anything else is a 401. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from pqlflow import clock
-from pqlflow.local.model import ACCOUNT, HttpRoute
+from pqlflow.local.model import ACCOUNT, HttpRoute, JwtAuthorizer
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,49 @@ def match_route(routes: Sequence[HttpRoute], method: str, path: str) -> RouteMat
     return max(candidates, key=lambda c: c[0])[1]
 
 
+class Unauthorized(Exception):
+    """The request has no acceptable token for the route's JWT authorizer."""
+
+
+def jwt_claims(authorizer: JwtAuthorizer, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The token's claims if the authorizer would accept it (signature not checked locally)."""
+    header = authorizer.identity_source.rsplit(".", 1)[-1].lower()
+    token = {k.lower(): v for k, v in headers.items()}.get(header, "")
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise Unauthorized("no JWT in " + header)
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, TypeError) as exc:
+        raise Unauthorized("malformed JWT") from exc
+    if not isinstance(claims, dict):
+        raise Unauthorized("malformed JWT")
+    if authorizer.issuer and claims.get("iss") != authorizer.issuer:
+        raise Unauthorized("wrong issuer")
+    audiences = claims.get("aud", claims.get("client_id"))
+    audiences = audiences if isinstance(audiences, list) else [audiences]
+    if authorizer.audience and not set(audiences) & set(authorizer.audience):
+        raise Unauthorized("wrong audience")
+    now = clock.now()
+    if isinstance(claims.get("exp"), int | float) and claims["exp"] <= now:
+        raise Unauthorized("expired")
+    if isinstance(claims.get("nbf"), int | float) and claims["nbf"] > now:
+        raise Unauthorized("not yet valid")
+    return claims
+
+
+def _claim_text(value: Any) -> str:
+    """API Gateway hands claims over as strings; arrays as `[a b]`."""
+    if isinstance(value, list):
+        return "[" + " ".join(_claim_text(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def http_event(
     match: RouteMatch,
     method: str,
@@ -72,6 +119,7 @@ def http_event(
     headers: Mapping[str, str] | None = None,
     body: str | bytes | None = None,
     source_ip: str = "127.0.0.1",
+    claims: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The payload format 2.0 event API Gateway sends to the function."""
     raw_query = query if isinstance(query, str) else urlencode(query or {})
@@ -109,6 +157,11 @@ def http_event(
         },
         "isBase64Encoded": is_binary,
     }
+    if claims is not None:
+        scopes = str(claims.get("scope", "")).split()
+        event["requestContext"]["authorizer"] = {
+            "jwt": {"claims": {k: _claim_text(v) for k, v in claims.items()}, "scopes": scopes or None}
+        }
     if params:
         event["queryStringParameters"] = params
     if match.path_parameters:

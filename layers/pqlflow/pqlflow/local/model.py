@@ -123,7 +123,10 @@ class StreamSource:
 
 @dataclass(frozen=True)
 class HttpRoute:
-    """A function's `Type: HttpApi` event: METHOD /path on an HTTP API."""
+    """A function's `Type: HttpApi` event: METHOD /path on an HTTP API (`api` is its logical id).
+
+    `authorizer` is the authorizer in effect: the route's own, else the API's default (None: public).
+    """
 
     function: str
     event_name: str
@@ -132,6 +135,24 @@ class HttpRoute:
     path: str
     authorizer: str | None = None
     payload_format_version: str = "2.0"
+
+
+@dataclass(frozen=True)
+class JwtAuthorizer:
+    """An HTTP API JWT authorizer: the token's issuer and audience it accepts."""
+
+    name: str
+    issuer: str | None
+    audience: tuple[str, ...]
+    identity_source: str = "$request.header.Authorization"
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    logical_id: str
+    api_id: str
+    default_authorizer: str | None = None
+    authorizers: dict[str, JwtAuthorizer] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,7 @@ class Wiring:
     http_routes: tuple[HttpRoute, ...]
     schedules: tuple[Schedule, ...]
     schedule_groups: tuple[str, ...] = ()
+    http_apis: dict[str, HttpApi] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     region: str = REGION

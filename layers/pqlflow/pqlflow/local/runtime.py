@@ -36,7 +36,7 @@ from pqlflow.local import calls
 from pqlflow.local.aws import Clients, create_all
 from pqlflow.local.eventbus import EventRouter
 from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
-from pqlflow.local.http import http_event, http_response, match_route
+from pqlflow.local.http import Unauthorized, http_event, http_response, jwt_claims, match_route
 from pqlflow.local.model import ACCOUNT, DEFAULT_STACK_NAME, REGION, Function, Wiring
 from pqlflow.local.names import parse_arn
 from pqlflow.local.scheduler import ScheduleRunner
@@ -278,23 +278,27 @@ class LocalRuntime:
         query: str | Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         body: str | bytes | None = None,
+        claims: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Serve one HTTP API request through the template's HttpApi routes (404 when none matches)."""
+        """Serve one HTTP API request through the template's HttpApi routes (404 when none matches).
+
+        A route behind a JWT authorizer needs a bearer token it accepts (see `pqlflow.local.http`), or
+        `claims` given here, which stand for an already-verified token.
+        """
         match = match_route(self.wiring.http_routes, method, path)
         if match is None:
-            return {
-                "statusCode": 404,
-                "headers": {"content-type": "application/json"},
-                "body": '{"message":"Not Found"}',
-            }
-        event = http_event(match, method, path, query=query, headers=headers, body=body)
+            return _json_response(404, {"message": "Not Found"})
+        route = match.route
+        if route.authorizer is not None and claims is None:
+            authorizer = self.wiring.http_apis[route.api].authorizers[route.authorizer]
+            try:
+                claims = jwt_claims(authorizer, headers or {})
+            except Unauthorized:
+                return _json_response(401, {"message": "Unauthorized"})
+        event = http_event(match, method, path, query=query, headers=headers, body=body, claims=claims)
         outcome = self._invoke(match.route.function, event)
         if outcome.error is not None:
-            return {
-                "statusCode": 500,
-                "headers": {"content-type": "application/json"},
-                "body": '{"message":"Internal Server Error"}',
-            }
+            return _json_response(500, {"message": "Internal Server Error"})
         return http_response(outcome.result)
 
     def fire_schedule(self, name: str) -> None:
@@ -507,3 +511,7 @@ def _scheduled_event(name: str) -> dict[str, Any]:
         "resources": [name],
         "detail": {},
     }
+
+
+def _json_response(status: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"content-type": "application/json"}, "body": json.dumps(body)}

@@ -27,6 +27,7 @@ from pqlflow.local.model import (
     REGION,
     EventBus,
     Function,
+    HttpApi,
     HttpRoute,
     Queue,
     Redrive,
@@ -130,6 +131,7 @@ class _Builder(TriggerReader):
         self.sqs_sources: list[SqsSource] = []
         self.stream_sources: list[StreamSource] = []
         self.http_routes: list[HttpRoute] = []
+        self.http_apis: dict[str, HttpApi] = {}
         self.schedules: list[Schedule] = []
 
     # -- parameters ---
@@ -182,6 +184,7 @@ class _Builder(TriggerReader):
         for logical_id in self.resources:
             if self.active(logical_id):
                 self._resource(logical_id)
+        self._apply_http_authorizers((self.doc.get("Globals") or {}).get("HttpApi") or {})
         for rule in self.rules:
             self._ensure_bus(rule.bus_name)
             for target in rule.targets:
@@ -217,6 +220,7 @@ class _Builder(TriggerReader):
             stream_sources=tuple(self.stream_sources),
             http_routes=tuple(self.http_routes),
             schedules=tuple(self.schedules),
+            http_apis=self.http_apis,
             schedule_groups=tuple(
                 self.names.name_of(lid, lid)
                 for lid, r in self.resources.items()
@@ -241,6 +245,7 @@ class _Builder(TriggerReader):
             "AWS::Events::EventBus": self._bus,
             "AWS::Events::Rule": self._rule,
             "AWS::Scheduler::Schedule": self._scheduler_schedule,
+            "AWS::Serverless::HttpApi": self._http_api,
         }.get(kind)
         if handler is not None:
             handler(logical_id, self.resources[logical_id].get("Properties") or {})

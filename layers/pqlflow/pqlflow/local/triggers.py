@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from pqlflow.errors import UsageError
 from pqlflow.local import names as arns
 from pqlflow.local.model import (
     Function,
+    HttpApi,
     HttpRoute,
     InputTransformer,
+    JwtAuthorizer,
     Rule,
     RuleTarget,
     Schedule,
@@ -40,6 +43,7 @@ class TriggerReader:
     sqs_sources: list[SqsSource]
     stream_sources: list[StreamSource]
     http_routes: list[HttpRoute]
+    http_apis: dict[str, HttpApi]
     schedules: list[Schedule]
 
     def resolve(self, value: Any, where: str) -> Any:
@@ -136,11 +140,13 @@ class TriggerReader:
         elif kind in ("EventBridgeRule", "CloudWatchEvent"):
             self._function_rule(fn, event_name, p, where)
         elif kind == "HttpApi":
+            raw_api = (event.get("Properties") or {}).get("ApiId")
+            api = raw_api["Ref"] if isinstance(raw_api, dict) and "Ref" in raw_api else raw_api
             self.http_routes.append(
                 HttpRoute(
                     function=fn,
                     event_name=event_name,
-                    api=str(p.get("ApiId", "ServerlessHttpApi")),
+                    api=str(api or "ServerlessHttpApi"),
                     method=str(p.get("Method", "ANY")).upper(),
                     path=str(p.get("Path", "$default")),
                     authorizer=(p.get("Auth") or {}).get("Authorizer"),
@@ -256,8 +262,56 @@ class TriggerReader:
         elif parsed.service == "dynamodb":
             self.stream_sources.append(self._stream_source(fn, logical_id, properties, where))
 
+    def _http_api(self, logical_id: str, props: Mapping[str, Any]) -> None:
+        auth = self._props(logical_id, props, ("Auth",)).get("Auth") or {}
+        self.http_apis[logical_id] = _http_api(logical_id, self.names.name_of(logical_id, logical_id), auth)
+
+    def _apply_http_authorizers(self, globals_http_api: Mapping[str, Any]) -> None:
+        """Give each route the authorizer in effect (its own, else its API's default; "NONE" is public)."""
+        if (
+            any(r.api == "ServerlessHttpApi" for r in self.http_routes)
+            and "ServerlessHttpApi" not in self.http_apis
+        ):
+            auth = self.resolve(globals_http_api.get("Auth") or {}, "Globals.HttpApi.Auth")
+            self.http_apis["ServerlessHttpApi"] = _http_api("ServerlessHttpApi", "serverless", auth)
+        routes = []
+        for route in self.http_routes:
+            api = self.http_apis.get(route.api)
+            if api is None:
+                raise UsageError(
+                    f"{self.file}: Resources.{route.function}.Events.{route.event_name}.Properties.ApiId: "
+                    f"no AWS::Serverless::HttpApi named {route.api!r}"
+                )
+            chosen = route.authorizer or api.default_authorizer
+            if chosen == "NONE":
+                chosen = None
+            if chosen is not None and chosen not in api.authorizers:
+                self.warnings.append(
+                    f"Resources.{route.function}.Events.{route.event_name}: authorizer {chosen!r} is not "
+                    "a JWT authorizer; the route is served without authorization locally"
+                )
+                chosen = None
+            routes.append(replace(route, authorizer=chosen))
+        self.http_routes[:] = routes
+
 
 def _json_text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value)
+
+
+def _http_api(logical_id: str, api_id: str, auth: Mapping[str, Any]) -> HttpApi:
+    authorizers = {}
+    for name, spec in (auth.get("Authorizers") or {}).items():
+        jwt = (spec or {}).get("JwtConfiguration")
+        if not jwt:
+            continue
+        audience = jwt.get("audience") or []
+        authorizers[name] = JwtAuthorizer(
+            name=name,
+            issuer=jwt.get("issuer"),
+            audience=tuple(audience if isinstance(audience, list) else [audience]),
+            identity_source=str(spec.get("IdentitySource", "$request.header.Authorization")),
+        )
+    return HttpApi(logical_id, api_id, auth.get("DefaultAuthorizer"), authorizers)
