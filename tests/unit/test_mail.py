@@ -309,3 +309,61 @@ def test_the_unsubscribe_page_renders_every_state(state):
     )
     assert page.startswith("<!DOCTYPE html>") and brand.postal_address in page
     assert ('action="/unsubscribe?token=a&amp;b"' in page) == (state == "confirm")
+
+
+def limit_of(action: NurtureAction, brand: mail.Brand | None = None) -> dict:
+    q = qualification_of(action)
+    ctx = build_context(
+        action,
+        template="limit_approaching",
+        recipient=resolve_recipient(action, q),
+        brand=brand or shipped(TEMPLATES)[1],
+        unsubscribe_url="u",
+    )
+    return ctx["usage"]["limit"]
+
+
+def test_a_ratio_reason_is_read_as_usage_of_the_plan_limit():
+    # Given the CRM definition's reason: contact_use = 0.8 (contacts 8,000 / trait contacts_limit 10,000)
+    limit = limit_of(example("crm_contacts_80pct"))
+    # Then the email knows the numbers behind the percentage
+    assert (limit["key"], limit["used"], limit["limit"], limit["remaining"], limit["percent"]) == (
+        "contacts",
+        8000,
+        10000,
+        2000,
+        80,
+    )
+
+
+def test_a_ratio_whose_parts_cannot_be_found_still_shows_the_percentage():
+    action = example("crm_contacts_80pct")
+    del action.context["account_traits"]["contacts_limit"]
+    limit = limit_of(action)
+    assert (limit["used"], limit["limit"], limit["percent"], limit["label"]) == (
+        None,
+        None,
+        80,
+        "contact limit",
+    )
+    assert "80% of your contact limit used" in render(action, "limit_approaching").rendered.text
+
+
+def test_brand_yaml_can_name_the_parts_of_a_ratio():
+    # Given a brand file that says contact_use is `seats_used` over the trait `seat_cap`
+    action = example("crm_contacts_80pct")
+    action.context["signals"]["seats_used"] = 40.0
+    action.context["account_traits"]["seat_cap"] = 50
+    brand = shipped(TEMPLATES)[1].model_copy(deep=True)
+    brand.features["contact_use"] = mail.Feature(label="seats", of="seats_used", limit_trait="seat_cap")
+    # Then those are used, not the guess
+    limit = limit_of(action, brand)
+    assert (limit["used"], limit["limit"], limit["percent"]) == (40, 50, 80)
+
+
+def test_a_count_limit_reached_says_so():
+    limit = limit_of(example("chat_message_limit_reached"))
+    assert (limit["used"], limit["limit"], limit["reached"]) == (2000, 2000, True)
+    assert render(example("chat_message_limit_reached")).rendered.subject == (
+        "Harbor & Co has reached its messages limit"
+    )

@@ -97,6 +97,9 @@ class Feature(BaseModel):
     label: str = Field(description="lower-case noun phrase used in sentences, e.g. 'contacts'")
     title: str | None = Field(default=None, description="capitalized feature name, e.g. 'Contacts'")
     unit: str | None = Field(default=None, description="unit after a number, e.g. 'GB'")
+    scale: float = Field(default=1, gt=0, description="divide values by this for display (bytes -> GB: 1e9)")
+    of: str | None = Field(default=None, description="ratio signals: the usage signal the ratio is of")
+    limit_trait: str | None = Field(default=None, description="ratio signals: the account trait of the limit")
     premium_pitch: str | None = None
     advanced_feature: str | None = Field(default=None, description="the paid capability to demo")
     demo_pitch: str | None = None
@@ -271,8 +274,8 @@ def build_context(
     q = qualification or qualification_of(action)
     traits = dict(q.account_traits)
     reasons = list(action.reasons or q.reasons)
-    feature = _top_feature(recipient, reasons, q, brand)
     limit = _limit(reasons, q, brand)
+    feature = _top_feature(recipient, reasons, q, brand, limit)
     team = _team(recipient, q)
     offer = brand.incentive(action.offer)
     account_name = _text(traits.get("name")) or _text(traits.get("company"))
@@ -362,12 +365,14 @@ def _humanize(key: str) -> str:
 def _feature(key: str, brand: Brand, count: float | None) -> dict[str, Any]:
     known = brand.features.get(key)
     label = known.label if known else _humanize(key)
+    scale = known.scale if known else 1.0
     return {
         "key": key,
         "label": label,
         "title": (known.title if known and known.title else label[:1].upper() + label[1:]),
         "unit": known.unit if known else None,
-        "count": count,
+        "scale": scale,
+        "count": count / scale if count is not None else None,
         "premium_pitch": known.premium_pitch if known else None,
         "advanced_feature": known.advanced_feature if known else None,
         "demo_pitch": known.demo_pitch if known else None,
@@ -375,46 +380,97 @@ def _feature(key: str, brand: Brand, count: float | None) -> dict[str, Any]:
 
 
 def _top_feature(
-    recipient: Recipient, reasons: Sequence[Reason], q: PqlQualified, brand: Brand
+    recipient: Recipient, reasons: Sequence[Reason], q: PqlQualified, brand: Brand, limit: dict | None
 ) -> dict | None:
     key = _text(recipient.traits.get("top_feature"))
     if key:
         return _feature(key, brand, _number(q.signals.get(key)))
-    ranked = [r for r in reasons if r.signal and r.kind in ("paid_feature", "usage", "velocity")]
+    ranked = [r for r in reasons if r.signal and r.kind in ("paid_feature", "usage")]
     ranked.sort(key=lambda r: (r.kind != "paid_feature", -(_number(r.value) or 0.0)))
     if ranked:
         key = ranked[0].signal or ""
         return _feature(key, brand, _number(ranked[0].value) or _number(q.signals.get(key)))
-    limit = next((r for r in reasons if r.kind == "limit" and r.signal), None)
-    if limit is not None and limit.signal:
-        return _feature(limit.signal, brand, _number(limit.value))
+    if limit is not None and limit["used"] is not None:
+        known = brand.features.get(limit["key"])
+        return _feature(limit["key"], brand, limit["used"] * (known.scale if known else 1.0))
     return None
 
 
+def _looks_like_ratio(value: float, threshold: float | None) -> bool:
+    """A ratio signal's reason: value and threshold are shares of a limit (0.8 = 80%), not counts."""
+    if threshold is None or not 0 < threshold <= 1.5 or not 0 <= value <= 10:
+        return False
+    return threshold < 1 or value != int(value)
+
+
+def _ratio_parts(key: str, ratio: float, q: PqlQualified, brand: Brand) -> tuple[str, float, float] | None:
+    """The usage signal and plan-limit trait behind a ratio: brand.yaml's `of`/`limit_trait` for the
+    signal when given, else the (signal, account trait) pair whose quotient is the ratio."""
+    known = brand.features.get(key)
+    if known and known.of:
+        used = _number(q.signals.get(known.of))
+        limit = _number(q.account_traits.get(known.limit_trait or ""))
+        return (known.of, used, limit) if used is not None and limit else None
+    signals = {k: v for k, v in q.signals.items() if k != key and (_number(v) or 0) > 0}
+    traits = {k: v for k, v in q.account_traits.items() if (_number(v) or 0) > 0}
+    found = []
+    for s_name, s_value in signals.items():
+        for t_name, t_value in traits.items():
+            quotient = (_number(s_value) or 0) / (_number(t_value) or 1)
+            if abs(quotient - ratio) <= max(1e-6, ratio * 0.005):
+                named = s_name.split("_")[0] in t_name or any(w in t_name for w in ("limit", "quota", "tier"))
+                found.append((not named, s_name, t_name))
+    if not found:
+        return None
+    _, s_name, t_name = min(found)
+    return s_name, _number(q.signals[s_name]) or 0.0, _number(q.account_traits[t_name]) or 0.0
+
+
 def _limit(reasons: Sequence[Reason], q: PqlQualified, brand: Brand) -> dict | None:
+    """Usage against the plan limit, from the first `limit` reason.
+
+    A count reason (2,000 messages, threshold 2,000) is usage against its threshold, or against
+    `account_traits.limits[<signal>]` when the account carries its plan limits. A ratio reason (0.8 of a
+    contact tier) is resolved to its usage signal and limit trait (`_ratio_parts`); when that fails
+    only the percentage is known and `used`/`limit` are None.
+    """
     reason = next((r for r in reasons if r.kind == "limit" and _number(r.value) is not None), None)
     if reason is None:
         return None
     key = reason.signal or reason.code
-    used = _number(reason.value) or 0.0
+    value = _number(reason.value) or 0.0
+    threshold = _number(reason.threshold)
     limits = q.account_traits.get("limits")
     plan_limit = _number(limits.get(key)) if isinstance(limits, Mapping) else None
-    limit = plan_limit or _number(reason.threshold)
-    if not limit or limit <= 0:
+    used: float | None
+    limit: float | None
+    if plan_limit:
+        used, limit, ratio = value, plan_limit, value / plan_limit
+    elif _looks_like_ratio(value, threshold) or (brand.features.get(key) and brand.features[key].of):
+        parts = _ratio_parts(key, value, q, brand)
+        key, used, limit = parts if parts else (key, None, None)
+        ratio = value
+    elif threshold and threshold > 0:
+        used, limit, ratio = value, threshold, value / threshold
+    else:
         return None
-    ratio = used / limit
     feature = _feature(key, brand, used)
+    scale = feature["scale"]
+    label = feature["label"]
+    if used is None and key not in brand.features:  # an unresolved ratio: "contact_use" -> "contact limit"
+        label = _humanize(re.sub(r"_(use|usage|used|ratio|share|pct|percent)$", "", key)) + " limit"
     return {
         "key": key,
-        "label": feature["label"],
+        "label": label,
+        "premium_pitch": feature["premium_pitch"],
         "unit": feature["unit"],
-        "used": used,
-        "limit": limit,
-        "remaining": max(limit - used, 0.0),
+        "used": used / scale if used is not None else None,
+        "limit": limit / scale if limit is not None else None,
+        "remaining": max(limit - used, 0.0) / scale if used is not None and limit is not None else None,
         "ratio": ratio,
         "percent": round(ratio * 100),
         "bar_percent": max(2, min(100, round(ratio * 100))),
-        "reached": used >= limit,
+        "reached": ratio >= 1,
     }
 
 
