@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -305,15 +306,15 @@ class Condition(_Model):
     def threshold_of(self, op: str) -> Any:
         return self.in_ if op == "in" else getattr(self, op)
 
-    @property
+    @cached_property
     def op(self) -> str:
         return next(op for op in OPS if self.threshold_of(op) is not None)
 
-    @property
+    @cached_property
     def threshold(self) -> Any:
         return self.threshold_of(self.op)
 
-    @property
+    @cached_property
     def signal_name(self) -> str:
         return self.signal if self.signal is not None else f"trait.{self.trait}"
 

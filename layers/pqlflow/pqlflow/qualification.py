@@ -372,14 +372,15 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class _Context:
-    __slots__ = ("defn", "usage", "now_ms", "cache", "explain", "lines")
+    __slots__ = ("defn", "usage", "now_ms", "cache", "explain", "reasons", "lines")
 
-    def __init__(self, defn: Definition, usage: AccountUsage, now_ms: int, explain: bool):
+    def __init__(self, defn: Definition, usage: AccountUsage, now_ms: int, explain: bool, reasons: bool):
         self.defn = defn
         self.usage = usage
         self.now_ms = now_ms
         self.cache: dict[str, Value] = {}
         self.explain = explain
+        self.reasons = reasons or explain
         self.lines: list[str] = []
 
     def value(self, name: str) -> Value:
@@ -438,6 +439,8 @@ def _rule(ctx: _Context, rule: Any, code: str, depth: int) -> tuple[bool, list[R
         ctx.lines.append(
             f"{pad}{'✔' if holds else '✘'} {cond.signal_name} = {fmt(value)} {OP_SYMBOL[cond.op]} {shown}"
         )
+    if not ctx.reasons:
+        return holds, [], []
     reason = ctx.reason(cond, code, value)
     return holds, ([reason] if holds else []), ([] if holds else [reason])
 
@@ -451,11 +454,9 @@ def decayed_count(usage: AccountUsage, signal: CountSignal, now_ms: int, half_li
     days = usage.daily.get(signal.key, {})
     oldest = today - signal.last_days + 1 if signal.last_days else None
     total = 0.0
-    kept = 0
     for d, n in days.items():
         if d > today or (oldest is not None and d < oldest):
             continue
-        kept += n
         total += n * 0.5 ** ((today - d) / half_life_days)
     if oldest is None:
         older = usage.count(signal.key) - sum(days.values())
@@ -475,6 +476,8 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
             ctx.lines.append(f"  {'+' if pts >= 0 else ''}{fmt(pts)} points ({code})")
         if not holds or pts == 0:
             return 0.0, None
+        if not ctx.reasons:
+            return pts, None
         first = good[0] if good else None
         name = first.signal if first else None
         fields = _template_fields(
@@ -502,7 +505,7 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
     decayed = ""
     if half_life and rule.decay and isinstance(signal, CountSignal):
         units = decayed_count(ctx.usage, signal, ctx.now_ms, half_life)
-        decayed = f", {fmt(round(units, 2))} after decay"
+        decayed = f", {fmt(round(units, 2))} after decay" if ctx.explain else ""
     pts = units * float(rule.each or 0)
     if rule.cap is not None:
         pts = max(-rule.cap, min(rule.cap, pts))
@@ -513,8 +516,8 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
             f"  {'+' if pts >= 0 else ''}{fmt(round(pts, 2))} points ({code}: {name} = {fmt(value)}"
             f"{decayed} × {fmt(rule.each)}{cap})"
         )
-    if pts == 0:
-        return 0.0, None
+    if pts == 0 or not ctx.reasons:
+        return pts, None
     fields = _template_fields(defn, name, value, None, ctx.usage, pts)
     text = _render(rule.reason, fields) if rule.reason else _describe(defn, name, value, ctx.usage, ctx.cache)
     return pts, Reason(
@@ -583,10 +586,20 @@ def exclusion(defn: Definition, usage: AccountUsage) -> Reason | None:
 
 
 def evaluate(
-    defn: Definition, usage: AccountUsage, now_ms: int, *, was_qualified: bool = False, explain: bool = True
+    defn: Definition,
+    usage: AccountUsage,
+    now_ms: int,
+    *,
+    was_qualified: bool = False,
+    explain: bool = True,
+    reasons: bool = True,
 ) -> Evaluation:
-    """Apply a definition to one usage state at `now_ms` (event time). `was_qualified` drives hysteresis."""
-    ctx = _Context(defn, usage, now_ms, explain)
+    """Apply a definition to one usage state at `now_ms` (event time). `was_qualified` drives hysteresis.
+
+    `explain` adds the lines `pqlflow definition explain` prints; `reasons=False` skips writing reasons
+    (the qualify function's check of every record needs only `would_enter` / `would_stay`).
+    """
+    ctx = _Context(defn, usage, now_ms, explain, reasons)
     excluded = exclusion(defn, usage)
     score: float | None = None
     point_reasons: list[Reason] = []
@@ -608,13 +621,14 @@ def evaluate(
         rule_ok, rule_reasons, rule_unmet = _rule(ctx, defn.qualify, "qualify", 1)
     enter = stay = rule_ok and excluded is None
     unmet = list(rule_unmet)
-    reasons = list(rule_reasons)
+    found = list(rule_reasons)
     if defn.points is not None and score is not None:
         pm = defn.points
         enter = enter and score >= pm.threshold
         stay = stay and score >= pm.threshold - pm.margin
-        point_reasons.sort(key=lambda r: -(r.threshold if isinstance(r.threshold, int | float) else 0))
-        reasons += sorted(point_reasons, key=lambda r: r.code)
+        found += sorted(point_reasons, key=lambda r: r.code)
+    if defn.points is not None and score is not None and ctx.reasons:
+        pm = defn.points
         score_reason = Reason(
             code="points",
             text=f"score {fmt(score)} ({fmt(pm.threshold)} needed)",
@@ -624,7 +638,7 @@ def evaluate(
             threshold=pm.threshold,
         )
         if score >= pm.threshold - (pm.margin if was_qualified else 0):
-            reasons.append(score_reason)
+            found.append(score_reason)
         else:
             floor = pm.threshold - (pm.margin if was_qualified else 0)
             unmet.append(
@@ -658,14 +672,14 @@ def evaluate(
             )
         lines.append(f"exclusion: {excluded.text if excluded else 'none'}")
         lines.append(f"result: {'QUALIFIED' if qualified else 'not qualified'} · touch {touch}")
-        for r in reasons if qualified else unmet:
+        for r in found if qualified else unmet:
             lines.append(f"  {'because' if qualified else 'missing'}: {r.text} [{r.kind}]")
     return Evaluation(
         qualified=qualified,
         excluded=excluded.text if excluded else None,
         score=score,
         signals=signals,
-        reasons=reasons if qualified else [],
+        reasons=found if qualified else [],
         touch=touch,  # type: ignore[arg-type]
         explain=lines,
         would_enter=enter,
@@ -739,10 +753,10 @@ def needs_decision(defn: Definition, old: AccountUsage | None, new: AccountUsage
     if new.converted:
         return "convert" if old is None or not old.converted else None
     now = new.last_seen_ms
-    ev_new = evaluate(defn, new, now, explain=False)
+    ev_new = evaluate(defn, new, now, explain=False, reasons=False)
     if old is None or old.last_seen_ms is None:
         return "enter" if ev_new.would_enter else None
-    ev_old = evaluate(defn, old, old.last_seen_ms, explain=False)
+    ev_old = evaluate(defn, old, old.last_seen_ms, explain=False, reasons=False)
     if ev_new.would_enter and not ev_old.would_enter:
         return "enter"
     if ev_old.would_stay and not ev_new.would_stay:
@@ -861,7 +875,7 @@ def fires_on_trial_alone(defn: Definition) -> str | None:
                 usage.daily[event] = {day: n}
             usage.active_users[day] = {fingerprint(f"u{i}") for i in range(users)}
             usage.first_seen_ms = usage.last_seen_ms = now
-            if evaluate(defn, usage, now, explain=False).qualified:
+            if evaluate(defn, usage, now, explain=False, reasons=False).qualified:
                 who = "one user" if users == 1 else f"{users} users"
                 times = "" if repeats == 1 else f", {repeats} times each"
                 return f"e.g. {who} signing up and starting a trial{times}"
