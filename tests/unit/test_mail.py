@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from pqlflow import mail, suppression, unsubscribe
-from pqlflow.contracts import NurtureAction
+from pqlflow.contracts import NurtureAction, Reason
 from pqlflow.mail import (
     EmailTemplates,
     MailError,
@@ -367,3 +367,22 @@ def test_a_count_limit_reached_says_so():
     assert render(example("chat_message_limit_reached")).rendered.subject == (
         "Harbor & Co has reached its messages limit"
     )
+
+
+def test_a_lead_score_and_pricing_page_views_are_not_quoted_back_to_the_reader():
+    # Given a scoring qualification whose reasons include the score and pricing page views
+    action = example("incentive_discount")
+    extra = {
+        "code": "p",
+        "text": "looked at pricing 4 times",
+        "kind": "usage",
+        "signal": "pricing_views",
+        "value": 4,
+    }
+    action = action.model_copy(update={"reasons": [*action.reasons, Reason(**extra)]})
+    # When the email renders
+    rendered = render(action).rendered
+    # Then usage the reader knows about is there, the score and the pricing visits are not
+    assert "3 integrations connected" in rendered.text
+    assert "Lead score" not in rendered.text + rendered.html
+    assert "pricing 4 times" not in rendered.text + rendered.html

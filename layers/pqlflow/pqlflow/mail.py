@@ -131,6 +131,26 @@ class Demo(BaseModel):
     host: str | None = None
 
 
+class ReasonDisplay(BaseModel):
+    """Which qualification reasons an email may show its reader ("What we noticed")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    show: bool = True
+    kinds: list[str] = Field(
+        default_factory=lambda: ["limit", "usage", "paid_feature", "team", "velocity"],
+        description="a lead score or a firmographic trait is for the sales team, not the reader",
+    )
+    hidden_signals: list[str] = Field(
+        default_factory=list, description="signals too personal to quote back, e.g. pricing page views"
+    )
+
+    def shown(self, reasons: Sequence[Reason]) -> list[Reason]:
+        if not self.show:
+            return []
+        return [r for r in reasons if r.kind in self.kinds and r.signal not in self.hidden_signals]
+
+
 class Brand(BaseModel):
     """The copy config in `brand.yaml`: everything a copy writer changes without touching code."""
 
@@ -156,6 +176,7 @@ class Brand(BaseModel):
     default_incentive: str | None = None
     social_proof: list[Testimonial] = Field(default_factory=list)
     utm: bool = Field(default=True, description="add utm_source/medium/campaign to links")
+    reasons: ReasonDisplay = Field(default_factory=lambda: ReasonDisplay())
 
     def incentive(self, offer: str | None) -> tuple[str, Incentive] | None:
         offer_id = offer or self.default_incentive
@@ -313,6 +334,7 @@ def build_context(
             "score": q.score,
             "definition": q.definition.name,
             "reasons": [_reason(r, brand) for r in reasons],
+            "shown_reasons": [_reason(r, brand) for r in brand.reasons.shown(reasons)],
             "signals": _plain(q.signals),
         },
         "usage": {"feature": feature, "limit": limit, "team": team},
