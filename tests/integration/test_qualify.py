@@ -421,3 +421,81 @@ def test_no_dynamodb_reads_per_stream_record(table_name: str, bus_name: str, bus
     assert warm == 1
     assert sum(recorder.calls[name] for name in READS) == 1
     assert of_type(bus_events(), "PQL Qualified")
+
+
+def test_concurrent_evaluation_of_the_same_record_emits_once(
+    table_name: str, bus_name: str, bus_events: Any
+) -> None:
+    # Given two qualifiers that both decide on the same record before either has written
+    defn = publish(table_name, EXAMPLES / "drift-conversations.yaml")
+    stream = UsageStream(defn)
+    for _ in range(99):
+        stream.fold(stream.track("Conversation Started"))
+    change = stream.change(stream.track("Conversation Started"))["dynamodb"]
+    other = Qualifier(
+        DefinitionStore(table_name), PqlStateStore(table_name), EventPublisher(bus_name), decode_image
+    )
+
+    class RacingStore(PqlStateStore):
+        raced = False
+
+        def write(self, *args: Any, **kwargs: Any) -> None:
+            if not self.raced:  # the other evaluation wins the race between our decision and our write
+                self.raced = True
+                other.process(change)
+            super().write(*args, **kwargs)
+
+    first = Qualifier(
+        DefinitionStore(table_name), RacingStore(table_name), EventPublisher(bus_name), decode_image
+    )
+
+    # When both go through
+    outcome = first.process(change)
+
+    # Then one PQL Qualified, and the loser saw the winner's state instead of writing its own
+    assert outcome.result == "no_transition"
+    assert [e["detail-type"] for e in bus_events()] == ["PQL Qualified"]
+
+
+def test_a_late_retry_of_an_older_record_does_not_undo_a_newer_transition(
+    table_name: str, qualify: Any, bus_events: Any
+) -> None:
+    # Given a CRM account qualified by one record, then disqualified by the next
+    defn = publish(table_name, EXAMPLES / "crm-contact-limit.yaml")
+    stream = UsageStream(defn)
+    stream.fold(stream.message("group", traits={"contacts_limit": 10000}))
+    qualifying = stream.change(stream.track("Contacts Updated", total=8000))
+    qualify(qualifying)
+    qualify(stream.change(stream.track("Contacts Updated", total=5000)))
+
+    # When the qualifying record is delivered again, late
+    qualify(qualifying)
+
+    # Then nothing more happens
+    assert [e["detail-type"] for e in bus_events()] == ["PQL Qualified", "PQL Disqualified"]
+
+
+def test_points_decay_over_simulated_time_until_the_account_is_disqualified(
+    table_name: str, qualify: Any, bus_events: Any
+) -> None:
+    # Given a scoring account qualified at 62 points
+    defn = publish(table_name, EXAMPLES / "scoring.yaml")
+    stream = UsageStream(defn)
+    for message in [stream.track("Signed In") for _ in range(10)] + [
+        stream.track("Invite Sent") for _ in range(3)
+    ]:
+        stream.fold(message)
+    for _ in range(3):
+        stream.fold(stream.track("Feature Used"))
+    qualify(stream.change(stream.track("Feature Used")))
+
+    # When it comes back 3 days later (62 → about 58.6: still above 50), then 20 days later
+    qualify(stream.change(stream.track("Page Viewed", at_ms=stream.clock_ms + 3 * DAY_MS)))
+    assert [e["detail-type"] for e in bus_events()] == ["PQL Qualified"]
+    qualify(stream.change(stream.track("Page Viewed", at_ms=stream.clock_ms + 17 * DAY_MS)))
+
+    # Then the decayed score has fallen under threshold − margin: one PQL Disqualified, saying so
+    events = bus_events()
+    assert [e["detail-type"] for e in events] == ["PQL Qualified", "PQL Disqualified"]
+    (reason,) = events[1]["detail"]["reasons"]
+    assert reason["kind"] == "score" and "below 50" in reason["text"]
