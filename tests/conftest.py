@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto import mock_aws
-
 from pqlflow import clock
+
 from tests.support.template import load_template, table_definition
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from pqlflow import clock
 from pqlflow.dynamo import DynamoUsageStore
 from pqlflow.ingest import IngestConfig, UsageBatchProcessor

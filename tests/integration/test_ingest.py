@@ -7,13 +7,13 @@ from datetime import datetime
 
 import boto3
 import pytest
-
-from functions.ingest import app
 from pqlflow import clock
 from pqlflow.dynamo import DynamoUsageStore
 from pqlflow.ingest import IngestConfig, UsageBatchProcessor
 from pqlflow.usage import FilterSpec, GaugeSpec, TrackingSpec
 from pqlflow.usage_item import decode_image, usage_key
+
+from functions.ingest import app
 from tests.support.aws_calls import CallRecorder
 from tests.support.events import eventbridge, iso, load_event, sqs_event, track
 from tests.support.lambda_context import LambdaContext

@@ -7,13 +7,13 @@ import random
 
 import boto3
 import pytest
-
 from pqlflow import clock
 from pqlflow.dynamo import DynamoUsageStore
 from pqlflow.events import UsageEvent, parse_message
 from pqlflow.ingest import IngestBatch, IngestConfig
 from pqlflow.usage import AccountUsage, GaugeSpec, TrackingSpec
 from pqlflow.usage_item import StoredUsage, decode_image, usage_key
+
 from tests.support.aws_calls import CallRecorder
 from tests.support.events import iso
 

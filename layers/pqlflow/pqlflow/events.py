@@ -12,7 +12,6 @@ field. It never raises for bad data: bad input is quarantined, never retried.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal

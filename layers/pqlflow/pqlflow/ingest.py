@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from pqlflow.events import MAX_MESSAGE_BYTES, Rejection, UsageEvent, parse_body
+from pqlflow.events import MAX_MESSAGE_BYTES, Rejection, parse_body
 from pqlflow.usage import GaugeError, TrackingSpec, fingerprint
 from pqlflow.usage_item import (
     DEFAULT_DEDUPE_WINDOW_MS,
@@ -74,6 +74,8 @@ class IngestBatch:
         self.rejected: list[tuple[Any, str, Rejection]] = []
         self.outcome = BatchOutcome()
         self._seen: set[bytes] = set()
+        self._user_fps: dict[str, bytes] = {}
+        self._per_user = config.spec.unit == "user"
 
     def add(self, record: Any, body: str) -> None:
         """Validate and fold one record; a bad one is set aside for the quarantine, never raised."""
@@ -81,25 +83,26 @@ class IngestBatch:
         if isinstance(parsed, Rejection):
             self.rejected.append((record, body, parsed))
             return
-        key = self._subject(parsed)
+        key = (parsed.account_id, parsed.user_id if self._per_user else None)
         delta = self.deltas.get(key)
         if delta is None:
             delta = self.deltas[key] = SubjectDelta(key[0], key[1])
+            self.records[key] = []
+        fp = fingerprint(parsed.message_id)
+        user_fp = self._user_fps.get(parsed.user_id)
+        if user_fp is None:
+            user_fp = self._user_fps[parsed.user_id] = fingerprint(parsed.user_id)
         try:
-            delta.add(parsed, self.config.spec)
+            delta.add(parsed, self.config.spec, fp, user_fp)
         except GaugeError as exc:
             self.rejected.append((record, body, Rejection(exc.field, str(exc), parsed.message_id)))
             return
-        self.records.setdefault(key, []).append(record)
-        fp = fingerprint(parsed.message_id)
+        self.records[key].append(record)
         if fp in self._seen:
             self.outcome.duplicates_in_batch += 1
         else:
             self._seen.add(fp)
             self.outcome.accepted += 1
-
-    def _subject(self, event: UsageEvent) -> tuple[str, str | None]:
-        return (event.account_id, event.user_id if self.config.spec.unit == "user" else None)
 
     def commit(self, store: UsageStore, on_failure: Callable[[Any, BaseException], None]) -> BatchOutcome:
         """Quarantine the bad, write each subject once, compact when due; failures go to `on_failure`."""

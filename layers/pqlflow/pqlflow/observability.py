@@ -1,11 +1,25 @@
 """Logger, Metrics and Tracer for every pqlflow function, created once here (Powertools for AWS Lambda).
 
-Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE,
-which the SAM template sets per function; nothing here creates AWS clients.
+The service name comes from POWERTOOLS_SERVICE_NAME, which the SAM template sets per function.
+`tracer` is created on first use: importing the X-Ray SDK costs hundreds of milliseconds of cold
+start, so a function that does not trace (ingest) never pays for it.
 """
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
 
 logger = Logger()
 metrics = Metrics(namespace="pqlflow")
-tracer = Tracer(auto_patch=False)
+_tracer: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    global _tracer
+    if name == "tracer":
+        if _tracer is None:
+            from aws_lambda_powertools import Tracer
+
+            _tracer = Tracer(auto_patch=False)
+        return _tracer
+    raise AttributeError(name)

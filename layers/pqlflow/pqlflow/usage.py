@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from pqlflow.events import UsageEvent
@@ -85,11 +86,19 @@ class TrackingSpec:
     active_user_days: int = 35
     protected_names: frozenset[str] = frozenset()  # names a definition uses: never dropped by caps
 
+    @cached_property
+    def _gauges_by_event(self) -> dict[str, tuple[GaugeSpec, ...]]:
+        return {e: tuple(g for g in self.gauges if g.event == e) for e in {g.event for g in self.gauges}}
+
+    @cached_property
+    def _filters_by_event(self) -> dict[str, tuple[FilterSpec, ...]]:
+        return {e: tuple(f for f in self.filters if f.event == e) for e in {f.event for f in self.filters}}
+
     def gauges_for(self, name: str) -> tuple[GaugeSpec, ...]:
-        return tuple(g for g in self.gauges if g.event == name)
+        return self._gauges_by_event.get(name, ())
 
     def filters_for(self, name: str) -> tuple[FilterSpec, ...]:
-        return tuple(f for f in self.filters if f.event == name)
+        return self._filters_by_event.get(name, ())
 
 
 class GaugeError(ValueError):

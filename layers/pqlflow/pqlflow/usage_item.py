@@ -33,10 +33,13 @@ import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from pqlflow.events import UsageEvent
 from pqlflow.usage import (
+    DAY_MS,
+    HOUR_MS,
     MAX_USERS_PER_DAY,
     SEEN,
     AccountUsage,
@@ -44,10 +47,8 @@ from pqlflow.usage import (
     cap_names,
     cap_users,
     counter_names,
-    day_of,
     fingerprint,
     gauge_readings,
-    hour_of,
     newer,
     trait_json,
 )
@@ -69,6 +70,15 @@ def _stamp(ms: int) -> str:
     return f"{ms:013d}|"
 
 
+def _trait_element(ms: int, key: str, encoded: str) -> str:
+    """"<ms13>|[key, value-json]": the same text as json.dumps([key, encoded]), built without its overhead."""
+    return f"{ms:013d}|[{_quote(key)}, {_quote(encoded)}]"
+
+
+def _user_trait_element(ms: int, user: str, key: str, encoded: str) -> str:
+    return f"{ms:013d}|[{_quote(user)}, {_quote(key)}, {_quote(encoded)}]"
+
+
 @dataclass
 class SubjectDelta:
     """What one batch changes for one subject (an account, or an account's user for `unit: user`)."""
@@ -84,33 +94,50 @@ class SubjectDelta:
     max_ms: int | None = None
     converted_ms: int | None = None
 
-    def add(self, event: UsageEvent, spec: TrackingSpec) -> None:
-        """Fold one valid event in. Raises `GaugeError` (before changing anything) for a bad gauge value."""
-        readings = gauge_readings(event, spec) if event.kind == "track" else []
+    def add(self, event: UsageEvent, spec: TrackingSpec, fp: bytes | None = None,
+            user_fp: bytes | None = None) -> None:
+        """Fold one valid event in (`fp`/`user_fp`: its fingerprints, when the caller has them).
+
+        Raises `GaugeError`, before changing anything, for a bad gauge value.
+        """
+        kind = event.kind
+        readings = gauge_readings(event, spec) if kind == "track" and spec.gauges else []
         ms = event.ms
-        self.min_ms = ms if self.min_ms is None else min(self.min_ms, ms)
-        self.max_ms = ms if self.max_ms is None else max(self.max_ms, ms)
-        day_users = self.users.setdefault(day_of(ms), set())
+        if self.min_ms is None or ms < self.min_ms:
+            self.min_ms = ms
+        if self.max_ms is None or ms > self.max_ms:
+            self.max_ms = ms
+        day_users = self.users.get(ms // DAY_MS)
+        if day_users is None:
+            day_users = self.users[ms // DAY_MS] = set()
         if len(day_users) < MAX_USERS_PER_DAY:
-            day_users.add(fingerprint(event.user_id))
-        self._user_trait(event.user_id, SEEN, ms, "null")
-        if event.kind == "track":
-            fp = fingerprint(event.message_id)
-            hour = hour_of(ms)
-            for name in counter_names(event, spec):
-                self.slots.setdefault((hour, name), set()).add(fp)
+            day_users.add(user_fp or fingerprint(event.user_id))
+        seen = self.user_traits.get((event.user_id, SEEN))
+        if seen is None or ms > seen[0]:
+            self.user_traits[(event.user_id, SEEN)] = (ms, "null")
+        if kind == "track":
+            fp = fp or fingerprint(event.message_id)
+            hour = ms // HOUR_MS
+            slots = self.slots
+            names = counter_names(event, spec) if spec.filters else (event.name,)
+            for name in names:
+                slot = slots.get((hour, name))
+                if slot is None:
+                    slots[(hour, name)] = {fp}
+                else:
+                    slot.add(fp)
             for key, value in readings:
                 current = self.gauges.get(key)
                 if current is None or (ms, repr(value)) > (current[0], repr(current[1])):
                     self.gauges[key] = (ms, value)
             if event.name in spec.conversions:
                 self.converted_ms = ms if self.converted_ms is None else min(self.converted_ms, ms)
-        elif event.kind == "group" or (event.kind == "identify" and event.account_id.startswith("user:")):
+        elif kind == "group" or (kind == "identify" and event.account_id.startswith("user:")):
             for key, value in event.traits.items():
                 encoded = trait_json(value)
                 if encoded is not None and newer((ms, encoded), self.traits.get(key)):
                     self.traits[key] = (ms, encoded)
-        if event.kind == "identify":
+        if kind == "identify":
             for key, value in event.traits.items():
                 encoded = trait_json(value)
                 if encoded is not None:
@@ -146,6 +173,17 @@ class _Expression:
     def clauses(self) -> int:
         return len(self.set) + len(self.add) + len(self.delete) + len(self.remove)
 
+    def union(self, verb: str, attr: str, value: Any) -> None:
+        """One SET or ADD clause (the happy path only ever sets or adds)."""
+        n = len(self.names)
+        self.names[f"#a{n}"] = attr
+        m = len(self.values)
+        self.values[f":v{m}"] = value
+        if verb == "SET":
+            self.set.append(f"#a{n} = :v{m}")
+        else:
+            self.add.append(f"#a{n} :v{m}")
+
     def render(self) -> str:
         parts = []
         for verb, items in (("SET", self.set), ("ADD", self.add), ("DELETE", self.delete), ("REMOVE", self.remove)):
@@ -164,20 +202,21 @@ class _Expression:
 def _set_clauses(delta: SubjectDelta, now_ms: int) -> Iterable[tuple[str, str, Any]]:
     """(verb, attribute, value) for every change of a delta; all idempotent."""
     hours = set()
-    for (hour, name), fps in sorted(delta.slots.items()):
+    for (hour, name), fps in delta.slots.items():
         hours.add(hour)
-        yield "ADD", f"p{hour}|{name}", {"BS": sorted(fps)}
-    for hour in sorted(hours):
-        yield "SET", f"t{hour}", {"N": str(now_ms)}
-    for day, users in sorted(delta.users.items()):
-        yield "ADD", f"u{day}", {"BS": sorted(users)}
+        yield "ADD", f"p{hour}|{name}", {"BS": list(fps)}
+    now = {"N": str(now_ms)}
+    for hour in hours:
+        yield "SET", f"t{hour}", now
+    for day, users in delta.users.items():
+        yield "ADD", f"u{day}", {"BS": list(users)}
     for key, (ms, value) in sorted(delta.gauges.items()):
         yield "ADD", f"g|{key}", {"SS": [_stamp(ms) + repr(value)]}
     if delta.traits:
-        yield "ADD", "ta", {"SS": sorted(_stamp(ms) + json.dumps([k, enc]) for k, (ms, enc) in delta.traits.items())}
+        yield "ADD", "ta", {"SS": [_trait_element(ms, k, enc) for k, (ms, enc) in delta.traits.items()]}
     if delta.user_traits:
-        yield "ADD", "tu", {"SS": sorted(_stamp(ms) + json.dumps([u, k, enc])
-                                         for (u, k), (ms, enc) in delta.user_traits.items())}
+        yield "ADD", "tu", {"SS": [_user_trait_element(ms, u, k, enc)
+                                   for (u, k), (ms, enc) in delta.user_traits.items()]}
     if delta.min_ms is not None and delta.max_ms is not None:
         yield "ADD", "ts", {"NS": sorted({str(delta.min_ms), str(delta.max_ms)})}
     if delta.converted_ms is not None:
@@ -189,13 +228,13 @@ def update_requests(table: str, delta: SubjectDelta, now_ms: int) -> list[dict[s
     key = usage_key(delta.account_id, delta.user_id)
     requests: list[dict[str, Any]] = []
     expr = _identity(delta)
+    clauses = 0
     for verb, attr, value in _set_clauses(delta, now_ms):
-        if expr.clauses >= MAX_CLAUSES:
+        if clauses >= MAX_CLAUSES:
             requests.append(expr.request(table, key))
-            expr = _identity(delta)
-        clause = f"{expr.name(attr)} = {expr.value(value)}" if verb == "SET" else \
-            f"{expr.name(attr)} {expr.value(value)}"
-        (expr.set if verb == "SET" else expr.add).append(clause)
+            expr, clauses = _identity(delta), 0
+        expr.union(verb, attr, value)
+        clauses += 1
     requests.append(expr.request(table, key, ReturnValues="ALL_NEW"))
     return requests
 
@@ -382,8 +421,8 @@ def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
     for key_, (ms, value) in usage.gauges.items():
         item[f"g|{key_}"] = {"SS": [_stamp(ms) + repr(value)]}
     if usage.traits:
-        item["ta"] = {"SS": [_stamp(ms) + json.dumps([k, enc]) for k, (ms, enc) in usage.traits.items()]}
-    user_elements = [_stamp(ms) + json.dumps([u, k, enc])
+        item["ta"] = {"SS": [_trait_element(ms, k, enc) for k, (ms, enc) in usage.traits.items()]}
+    user_elements = [_user_trait_element(ms, u, k, enc)
                      for u, traits in usage.users.items() for k, (ms, enc) in traits.items()]
     if user_elements:
         item["tu"] = {"SS": user_elements}
@@ -492,11 +531,11 @@ def _redundant_elements(stored: StoredUsage) -> dict[str, list[Any]]:
         if len(elements) > 1:
             best = max(elements, key=_gauge_order)
             redundant[f"g|{key}"] = [e for e in elements if e != best]
-    keep = {(_stamp(ms) + json.dumps([k, enc])) for k, (ms, enc) in _latest_traits(stored.traits).items()}
+    keep = {_trait_element(ms, k, enc) for k, (ms, enc) in _latest_traits(stored.traits).items()}
     redundant["ta"] = [e for e in stored.traits if e not in keep]
     latest = _latest_user_traits(stored.user_traits)
     kept_users = cap_users(_users_of(latest))
-    keep_u = {(_stamp(ms) + json.dumps([u, k, enc])) for (u, k), (ms, enc) in latest.items() if u in kept_users}
+    keep_u = {_user_trait_element(ms, u, k, enc) for (u, k), (ms, enc) in latest.items() if u in kept_users}
     redundant["tu"] = [e for e in stored.user_traits if e not in keep_u]
     if len(stored.times) > 2:
         redundant["ts"] = [str(t) for t in stored.times if t not in (min(stored.times), max(stored.times))]
