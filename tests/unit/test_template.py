@@ -4,13 +4,18 @@ function exists and has its failure path, alarms watch every dead-letter queue, 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pqlflow import settings as pqlflow_settings
 from pqlflow.local.patterns import filter_criteria_match, matches
 from pqlflow.local.template import load_template as load_wiring
+from pydantic import BaseModel, ValidationError
 
 from tests.support.template import ROOT, TEMPLATE
 
@@ -295,3 +300,49 @@ def test_offers_api_requires_a_jwt_and_unsubscribe_is_public(template: dict[str,
             path, auth = event["Properties"]["Path"], event["Properties"]["Auth"]["Authorizer"]
             expected = "NONE" if path == "/unsubscribe" else "OffersJwt"
             assert auth == expected, f"{name} {path}: {auth}"
+
+
+def _settings_models(
+    app_path: Path, function_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> list[type[BaseModel]]:
+    """The pydantic settings model(s) a function validates its environment with."""
+    spec = importlib.util.spec_from_file_location(f"_template_test_{function_dir}", app_path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while loading
+    spec.loader.exec_module(module)
+    models = [v for k, v in vars(module).items()
+              if isinstance(v, type) and issubclass(v, BaseModel) and k.endswith("Settings")
+              and v.__module__ == module.__name__]
+    shared = getattr(pqlflow_settings, "".join(p.title() for p in function_dir.split("_")) + "Settings", None)
+    return models + ([shared] if shared is not None else [])
+
+
+def test_every_function_gets_the_environment_its_settings_require(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the environment the template gives each function (parameters at their defaults)
+    wiring = load_wiring(TEMPLATE)
+    for name, fn in wiring.functions.items():
+        models = _settings_models(fn.code_uri / "app.py", fn.code_uri.name, monkeypatch)
+        assert models, f"{name}: no settings model found in {fn.code_uri}/app.py"
+        for model in models:
+            # When the function validates it at cold start / Then nothing is missing or malformed
+            try:
+                model.model_validate(fn.environment)
+            except ValidationError as exc:
+                pytest.fail(f"{name}: {model.__name__} rejects the template's environment: {exc}")
+
+
+def _file_settings() -> list[tuple[str, str, Path]]:
+    wiring = load_wiring(TEMPLATE)
+    return [(name, var, fn.code_uri / value) for name, fn in sorted(wiring.functions.items())
+            for var, value in sorted(fn.environment.items()) if var.endswith("_FILE")]
+
+
+@pytest.mark.parametrize(("function", "variable", "path"), _file_settings(), ids=lambda v: getattr(v, "name", v))
+def test_config_files_named_by_the_template_ship_with_the_function(
+    function: str, variable: str, path: Path
+) -> None:
+    # Given a function told to read a file (policy, catalog, roster) by a relative path
+    # Then the file is in its CodeUri folder, so `sam build` packages it (Lambda runs in /var/task)
+    if not path.is_file():
+        pytest.xfail(f"{function}: {variable} names {path.relative_to(ROOT)}, which does not exist yet")
