@@ -100,7 +100,8 @@ def test_state_has_what_qualification_needs(ingest, ddb, table_name):
         {"type": "group", "groupId": "acme", "messageId": "g2", "timestamp": iso(t + HOUR), "userId": "u1",
          "traits": {"plan": "free", "employees": 45}},
         {"type": "identify", "messageId": "i1", "timestamp": iso(t), "userId": "u2",
-         "context": {"groupId": "acme"}, "traits": {"email": "ana@example.com", "name": "Ana", "timezone": "Europe/Paris"}},
+         "context": {"groupId": "acme"},
+         "traits": {"email": "ana@example.com", "name": "Ana", "timezone": "Europe/Paris"}},
         track("Subscription Started", t + 3 * HOUR, "s1", plan="pro"),
     ]
     # When ingested (in two batches, reversed: order must not matter)
@@ -153,7 +154,8 @@ BAD_INPUT = [
     ({"type": "track", "event": "X", "messageId": "b16", "timestamp": iso(NOW_MS), "userId": "u",
       "properties": {"blob": "x" * 40_000}}, "the limit is 32,768 bytes"),
     ('{"detail-type":"track","source":"s","detail":{"type":"track","event":"Contacts Updated","messageId":"b17",'
-     f'"timestamp":"{iso(NOW_MS)}","userId":"u","properties":{{"total":NaN}}}}}}', "properties.total: gauge value is NaN"),
+     f'"timestamp":"{iso(NOW_MS)}","userId":"u","properties":{{"total":NaN}}}}}}',
+     "properties.total: gauge value is NaN"),
     ('{"detail-type":"track","source":"s","detail":{"type":"track","event":"Contacts Updated","messageId":"b18",'
      f'"timestamp":"{iso(NOW_MS)}","userId":"u","properties":{{"total":Infinity}}}}}}',
      "properties.total: gauge value is infinite"),
