@@ -95,21 +95,26 @@ def test_changing_a_stream_filter_in_the_template_changes_what_invokes(tmp_path)
         rt.run_until_idle()
         # Then qualify only ever saw the note item (which it cannot handle, so it retried)
         kinds = {
-            r["dynamodb"]["NewImage"]["kind"]["S"]
-            for i in invoked(rt, "QualifyFunction")
-            for r in i.event["Records"]
+            r["dynamodb"]["NewImage"]["kind"]["S"] for i in invoked(rt, "QualifyFunction") for r in i.event["Records"]
         }
         assert kinds == {"note"}
 
 
 def test_unmatched_events_are_routed_nowhere(runtime):
-    # Given an event whose source the rule's prefix does not match
-    runtime.put_events([{"Source": "web.app", "DetailType": "track", "Detail": {"account": "a1"}}])
+    # Given an event on the app's bus whose source the rule's prefix does not match
+    unmatched = {"Source": "web.app", "DetailType": "track", "Detail": {"account": "a1"}}
+    runtime.put_events([unmatched | {"EventBusName": "pqlflow-local-bus"}])
     # When pumped
     runtime.run_until_idle()
     # Then nothing ran
     counters = runtime.counters()
     assert (counters["invocations"], counters["events_routed"], counters["rule_matches"]) == ({}, 1, {})
+
+
+def test_events_put_without_a_bus_go_where_a_rule_expects_them(runtime):
+    assert runtime.bus_for(track("a1")) == "pqlflow-local-bus"
+    assert runtime.bus_for({"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": "{}"}) == "pqlflow-local-bus"
+    assert runtime.bus_for({"Source": "web.app", "DetailType": "track", "Detail": {}}) == "default"
 
 
 def test_sqs_partial_failure_is_retried_then_dead_lettered_after_max_receive_count(runtime):
@@ -125,8 +130,7 @@ def test_sqs_partial_failure_is_retried_then_dead_lettered_after_max_receive_cou
     assert sorted(batches[0]) == ["a1", "a2", "a3"]
     assert batches[1:] == [["a2"], ["a2"]]
     counts = [
-        i.event["Records"][-1]["attributes"]["ApproximateReceiveCount"]
-        for i in invoked(runtime, "IngestFunction")[1:]
+        i.event["Records"][-1]["attributes"]["ApproximateReceiveCount"] for i in invoked(runtime, "IngestFunction")[1:]
     ]
     assert counts == ["2", "3"]
     # And it now sits in the dead-letter queue, while the others were processed exactly once
@@ -194,8 +198,7 @@ def test_bisect_isolates_a_poison_record_and_sends_it_to_the_on_failure_queue(ru
     runtime.run_until_idle()
     # Then the batch was split around the poison record, which was retried once (MaximumRetryAttempts 1)
     batches = [
-        [r["dynamodb"]["Keys"]["pk"]["S"][2:] for r in i.event["Records"]]
-        for i in invoked(runtime, "QualifyFunction")
+        [r["dynamodb"]["Keys"]["pk"]["S"][2:] for r in i.event["Records"]] for i in invoked(runtime, "QualifyFunction")
     ]
     assert batches == [["a1", "a2", "a3", "a4"], ["a1", "a2"], ["a3", "a4"], ["a3"], ["a3"], ["a4"]]
     # And every other account went on, while the poison record's batch info is on the OnFailure queue
@@ -220,9 +223,7 @@ def test_the_double_insert_of_an_update_that_creates_an_item_reaches_the_handler
     shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
     iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
     raw = streams.get_records(ShardIterator=iterator["ShardIterator"])["Records"]
-    usage_inserts = [
-        r for r in raw if r["dynamodb"]["Keys"]["sk"]["S"] == "USAGE" and r["eventName"] == "INSERT"
-    ]
+    usage_inserts = [r for r in raw if r["dynamodb"]["Keys"]["sk"]["S"] == "USAGE" and r["eventName"] == "INSERT"]
     assert len(usage_inserts) == 2
     # ...but qualify got one INSERT with the final image
     (qualify,) = invoked(runtime, "QualifyFunction")
@@ -296,9 +297,7 @@ def test_one_time_schedules_fire_when_simulated_time_reaches_them(runtime):
 
 def test_failing_event_invocations_are_retried_twice_then_given_up(runtime):
     # Given a PQL Qualified event the notify function fails on
-    runtime.put_events(
-        [{"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": {"account_id": "boom"}}]
-    )
+    runtime.put_events([{"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": {"account_id": "boom"}}])
     # When pumped
     runtime.run_until_idle()
     # Then Lambda's asynchronous retries ran (1 + 2 attempts) and the failure is recorded
@@ -328,15 +327,10 @@ def test_http_routes_behind_the_jwt_authorizer_need_an_accepted_token(runtime):
     wrong_audience = token(iss="https://issuer.test", aud="other", sub="user-1")
     # Then only an accepted bearer token (or claims given directly) gets through
     assert runtime.invoke_http("GET", "/me")["statusCode"] == 401
-    assert (
-        runtime.invoke_http("GET", "/me", headers={"Authorization": f"Bearer {wrong_audience}"})["statusCode"]
-        == 401
-    )
+    assert runtime.invoke_http("GET", "/me", headers={"Authorization": f"Bearer {wrong_audience}"})["statusCode"] == 401
     response = runtime.invoke_http("GET", "/me", headers={"Authorization": f"Bearer {good}"})
     assert (response["statusCode"], json.loads(response["body"])) == (200, {"sub": "user-1"})
-    assert json.loads(runtime.invoke_http("GET", "/me", claims={"sub": "user-2"})["body"]) == {
-        "sub": "user-2"
-    }
+    assert json.loads(runtime.invoke_http("GET", "/me", claims={"sub": "user-2"})["body"]) == {"sub": "user-2"}
 
 
 def test_direct_invoke_returns_the_result_or_raises(runtime):

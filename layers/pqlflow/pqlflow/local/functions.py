@@ -2,9 +2,10 @@
 
 Each function's module is imported once per runtime (its cold start) under a unique module name, from
 `CodeUri/<module>.py`, with the function's environment variables set, and kept for warm invocations.
-The environment (template variables plus what Lambda itself sets) is in `os.environ` only while the
-handler runs. The `pqlflow` package must already be importable (it is the layer; pytest's pythonpath
-or an installed package provides it).
+The environment (template variables plus what Lambda itself sets) is in `os.environ`, and the working
+directory is the function's CodeUri folder (Lambda's task root), only while the handler runs. The
+`pqlflow` package must already be importable (it is the layer; pytest's pythonpath or an installed
+package provides it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +29,17 @@ _instances = itertools.count(1)
 
 class FunctionLoadError(UsageError):
     """A function's handler file is missing, fails to import, or lacks the handler."""
+
+
+@contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """The current directory is `path` inside the block (Lambda runs handlers in their task root)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextmanager
@@ -54,6 +67,7 @@ def lambda_environment(function: Function) -> dict[str, str]:
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_size),
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
+        "LAMBDA_TASK_ROOT": str(function.code_uri),
         # No X-Ray daemon locally: Powertools Tracer would otherwise try to send segments.
         "POWERTOOLS_TRACE_DISABLED": "true",
     }
@@ -88,7 +102,7 @@ class FunctionHost:
 
     def invoke(self, event: Any, context: LambdaContext | None = None) -> Any:
         """Call the handler with `event`; its exceptions propagate to the caller (the event source)."""
-        with environment(self._env):
+        with environment(self._env), working_directory(self.function.code_uri):
             handler = self._handler or self._load()
             if context is None:
                 context = LambdaContext(

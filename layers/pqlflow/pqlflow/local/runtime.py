@@ -39,6 +39,7 @@ from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
 from pqlflow.local.http import Unauthorized, http_event, http_response, jwt_claims, match_route
 from pqlflow.local.model import ACCOUNT, DEFAULT_STACK_NAME, REGION, Function, Wiring
 from pqlflow.local.names import parse_arn
+from pqlflow.local.patterns import matches
 from pqlflow.local.scheduler import ScheduleRunner
 from pqlflow.local.sqs import SqsPoller
 from pqlflow.local.streams import StreamPoller
@@ -203,16 +204,35 @@ class LocalRuntime:
         self.close()
 
     # -- feeding the application ---
-    @property
-    def default_bus(self) -> str:
-        """The bus the template's rules listen on when there is exactly one, else "default"."""
-        buses = {rule.bus_name for rule in self.wiring.rules}
-        return buses.pop() if len(buses) == 1 else "default"
+    def bus_for(self, entry: Mapping[str, Any]) -> str:
+        """Where an entry without EventBusName goes: the first matching enabled rule's bus, else "default".
+
+        So replay can put Segment messages without knowing which bus the template reads them from.
+        """
+        detail = entry.get("Detail")
+        if isinstance(detail, str):
+            try:
+                detail = json.loads(detail)
+            except ValueError:
+                detail = None
+        probe = {
+            "version": "0",
+            "detail-type": entry.get("DetailType"),
+            "source": entry.get("Source"),
+            "account": ACCOUNT,
+            "region": REGION,
+            "resources": list(entry.get("Resources") or []),
+            "detail": detail,
+        }
+        for rule in self.wiring.rules:
+            if rule.enabled and matches(rule.pattern, probe):
+                return rule.bus_name
+        return "default"
 
     def put_events(self, entries: Iterable[Mapping[str, Any]]) -> list[str]:
         """PutEvents (boto3 entry shape; `Detail` may be a dict), in chunks of 10; returns the event ids.
 
-        Entries without `EventBusName` go to `default_bus`, without `Time` get `pqlflow.clock` time.
+        Entries without `EventBusName` go to `bus_for(entry)`, without `Time` get `pqlflow.clock` time.
         """
         events = self._need().events
         ids: list[str] = []
@@ -240,9 +260,10 @@ class LocalRuntime:
 
     def _entry(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(entry)
+        if not out.get("EventBusName"):
+            out["EventBusName"] = self.bus_for(out)
         if not isinstance(out.get("Detail"), str):
             out["Detail"] = json.dumps(out.get("Detail"))
-        out.setdefault("EventBusName", self.default_bus)
         if out.get("Time") is None:
             out["Time"] = dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC)
         return out
