@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/ingest_bench.py
 
 schemas: setup
+	$(PY) -m pqlflow.events
 	$(PY) -m pqlflow.schemas
 
 clean:

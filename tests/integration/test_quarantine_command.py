@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import boto3
-
-from functions.ingest import app
 from pqlflow import clock
 from pqlflow.cli import main
 from pqlflow.dynamo import DynamoUsageStore
 from pqlflow.ingest import IngestConfig, UsageBatchProcessor
+
+from functions.ingest import app
 from tests.support.events import sqs_event, track
 from tests.support.lambda_context import LambdaContext
 
@@ -23,7 +23,8 @@ def test_quarantine_list_shows_rejected_events_with_reasons(table_name, capsys):
     clock.set_source(lambda: now_ms / 1000)
     bad = {"type": "track", "event": "X", "messageId": "bad-ts", "timestamp": "last tuesday", "userId": "u"}
     event = sqs_event([track("Message Sent", now_ms - 1000, "ok"), bad, "{oops"])
-    processor = UsageBatchProcessor(DynamoUsageStore(table_name, boto3.client("dynamodb")), IngestConfig(), clock.now_ms)
+    store = DynamoUsageStore(table_name, boto3.client("dynamodb"))
+    processor = UsageBatchProcessor(store, IngestConfig(), clock.now_ms)
     app.handler(event, LambdaContext(), processor=processor)
     capsys.readouterr()  # the function's own log lines
     # When a user lists the quarantine as JSON

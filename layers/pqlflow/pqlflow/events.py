@@ -314,8 +314,29 @@ def _message_id_of(body: str) -> str | None:
 
 
 def json_schemas() -> dict[str, Any]:
-    """JSON Schemas of the contract, generated from the models (written to events/schemas/ by `make schemas`)."""
+    """JSON Schemas of the usage-event contract, generated from the models."""
     return {
-        "segment-message": _MESSAGE.json_schema(),
-        "eventbridge-event": _ENVELOPE.json_schema(by_alias=True),
+        "segment-message": {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                            "title": "Segment message accepted by pqlflow ingest", **_MESSAGE.json_schema()},
+        "eventbridge-event": {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                              "title": "EventBridge event carrying a Segment message",
+                              **_ENVELOPE.json_schema(by_alias=True)},
     }
+
+
+def write_schemas(folder: str = "events/schemas") -> list[str]:
+    """Write the contract's schemas (`make schemas`); a test fails when the committed ones are stale."""
+    from pathlib import Path
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = out / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(str(path))
+    return written
+
+
+if __name__ == "__main__":
+    print("\n".join(write_schemas()))

@@ -53,6 +53,6 @@ def run_list(args: argparse.Namespace) -> int:
     if not args.json:
         total = sum(reasons.values())
         by_field = ", ".join(f"{f} {n}" for f, n in reasons.most_common())
-        print(f"{total} quarantined event(s) in the last {args.days} day(s)" + (f" — by field: {by_field}" if total else ""),
-              file=sys.stderr)
+        suffix = f" — by field: {by_field}" if total else ""
+        print(f"{total} quarantined event(s) in the last {args.days} day(s){suffix}", file=sys.stderr)
     return 0
