@@ -35,6 +35,7 @@ class IngestSettings(BaseModel):
     QUARANTINE_DAYS: int = Field(default=14, ge=1, le=90)
     DEDUPE_WINDOW_HOURS: int = Field(default=24, ge=1, le=24 * 14)
     CONVERSION_EVENTS: str = "Subscription Started,Plan Upgraded,Order Completed"
+    DEFINITION_CACHE_SECONDS: float = Field(default=60, ge=0)
 
     @property
     def conversions(self) -> frozenset[str]:

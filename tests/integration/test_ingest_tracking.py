@@ -1,0 +1,41 @@
+"""Ingest keeps what the definition in force needs: publishing a definition with a gauge starts keeping it."""
+
+from __future__ import annotations
+
+import boto3
+from pqlflow import clock, tracking
+from pqlflow.definition_store import DefinitionStore
+from pqlflow.settings import IngestSettings
+from pqlflow.usage_item import decode_image, usage_key
+
+from functions.ingest import app
+from tests.support.events import sqs_event, track
+from tests.support.lambda_context import LambdaContext
+
+NOW_MS = 1_795_341_600_000
+CRM = """
+name: crm-test
+version: 7
+signals:
+  contacts:
+    gauge: {event: Contacts Updated, property: total}
+qualify:
+  signal: contacts
+  gte: 8000
+"""
+
+
+def test_a_published_definitions_gauge_is_kept_by_ingest(table_name, monkeypatch):
+    # Given the CRM definition published, and ingest configured from its environment
+    clock.set_source(lambda: NOW_MS / 1000)
+    client = boto3.client("dynamodb")
+    DefinitionStore(table_name, client).publish(CRM, "crm.yaml")
+    monkeypatch.setattr(tracking, "_store", None)
+    monkeypatch.setattr(app, "_processor", None)
+    app.ingest_settings.cache_clear()
+    # When a Contacts Updated event arrives through the real handler
+    app.handler(sqs_event([track("Contacts Updated", NOW_MS - 1000, "c1", total=8123)]), LambdaContext())
+    # Then the gauge the definition names is in the usage state
+    item = client.get_item(TableName=table_name, Key=usage_key("acme"))["Item"]
+    assert decode_image(item).gauge("Contacts Updated.total") == 8123
+    assert IngestSettings(TABLE_NAME=table_name).DEFINITION_CACHE_SECONDS == 60
