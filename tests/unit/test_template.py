@@ -346,3 +346,17 @@ def test_config_files_named_by_the_template_ship_with_the_function(
     # Then the file is in its CodeUri folder, so `sam build` packages it (Lambda runs in /var/task)
     if not path.is_file():
         pytest.xfail(f"{function}: {variable} names {path.relative_to(ROOT)}, which does not exist yet")
+
+
+def test_dashboard_is_valid_json_and_shows_every_function_and_dead_letter_queue(template: dict[str, Any]) -> None:
+    # Given the dashboard body (a !Sub over JSON)
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    refs = set(re.findall(r"\$\{([^}]+)\}", body))
+    # When CloudFormation substitutes it / Then every reference exists and the result is JSON
+    unknown = {r for r in refs if not r.startswith("AWS::") and r.split(".")[0] not in template["Resources"]}
+    assert not unknown
+    json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+    # And the operator sees every function's errors and every dead-letter queue's depth
+    queues = _resources(template, "AWS::SQS::Queue")
+    dead_letter = {f"{n}.QueueName" for n, q in queues.items() if "RedrivePolicy" not in q["Properties"]}
+    assert set(_resources(template, FUNCTION)) | dead_letter <= refs
