@@ -159,7 +159,7 @@ def samples() -> dict[str, _Detail]:
             account_id="acct_42",
             owner="rep_jordan",
             due_at="2026-11-04T17:00:00Z",
-            title="Acme Robotics is a PQL (score 61)",
+            title="Acme Robotics is a PQL: a team adopting fast",
             body="Why now: 10 sign-ins, 2 invites, pricing "
             "page viewed. Suggested talk track: team workflows on the Pro plan.",
             transition_id=qualified.transition_id,
