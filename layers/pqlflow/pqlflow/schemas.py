@@ -1,5 +1,8 @@
 """Write the JSON Schema and a sample EventBridge event of every event pqlflow emits, under events/pqlflow/.
 
+`make schemas` runs this; it also rewrites the usage-event contract's schemas (events/schemas/, from
+`pqlflow.events.write_schemas`).
+
 Run `python -m pqlflow.schemas` (or `make schemas`) from the repository root after changing
 `pqlflow.contracts`; `--check` exits 1 when the files on disk are stale. Schemas are generated from the
 pydantic models; samples are built through the models too (the three qualification events by
@@ -196,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content, encoding="utf-8")
+    if not args.check:
+        from pqlflow.events import write_schemas
+
+        write_schemas(str(root / "events" / "schemas"))  # the usage-event contract's own schemas
     if args.check and stale:
         print("stale (run `make schemas`): " + ", ".join(stale), file=sys.stderr)
         return 1
