@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from pqlflow.errors import UsageError
+from pqlflow.events import DEFAULT_RETENTION_DAYS
 from pqlflow.sample import Sample, SampleConfig, parse_start
 
 _EPILOG = """\
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--answers {args.answers}: cannot write ({exc.strerror or exc})") from None
     if not args.quiet:
+        if config.start is None and config.days > DEFAULT_RETENTION_DAYS:
+            print(f"pqlflow sample: note: events older than {DEFAULT_RETENTION_DAYS} days are outside live "
+                  "ingest's retention window (replay and backtest simulate time and are unaffected)",
+                  file=sys.stderr)
         st = sample.stats
         where = args.out if args.out is not None else "stdout"
         extra = f" + {st.duplicates:,} redelivered copies" if st.duplicates else ""
