@@ -221,9 +221,7 @@ def _scoring(s: UsageStream) -> tuple[list[Any], Any, Any]:
 
 
 def _hubspot(s: UsageStream) -> tuple[list[Any], Any, Any]:
-    history = [s.track("Feature Used", tier="paid") for _ in range(3)] + [
-        s.track("Feature Used", tier="free")
-    ]
+    history = [s.track("Feature Used", tier="paid") for _ in range(3)] + [s.track("Feature Used", tier="free")]
     return history, s.track("Feature Used", tier="paid"), s.track("Feature Used", tier="paid")
 
 
@@ -245,9 +243,7 @@ def test_every_example_file_has_a_boundary_test() -> None:
 
 
 @pytest.mark.parametrize("file", sorted(BOUNDARIES))
-def test_example_qualifies_exactly_at_its_boundary(
-    file: str, table_name: str, qualify: Any, bus_events: Any
-) -> None:
+def test_example_qualifies_exactly_at_its_boundary(file: str, table_name: str, qualify: Any, bus_events: Any) -> None:
     # Given the example published and usage one event short of its boundary
     defn = publish(table_name, EXAMPLES / file)
     scenario, expected_reason = BOUNDARIES[file]
@@ -327,9 +323,9 @@ def test_a_crash_between_the_state_write_and_put_events_is_repaired_by_redeliver
     # Then the pending event went out exactly once
     qualified = of_type(bus_events(), "PQL Qualified")
     assert len(qualified) == 1
-    item = boto3.client("dynamodb").get_item(
-        TableName=table_name, Key={"pk": {"S": "A#acme"}, "sk": {"S": "PQL"}}
-    )["Item"]
+    item = boto3.client("dynamodb").get_item(TableName=table_name, Key={"pk": {"S": "A#acme"}, "sk": {"S": "PQL"}})[
+        "Item"
+    ]
     assert "pending" not in item and item["transition_id"]["S"] == qualified[0]["transition_id"]
 
 
@@ -357,9 +353,7 @@ def test_conversion_emits_account_converted_once_with_time_since_qualification(
     assert detail["definition"] == {"name": "drift-conversations", "version": 1}
 
 
-def test_exclusions_win_and_disqualify_a_qualified_account(
-    table_name: str, qualify: Any, bus_events: Any
-) -> None:
+def test_exclusions_win_and_disqualify_a_qualified_account(table_name: str, qualify: Any, bus_events: Any) -> None:
     # Given a qualified account on the slack definition
     defn = publish(table_name, EXAMPLES / "slack-messages.yaml")
     stream = UsageStream(defn)
@@ -403,9 +397,7 @@ def test_no_dynamodb_reads_per_stream_record(table_name: str, bus_name: str, bus
     client = boto3.client("dynamodb")
     recorder = CallRecorder(client)
     store = DefinitionStore(table_name, client=client)
-    qualifier = Qualifier(
-        store, PqlStateStore(table_name, client=client), EventPublisher(bus_name), decode_image
-    )
+    qualifier = Qualifier(store, PqlStateStore(table_name, client=client), EventPublisher(bus_name), decode_image)
     stream = UsageStream(defn)
     app.handler(stream_event(stream.change(stream.track("Signed In"))), LambdaContext(), qualifier=qualifier)
     warm = sum(recorder.calls[name] for name in READS)
@@ -423,18 +415,14 @@ def test_no_dynamodb_reads_per_stream_record(table_name: str, bus_name: str, bus
     assert of_type(bus_events(), "PQL Qualified")
 
 
-def test_concurrent_evaluation_of_the_same_record_emits_once(
-    table_name: str, bus_name: str, bus_events: Any
-) -> None:
+def test_concurrent_evaluation_of_the_same_record_emits_once(table_name: str, bus_name: str, bus_events: Any) -> None:
     # Given two qualifiers that both decide on the same record before either has written
     defn = publish(table_name, EXAMPLES / "drift-conversations.yaml")
     stream = UsageStream(defn)
     for _ in range(99):
         stream.fold(stream.track("Conversation Started"))
     change = stream.change(stream.track("Conversation Started"))["dynamodb"]
-    other = Qualifier(
-        DefinitionStore(table_name), PqlStateStore(table_name), EventPublisher(bus_name), decode_image
-    )
+    other = Qualifier(DefinitionStore(table_name), PqlStateStore(table_name), EventPublisher(bus_name), decode_image)
 
     class RacingStore(PqlStateStore):
         raced = False
@@ -445,9 +433,7 @@ def test_concurrent_evaluation_of_the_same_record_emits_once(
                 other.process(change)
             super().write(*args, **kwargs)
 
-    first = Qualifier(
-        DefinitionStore(table_name), RacingStore(table_name), EventPublisher(bus_name), decode_image
-    )
+    first = Qualifier(DefinitionStore(table_name), RacingStore(table_name), EventPublisher(bus_name), decode_image)
 
     # When both go through
     outcome = first.process(change)
@@ -481,9 +467,7 @@ def test_points_decay_over_simulated_time_until_the_account_is_disqualified(
     # Given a scoring account qualified at 62 points
     defn = publish(table_name, EXAMPLES / "scoring.yaml")
     stream = UsageStream(defn)
-    for message in [stream.track("Signed In") for _ in range(10)] + [
-        stream.track("Invite Sent") for _ in range(3)
-    ]:
+    for message in [stream.track("Signed In") for _ in range(10)] + [stream.track("Invite Sent") for _ in range(3)]:
         stream.fold(message)
     for _ in range(3):
         stream.fold(stream.track("Feature Used"))
@@ -499,3 +483,15 @@ def test_points_decay_over_simulated_time_until_the_account_is_disqualified(
     assert [e["detail-type"] for e in events] == ["PQL Qualified", "PQL Disqualified"]
     (reason,) = events[1]["detail"]["reasons"]
     assert reason["kind"] == "score" and "below 50" in reason["text"]
+
+
+def test_a_missing_environment_variable_fails_at_start_naming_it(
+    table_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pqlflow.settings import SettingsError
+
+    monkeypatch.delenv("EVENT_BUS_NAME", raising=False)
+    app.reset()
+    with pytest.raises(SettingsError, match="EVENT_BUS_NAME"):
+        app.handler(stream_event(), LambdaContext())
+    app.reset()
