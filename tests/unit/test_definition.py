@@ -46,8 +46,7 @@ def test_the_bundled_default_is_valid() -> None:
     ("text", "expected"),
     [
         (
-            HEAD
-            + "signals:\n  m: {count: Message Sent}\nqualify:\n  all:\n    - signal: m\n      gte: abc\n",
+            HEAD + "signals:\n  m: {count: Message Sent}\nqualify:\n  all:\n    - signal: m\n      gte: abc\n",
             "t.yaml:8: qualify.all[0].gte: expected a number, got 'abc'",
         ),
         (
@@ -99,8 +98,7 @@ def test_the_bundled_default_is_valid() -> None:
             HEAD
             + "signals:\n  c: {gauge: {event: E, property: p}}\n  r: {ratio: {of: c}}\n"
             + "qualify: {signal: r, gte: 1}\n",
-            "t.yaml:5: signals.r.ratio: give exactly one of limit_trait (an account trait) or limit "
-            "(a constant)",
+            "t.yaml:5: signals.r.ratio: give exactly one of limit_trait (an account trait) or limit (a constant)",
         ),
         (
             HEAD + "signals:\n  m: {count: A, last_days: 0}\nqualify: {signal: m, gte: 1}\n",
@@ -198,9 +196,7 @@ def test_validate_prints_every_error_with_its_line_and_exits_non_zero(
     assert f"error: {bad}:5: qualify.gte: expected a number, got 'x'" in err
 
 
-def test_validate_shows_warnings_and_strict_fails_on_them(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_shows_warnings_and_strict_fails_on_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trial = tmp_path / "trial.yaml"
     trial.write_text(HEAD + "signals:\n  s: {count: Trial Started}\nqualify: {signal: s, gte: 1}\n")
     assert main(["definition", "validate", str(trial)]) == 0
@@ -238,9 +234,7 @@ def test_explain_shows_signals_rules_and_why(tmp_path: Path, capsys: pytest.Capt
     assert "because: 80% of your 10,000-contact tier used [limit]" in out
 
 
-def test_explain_names_the_bad_line_of_a_state_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_explain_names_the_bad_line_of_a_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "state.jsonl"
     state.write_text(
         '{"type":"track","messageId":"m","timestamp":"2026-11-01T10:01:00Z","userId":"u1",'
@@ -248,3 +242,23 @@ def test_explain_names_the_bad_line_of_a_state_file(
     )
     assert main(["definition", "explain", str(EXAMPLES[0]), "--state", str(state)]) == 2
     assert f"{state}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_explain_reads_a_usage_item_in_dynamodb_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pqlflow.usage import AccountUsage
+    from pqlflow.usage_item import encode_usage
+
+    usage = AccountUsage(
+        "acme",
+        lifetime={"Message Sent": 2000},
+        daily={"Message Sent": {20000: 2000}},
+        first_seen_ms=20000 * 86_400_000,
+        last_seen_ms=20000 * 86_400_000 + 5,
+    )
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps({"Item": encode_usage(usage, 0)}))
+    code = main(["definition", "explain", str(ROOT / "examples/definitions/slack-messages.yaml"), "--state", str(item)])
+    out = capsys.readouterr().out
+    assert code == 0 and "because: 2,000 messages sent — the free plan's limit [limit]" in out
