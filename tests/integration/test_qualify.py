@@ -495,3 +495,14 @@ def test_a_missing_environment_variable_fails_at_start_naming_it(
     with pytest.raises(SettingsError, match="EVENT_BUS_NAME"):
         app.handler(stream_event(), LambdaContext())
     app.reset()
+
+
+def test_usage_kept_for_another_unit_is_ignored(table_name: str, qualify: Any, bus_events: Any) -> None:
+    # Given a per-user definition in force, and an account-level usage item (kept before the switch)
+    publish(table_name, EXAMPLES / "logins.yaml")
+    stream = UsageStream(load_definition(EXAMPLES / "drift-conversations.yaml"))
+    for _ in range(20):
+        stream.fold(stream.track("Signed In"))
+    # When it changes, then nothing is evaluated for it
+    assert qualify(stream.change(stream.track("Signed In"))) == {"batchItemFailures": []}
+    assert bus_events() == []

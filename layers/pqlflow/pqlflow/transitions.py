@@ -203,7 +203,7 @@ class DefinitionSource(Protocol):
 
 @dataclass
 class RecordOutcome:
-    result: str  # removed | unchanged | no_transition | qualified | disqualified | converted | re_emitted
+    result: str  # removed | other_unit | unchanged | no_transition | qualified | disqualified | converted | re_emitted
     definition_version: int | None = None
     writes: int = 0
     published: list[str] = field(default_factory=list)  # detail-types
@@ -225,6 +225,8 @@ class Qualifier:
             return RecordOutcome("removed")
         defn = self.definitions.active()
         new = self.decode(new_image)
+        if (new.user_id is not None) != (defn.unit == "user"):
+            return RecordOutcome("other_unit", defn.version)  # state kept for another unit (before a switch)
         old = self.decode(change["OldImage"]) if change.get("OldImage") else None
         hint = needs_decision(defn, old, new) if new.last_seen_ms is not None else None
         if hint is None:
