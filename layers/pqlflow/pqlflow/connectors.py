@@ -29,10 +29,13 @@ TASK_TO_COMPANY = 192  # HubSpot-defined association type: task → company
 class DeliveryError(Exception):
     """A connector could not deliver. `transient` failures are worth retrying later."""
 
-    def __init__(self, message: str, *, transient: bool, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, attempts: int = 1, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.attempts = attempts
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,25 @@ class Http:
     backoff: Backoff = field(default_factory=Backoff)
 
     def request(
-        self, method: str, url: str, *, body: Any = None, raw: bytes | None = None, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        *,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str],
+        attempts: int | None = None,
     ) -> tuple[Response, int]:
+        """Send, retrying transient failures up to `attempts` (default: the backoff's) times."""
+        tries = attempts or self.backoff.attempts
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         if data is not None:
             hdrs.setdefault("Content-Type", "application/json")
         last = "no attempt made"
-        for attempt in range(1, self.backoff.attempts + 1):
-            retry_after: float | None = None
+        retry_after: float | None = None
+        for attempt in range(1, tries + 1):
+            retry_after = None
             try:
                 req = urllib.request.Request(url, data=data, headers=hdrs, method=method)  # noqa: S310
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
@@ -93,12 +106,10 @@ class Http:
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 reason = getattr(exc, "reason", exc)
                 last = f"connection failed: {type(reason).__name__}"
-            if attempt < self.backoff.attempts:
+            if attempt < tries:
                 self.backoff.sleep(self.backoff.delay(attempt - 1, retry_after))
         raise DeliveryError(
-            f"gave up after {self.backoff.attempts} attempts: {last}",
-            transient=True,
-            attempts=self.backoff.attempts,
+            f"gave up after {tries} attempt(s): {last}", transient=True, attempts=tries, retry_after=retry_after
         )
 
 
@@ -169,9 +180,8 @@ class HubSpotConnector:
             ]
         return body
 
-    def find_existing(self, task: RepTask) -> tuple[str | None, int]:
-        if not self.idempotency_property:
-            return None, 0
+    def find_existing(self, task: RepTask) -> str | None:
+        assert self.idempotency_property
         query = {
             "filterGroups": [
                 {
@@ -187,21 +197,45 @@ class HubSpotConnector:
             "properties": [self.idempotency_property],
             "limit": 1,
         }
-        resp, attempts = self.http.request(
-            "POST", f"{self.base_url}/crm/v3/objects/tasks/search", body=query, headers=self._headers()
+        resp, _ = self.http.request(
+            "POST",
+            f"{self.base_url}/crm/v3/objects/tasks/search",
+            body=query,
+            headers=self._headers(),
+            attempts=1,
         )
         results = (resp.json() or {}).get("results") or []
-        return (str(results[0]["id"]) if results else None), attempts
+        return str(results[0]["id"]) if results else None
 
-    def deliver(self, task: RepTask) -> tuple[str | None, int]:
-        existing, searched = self.find_existing(task)
-        if existing:
-            return existing, searched
-        resp, attempts = self.http.request(
-            "POST", f"{self.base_url}/crm/v3/objects/tasks", body=self.payload(task), headers=self._headers()
+    def _create(self, task: RepTask, attempts: int | None) -> tuple[str | None, int]:
+        resp, used = self.http.request(
+            "POST",
+            f"{self.base_url}/crm/v3/objects/tasks",
+            body=self.payload(task),
+            headers=self._headers(),
+            attempts=attempts,
         )
         created = resp.json() or {}
-        return (str(created["id"]) if "id" in created else None), searched + attempts
+        return (str(created["id"]) if "id" in created else None), used
+
+    def deliver(self, task: RepTask) -> tuple[str | None, int]:
+        if not self.idempotency_property:
+            return self._create(task, None)
+        # Each round searches before it creates: when a create's answer was lost (timeout, 502),
+        # the next round finds the task instead of making a second one. HubSpot's search index
+        # lags writes by seconds, which the backoff between rounds leaves room for.
+        backoff = self.http.backoff
+        for round_ in range(1, backoff.attempts + 1):
+            try:
+                existing = self.find_existing(task)
+                return (existing or self._create(task, 1)[0]), round_
+            except DeliveryError as exc:
+                if not exc.transient or round_ == backoff.attempts:
+                    raise DeliveryError(
+                        str(exc), transient=exc.transient, attempts=round_, retry_after=exc.retry_after
+                    ) from None
+                backoff.sleep(backoff.delay(round_ - 1, exc.retry_after))
+        raise AssertionError("unreachable")
 
 
 # ---- Slack --------------------------------------------------------------------------------------

@@ -1,0 +1,191 @@
+"""Rep task channel: on a `Nurture Action` with channel `rep_task`, store one task for the account's
+owner (or the next rep in the round-robin), emit `Rep Task Created` once, and deliver it through the
+configured connectors. A delivery that still fails leaves the task stored as `delivery_failed` and
+fails the invocation so the trigger retries; connectors already delivered are not called again."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import envelopes, parse
+from pqlflow import clock
+from pqlflow.bus import EventPublisher
+from pqlflow.connectors import Backoff, Connector, DeliveryError, Http, build_connectors, parse_names
+from pqlflow.contracts import NurtureAction, PqlQualified
+from pqlflow.observability import logger, metrics, tracer
+from pqlflow.offer_store import RepTaskStore
+from pqlflow.rep_tasks import (
+    Delivery,
+    RepTask,
+    Roster,
+    build_task,
+    choose_owner,
+    load_roster,
+    pick_round_robin,
+    settle,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    table_name: str = Field(alias="TABLE_NAME", min_length=1)
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
+    roster_file: str = Field(alias="ROSTER_FILE", min_length=1)
+    connectors: str = Field(default="", alias="CONNECTORS", description="e.g. 'hubspot,slack,webhook'")
+    connector_secret_arn: str = Field(default="", alias="CONNECTOR_SECRET_ARN")
+    connector_timeout_seconds: float = Field(default=5.0, alias="CONNECTOR_TIMEOUT_SECONDS", gt=0, le=30)
+    connector_attempts: int = Field(default=4, alias="CONNECTOR_ATTEMPTS", ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _secret_when_connectors(self) -> Settings:
+        if parse_names(self.connectors) and not self.connector_secret_arn:
+            raise ValueError("CONNECTOR_SECRET_ARN is required when CONNECTORS is set")
+        return self
+
+
+@functools.cache
+def settings() -> Settings:
+    try:
+        return Settings.model_validate(dict(os.environ))
+    except ValidationError as exc:
+        problems = "; ".join(
+            (str(e["loc"][0]) + ": " + e["msg"]) if e["loc"] else e["msg"] for e in exc.errors()
+        )
+        raise RuntimeError(f"rep_task: bad environment: {problems}") from None
+
+
+_secrets: dict[str, dict[str, Any]] = {}
+
+
+def connector_secret(arn: str, client: Any = None) -> dict[str, Any]:
+    """The connectors' credentials (JSON in Secrets Manager), fetched once per cold start."""
+    if arn not in _secrets:
+        if client is None:
+            import boto3  # created on first use only
+
+            client = boto3.client("secretsmanager")
+        doc = json.loads(client.get_secret_value(SecretId=arn)["SecretString"])
+        if not isinstance(doc, dict):
+            raise RuntimeError("connector secret: expected a JSON object")
+        _secrets[arn] = doc
+    return _secrets[arn]
+
+
+@dataclass
+class Collaborators:
+    store: RepTaskStore
+    publisher: EventPublisher
+    roster: Roster
+    connectors: list[Connector]
+
+
+@functools.cache
+def _defaults() -> Collaborators:
+    s = settings()
+    names = parse_names(s.connectors)
+    http = Http(timeout=s.connector_timeout_seconds, backoff=Backoff(attempts=s.connector_attempts))
+    connectors = build_connectors(names, connector_secret(s.connector_secret_arn), http) if names else []
+    return Collaborators(
+        store=RepTaskStore(s.table_name),
+        publisher=EventPublisher(s.event_bus_name),
+        roster=load_roster(s.roster_file),
+        connectors=connectors,
+    )
+
+
+class TaskDeliveryFailed(Exception):
+    """Raised after the task is stored, so the trigger retries the delivery later."""
+
+
+def _create(action: NurtureAction, q: PqlQualified, c: Collaborators) -> RepTask:
+    existing = c.store.get(q.account_id, q.transition_id)
+    if existing is not None:
+        return existing
+    now = datetime.fromtimestamp(clock.now(), tz=UTC)
+    choice = choose_owner(q, c.roster)
+    if choice.source == "trait":
+        assert choice.owner is not None
+        return c.store.create(build_task(action, q, choice.owner, "trait", c.roster, now))
+    assert choice.pool is not None
+
+    def for_slot(slot: int) -> RepTask:
+        return build_task(action, q, pick_round_robin(choice.eligible, slot), "round_robin", c.roster, now)
+
+    return c.store.create_round_robin(choice.pool, for_slot)
+
+
+def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
+    if action.channel != "rep_task" or action.outcome != "send":
+        metrics.add_metric(name="RepTaskActionsIgnored", unit=MetricUnit.Count, value=1)
+        return {"outcome": "ignored", "action_id": action.action_id}
+    q = PqlQualified.model_validate(action.context)
+    task = _create(action, q, c)
+    log = {"task_id": task.task_id, "account_id": task.account_id, "owner_source": task.owner_source}
+
+    if not task.created_published:
+        c.publisher.publish([task.created_event()])
+        c.store.mark_published(task)
+        metrics.add_metric(name="RepTasksCreated", unit=MetricUnit.Count, value=1)
+        logger.info("rep task created", extra=log)
+
+    failed: list[str] = []
+    for connector in c.connectors:
+        done = task.deliveries.get(connector.name)
+        if done is not None and done.status == "delivered":
+            continue
+        try:
+            ref, attempts = connector.deliver(task)
+            delivery = Delivery(status="delivered", ref=ref, attempts=attempts)
+        except DeliveryError as exc:
+            delivery = Delivery(status="failed", error=str(exc), attempts=exc.attempts)
+            failed.append(connector.name)
+            logger.warning(
+                "rep task delivery failed",
+                extra=log | {"connector": connector.name, "error": str(exc), "transient": exc.transient},
+            )
+            metrics.add_metric(name="RepTaskDeliveryFailures", unit=MetricUnit.Count, value=1)
+        c.store.record_delivery(task, connector.name, delivery)
+        task.deliveries[connector.name] = delivery
+
+    status = settle(task, [x.name for x in c.connectors])
+    if status != task.status:
+        c.store.set_status(task, status)
+    if failed:
+        raise TaskDeliveryFailed(
+            f"task {task.task_id}: delivery failed for {', '.join(failed)}; kept for retry"
+        )
+    return {"outcome": status, "task_id": task.task_id, "owner": task.owner, "action_id": action.action_id}
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(
+    event: dict[str, Any],
+    context: Any,
+    *,
+    store: RepTaskStore | None = None,
+    publisher: EventPublisher | None = None,
+    roster: Roster | None = None,
+    connectors: list[Connector] | None = None,
+) -> dict[str, Any]:
+    action = parse(event=event, model=NurtureAction, envelope=envelopes.EventBridgeEnvelope)
+    if store is None or publisher is None or roster is None or connectors is None:
+        d = _defaults()
+        c = Collaborators(
+            store or d.store,
+            publisher or d.publisher,
+            roster or d.roster,
+            connectors if connectors is not None else d.connectors,
+        )
+    else:
+        c = Collaborators(store, publisher, roster, connectors)
+    return process(action, c)

@@ -1,0 +1,358 @@
+"""The offers HTTP API over real HTTP: a local server on 127.0.0.1 plays API Gateway (HTTP API v2
+with a JWT authorizer: it checks a real RS256 token with PyJWT against the configured issuer and
+audience and passes the claims to the function), and the offers live in a moto table."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pqlflow import clock
+from pqlflow.contracts import NurtureAction, OfferAccepted, Reason
+from pqlflow.offer_store import OfferStore
+from pqlflow.offers import load_catalog
+
+from functions.offers.app import handler as offers_handler
+from functions.offers_api.app import handler as api_handler
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
+ISSUER = "https://auth.example.test/"
+AUDIENCE = "pqlflow-app"
+NOW = 1_800_000_000.0
+DAY = 86_400
+
+
+class Context:
+    function_name = "offers_api"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:offers_api"
+    aws_request_id = "req-api"
+
+
+class FakePublisher:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.published: list[Any] = []
+        self.fail_times = fail_times
+
+    def publish(self, details: list[Any]) -> int:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise RuntimeError("EventBridge unavailable")
+        self.published.extend(details)
+        return len(details)
+
+
+@dataclass
+class Gateway:
+    """API Gateway HTTP API v2 in front of the offers function, JWT authorizer included."""
+
+    store: OfferStore
+    publisher: FakePublisher
+    public_key: Any
+    issuer: str = ISSUER
+    audience: str = AUDIENCE
+    url: str = ""
+
+    def event(self, method: str, path: str, headers: dict[str, str], body: bytes, claims: dict) -> dict:
+        now = clock.now()
+        return {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "offersapi",
+                "authorizer": {"jwt": {"claims": claims, "scopes": None}},
+                "domainName": "127.0.0.1",
+                "domainPrefix": "127",
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": headers.get("user-agent", ""),
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+                "timeEpoch": int(now * 1000),
+            },
+            "body": body.decode() if body else None,
+            "isBase64Encoded": False,
+        }
+
+    def authorize(self, header: str | None) -> dict | None:
+        if not header or not header.startswith("Bearer "):
+            return None
+        try:
+            claims = jwt.decode(
+                header.removeprefix("Bearer "),
+                self.public_key,
+                algorithms=["RS256"],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        return {k: str(v) for k, v in claims.items()}  # API Gateway passes claims as strings
+
+
+@pytest.fixture
+def keys() -> tuple[Any, Any]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return private, private.public_key()
+
+
+@pytest.fixture
+def store(table_name: str) -> OfferStore:
+    clock.set_source(lambda: NOW)
+    return OfferStore(table_name)
+
+
+@pytest.fixture
+def gateway(store, keys) -> Iterator[Gateway]:
+    gw = Gateway(store=store, publisher=FakePublisher(), public_key=keys[1])
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            claims = gw.authorize(self.headers.get("Authorization"))
+            if claims is None:  # the authorizer answers without invoking the function
+                self._reply(401, {"Content-Type": "application/json"}, b'{"message":"Unauthorized"}')
+                return
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            event = gw.event(self.command, self.path, headers, body, claims)
+            try:
+                result = api_handler(event, Context(), store=gw.store, publisher=gw.publisher)
+            except Exception:  # a function error: API Gateway answers 500
+                self._reply(500, {"Content-Type": "application/json"}, b'{"message":"Internal Server Error"}')
+                return
+            self._reply(result["statusCode"], result.get("headers") or {}, (result.get("body") or "").encode())
+
+        def _reply(self, status: int, headers: dict[str, str], raw: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = _serve  # noqa: N815
+        do_POST = _serve  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    gw.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield gw
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def token(private_key: Any, sub: str, *, issuer: str = ISSUER, audience: str = AUDIENCE) -> str:
+    # The authorizer checks tokens on wall-clock time, whatever the simulated clock of the offers says.
+    now = int(time.time())
+    claims = {"sub": sub, "iss": issuer, "aud": audience, "iat": now, "exp": now + 600}
+    return jwt.encode(claims, private_key, algorithm="RS256")
+
+
+def call(gw: Gateway, method: str, path: str, bearer: str | None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    req = urllib.request.Request(gw.url + path, method=method, headers=headers, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def give_offer(store: OfferStore, action_id: str, account: str, user: str, offer: str) -> str:
+    detail = NurtureAction(
+        action_id=action_id,
+        transition_id=f"tr-{action_id}",
+        account_id=account,
+        channel="offer",
+        offer=offer,
+        recipient_user_id=user,
+        touch="low",
+        reasons=[Reason(code="paid.sso", text="tried to turn on SSO", kind="paid_feature")],
+    ).model_dump(mode="json")
+    event = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Nurture Action",
+        "source": "pqlflow",
+        "account": "123456789012",
+        "time": "2026-11-20T15:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": detail,
+    }
+    result = offers_handler(event, Context(), store=store, catalog=CATALOG)
+    assert result["outcome"] == "created"
+    return result["offer_id"]
+
+
+@pytest.fixture
+def two_users(gateway, store, keys) -> dict[str, Any]:
+    """User A (acct-a) and user B (acct-b) each with one active offer."""
+    a_offer = give_offer(store, "act-a", "acct-a", "user-a", "pro-discount-20")
+    b_offer = give_offer(store, "act-b", "acct-b", "user-b", "unlock-sso")
+    return {
+        "a": token(keys[0], "user-a"),
+        "b": token(keys[0], "user-b"),
+        "a_offer": a_offer,
+        "b_offer": b_offer,
+    }
+
+
+def test_each_user_lists_only_their_own_active_offers(gateway, two_users):
+    # When A and B each ask for their offers
+    status_a, body_a = call(gateway, "GET", "/offers", two_users["a"])
+    status_b, body_b = call(gateway, "GET", "/offers", two_users["b"])
+
+    # Then each sees their own offer and nothing of the other's
+    assert status_a == status_b == 200
+    assert [o["id"] for o in body_a["offers"]] == [two_users["a_offer"]]
+    assert [o["id"] for o in body_b["offers"]] == [two_users["b_offer"]]
+    offer = body_a["offers"][0]
+    assert offer["title"] == "20% off Pro for 3 months"
+    assert offer["terms"] == {"percent": 20, "duration_months": 3}
+    assert offer["expires_at"] == "2027-01-22T08:00:00Z"  # NOW + 7 days
+
+
+def test_user_a_cannot_accept_or_dismiss_user_bs_offer(gateway, two_users):
+    # When A tries to accept and to dismiss B's offer by its id
+    accept = call(gateway, "POST", f"/offers/{two_users['b_offer']}/accept", two_users["a"])
+    dismiss = call(gateway, "POST", f"/offers/{two_users['b_offer']}/dismiss", two_users["a"])
+
+    # Then A is told it does not exist (404, not 403: ids don't leak) and nothing happened
+    assert accept == (404, {"statusCode": 404, "message": "offer not found"})
+    assert dismiss[0] == 404
+    assert gateway.publisher.published == []
+    _, body_b = call(gateway, "GET", "/offers", two_users["b"])
+    assert [(o["id"], o["status"]) for o in body_b["offers"]] == [(two_users["b_offer"], "active")]
+
+
+def test_accept_is_idempotent_and_emits_offer_accepted_once(gateway, two_users):
+    path = f"/offers/{two_users['a_offer']}/accept"
+
+    # When A accepts twice (a double click, a retried request)
+    first = call(gateway, "POST", path, two_users["a"])
+    second = call(gateway, "POST", path, two_users["a"])
+
+    # Then both answer with the accepted offer, and one Offer Accepted went out
+    assert first[0] == second[0] == 200
+    assert first[1]["offer"]["status"] == second[1]["offer"]["status"] == "accepted"
+    (event,) = gateway.publisher.published
+    assert isinstance(event, OfferAccepted)
+    assert (event.offer_id, event.account_id, event.user_id, event.offer) == (
+        two_users["a_offer"],
+        "acct-a",
+        "user-a",
+        "pro-discount-20",
+    )
+    assert event.accepted_at == "2027-01-15T08:00:00Z"
+
+    # And the offer no longer shows as one to act on
+    assert call(gateway, "GET", "/offers", two_users["a"])[1]["offers"] == []
+
+
+def test_an_expired_offer_cannot_be_accepted(gateway, two_users):
+    # Given A's offer (valid 7 days) eight days later
+    clock.set_source(lambda: NOW + 8 * DAY)
+
+    # When A tries to accept it
+    status, body = call(gateway, "POST", f"/offers/{two_users['a_offer']}/accept", two_users["a"])
+
+    # Then it is refused with a clear reason, and no longer listed
+    assert status == 409
+    assert "expired" in body["message"] and "can no longer be accepted" in body["message"]
+    assert call(gateway, "GET", "/offers", two_users["a"])[1]["offers"] == []
+    assert gateway.publisher.published == []
+
+
+def test_a_dismissed_offer_cannot_be_accepted(gateway, two_users):
+    base = f"/offers/{two_users['a_offer']}"
+    assert call(gateway, "POST", base + "/dismiss", two_users["a"])[0] == 200
+    assert call(gateway, "POST", base + "/dismiss", two_users["a"])[0] == 200  # idempotent
+
+    status, body = call(gateway, "POST", base + "/accept", two_users["a"])
+
+    assert status == 409 and "dismissed" in body["message"]
+    assert call(gateway, "GET", "/offers", two_users["a"])[1]["offers"] == []
+
+
+def test_an_accepted_offer_cannot_be_dismissed(gateway, two_users):
+    base = f"/offers/{two_users['a_offer']}"
+    call(gateway, "POST", base + "/accept", two_users["a"])
+    status, body = call(gateway, "POST", base + "/dismiss", two_users["a"])
+    assert status == 409 and "already accepted" in body["message"]
+
+
+def test_event_that_failed_to_publish_goes_out_on_the_retry(gateway, two_users):
+    # Given EventBridge failing once
+    gateway.publisher.fail_times = 1
+    path = f"/offers/{two_users['a_offer']}/accept"
+
+    # When A accepts, gets an error, and retries
+    failed = call(gateway, "POST", path, two_users["a"])
+    retried = call(gateway, "POST", path, two_users["a"])
+
+    # Then the retry succeeds and exactly one Offer Accepted went out
+    assert failed[0] == 500
+    assert retried[0] == 200 and retried[1]["offer"]["status"] == "accepted"
+    assert len(gateway.publisher.published) == 1
+
+
+def test_unknown_or_malformed_offer_ids_are_404(gateway, two_users):
+    assert call(gateway, "POST", "/offers/of_000000000000000000000000/accept", two_users["a"])[0] == 404
+    assert call(gateway, "POST", "/offers/..%2F..%2Fetc/accept", two_users["a"])[0] == 404
+
+
+def test_the_authorizer_refuses_tokens_for_another_issuer_or_audience(gateway, two_users, keys):
+    wrong_aud = token(keys[0], "user-a", audience="another-app")
+    wrong_iss = token(keys[0], "user-a", issuer="https://evil.example.test/")
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = token(other_key, "user-b")
+    for bad in (wrong_aud, wrong_iss, forged, None):
+        assert call(gateway, "GET", "/offers", bad)[0] == 401
+
+
+def test_a_token_without_sub_is_refused_by_the_function(store):
+    event = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/offers",
+        "rawQueryString": "",
+        "headers": {},
+        "requestContext": {
+            "http": {"method": "GET", "path": "/offers", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
+            "authorizer": {"jwt": {"claims": {"iss": ISSUER}, "scopes": None}},
+            "requestId": "r",
+            "routeKey": "$default",
+            "stage": "$default",
+        },
+        "isBase64Encoded": False,
+    }
+    result = api_handler(event, Context(), store=store, publisher=FakePublisher())
+    assert result["statusCode"] == 401

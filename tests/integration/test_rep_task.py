@@ -1,0 +1,350 @@
+"""The rep_task function on moto, delivering to local HubSpot and Slack fakes on 127.0.0.1: one task
+per qualification however often the action arrives, the owner trait wins, round-robin stays balanced,
+and a failing connector retries while the task survives."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from pqlflow import clock
+from pqlflow.connectors import Backoff, Http, HubSpotConnector, SlackConnector
+from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, RepTaskCreated, UserSummary
+from pqlflow.offer_store import RepTaskStore
+from pqlflow.rep_tasks import load_roster
+
+import functions.rep_task.app as app
+from tests.unit.test_connectors import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Seen
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
+
+ROOT = Path(__file__).resolve().parents[2]
+ROSTER_FILE = ROOT / "examples" / "reps" / "roster.yaml"
+ROSTER = load_roster(ROSTER_FILE)
+NOW = 1_795_705_200.0  # Friday 2026-11-27 15:00 UTC, 10:00 in New York
+SLACK_PATH = "/services/T000/B000/XXXX"
+
+
+class Context:
+    function_name = "rep_task"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rep_task"
+    aws_request_id = "req-rep-task"
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    def publish(self, details: list[Any]) -> int:
+        self.published.extend(details)
+        return len(details)
+
+
+def action_event(transition_id: str, account: str = "acct-1", **traits: Any) -> dict[str, Any]:
+    q = PqlQualified(
+        transition_id=transition_id,
+        account_id=account,
+        definition=DefinitionRef(name="slack-messages", version=1),
+        qualified_at="2026-11-27T14:59:00Z",
+        touch="high",
+        score=72,
+        reasons=[
+            Reason(
+                code="limit.messages",
+                text="2,000 messages: the free plan's limit",
+                kind="limit",
+                signal="messages",
+                value=2000,
+                threshold=2000,
+            )
+        ],
+        signals={"messages": 2000, "active_users": 9},
+        account_traits={"name": "Initech", "hubspot_company_id": "5150"} | traits,
+        users=[UserSummary(user_id="u1", traits={"name": "Peter", "email": "peter@initech.test"})],
+    )
+    detail = NurtureAction(
+        action_id=f"act-{transition_id}",
+        transition_id=transition_id,
+        account_id=account,
+        channel="rep_task",
+        touch="high",
+        reasons=q.reasons,
+        context=q.model_dump(mode="json"),
+    ).model_dump(mode="json")
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Nurture Action",
+        "source": "pqlflow",
+        "account": "123456789012",
+        "time": "2026-11-27T15:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": detail,
+    }
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def store(table_name: str) -> RepTaskStore:
+    clock.set_source(lambda: NOW)
+    return RepTaskStore(table_name)
+
+
+@pytest.fixture
+def crm() -> Iterator[dict[str, Any]]:
+    hubspot, slack = FakeHubSpot(), FakeSlack()
+    with LocalServer(hubspot) as hs, LocalServer(slack) as sl:
+        sleeps = Sleeps()
+        http = Http(timeout=2, backoff=Backoff(attempts=3, base=0.5, cap=4, sleep=sleeps, rand=lambda: 1.0))
+        yield {
+            "hubspot": hubspot,
+            "slack": slack,
+            "sleeps": sleeps,
+            "connectors": [HubSpotConnector(TOKEN, hs.url, http=http), SlackConnector(sl.url + SLACK_PATH, http=http)],
+        }
+
+
+def run(event: dict[str, Any], store: RepTaskStore, publisher: FakePublisher, connectors: list) -> dict[str, Any]:
+    return app.handler(event, Context(), store=store, publisher=publisher, roster=ROSTER, connectors=connectors)
+
+
+def task_items(table: str) -> list[dict[str, Any]]:
+    items = boto3.client("dynamodb").scan(TableName=table)["Items"]
+    return [i for i in items if i["kind"]["S"] == "rep_task"]
+
+
+def test_redelivery_gives_one_task_one_event_one_crm_task(store, table_name, crm):
+    # Given one Nurture Action for a rep task, delivered three times
+    event = action_event("tr-1", territory="amer")
+    publisher = FakePublisher()
+
+    # When the function handles every copy
+    results = [run(event, store, publisher, crm["connectors"]) for _ in range(3)]
+
+    # Then there is one stored task, one Rep Task Created, one HubSpot task and one Slack message
+    assert {r["outcome"] for r in results} == {"delivered"}
+    assert len({r["task_id"] for r in results}) == 1
+    (item,) = task_items(table_name)
+    assert item["sk"]["S"] == "TASK#tr-1" and item["status"]["S"] == "delivered"
+    assert [type(e) for e in publisher.published] == [RepTaskCreated]
+    assert len(crm["hubspot"].tasks) == 1
+    assert len(crm["slack"].messages) == 1
+
+    # And the stored task records where it went
+    task = store.get("acct-1", "tr-1")
+    assert task.deliveries["hubspot"].ref == "1000"
+    assert task.deliveries["slack"].status == "delivered"
+
+
+def test_owner_trait_wins(store, crm):
+    # Given an account whose owner trait names a rep
+    publisher = FakePublisher()
+
+    # When its task is created
+    result = run(action_event("tr-1", owner="rep-emea-1", territory="amer"), store, publisher, crm["connectors"])
+
+    # Then the owner gets it, in HubSpot too, and the round-robin did not move
+    assert result["owner"] == "rep-emea-1"
+    (created,) = crm["hubspot"].tasks.values()
+    assert created["properties"]["hubspot_owner_id"] == "64492919"
+    assert created["associations"][0]["to"] == {"id": "5150"}
+    counter = boto3.client("dynamodb").get_item(
+        TableName=store.table, Key={"pk": {"S": "ROSTER#any:amer"}, "sk": {"S": "COUNTER"}}
+    )
+    assert "Item" not in counter
+
+
+def counter_value(store: RepTaskStore, pool: str) -> int:
+    item = boto3.client("dynamodb").get_item(
+        TableName=store.table, Key={"pk": {"S": f"ROSTER#{pool}"}, "sk": {"S": "COUNTER"}}
+    )["Item"]
+    return int(item["n"]["N"])
+
+
+def test_round_robin_stays_balanced_across_invocations_and_redeliveries(store):
+    # Given 60 qualifications in AMER (3 eligible reps), every fifth delivered twice
+    publisher = FakePublisher()
+    owners: dict[str, str] = {}
+
+    # When the function handles each (no connectors: the task is stored and announced)
+    for n in range(60):
+        event = action_event(f"tr-{n}", account=f"acct-{n}", territory="amer")
+        for _ in range(2 if n % 5 == 0 else 1):
+            owners[f"tr-{n}"] = run(event, store, publisher, [])["owner"]
+
+    # Then each rep got exactly a third, in turn, and the redeliveries drew nothing
+    assert Counter(owners.values()) == {"rep-amer-1": 20, "rep-amer-2": 20, "rep-any-1": 20}
+    assert [owners[f"tr-{n}"] for n in range(3)] == ["rep-amer-1", "rep-amer-2", "rep-any-1"]
+    assert counter_value(store, "any:amer") == 60
+    assert len(publisher.published) == 60
+
+
+@pytest.mark.slow
+def test_round_robin_stays_balanced_over_1000_tasks(store):
+    # Given 1,000 qualifications across two territories, every tenth delivered twice
+    c = app.Collaborators(store=store, publisher=FakePublisher(), roster=ROSTER, connectors=[])
+    owners: dict[str, str] = {}
+
+    # When each is processed
+    for n in range(1000):
+        territory = "amer" if n % 2 else "emea"
+        action = NurtureAction.model_validate(
+            action_event(f"tr-{n}", account=f"acct-{n}", territory=territory)["detail"]
+        )
+        for _ in range(2 if n % 10 == 0 else 1):
+            owners[f"tr-{n}"] = app.process(action, c)["owner"]
+
+    # Then within each pool every rep's share differs by at most one, and no draw was wasted
+    amer = Counter(owners[f"tr-{n}"] for n in range(1, 1000, 2))
+    emea = Counter(owners[f"tr-{n}"] for n in range(0, 1000, 2))
+    assert set(amer) == {"rep-amer-1", "rep-amer-2", "rep-any-1"}
+    assert set(emea) == {"rep-emea-1", "rep-any-1"}
+    for pool in (amer, emea):
+        assert max(pool.values()) - min(pool.values()) <= 1
+    assert counter_value(store, "any:amer") == counter_value(store, "any:emea") == 500
+
+
+def test_a_crash_after_the_draw_skips_no_rep(table_name):
+    # Given a store that crashes once right after drawing a slot, before the task is written
+    class CrashOnce(RepTaskStore):
+        crashed = False
+
+        def create(self, task):
+            if not self.crashed:
+                self.crashed = True
+                raise ConnectionError("Lambda timed out")
+            return super().create(task)
+
+    clock.set_source(lambda: NOW)
+    store = CrashOnce(table_name)
+    publisher = FakePublisher()
+    first = action_event("tr-1", territory="amer")
+    with pytest.raises(ConnectionError):
+        run(first, store, publisher, [])
+
+    # When another task is drawn meanwhile and then the first is redelivered
+    second = run(action_event("tr-2", account="acct-2", territory="amer"), store, publisher, [])
+    first_retry = run(first, store, publisher, [])
+
+    # Then the first kept its slot (the first rep) and the second got the next rep
+    assert first_retry["owner"] == "rep-amer-1"
+    assert second["owner"] == "rep-amer-2"
+    assert counter_value(store, "any:amer") == 2
+
+
+def test_a_failing_connector_retries_and_the_task_survives(store, table_name, crm):
+    # Given HubSpot down (every call 503) while Slack works
+    crm["hubspot"].fail_first = 10**6
+    publisher = FakePublisher()
+    event = action_event("tr-1", territory="emea")
+
+    # When the action is handled
+    with pytest.raises(app.TaskDeliveryFailed, match="hubspot"):
+        run(event, store, publisher, crm["connectors"])
+
+    # Then HubSpot was retried with backoff, and the task is stored as delivery_failed, announced once
+    assert crm["sleeps"].delays == [0.5, 1.0]
+    task = store.get("acct-1", "tr-1")
+    assert task.status == "delivery_failed"
+    assert task.deliveries["hubspot"].status == "failed" and task.deliveries["hubspot"].attempts == 3
+    assert task.deliveries["slack"].status == "delivered"
+    assert len(publisher.published) == 1
+
+    # When HubSpot recovers and the trigger retries the action
+    crm["hubspot"].fail_first = 0
+    result = run(event, store, publisher, crm["connectors"])
+
+    # Then the task reaches HubSpot once, Slack is not posted twice, and nothing is announced again
+    assert result["outcome"] == "delivered"
+    assert store.get("acct-1", "tr-1").status == "delivered"
+    assert len(crm["hubspot"].tasks) == 1
+    assert len(crm["slack"].messages) == 1
+    assert len(publisher.published) == 1
+    assert len(task_items(table_name)) == 1
+
+
+def test_crm_answer_lost_after_create_does_not_duplicate_the_task(store, crm):
+    # Given HubSpot that creates the task but whose answer is lost (a 502 from its edge)
+    hubspot = crm["hubspot"]
+    real = hubspot.__call__
+    lost = {"n": 0}
+
+    def create_then_fail(req: Seen):
+        reply = real(req)
+        if req.path == "/crm/v3/objects/tasks" and lost["n"] == 0:
+            lost["n"] += 1
+            return 502, {"status": "error"}
+        return reply
+
+    hubspot.__class__ = type("LossyHubSpot", (FakeHubSpot,), {"__call__": lambda self, req: create_then_fail(req)})
+
+    # When the task is delivered (the connector retries after the 502)
+    result = run(action_event("tr-1"), store, FakePublisher(), crm["connectors"])
+
+    # Then HubSpot holds exactly one task: the retry found it by its idempotency key
+    assert result["outcome"] == "delivered"
+    assert len(hubspot.tasks) == 1
+    assert store.get("acct-1", "tr-1").deliveries["hubspot"].ref == "1000"
+
+
+def test_other_channels_are_ignored(store, table_name):
+    event = action_event("tr-1")
+    event["detail"]["channel"] = "email"
+    assert run(event, store, FakePublisher(), [])["outcome"] == "ignored"
+    assert task_items(table_name) == []
+
+
+def test_deployed_configuration_with_secrets_manager(table_name, bus_name, monkeypatch):
+    # Given the function configured as deployed: roster file, HubSpot credentials in Secrets Manager
+    hubspot = FakeHubSpot()
+    with LocalServer(hubspot) as server:
+        secret = boto3.client("secretsmanager").create_secret(
+            Name="pqlflow/connectors", SecretString=json.dumps({"hubspot": {"token": TOKEN, "base_url": server.url}})
+        )
+        monkeypatch.setenv("ROSTER_FILE", str(ROSTER_FILE))
+        monkeypatch.setenv("CONNECTORS", "hubspot")
+        monkeypatch.setenv("CONNECTOR_SECRET_ARN", secret["ARN"])
+        app.settings.cache_clear()
+        app._defaults.cache_clear()
+        app._secrets.clear()
+        clock.set_source(lambda: NOW)
+        try:
+            # When it handles an action with no injected collaborators
+            result = app.handler(action_event("tr-7", territory="amer"), Context())
+        finally:
+            app.settings.cache_clear()
+            app._defaults.cache_clear()
+            app._secrets.clear()
+
+    # Then the task went to HubSpot with the secret's token, and is stored as delivered
+    assert result["outcome"] == "delivered"
+    (seen,) = [s for s in server.seen if s.path == "/crm/v3/objects/tasks"]
+    assert seen.headers["authorization"] == f"Bearer {TOKEN}"
+    assert RepTaskStore(table_name).get("acct-1", "tr-7").status == "delivered"
+
+
+def test_connectors_without_a_secret_is_a_named_configuration_error(monkeypatch):
+    monkeypatch.setenv("TABLE_NAME", "t")
+    monkeypatch.setenv("EVENT_BUS_NAME", "b")
+    monkeypatch.setenv("ROSTER_FILE", str(ROSTER_FILE))
+    monkeypatch.setenv("CONNECTORS", "hubspot")
+    monkeypatch.delenv("CONNECTOR_SECRET_ARN", raising=False)
+    app.settings.cache_clear()
+    with pytest.raises(RuntimeError, match="CONNECTOR_SECRET_ARN is required"):
+        app.settings()
+    app.settings.cache_clear()
