@@ -56,9 +56,7 @@ def settings() -> Settings:
     try:
         return Settings.model_validate(dict(os.environ))
     except ValidationError as exc:
-        problems = "; ".join(
-            (str(e["loc"][0]) + ": " + e["msg"]) if e["loc"] else e["msg"] for e in exc.errors()
-        )
+        problems = "; ".join((str(e["loc"][0]) + ": " + e["msg"]) if e["loc"] else e["msg"] for e in exc.errors())
         raise RuntimeError(f"rep_task: bad environment: {problems}") from None
 
 
@@ -119,7 +117,7 @@ def _create(action: NurtureAction, q: PqlQualified, c: Collaborators) -> RepTask
     def for_slot(slot: int) -> RepTask:
         return build_task(action, q, pick_round_robin(choice.eligible, slot), "round_robin", c.roster, now)
 
-    return c.store.create_round_robin(choice.pool, for_slot)
+    return c.store.create_round_robin(choice.pool, q.transition_id, for_slot)
 
 
 def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
@@ -159,9 +157,7 @@ def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
     if status != task.status:
         c.store.set_status(task, status)
     if failed:
-        raise TaskDeliveryFailed(
-            f"task {task.task_id}: delivery failed for {', '.join(failed)}; kept for retry"
-        )
+        raise TaskDeliveryFailed(f"task {task.task_id}: delivery failed for {', '.join(failed)}; kept for retry")
     return {"outcome": status, "task_id": task.task_id, "owner": task.owner, "action_id": action.action_id}
 
 

@@ -27,6 +27,8 @@ from pqlflow.offers import load_catalog
 from functions.offers.app import handler as offers_handler
 from functions.offers_api.app import handler as api_handler
 
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
+
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 ISSUER = "https://auth.example.test/"

@@ -17,6 +17,8 @@ from pqlflow.offers import load_catalog
 
 from functions.offers.app import handler
 
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
+
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 NOW = 1_800_000_000.0

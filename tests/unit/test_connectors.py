@@ -74,9 +74,7 @@ class LocalServer:
                 self.send_response(status)
                 for name, value in (extra[0] if extra else {}).items():
                     self.send_header(name, value)
-                self.send_header(
-                    "Content-Type", "application/json" if not isinstance(payload, bytes) else "text/plain"
-                )
+                self.send_header("Content-Type", "application/json" if not isinstance(payload, bytes) else "text/plain")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
@@ -238,9 +236,7 @@ def test_hubspot_task_has_the_documented_shape(hubspot):
     props = created["properties"]
     assert props["hs_task_subject"] == task.title
     assert "100 conversations" in props["hs_task_body"]
-    assert props["hs_timestamp"] == int(
-        datetime.fromisoformat(task.due_at.replace("Z", "+00:00")).timestamp() * 1000
-    )
+    assert props["hs_timestamp"] == int(datetime.fromisoformat(task.due_at.replace("Z", "+00:00")).timestamp() * 1000)
     assert (props["hs_task_status"], props["hs_task_priority"]) == ("NOT_STARTED", "HIGH")
     assert props["hubspot_owner_id"] == "77001"
     assert props["pqlflow_task_id"] == task.task_id
@@ -294,9 +290,9 @@ def test_transient_failures_retry_with_exponential_backoff():
     sleep = SleepLog()
     with LocalServer(fake) as server:
         # When the task is delivered
-        ref, attempts = HubSpotConnector(
-            TOKEN, server.url, idempotency_property=None, http=http(sleep)
-        ).deliver(sample_task())
+        ref, attempts = HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http(sleep)).deliver(
+            sample_task()
+        )
 
     # Then it got through on the third attempt after waiting 0.5 s then 1 s (jitter pinned at its max)
     assert ref is not None and attempts == 3
@@ -348,9 +344,7 @@ def test_slack_message_uses_blocks_and_escapes_text():
     fake = FakeSlack()
     with LocalServer(fake) as server:
         # When a task is delivered
-        ref, attempts = SlackConnector(server.url + "/services/T000/B000/XXXX", http=http()).deliver(
-            sample_task()
-        )
+        ref, attempts = SlackConnector(server.url + "/services/T000/B000/XXXX", http=http()).deliver(sample_task())
 
     # Then Slack accepted a Block Kit message that mentions the owner and escapes the company name
     assert attempts == 1 and ref is None
@@ -379,9 +373,7 @@ def test_generic_webhook_is_signed_and_carries_the_idempotency_key():
     clock.set_source(lambda: 1_800_000_000.0)
 
     def answer(req: Seen) -> Reply:
-        ok = verify(
-            secret, req.headers[TIMESTAMP_HEADER.lower()], req.body, req.headers[SIGNATURE_HEADER.lower()]
-        )
+        ok = verify(secret, req.headers[TIMESTAMP_HEADER.lower()], req.body, req.headers[SIGNATURE_HEADER.lower()])
         return (204, b"") if ok else (401, {"error": "bad signature"})
 
     with LocalServer(answer) as server:
@@ -408,6 +400,10 @@ def test_connectors_are_built_from_the_secret_document():
     }
     built = build_connectors(parse_names("hubspot, slack ,webhook,slack"), secret)
     assert [c.name for c in built] == ["hubspot", "slack", "webhook"]
+
+    assert built[0].tasks_path == "/crm/v3/objects/tasks"
+    dated = build_connectors(["hubspot"], {"hubspot": {"token": TOKEN, "tasks_path": "/crm/objects/2026-03/tasks"}})
+    assert dated[0].tasks_path == "/crm/objects/2026-03/tasks"
 
     with pytest.raises(UsageError, match="unknown connector 'salesforce'"):
         build_connectors(["salesforce"], secret)

@@ -29,9 +29,7 @@ TASK_TO_COMPANY = 192  # HubSpot-defined association type: task → company
 class DeliveryError(Exception):
     """A connector could not deliver. `transient` failures are worth retrying later."""
 
-    def __init__(
-        self, message: str, *, transient: bool, attempts: int = 1, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, message: str, *, transient: bool, attempts: int = 1, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
         self.attempts = attempts
@@ -151,6 +149,8 @@ class HubSpotConnector:
     task_type: str = "TODO"
     http: Http = field(default_factory=Http)
     name: str = "hubspot"
+    # HubSpot now also serves date-versioned paths (e.g. /crm/objects/2026-03/tasks) with the same body.
+    tasks_path: str = "/crm/v3/objects/tasks"
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
@@ -173,9 +173,7 @@ class HubSpotConnector:
             body["associations"] = [
                 {
                     "to": {"id": task.crm_company_id},
-                    "types": [
-                        {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_COMPANY}
-                    ],
+                    "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_COMPANY}],
                 }
             ]
         return body
@@ -199,7 +197,7 @@ class HubSpotConnector:
         }
         resp, _ = self.http.request(
             "POST",
-            f"{self.base_url}/crm/v3/objects/tasks/search",
+            f"{self.base_url}{self.tasks_path}/search",
             body=query,
             headers=self._headers(),
             attempts=1,
@@ -210,7 +208,7 @@ class HubSpotConnector:
     def _create(self, task: RepTask, attempts: int | None) -> tuple[str | None, int]:
         resp, used = self.http.request(
             "POST",
-            f"{self.base_url}/crm/v3/objects/tasks",
+            f"{self.base_url}{self.tasks_path}",
             body=self.payload(task),
             headers=self._headers(),
             attempts=attempts,
@@ -273,17 +271,13 @@ class SlackConnector:
         ]
         if task.usage:
             usage = "\n".join(f"• {_mrkdwn(u.text, 200)}" for u in task.usage)
-            blocks.append(
-                {"type": "section", "text": {"type": "mrkdwn", "text": f"*Usage against limits*\n{usage}"}}
-            )
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Usage against limits*\n{usage}"}})
         points = "\n".join(f"• {_mrkdwn(p, 400)}" for p in task.talking_points)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Talking points*\n{points}"}})
         blocks.append(
             {
                 "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": f"account `{task.account_id}` · task `{task.task_id}`"}
-                ],
+                "elements": [{"type": "mrkdwn", "text": f"account `{task.account_id}` · task `{task.task_id}`"}],
             }
         )
         return {"text": _mrkdwn(task.title), "blocks": blocks}
@@ -344,6 +338,7 @@ class _HubSpotConfig(BaseModel):
     base_url: str = "https://api.hubapi.com"
     idempotency_property: str | None = "pqlflow_task_id"
     task_type: str = "TODO"
+    tasks_path: str = Field(default="/crm/v3/objects/tasks", pattern=r"^/crm/")
 
 
 class _SlackConfig(BaseModel):
@@ -364,9 +359,7 @@ _CONFIGS: dict[str, type[BaseModel]] = {
 }
 
 
-def build_connectors(
-    names: list[str], secret: Mapping[str, Any], http: Http | None = None
-) -> list[Connector]:
+def build_connectors(names: list[str], secret: Mapping[str, Any], http: Http | None = None) -> list[Connector]:
     """Connectors named in `names`, configured from the secret document
     `{"hubspot": {"token": ...}, "slack": {"webhook_url": ...}, "webhook": {"url": ..., "secret": ...}}`.
     Errors name the connector and field, never the value."""
@@ -387,7 +380,12 @@ def build_connectors(
         if isinstance(cfg, _HubSpotConfig):
             out.append(
                 HubSpotConnector(
-                    cfg.token, cfg.base_url.rstrip("/"), cfg.idempotency_property, cfg.task_type, http
+                    cfg.token,
+                    cfg.base_url.rstrip("/"),
+                    cfg.idempotency_property,
+                    cfg.task_type,
+                    http,
+                    tasks_path=cfg.tasks_path,
                 )
             )
         elif isinstance(cfg, _SlackConfig):

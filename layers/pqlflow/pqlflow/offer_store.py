@@ -306,7 +306,7 @@ class RepTaskStore:
         return task
 
     def create_round_robin(
-        self, pool: str, make: Callable[[int], RepTask], *, window: int = 32, max_tries: int = 25
+        self, pool: str, transition_id: str, make: Callable[[int], RepTask], *, window: int = 32, max_tries: int = 25
     ) -> RepTask:
         """Draw the pool's next slot and store the task for it.
 
@@ -316,8 +316,7 @@ class RepTaskStore:
         so a crash between the draw and the task write skips no rep. `recent` keeps the last `window`
         draws (a ring), which bounds the item; later redeliveries find the stored task first."""
         key = {"pk": {"S": f"ROSTER#{pool}"}, "sk": {"S": "COUNTER"}}
-        probe = make(0)
-        tid = probe.transition_id
+        tid = transition_id
         for _ in range(max_tries):
             item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
             counter = _from_item(item) if item else {}
