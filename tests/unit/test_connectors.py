@@ -339,6 +339,23 @@ def test_unreachable_endpoint_is_transient():
     assert err.value.transient and "connection failed" in str(err.value)
 
 
+def test_a_connection_dropped_without_reply_is_retried():
+    # Given a server that drops the first connection without answering
+    calls = []
+
+    def answer(req: Seen) -> Reply:
+        calls.append(req)
+        if len(calls) == 1:
+            raise ConnectionAbortedError("dropped")
+        return 200, b"ok"
+
+    sleep = SleepLog()
+    with LocalServer(answer) as server:
+        # When a message is sent / Then the second attempt gets through
+        _, attempts = SlackConnector(server.url + "/services/T000/B000/XXXX", http=http(sleep)).deliver(sample_task())
+    assert attempts == 2 and sleep.delays == [0.5]
+
+
 def test_slack_message_uses_blocks_and_escapes_text():
     # Given a Slack incoming webhook
     fake = FakeSlack()

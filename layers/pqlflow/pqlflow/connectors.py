@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import random
 import time
@@ -101,7 +102,7 @@ class Http:
                 if status not in (408, 429) and status < 500:
                     raise DeliveryError(f"rejected: {last}", transient=False, attempts=attempt) from None
                 retry_after = _retry_after(exc.headers.get("Retry-After"))
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, bad replies
                 reason = getattr(exc, "reason", exc)
                 last = f"connection failed: {type(reason).__name__}"
             if attempt < tries:
