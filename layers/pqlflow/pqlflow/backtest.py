@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +106,30 @@ class BadLine:
 
 @dataclass
 class History:
-    """A decoded, deduplicated, time-sorted history: what every definition in a run is evaluated on."""
+    """A decoded, deduplicated history: what every definition in a run is evaluated on.
 
-    events: list[UsageEvent]  # sorted by event time, ties in file order
-    where: list[int]  # per event: its global line index (see `locate`)
+    `groups` holds each account's records (compact tuples, see `RECORD`) sorted by event time, ties in
+    file order; subjects never interact, so this is all the engine needs. `records` and `events` give the
+    whole history in time order.
+    """
+
+    groups: dict[str, list[tuple[Any, ...]]]
     files: list[tuple[str, int]]  # (path, first global line index)
     lines: int = 0  # non-blank lines read
     duplicates: int = 0
     bad: list[BadLine] = field(default_factory=list)
     decode_seconds: float = 0.0  # reading + validating + deduplicating + sorting
+    count: int = 0  # distinct valid events
+    start_ms: int | None = None
+    end_ms: int | None = None
+
+    @property
+    def records(self) -> list[tuple[Any, ...]]:
+        return sorted((r for g in self.groups.values() for r in g), key=itemgetter(0, 1))
+
+    @property
+    def events(self) -> list[UsageEvent]:
+        return [to_event(r) for r in self.records]
 
     def locate(self, index: int) -> tuple[str, int]:
         """(file, 1-based line) of a global line index."""
@@ -121,6 +137,33 @@ class History:
         i = bisect.bisect_right(starts, index) - 1
         path, start = self.files[i]
         return path, index - start + 1
+
+
+# A decoded event, as a tuple: building a dataclass per line costs more than everything else we do to it.
+RECORD = ("ms", "line", "message_id", "kind", "account_id", "user_id", "name", "bag", "timezone")
+
+
+def to_event(r: tuple[Any, ...]) -> UsageEvent:
+    """The `UsageEvent` of a record (`bag` is the properties of a track event, the traits of the others)."""
+    ms, _, mid, kind, account, user, name, bag, tz = r
+    if kind == "track":
+        return UsageEvent(mid, kind, account, user, ms, name, bag, timezone=tz)
+    return UsageEvent(mid, kind, account, user, ms, traits=bag, timezone=tz)
+
+
+def _record(event: UsageEvent, line: int) -> tuple[Any, ...]:
+    bag = event.properties if event.kind == "track" else event.traits
+    return (
+        event.ms,
+        line,
+        event.message_id,
+        event.kind,
+        event.account_id,
+        event.user_id,
+        event.name,
+        bag,
+        event.timezone,
+    )
 
 
 def _read(path: str | Path) -> bytes:
@@ -149,63 +192,81 @@ def _identifier(value: Any) -> bool:
 _BIG = 9.2e18  # orjson turns integers beyond 64 bits into floats; pydantic keeps them exact
 
 
-def _plain(value: Any) -> bool:
-    """No float that orjson may have made from a big integer, anywhere inside."""
-    if type(value) is dict:
-        value = value.values()
-    for v in value:
+def _plain(value: Any, depth: int = 1) -> bool:
+    """Nesting within the contract's limit, and no float that orjson may have made from a big integer."""
+    if depth > MAX_NESTING_DEPTH:
+        return False
+    for v in value.values() if type(value) is dict else value:
         t = type(v)
         if t is float:
             if v >= _BIG or v <= -_BIG:
                 return False
-        elif (t is dict or t is list) and not _plain(v):
+        elif (t is dict or t is list) and not _plain(v, depth + 1):
             return False
     return True
+
+
+_MINUTES = {f":{m:02d}": m * 60_000_000 for m in range(60)}
+_SECONDS = {f":{s:02d}": s * 1_000_000 for s in range(60)}
+_MILLIS = {f"{m:03d}": m * 1000 for m in range(1000)}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FastDecoder:
     """Decode one JSON line into exactly what `parse_body(line, now_s, retention_days)` returns.
 
-    The fast path covers the shapes exports actually have (ASCII identifiers, `YYYY-MM-DDTHH:MM:SS.mmmZ`
-    times, objects where objects belong); whenever it is not certain, it calls `parse_body` itself.
+    The fast path covers the shapes exports actually have (ASCII identifiers, `YYYY-MM-DDTHH:MM:SS[.f]Z`
+    or `±HH:MM` times, objects where objects belong); whenever it is not certain, it calls `parse_body`
+    itself. tests/unit/test_backtest_decode.py holds it to that.
     """
 
-    def __init__(self, now_s: float, retention_days: int = HISTORY_RETENTION_DAYS):
+    def __init__(self, now_s: float, retention_days: int = HISTORY_RETENTION_DAYS, keep: frozenset[str] | None = None):
+        self.keep = keep  # event names whose properties are kept (None: all); the rest are validated, dropped
         self.now_s = now_s
         self.retention_days = retention_days
         self.lo_s = now_s - retention_days * 86400
         self.hi_s = now_s + MAX_FUTURE_SECONDS
-        self._ok: set[str] = set()  # identifiers already proven valid (user, group and event names repeat)
+        self._ok: dict[str, str] = {}  # identifiers proven valid → one shared copy (names and ids repeat)
+        self._hours: dict[str, int] = {}  # "YYYY-MM-DDTHH" → epoch µs (-1: not that shape)
         self.fast = 0
         self.slow = 0
 
     def decode(self, raw: bytes) -> UsageEvent | Rejection:
-        event = self._fast(raw)
-        if event is not None:
-            self.fast += 1
-            return event
-        self.slow += 1
-        return self._slow(raw)
+        result = self.record(raw, 0)
+        return to_event(result) if type(result) is tuple else result
 
-    def _slow(self, raw: bytes) -> UsageEvent | Rejection:
+    def record(self, raw: bytes, line: int) -> tuple[Any, ...] | Rejection:
+        """The record of a line (see `RECORD`), or the Rejection `parse_body` gives it."""
+        rec = self._fast(raw, line)
+        if rec is not None:
+            self.fast += 1
+            return rec
+        return self.slow_record(raw, line)
+
+    def slow_record(self, raw: bytes, line: int) -> tuple[Any, ...] | Rejection:
+        """The reference path: `parse_body` itself."""
+        self.slow += 1
         try:
             body = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             return Rejection("", f"line is not valid UTF-8 (byte {exc.start + 1})")
-        return parse_body(body, self.now_s, self.retention_days)
+        result = parse_body(body, self.now_s, self.retention_days)
+        return _record(result, line) if type(result) is UsageEvent else result
 
-    def _ident(self, value: Any) -> bool:
-        if type(value) is str and value in self._ok:
-            return True
-        if _identifier(value):
-            self._ok.add(value)
-            return True
-        return False
-
-    def _fast(self, raw: bytes) -> UsageEvent | None:  # noqa: C901 - one flat pass is the point
-        if len(raw) > MAX_MESSAGE_BYTES // 4:
+    def _ident(self, value: Any) -> str | None:
+        """The shared copy of a valid identifier, or None when not certainly valid."""
+        if type(value) is not str:
             return None
-        if raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
+        known = self._ok.get(value)
+        if known is not None:
+            return known
+        if _identifier(value):
+            self._ok[value] = value
+            return value
+        return None
+
+    def _fast(self, raw: bytes, line: int) -> tuple[Any, ...] | None:  # noqa: C901 - one flat pass is the point
+        if len(raw) > MAX_MESSAGE_BYTES // 4:
             return None
         try:
             if _orjson is not None:
@@ -223,11 +284,7 @@ class FastDecoder:
                 return None
             detail_type = doc.get("detail-type")
             message = doc.get("detail")
-            if (
-                type(detail_type) is not str
-                or type(doc.get("source")) is not str
-                or type(message) is not dict
-            ):
+            if type(detail_type) is not str or type(doc.get("source")) is not str or type(message) is not dict:
                 return None
             for key in ("id", "time", "account", "region"):
                 v = doc.get(key)
@@ -237,125 +294,116 @@ class FastDecoder:
                 return None
         else:
             message = doc
-        kind = message.get("type")
         mid = message.get("messageId")
-        if type(mid) is not str or not _identifier(mid):
+        if not _identifier(mid):
             return None
-        user_id = message.get("userId")
+        user = message.get("userId")
+        if user is not None:
+            user = self._ident(user)
+            if user is None:
+                return None
         anon = message.get("anonymousId")
-        if user_id is not None and not self._ident(user_id):
-            return None
-        if anon is not None and not self._ident(anon):
-            return None
-        user_id = user_id or anon
-        if user_id is None:
+        if anon is not None:
+            anon = self._ident(anon)
+            if anon is None:
+                return None
+            if user is None:
+                user = anon
+        if user is None:
             return None
         ms = self._time(message.get("timestamp"))
         if ms is None:
             return None
         context = message.get("context")
-        group_id = timezone = None
+        group = tz = None
         if context is not None:
             if type(context) is not dict:
                 return None
-            group_id = context.get("groupId")
-            if group_id is not None and not self._ident(group_id):
+            group = context.get("groupId")
+            if group is not None:
+                group = self._ident(group)
+                if group is None:
+                    return None
+            tz = context.get("timezone")
+            if tz is not None and type(tz) is not str:
                 return None
-            timezone = context.get("timezone")
-            if timezone is not None and type(timezone) is not str:
-                return None
+        kind = message.get("type")
         if kind == "track":
-            name = message.get("event")
-            if not self._ident(name):
+            name = self._ident(message.get("event"))
+            if name is None:
                 return None
-            properties = message.get("properties", _MISSING)
-            if properties is _MISSING:
-                properties = {}
-            elif type(properties) is not dict or (_orjson is not None and not _plain(properties)):
+            bag = message.get("properties", _MISSING)
+            if bag is _MISSING:
+                bag = {}
+            elif type(bag) is not dict or (bag and not _plain(bag)):
                 return None
-            return UsageEvent(
-                mid,
-                "track",
-                group_id or account_for(user_id),
-                user_id,
-                ms,
-                name,
-                properties,
-                timezone=timezone,
-            )
+            if self.keep is not None and name not in self.keep:
+                bag = _DROPPED
+            return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
         if kind == "identify" or kind == "group":
-            traits = message.get("traits", _MISSING)
-            if traits is _MISSING:
-                traits = {}
-            elif type(traits) is not dict or (_orjson is not None and not _plain(traits)):
+            bag = message.get("traits", _MISSING)
+            if bag is _MISSING:
+                bag = {}
+            elif type(bag) is not dict or (bag and not _plain(bag)):
                 return None
             if kind == "group":
-                group_id = message.get("groupId")
-                if not self._ident(group_id):
+                group = self._ident(message.get("groupId"))
+                if group is None:
                     return None
-                return UsageEvent(mid, "group", group_id, user_id, ms, traits=traits, timezone=timezone)
-            return UsageEvent(
-                mid,
-                "identify",
-                group_id or account_for(user_id),
-                user_id,
-                ms,
-                traits=traits,
-                timezone=timezone,
-            )
+                return (ms, line, mid, "group", group, user, None, bag, tz)
+            return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
         if kind == "page" or kind == "screen":
-            properties = message.get("properties", _MISSING)
-            if properties is _MISSING:
-                properties = {}
-            elif type(properties) is not dict or (_orjson is not None and not _plain(properties)):
+            bag = message.get("properties", _MISSING)
+            if bag is _MISSING:
+                bag = {}
+            elif type(bag) is not dict or (bag and not _plain(bag)):
                 return None
-            properties = dict(properties)
+            bag = dict(bag)
             for key in ("name", "category"):
                 v = message.get(key)
                 if v is not None:
-                    if not self._ident(v):
+                    if self._ident(v) is None:
                         return None
-                    properties.setdefault(key, v)
-            return UsageEvent(
-                mid,
-                "track",
-                group_id or account_for(user_id),
-                user_id,
-                ms,
-                PAGE_EVENT if kind == "page" else SCREEN_EVENT,
-                properties,
-                timezone=timezone,
-            )
+                    bag.setdefault(key, v)
+            name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
+            if self.keep is not None and name not in self.keep:
+                bag = _DROPPED
+            return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
         return None
 
     def _time(self, ts: Any) -> int | None:
-        """Epoch ms of a `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` time inside the accepted window."""
-        if type(ts) is not str or not ts.isascii():
+        """Epoch ms of a `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` time inside the accepted window,
+        computed as `int(datetime.timestamp() * 1000)` is (timestamp() is µs ÷ 10⁶, correctly rounded)."""
+        if type(ts) is not str:
+            return None
+        if len(ts) == 24 and ts[23] == "Z" and ts[19] == ".":  # JavaScript's toISOString(): nearly every export
+            base = self._hours.get(ts[:13])
+            if base is None:
+                base = self._hour(ts[:13])
+            minute = _MINUTES.get(ts[13:16])
+            sec = _SECONDS.get(ts[16:19])
+            frac = _MILLIS.get(ts[20:23])
+            if base != -1 and minute is not None and sec is not None and frac is not None:
+                ts_s = (base + minute + sec + frac) / 1_000_000
+                if ts_s > self.hi_s or ts_s < self.lo_s:
+                    return None
+                return int(ts_s * 1000)
+        if not ts.isascii():
             return None
         n = len(ts)
-        if (
-            n < 20
-            or n > 32
-            or ts[4] != "-"
-            or ts[7] != "-"
-            or ts[10] != "T"
-            or ts[13] != ":"
-            or ts[16] != ":"
-        ):
+        if n < 20 or n > 32 or ts[4] != "-" or ts[7] != "-" or ts[10] != "T" or ts[13] != ":" or ts[16] != ":":
             return None
         tail = ts[19:]
         if tail[-1] == "Z":
             zone = 1
-        elif (
-            n >= 25 and tail[-6] in "+-" and tail[-3] == ":" and tail[-5:-3].isdigit() and tail[-2:].isdigit()
-        ):
+        elif n >= 25 and tail[-6] in "+-" and tail[-3] == ":" and tail[-5:-3].isdigit() and tail[-2:].isdigit():
             if int(tail[-5:-3]) > 14 or int(tail[-2:]) > 59:
                 return None
             zone = 6
         else:
             return None
-        frac = tail[:-zone]
-        if frac and (frac[0] != "." or not 2 <= len(frac) <= 7 or not frac[1:].isdigit()):
+        frac_text = tail[:-zone]
+        if frac_text and (frac_text[0] != "." or not 2 <= len(frac_text) <= 7 or not frac_text[1:].isdigit()):
             return None
         try:  # the C parser reads only ASCII digits in every other position (and ts is ASCII)
             parsed = datetime.fromisoformat(ts)
@@ -366,66 +414,101 @@ class FastDecoder:
             return None
         return int(ts_s * 1000)
 
+    def _hour(self, prefix: str) -> int:
+        """Epoch µs of a valid "YYYY-MM-DDTHH" (UTC), else -1; cached."""
+        value = -1
+        if (
+            prefix.isascii()
+            and prefix[4] == "-"
+            and prefix[7] == "-"
+            and prefix[10] == "T"
+            and prefix[:4].isdigit()
+            and prefix[5:7].isdigit()
+            and prefix[8:10].isdigit()
+            and prefix[11:13].isdigit()
+        ):
+            try:
+                parsed = datetime.fromisoformat(prefix + ":00:00+00:00")
+            except ValueError:
+                parsed = None
+            if parsed is not None:
+                value = (parsed - _EPOCH) // timedelta(microseconds=1)
+        self._hours[prefix] = value
+        return value
+
 
 _MISSING = object()
-
-
-def _lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    return lines
+_DROPPED: dict[str, Any] = {}  # shared, never mutated: properties no gauge or filter of the run reads
 
 
 def decode_history(
-    paths: Sequence[str | Path], *, now_s: float | None = None, retention_days: int = HISTORY_RETENTION_DAYS
+    paths: Sequence[str | Path],
+    *,
+    now_s: float | None = None,
+    retention_days: int = HISTORY_RETENTION_DAYS,
+    keep_properties: frozenset[str] | None = None,
 ) -> History:
     """Read, validate, deduplicate (by messageId) and time-sort the events of JSON Lines files.
 
-    A missing or unreadable file is a `UsageError`; a bad line is recorded in `History.bad` and skipped.
+    A missing or unreadable file is a `UsageError`; a bad line is recorded in `History.bad` and skipped;
+    a blank line is ignored. With `keep_properties`, only those events keep their properties (the ones
+    the definitions' gauges and filters read: `properties_read`); all are still validated.
     """
     started = time.perf_counter()
-    decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days)
-    events: list[UsageEvent] = []
-    where: list[int] = []
+    decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
+    groups: dict[str, list[tuple[Any, ...]]] = {}
     files: list[tuple[str, int]] = []
     bad: list[BadLine] = []
     seen: set[str] = set()
     duplicates = 0
     index = 0
-    nonblank = 0
-    decode = decoder.decode
+    blank = 0
+    fast = decoder._fast
+    slow = decoder.slow_record
+    add = seen.add
     gc_was = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
         for path in paths:
             data = _read(path)
             files.append((str(path), index))
-            for raw in _lines(data):
+            lines = data.split(b"\n")
+            if lines and not lines[-1]:
+                lines.pop()
+            for raw in lines:
+                result = fast(raw, index)
+                if result is None:
+                    result = slow(raw, index)
                 index += 1
-                if not raw.strip():
-                    continue
-                nonblank += 1
-                result = decode(raw)
-                if type(result) is UsageEvent:
-                    mid = result.message_id
+                if type(result) is tuple:
+                    mid = result[2]
                     if mid in seen:
                         duplicates += 1
                         continue
-                    seen.add(mid)
-                    events.append(result)
-                    where.append(index - 1)
+                    add(mid)
+                    group = groups.get(result[4])
+                    if group is None:
+                        groups[result[4]] = [result]
+                    else:
+                        group.append(result)
+                elif not raw.strip():
+                    blank += 1
                 else:
-                    file, line = str(path), index - files[-1][1]
-                    bad.append(BadLine(file, line, str(result), result.message_id))
-        order = sorted(range(len(events)), key=[e.ms for e in events].__getitem__)
-        if any(i != j for i, j in zip(order, range(len(order)), strict=True)):
-            events = [events[i] for i in order]
-            where = [where[i] for i in order]
+                    bad.append(BadLine(str(path), index - files[-1][1], str(result), result.message_id))
+        count = 0
+        start = end = None
+        by_time = itemgetter(0)
+        for group in groups.values():
+            group.sort(key=by_time)  # stable: equal times keep file order
+            count += len(group)
+            if start is None or group[0][0] < start:
+                start = group[0][0]
+            if end is None or group[-1][0] > end:
+                end = group[-1][0]
     finally:
         if gc_was:
             gc.enable()
-    return History(events, where, files, nonblank, duplicates, bad, time.perf_counter() - started)
+    return History(groups, files, index - blank, duplicates, bad, time.perf_counter() - started, count, start, end)
 
 
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
@@ -439,7 +522,8 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
     gc.disable()
     try:
         for path in paths:
-            for raw in _lines(_read(path)):
+            lines = _read(path).split(b"\n")
+            for raw in lines:
                 if raw.strip():
                     with contextlib.suppress(ValueError):
                         loads(raw)
@@ -492,9 +576,7 @@ def referenced_signals(defn: Definition) -> list[str]:
 def reads_of(defn: Definition, spec: TrackingSpec) -> Reads:
     names: set[str] = set(spec.conversions)
     active = False
-    timed = defn.requalify.cooldown_days > 0 or (
-        defn.points is not None and defn.points.half_life_days is not None
-    )
+    timed = defn.requalify.cooldown_days > 0 or (defn.points is not None and defn.points.half_life_days is not None)
     for name in referenced_signals(defn):
         signal = defn.signals[name]
         if isinstance(signal, CountSignal):
@@ -513,6 +595,15 @@ def reads_of(defn: Definition, spec: TrackingSpec) -> Reads:
                 active = True
             timed = True
     return Reads(frozenset(names), active, timed)
+
+
+def properties_read(definitions: Iterable[Definition]) -> frozenset[str]:
+    """Event names whose properties a fold of these definitions reads (their gauges and filters)."""
+    names: set[str] = set()
+    for defn in definitions:
+        spec = defn.tracking_spec()
+        names |= {g.event for g in spec.gauges} | {f.event for f in spec.filters}
+    return frozenset(names)
 
 
 # ---- the decision gate: evaluate's would_enter / would_stay without building reasons -------------
@@ -565,11 +656,7 @@ class Gate:
             key = (cond.signal_name, cond.op, repr(cond.threshold))
             if key not in seen:
                 seen.add(key)
-                shown = (
-                    ", ".join(map(fmt, cond.threshold))
-                    if isinstance(cond.threshold, list)
-                    else fmt(cond.threshold)
-                )
+                shown = ", ".join(map(fmt, cond.threshold)) if isinstance(cond.threshold, list) else fmt(cond.threshold)
                 self.rows.append(
                     SignalRow(
                         f"{cond.signal_name} {OP_SYMBOL[cond.op]} {shown}",
@@ -608,9 +695,7 @@ class Gate:
                 SweepTarget("score ≥ (points threshold)", "score", "gte", float(defn.points.threshold), None)
             )
 
-    def check(
-        self, usage: AccountUsage, now_ms: int, excluded: bool
-    ) -> tuple[bool, bool, list[bool], list[float]]:
+    def check(self, usage: AccountUsage, now_ms: int, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
         """(would_enter, would_stay, each row holds, each sweep target's critical value).
 
         A target's critical value is the largest threshold (smallest, for lte/lt, negated) at which the
@@ -685,41 +770,10 @@ class SubjectOutcome:
     qualifications: int = 0
     disqualifications: int = 0
     converted_at_ms: int | None = None
-    reasons: list[tuple[str, str, str]] = field(
-        default_factory=list
-    )  # (code, kind, text) at first qualification
+    reasons: list[tuple[str, str, str]] = field(default_factory=list)  # (code, kind, text) at first qualification
     touch: str | None = None
     rows: list[bool] = field(default_factory=list)  # per SignalRow: held at some point before conversion
     records: list[list[tuple[int, float]]] = field(default_factory=list)  # per target: (ms, new max critical)
-
-
-class _Subject:
-    __slots__ = (
-        "usage",
-        "state",
-        "out",
-        "day",
-        "day_users",
-        "enter",
-        "stay",
-        "excluded",
-        "dirty",
-        "final",
-        "maxes",
-    )
-
-    def __init__(self, usage: AccountUsage, out: SubjectOutcome, n_targets: int):
-        self.usage = usage
-        self.state = PqlState()
-        self.out = out
-        self.day = -1
-        self.day_users: set[str] = set()
-        self.enter = False
-        self.stay = False
-        self.excluded = False
-        self.dirty = True
-        self.final = False
-        self.maxes = [-math.inf] * n_targets
 
 
 @dataclass
@@ -755,7 +809,6 @@ def run_definition(
     timed = reads.time_dependent
     by_user = defn.unit == "user"
     retention = spec.retention_days
-    subjects: dict[Any, _Subject] = {}
     outs: list[SubjectOutcome] = []
     transitions: list[tuple[str, int]] = []
     run = DefinitionRun(
@@ -770,102 +823,121 @@ def run_definition(
         warnings=list(defn.warnings),
     )
     n_targets = len(gate.targets)
+    n_rows = len(gate.rows)
+    again = defn.requalify.again
+    cooldown_ms = defn.requalify.cooldown_days * DAY_MS
     folded = gated = decided = 0
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for i, ev in enumerate(history.events):
-            ms = ev.ms
-            key = (ev.account_id, ev.user_id) if by_user else ev.account_id
-            subj = subjects.get(key)
-            if subj is None:
+        for account, records in history.groups.items():
+            if by_user:
+                parts: dict[str, list[tuple[Any, ...]]] = {}
+                for rec in records:
+                    parts.setdefault(rec[5], []).append(rec)
+                subject_lists: Iterable[tuple[str | None, list[tuple[Any, ...]]]] = parts.items()
+            else:
+                subject_lists = ((None, records),)
+            for user_key, events in subject_lists:
                 out = SubjectOutcome(
-                    ev.account_id,
-                    ev.user_id if by_user else None,
-                    ms,
-                    ms,
-                    rows=[False] * len(gate.rows),
+                    account,
+                    user_key,
+                    events[0][0],
+                    events[-1][0],
+                    rows=[False] * n_rows,
                     records=[[] for _ in range(n_targets)],
                 )
-                usage = AccountUsage(ev.account_id, ev.user_id if by_user else None)
-                subj = subjects[key] = _Subject(usage, out, n_targets)
                 outs.append(out)
-            out = subj.out
-            out.last_ms = ms
-            if subj.final:
-                continue
-            usage = subj.usage
-            day = ms // DAY_MS
-            new_day = day != subj.day
-            if new_day:
-                subj.day = day
-                if active:
-                    subj.day_users = set()
-                if usage.first_seen_ms is not None and day - usage.first_seen_ms // DAY_MS >= retention:
-                    usage.prune(ms, spec)
-            kind = ev.kind
-            relevant = kind != "track" or ev.name in names
-            if active and not relevant and ev.user_id not in subj.day_users:
-                relevant = True
-            if relevant:
-                if active:
-                    subj.day_users.add(ev.user_id)
-                try:
-                    usage.apply(ev, spec)
-                except GaugeError as exc:
-                    path, line = history.locate(history.where[i])
-                    run.bad.append(BadLine(path, line, f"{exc.field}: {exc}", ev.message_id))
-                    continue
-                folded += 1
-                if kind != "track" or usage.converted:
-                    subj.dirty = True
-            else:
-                if usage.first_seen_ms is None:
-                    usage.first_seen_ms = ms
-                usage.last_seen_ms = ms
-                if not (new_day and timed):
-                    continue
-            # ---- decide, exactly when the live qualify function would (qualification.needs_decision)
-            if usage.converted:
-                must = True
-            else:
-                if subj.dirty:
-                    subj.excluded = exclusion(defn, usage) is not None
-                    subj.dirty = False
-                gated += 1
-                enter, stay, rows, crits = gate.check(usage, ms, subj.excluded)
-                must = (enter and not subj.enter) or (subj.stay and not stay) or (enter and new_day)
-                subj.enter, subj.stay = enter, stay
-                held = out.rows
-                for j, ok in enumerate(rows):
-                    if ok:
-                        held[j] = True
-                maxes = subj.maxes
-                for j, c in enumerate(crits):
-                    if c > maxes[j]:
-                        maxes[j] = c
-                        out.records[j].append((ms, c))
-            if not must:
-                continue
-            decided += 1
-            transition = decide(defn, usage, subj.state, ms)
-            if transition is None:
-                continue
-            subj.state = transition.new_state
-            transitions.append((transition.kind, transition.at_ms))
-            if transition.kind == "qualified":
-                out.qualifications += 1
-                if out.qualified_at_ms is None:
-                    out.qualified_at_ms = transition.at_ms
-                    evaluation = transition.evaluation
-                    if evaluation is not None:
-                        out.touch = evaluation.touch
-                        out.reasons = [(r.code, r.kind, r.text) for r in evaluation.reasons]
-            elif transition.kind == "disqualified":
-                out.disqualifications += 1
-            else:
-                out.converted_at_ms = transition.at_ms
-                subj.final = True
+                usage = AccountUsage(account, user_key)
+                state = PqlState()
+                day = -1
+                day_users: set[str] = set()
+                enter = stay = excluded = False
+                dirty = True
+                maxes = [-math.inf] * n_targets
+                for rec in events:
+                    ms = rec[0]
+                    kind = rec[3]
+                    if ms // DAY_MS != day:
+                        new_day = True
+                        day = ms // DAY_MS
+                        if active:
+                            day_users = set()
+                        if usage.first_seen_ms is not None and day - usage.first_seen_ms // DAY_MS >= retention:
+                            usage.prune(ms, spec)
+                    else:
+                        new_day = False
+                    if kind != "track" or rec[6] in names or active and rec[5] not in day_users:
+                        relevant = True
+                    else:
+                        relevant = False
+                    if relevant:
+                        if active:
+                            day_users.add(rec[5])
+                        try:
+                            usage.apply(to_event(rec), spec)
+                        except GaugeError as exc:
+                            path, number = history.locate(rec[1])
+                            run.bad.append(BadLine(path, number, f"{exc.field}: {exc}", rec[2]))
+                            continue
+                        folded += 1
+                        if kind != "track" or usage.converted_at_ms is not None:
+                            dirty = True
+                    else:
+                        if usage.first_seen_ms is None:
+                            usage.first_seen_ms = ms
+                        usage.last_seen_ms = ms
+                        if not (new_day and timed):
+                            continue
+                    # ---- decide when the live qualify function would (qualification.needs_decision) and
+                    # when `decide` could return a transition at all (it returns None otherwise: exact)
+                    if usage.converted_at_ms is not None:
+                        must = True
+                    else:
+                        if dirty:
+                            excluded = exclusion(defn, usage) is not None
+                            dirty = False
+                        gated += 1
+                        now_enter, now_stay, rows, crits = gate.check(usage, ms, excluded)
+                        must = (now_enter and not enter) or (stay and not now_stay) or (now_enter and new_day)
+                        enter, stay = now_enter, now_stay
+                        if True in rows:
+                            held = out.rows
+                            for j, ok in enumerate(rows):
+                                if ok:
+                                    held[j] = True
+                        for j, c in enumerate(crits):
+                            if c > maxes[j]:
+                                maxes[j] = c
+                                out.records[j].append((ms, c))
+                        if must:
+                            if state.status == "qualified":
+                                must = not stay
+                            else:
+                                blocked = state.status == "disqualified" and not again
+                                cooling = state.qualified_at_ms is not None and ms - state.qualified_at_ms < cooldown_ms
+                                must = enter and not blocked and not cooling
+                    if not must:
+                        continue
+                    decided += 1
+                    transition = decide(defn, usage, state, ms)
+                    if transition is None:
+                        continue
+                    state = transition.new_state
+                    transitions.append((transition.kind, transition.at_ms))
+                    if transition.kind == "qualified":
+                        out.qualifications += 1
+                        if out.qualified_at_ms is None:
+                            out.qualified_at_ms = transition.at_ms
+                            evaluation = transition.evaluation
+                            if evaluation is not None:
+                                out.touch = evaluation.touch
+                                out.reasons = [(r.code, r.kind, r.text) for r in evaluation.reasons]
+                    elif transition.kind == "disqualified":
+                        out.disqualifications += 1
+                    else:
+                        out.converted_at_ms = transition.at_ms
+                        break  # conversion is final: decide returns None for this subject from now on
     finally:
         if gc_was:
             gc.enable()
@@ -1017,9 +1089,7 @@ def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = No
     converted_after = [
         (s.converted_at_ms - s.qualified_at_ms) / DAY_MS
         for s in pqls
-        if s.converted_at_ms is not None
-        and s.qualified_at_ms is not None
-        and s.converted_at_ms >= s.qualified_at_ms
+        if s.converted_at_ms is not None and s.qualified_at_ms is not None and s.converted_at_ms >= s.qualified_at_ms
     ]
     buckets = []
     lower = 0.0
@@ -1095,9 +1165,7 @@ def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = No
     censored = sum(
         1
         for s in pqls
-        if s.qualified_at_ms is not None
-        and s.qualified_at_ms + window_ms > end_ms
-        and s.converted_at_ms is None
+        if s.qualified_at_ms is not None and s.qualified_at_ms + window_ms > end_ms and s.converted_at_ms is None
     )
     touch = {
         "high": sum(1 for s in pqls if s.touch == "high"),
@@ -1196,14 +1264,13 @@ class BacktestResult:
 
     def to_dict(self) -> dict[str, Any]:
         h = self.history
-        end = h.events[-1].ms if h.events else None
-        start = h.events[0].ms if h.events else None
+        end, start = h.end_ms, h.start_ms
         data: dict[str, Any] = {
             "source": "backtest",
             "history": {
                 "files": [p for p, _ in h.files],
                 "lines": h.lines,
-                "events": len(h.events),
+                "events": h.count,
                 "duplicates": h.duplicates,
                 "bad_lines": len(h.bad),
                 "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in h.bad[:100]],
@@ -1245,8 +1312,6 @@ def run_backtest(
     bare = decode_only(paths) if measure_decode else None
     started = time.perf_counter()
     cpu = time.process_time()
-    history = decode_history(paths, now_s=now_s)
+    history = decode_history(paths, now_s=now_s, keep_properties=properties_read(d for d, _ in definitions))
     runs = [run_definition(history, defn, source) for defn, source in definitions]
-    return BacktestResult(
-        history, runs, window_days, bare, time.perf_counter() - started, time.process_time() - cpu
-    )
+    return BacktestResult(history, runs, window_days, bare, time.perf_counter() - started, time.process_time() - cpu)
