@@ -4,7 +4,7 @@ recipient (once per action, at most one live offer per account and offer type)."
 from __future__ import annotations
 
 import functools
-import os
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -14,33 +14,34 @@ from pqlflow.contracts import NurtureAction
 from pqlflow.observability import logger, metrics, tracer
 from pqlflow.offer_store import OfferStore
 from pqlflow.offers import Catalog, load_catalog, make_offer, recipient_of
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pqlflow.settings import from_environ
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    table_name: str = Field(alias="TABLE_NAME", min_length=1)
-    catalog_file: str = Field(alias="OFFER_CATALOG_FILE", min_length=1)
+    TABLE_NAME: str = Field(min_length=1)
+    OFFER_CATALOG_FILE: str = Field(default="catalog.yaml", description="relative paths are next to this file")
+
+    def catalog_path(self) -> Path:
+        path = Path(self.OFFER_CATALOG_FILE)
+        return path if path.is_absolute() else Path(__file__).parent / path
 
 
 @functools.cache
 def settings() -> Settings:
-    try:
-        return Settings.model_validate(dict(os.environ))
-    except ValidationError as exc:
-        missing = ", ".join(str(e["loc"][0]) for e in exc.errors())
-        raise RuntimeError(f"offers: environment variable(s) missing or empty: {missing}") from None
+    return from_environ(Settings)
 
 
 @functools.cache
 def _default_store() -> OfferStore:
-    return OfferStore(settings().table_name)
+    return OfferStore(settings().TABLE_NAME)
 
 
 @functools.cache
 def _default_catalog() -> Catalog:
-    return load_catalog(settings().catalog_file)
+    return load_catalog(settings().catalog_path())
 
 
 def create_offer(action: NurtureAction, store: OfferStore, catalog: Catalog) -> dict[str, Any]:

@@ -4,7 +4,6 @@ offers and accepts or dismisses them. Identity is the JWT `sub`; another user's 
 from __future__ import annotations
 
 import functools
-import os
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -18,25 +17,22 @@ from pqlflow.contracts import OfferAccepted
 from pqlflow.observability import logger, metrics, tracer
 from pqlflow.offer_store import OfferStore
 from pqlflow.offers import Offer, decide_accept, decide_dismiss, is_visible
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pqlflow.settings import from_environ
+from pydantic import BaseModel, ConfigDict, Field
 
 _OFFER_ID = re.compile(r"^of_[0-9a-f]{24}$")
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    table_name: str = Field(alias="TABLE_NAME", min_length=1)
-    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
+    TABLE_NAME: str = Field(min_length=1)
+    EVENT_BUS_NAME: str = Field(min_length=1)
 
 
 @functools.cache
 def settings() -> Settings:
-    try:
-        return Settings.model_validate(dict(os.environ))
-    except ValidationError as exc:
-        missing = ", ".join(str(e["loc"][0]) for e in exc.errors())
-        raise RuntimeError(f"offers_api: environment variable(s) missing or empty: {missing}") from None
+    return from_environ(Settings)
 
 
 class Conflict(ServiceError):
@@ -132,7 +128,7 @@ def build_app(store: OfferStore, publisher: EventPublisher) -> APIGatewayHttpRes
 @functools.cache
 def _default_app() -> APIGatewayHttpResolver:
     s = settings()
-    return build_app(OfferStore(s.table_name), EventPublisher(s.event_bus_name))
+    return build_app(OfferStore(s.TABLE_NAME), EventPublisher(s.EVENT_BUS_NAME))
 
 
 @logger.inject_lambda_context
@@ -150,7 +146,7 @@ def handler(
     else:
         s = None if (store and publisher) else settings()
         app = build_app(
-            store or OfferStore(s.table_name),  # type: ignore[union-attr]
-            publisher or EventPublisher(s.event_bus_name),  # type: ignore[union-attr]
+            store or OfferStore(s.TABLE_NAME),  # type: ignore[union-attr]
+            publisher or EventPublisher(s.EVENT_BUS_NAME),  # type: ignore[union-attr]
         )
     return app.resolve(event, context)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -30,34 +30,37 @@ from pqlflow.rep_tasks import (
     pick_round_robin,
     settle,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pqlflow.settings import from_environ
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
-    table_name: str = Field(alias="TABLE_NAME", min_length=1)
-    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
-    roster_file: str = Field(alias="ROSTER_FILE", min_length=1)
-    connectors: str = Field(default="", alias="CONNECTORS", description="e.g. 'hubspot,slack,webhook'")
-    connector_secret_arn: str = Field(default="", alias="CONNECTOR_SECRET_ARN")
-    connector_timeout_seconds: float = Field(default=5.0, alias="CONNECTOR_TIMEOUT_SECONDS", gt=0, le=30)
-    connector_attempts: int = Field(default=4, alias="CONNECTOR_ATTEMPTS", ge=1, le=10)
+    TABLE_NAME: str = Field(min_length=1)
+    EVENT_BUS_NAME: str = Field(min_length=1)
+    ROSTER_FILE: str = Field(default="roster.yaml", description="relative paths are next to this file")
+    CONNECTORS: str = Field(default="", description="e.g. 'hubspot,slack,webhook'")
+    CONNECTOR_SECRET_ARN: str = ""
+    # Worst case with the defaults (HubSpot search+create, Slack, webhook; 3 tries of 4 s each) stays
+    # under the 60 s function timeout.
+    CONNECTOR_TIMEOUT_SECONDS: float = Field(default=4.0, gt=0, le=30)
+    CONNECTOR_ATTEMPTS: int = Field(default=3, ge=1, le=10)
 
     @model_validator(mode="after")
     def _secret_when_connectors(self) -> Settings:
-        if parse_names(self.connectors) and not self.connector_secret_arn:
+        if parse_names(self.CONNECTORS) and not self.CONNECTOR_SECRET_ARN:
             raise ValueError("CONNECTOR_SECRET_ARN is required when CONNECTORS is set")
         return self
+
+    def roster_path(self) -> Path:
+        path = Path(self.ROSTER_FILE)
+        return path if path.is_absolute() else Path(__file__).parent / path
 
 
 @functools.cache
 def settings() -> Settings:
-    try:
-        return Settings.model_validate(dict(os.environ))
-    except ValidationError as exc:
-        problems = "; ".join((str(e["loc"][0]) + ": " + e["msg"]) if e["loc"] else e["msg"] for e in exc.errors())
-        raise RuntimeError(f"rep_task: bad environment: {problems}") from None
+    return from_environ(Settings)
 
 
 _secrets: dict[str, dict[str, Any]] = {}
@@ -88,13 +91,13 @@ class Collaborators:
 @functools.cache
 def _defaults() -> Collaborators:
     s = settings()
-    names = parse_names(s.connectors)
-    http = Http(timeout=s.connector_timeout_seconds, backoff=Backoff(attempts=s.connector_attempts))
-    connectors = build_connectors(names, connector_secret(s.connector_secret_arn), http) if names else []
+    names = parse_names(s.CONNECTORS)
+    http = Http(timeout=s.CONNECTOR_TIMEOUT_SECONDS, backoff=Backoff(attempts=s.CONNECTOR_ATTEMPTS))
+    connectors = build_connectors(names, connector_secret(s.CONNECTOR_SECRET_ARN), http) if names else []
     return Collaborators(
-        store=RepTaskStore(s.table_name),
-        publisher=EventPublisher(s.event_bus_name),
-        roster=load_roster(s.roster_file),
+        store=RepTaskStore(s.TABLE_NAME),
+        publisher=EventPublisher(s.EVENT_BUS_NAME),
+        roster=load_roster(s.roster_path()),
         connectors=connectors,
     )
 

@@ -173,8 +173,19 @@ def test_missing_setting_is_named(monkeypatch):
     import functions.offers.app as app
 
     app.settings.cache_clear()
-    monkeypatch.delenv("OFFER_CATALOG_FILE", raising=False)
-    monkeypatch.setenv("TABLE_NAME", "t")
-    with pytest.raises(RuntimeError, match="OFFER_CATALOG_FILE"):
+    monkeypatch.delenv("TABLE_NAME", raising=False)
+    with pytest.raises(RuntimeError, match="TABLE_NAME"):
         app.settings()
+    app.settings.cache_clear()
+
+
+def test_the_deployed_catalog_is_the_one_next_to_the_function(monkeypatch):
+    import functions.offers.app as app
+
+    app.settings.cache_clear()
+    monkeypatch.setenv("TABLE_NAME", "t")
+    monkeypatch.delenv("OFFER_CATALOG_FILE", raising=False)
+    path = app.settings().catalog_path()
+    assert path == ROOT / "functions" / "offers" / "catalog.yaml"
+    assert load_catalog(path).offers  # it loads
     app.settings.cache_clear()

@@ -348,3 +348,15 @@ def test_connectors_without_a_secret_is_a_named_configuration_error(monkeypatch)
     with pytest.raises(RuntimeError, match="CONNECTOR_SECRET_ARN is required"):
         app.settings()
     app.settings.cache_clear()
+
+
+def test_the_deployed_roster_is_the_one_next_to_the_function(monkeypatch):
+    monkeypatch.setenv("TABLE_NAME", "t")
+    monkeypatch.setenv("EVENT_BUS_NAME", "b")
+    monkeypatch.delenv("ROSTER_FILE", raising=False)
+    monkeypatch.delenv("CONNECTORS", raising=False)
+    app.settings.cache_clear()
+    path = app.settings().roster_path()
+    app.settings.cache_clear()
+    assert path == ROOT / "functions" / "rep_task" / "roster.yaml"
+    assert load_roster(path).reps
