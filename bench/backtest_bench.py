@@ -8,7 +8,7 @@ seed 1; cached in $TMPDIR/pqlflow-bench/), then, in one process:
 Prints wall-clock and CPU seconds and events per second for both. CPU time is what "one core" means:
 the backtest is single-threaded, and CPU time is not inflated by other processes on a busy machine.
 
-Run: .venv/bin/python bench/backtest_bench.py [--events N] [--accounts N] [--definition FILE ...]
+Run: .venv/bin/python bench/backtest_bench.py [--events N] [--accounts N] [--file F] [--definition FILE ...]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--file", type=Path, help="use this JSON Lines history instead of generating one")
     parser.add_argument(
         "--definition",
         action="append",
@@ -73,7 +74,7 @@ def main() -> int:
         help="definition(s) to run (default: slack-messages, logins, scoring examples)",
     )
     args = parser.parse_args()
-    path = history_file(args.events, args.accounts, args.seed)
+    path = args.file or history_file(args.events, args.accounts, args.seed)
     definitions = args.definition or [ROOT / "examples" / "definitions" / n for n in DEFAULT_DEFINITIONS]
     print(f"python {platform.python_version()} · JSON via {JSON_DECODER} · {path.stat().st_size / 1e6:,.0f} MB")
 

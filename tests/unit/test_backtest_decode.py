@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pqlflow import backtest
 from pqlflow.backtest import HISTORY_RETENTION_DAYS, FastDecoder
 from pqlflow.events import Rejection, UsageEvent, parse_body
 from pqlflow.sample import Sample, SampleConfig
@@ -20,7 +23,28 @@ def reference(raw: bytes) -> UsageEvent | Rejection:
     return parse_body(raw.decode("utf-8"), NOW_S, HISTORY_RETENTION_DAYS)
 
 
+@contextlib.contextmanager
+def engine(name: str) -> Iterator[None]:
+    """Run the fast decoder on msgspec (when installed) or on the stdlib json fallback."""
+    saved = backtest._msgspec
+    if name == "json":
+        backtest._msgspec = None
+    try:
+        yield
+    finally:
+        backtest._msgspec = saved
+
+
+ENGINES = ["json"] + (["msgspec"] if backtest._msgspec is not None else [])
+
+
 def assert_same(raw: bytes) -> None:
+    for name in ENGINES:
+        with engine(name):
+            _assert_same(raw)
+
+
+def _assert_same(raw: bytes) -> None:
     fast = FastDecoder(NOW_S).decode(raw)
     ref = reference(raw)
     assert type(fast) is type(ref), (raw, fast, ref)
@@ -36,9 +60,7 @@ def assert_same(raw: bytes) -> None:
 idents = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12),
     st.text(max_size=6),  # unicode, controls, whitespace, empty
-    st.sampled_from(
-        ["", " ", "  x ", "a\tb", "é", "\u00a0", "\u2003x", "x" * 256, "x" * 257, "ok\x7f", "\u0085"]
-    ),
+    st.sampled_from(["", " ", "  x ", "a\tb", "é", "\u00a0", "\u2003x", "x" * 256, "x" * 257, "ok\x7f", "\u0085"]),
     st.integers(),
     st.none(),
     st.booleans(),
@@ -105,9 +127,7 @@ json_scalars = st.one_of(
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
     max_leaves=12,
 )
 bags = st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=5), json_values)
@@ -120,9 +140,7 @@ def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 @st.composite
 def messages(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(
-        st.sampled_from(["track", "track", "identify", "group", "page", "screen", "alias", "Track", 3])
-    )
+    kind = draw(st.sampled_from(["track", "track", "identify", "group", "page", "screen", "alias", "Track", 3]))
     fields = {
         "type": kind,
         "messageId": draw(st.one_of(st.uuids().map(str), idents)),
@@ -160,9 +178,7 @@ def lines(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         envelope: dict[str, Any] = {
             "version": "0",
-            "detail-type": draw(
-                st.one_of(st.just(message.get("type")), st.sampled_from(["track", "identify", 7]))
-            ),
+            "detail-type": draw(st.one_of(st.just(message.get("type")), st.sampled_from(["track", "identify", 7]))),
             "source": draw(st.one_of(st.just("aws.partner/segment.com/acme"), st.integers())),
             "detail": message,
         }
@@ -229,6 +245,7 @@ def _with(**changes: Any) -> bytes:
 EDGE_CASES = {
     "valid": _with(),
     "big integer property": _with(properties={"n": 2**70}),
+    "big integer trait": _with(type="identify", traits={"n": 2**64 + 1}),
     "big negative integer": _with(properties={"n": -(2**64)}),
     "huge float": json.dumps(VALID).replace('{"n": 1}', '{"n": 1e400}').encode(),
     "NaN literal": json.dumps(VALID).replace('{"n": 1}', '{"n": NaN}').encode(),
@@ -259,9 +276,7 @@ EDGE_CASES = {
     "context list": _with(context=[]),
     "timezone number": _with(context={"groupId": "a", "timezone": 5}),
     "no user": json.dumps({k: v for k, v in VALID.items() if k != "userId"}).encode(),
-    "anonymous only": json.dumps(
-        {**{k: v for k, v in VALID.items() if k != "userId"}, "anonymousId": "anon"}
-    ).encode(),
+    "anonymous only": json.dumps({**{k: v for k, v in VALID.items() if k != "userId"}, "anonymousId": "anon"}).encode(),
     "userId null, anonymousId set": _with(userId=None, anonymousId="anon"),
     "future": _with(timestamp="2026-06-03T00:00:00Z"),
     "just inside the future limit": _with(timestamp="2026-06-01T23:00:00Z"),
@@ -273,9 +288,7 @@ EDGE_CASES = {
     "group without groupId": _with(type="group", traits={}),
     "envelope": json.dumps({"detail-type": "track", "source": "s", "detail": VALID}).encode(),
     "envelope mismatch": json.dumps({"detail-type": "identify", "source": "s", "detail": VALID}).encode(),
-    "envelope id number": json.dumps(
-        {"detail-type": "track", "source": "s", "detail": VALID, "id": 1}
-    ).encode(),
+    "envelope id number": json.dumps({"detail-type": "track", "source": "s", "detail": VALID, "id": 1}).encode(),
     "envelope detail_type too": json.dumps(
         {"detail-type": "track", "detail_type": "track", "source": "s", "detail": VALID}
     ).encode(),
@@ -291,8 +304,10 @@ EDGE_CASES = {
 def test_fast_decoder_agrees_on_edge_cases(raw: bytes) -> None:
     if raw == EDGE_CASES["invalid UTF-8 in a string"]:
         # Given bytes that are not UTF-8: parse_body only ever gets text, so the backtest says what is wrong
-        result = FastDecoder(NOW_S).decode(raw)
-        assert isinstance(result, Rejection) and "UTF-8" in result.reason
+        for name in ENGINES:
+            with engine(name):
+                result = FastDecoder(NOW_S).decode(raw)
+            assert isinstance(result, Rejection) and "UTF-8" in result.reason
         return
     assert_same(raw)
 
@@ -303,9 +318,12 @@ def test_exported_sample_lines_take_the_fast_path() -> None:
         seed=3, accounts=8, days=10, start=(datetime.fromtimestamp(NOW_S, UTC) - timedelta(days=30)).date()
     )
     raw_lines = [line.encode() for line in Sample(config).lines()]
-    decoder = FastDecoder(NOW_S)
-    # When it is decoded
-    results = [decoder.decode(raw) for raw in raw_lines]
-    # Then every line took the fast path and matches the reference parser
-    assert decoder.slow == 0 and decoder.fast == len(raw_lines)
-    assert results == [reference(raw) for raw in raw_lines]
+    expected = [reference(raw) for raw in raw_lines]
+    for name in ENGINES:
+        with engine(name):
+            decoder = FastDecoder(NOW_S)
+            # When it is decoded
+            results = [decoder.decode(raw) for raw in raw_lines]
+        # Then every line took the fast path and matches the reference parser
+        assert decoder.slow == 0 and decoder.fast == len(raw_lines), name
+        assert results == expected, name

@@ -77,12 +77,12 @@ from pqlflow.qualification import (
 )
 from pqlflow.usage import AccountUsage, GaugeError, TrackingSpec
 
-try:  # orjson is ~3x faster than json; the stdlib fallback gives the same answers, more slowly
-    import orjson as _orjson
+try:  # msgspec decodes straight into typed structs in C; the stdlib fallback gives the same answers, slower
+    import msgspec as _msgspec
 except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
+    _msgspec = None
 
-JSON_DECODER = "orjson" if _orjson is not None else "json"
+JSON_DECODER = "msgspec" if _msgspec is not None else "json"
 HISTORY_RETENTION_DAYS = 36_500  # an export is history on purpose: no retention window in a backtest
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -189,23 +189,6 @@ def _identifier(value: Any) -> bool:
     )
 
 
-_BIG = 9.2e18  # orjson turns integers beyond 64 bits into floats; pydantic keeps them exact
-
-
-def _plain(value: Any, depth: int = 1) -> bool:
-    """Nesting within the contract's limit, and no float that orjson may have made from a big integer."""
-    if depth > MAX_NESTING_DEPTH:
-        return False
-    for v in value.values() if type(value) is dict else value:
-        t = type(v)
-        if t is float:
-            if v >= _BIG or v <= -_BIG:
-                return False
-        elif (t is dict or t is list) and not _plain(v, depth + 1):
-            return False
-    return True
-
-
 _MINUTES = {f":{m:02d}": m * 60_000_000 for m in range(60)}
 _SECONDS = {f":{s:02d}": s * 1_000_000 for s in range(60)}
 _MILLIS = {f"{m:03d}": m * 1000 for m in range(1000)}
@@ -266,101 +249,124 @@ class FastDecoder:
         return None
 
     def _fast(self, raw: bytes, line: int) -> tuple[Any, ...] | None:  # noqa: C901 - one flat pass is the point
-        if len(raw) > MAX_MESSAGE_BYTES // 4:
-            return None
+        if len(raw) > MAX_MESSAGE_BYTES // 4 or raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
+            return None  # parse_body measures the size and the nesting of these: let it
+        envelope = b'"detail-type"' in raw
         try:
-            if _orjson is not None:
-                doc = _orjson.loads(raw)
+            if _msgspec is not None:
+                doc = (_ENVELOPE if envelope else _MESSAGE).decode(raw)
             else:
                 if b"\\ud" in raw or b"\\uD" in raw:  # lone surrogates: json accepts them, pydantic does not
                     return None
-                doc = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+                decoded = json.loads(raw.decode("utf-8"))
+                if type(decoded) is not dict:
+                    return None
+                doc = _DictEnvelope(decoded) if envelope else _DictMessage(decoded)
+        except (ValueError, UnicodeDecodeError, _DecodeError):
             return None
-        if type(doc) is not dict:
-            return None
-        if b'"detail-type"' in raw:
-            if "detail_type" in doc:
+        if envelope:
+            if doc.detail_type_by_name is not _UNSET:
                 return None
-            detail_type = doc.get("detail-type")
-            message = doc.get("detail")
-            if type(detail_type) is not str or type(doc.get("source")) is not str or type(message) is not dict:
+            message = doc.detail
+            if type(doc.detail_type) is not str or type(doc.source) is not str or message is None:
                 return None
-            for key in ("id", "time", "account", "region"):
-                v = doc.get(key)
+            for v in (doc.id, doc.time, doc.account, doc.region):
                 if v is not None and type(v) is not str:
                     return None
-            if message.get("type") != detail_type:
+            if message.type != doc.detail_type:
                 return None
         else:
             message = doc
-        mid = message.get("messageId")
-        if not _identifier(mid):
+        mid = message.messageId
+        if (
+            type(mid) is not str
+            or not 0 < len(mid) <= MAX_IDENTIFIER_CHARS
+            or not mid.isascii()
+            or not mid.isprintable()
+            or mid.isspace()
+        ):
             return None
-        user = message.get("userId")
+        ok = self._ok
+        user = message.userId
         if user is not None:
-            user = self._ident(user)
+            user = (ok.get(user) if type(user) is str else None) or self._ident(user)
             if user is None:
                 return None
-        anon = message.get("anonymousId")
+        anon = message.anonymousId
         if anon is not None:
-            anon = self._ident(anon)
+            anon = (ok.get(anon) if type(anon) is str else None) or self._ident(anon)
             if anon is None:
                 return None
             if user is None:
                 user = anon
         if user is None:
             return None
-        ms = self._time(message.get("timestamp"))
+        ts = message.timestamp
+        if type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[19] == ".":  # toISOString(): most exports
+            base = self._hours.get(ts[:13])
+            if base is None:
+                base = self._hour(ts[:13])
+            minute = _MINUTES.get(ts[13:16])
+            sec = _SECONDS.get(ts[16:19])
+            frac = _MILLIS.get(ts[20:23])
+            if base != -1 and minute is not None and sec is not None and frac is not None:
+                ts_s = (base + minute + sec + frac) / 1_000_000  # = datetime.timestamp(): µs / 10⁶, rounded once
+                if ts_s > self.hi_s or ts_s < self.lo_s:
+                    return None
+                ms = int(ts_s * 1000)
+            else:
+                ms = self._time(ts)
+        else:
+            ms = self._time(ts)
         if ms is None:
             return None
-        context = message.get("context")
+        context = message.context
         group = tz = None
         if context is not None:
             if type(context) is not dict:
                 return None
             group = context.get("groupId")
             if group is not None:
-                group = self._ident(group)
+                group = (ok.get(group) if type(group) is str else None) or self._ident(group)
                 if group is None:
                     return None
             tz = context.get("timezone")
             if tz is not None and type(tz) is not str:
                 return None
-        kind = message.get("type")
+        kind = message.type
         if kind == "track":
-            name = self._ident(message.get("event"))
+            name = message.event
+            name = (ok.get(name) if type(name) is str else None) or self._ident(name)
             if name is None:
                 return None
-            bag = message.get("properties", _MISSING)
-            if bag is _MISSING:
+            bag = message.properties
+            if bag is _UNSET:
                 bag = {}
-            elif type(bag) is not dict or (bag and not _plain(bag)):
+            elif type(bag) is not dict:
                 return None
             if self.keep is not None and name not in self.keep:
                 bag = _DROPPED
             return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
         if kind == "identify" or kind == "group":
-            bag = message.get("traits", _MISSING)
-            if bag is _MISSING:
+            bag = message.traits
+            if bag is _UNSET:
                 bag = {}
-            elif type(bag) is not dict or (bag and not _plain(bag)):
+            elif type(bag) is not dict:
                 return None
             if kind == "group":
-                group = self._ident(message.get("groupId"))
+                group = self._ident(message.groupId)
                 if group is None:
                     return None
                 return (ms, line, mid, "group", group, user, None, bag, tz)
             return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
         if kind == "page" or kind == "screen":
-            bag = message.get("properties", _MISSING)
-            if bag is _MISSING:
+            bag = message.properties
+            if bag is _UNSET:
                 bag = {}
-            elif type(bag) is not dict or (bag and not _plain(bag)):
+            elif type(bag) is not dict:
                 return None
             bag = dict(bag)
-            for key in ("name", "category"):
-                v = message.get(key)
+            for key, v in (("name", message.name), ("category", message.category)):
                 if v is not None:
                     if self._ident(v) is None:
                         return None
@@ -437,8 +443,78 @@ class FastDecoder:
         return value
 
 
-_MISSING = object()
 _DROPPED: dict[str, Any] = {}  # shared, never mutated: properties no gauge or filter of the run reads
+_MESSAGE_FIELDS = (
+    "type",
+    "messageId",
+    "timestamp",
+    "userId",
+    "anonymousId",
+    "context",
+    "event",
+    "groupId",
+    "name",
+    "category",
+)
+
+if _msgspec is not None:
+    _UNSET: Any = _msgspec.UNSET
+    _DecodeError: type[Exception] = _msgspec.MsgspecError
+
+    class _Message(_msgspec.Struct):
+        """The fields of a Segment message the contract reads, untyped: every check is ours, below."""
+
+        type: Any = None
+        messageId: Any = None
+        timestamp: Any = None
+        userId: Any = None
+        anonymousId: Any = None
+        context: Any = None
+        event: Any = None
+        groupId: Any = None
+        name: Any = None
+        category: Any = None
+        properties: Any = _msgspec.UNSET
+        traits: Any = _msgspec.UNSET
+
+    class _Envelope(_msgspec.Struct):
+        detail_type: Any = _msgspec.field(name="detail-type", default=None)
+        detail_type_by_name: Any = _msgspec.field(name="detail_type", default=_msgspec.UNSET)
+        source: Any = None
+        detail: _Message | None = None
+        id: Any = None
+        time: Any = None
+        account: Any = None
+        region: Any = None
+
+    _MESSAGE = _msgspec.json.Decoder(_Message)
+    _ENVELOPE = _msgspec.json.Decoder(_Envelope)
+else:  # pragma: no cover - depends on the environment
+    _UNSET = object()
+    _DecodeError = ValueError
+
+
+class _DictMessage:
+    """A decoded message dict with the attributes of `_Message` (the stdlib-json path)."""
+
+    def __init__(self, doc: dict[str, Any]):
+        for key in _MESSAGE_FIELDS:
+            setattr(self, key, doc.get(key))
+        self.properties = doc.get("properties", _UNSET)
+        self.traits = doc.get("traits", _UNSET)
+
+
+class _DictEnvelope:
+    def __init__(self, doc: dict[str, Any]):
+        self.detail_type = doc.get("detail-type")
+        self.detail_type_by_name = doc.get("detail_type", _UNSET)
+        self.source = doc.get("source")
+        detail = doc.get("detail")
+        if detail is not None and type(detail) is not dict:
+            raise ValueError("detail is not an object")
+        self.detail = _DictMessage(detail) if detail is not None else None
+        for key in ("id", "time", "account", "region"):
+            setattr(self, key, doc.get(key))
 
 
 def decode_history(
@@ -516,7 +592,7 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
     Returns (lines, wall seconds, CPU seconds)."""
     started = time.perf_counter()
     cpu = time.process_time()
-    loads = _orjson.loads if _orjson is not None else json.loads
+    loads = _msgspec.json.Decoder().decode if _msgspec is not None else json.loads
     n = 0
     gc_was = gc.isenabled()
     gc.disable()
@@ -525,7 +601,7 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
             lines = _read(path).split(b"\n")
             for raw in lines:
                 if raw.strip():
-                    with contextlib.suppress(ValueError):
+                    with contextlib.suppress(ValueError, UnicodeDecodeError):
                         loads(raw)
                     n += 1
     finally:
