@@ -333,6 +333,42 @@ def test_http_routes_behind_the_jwt_authorizer_need_an_accepted_token(runtime):
     assert json.loads(runtime.invoke_http("GET", "/me", claims={"sub": "user-2"})["body"]) == {"sub": "user-2"}
 
 
+def test_events_put_through_the_emulator_by_anyone_else_are_routed_too(runtime):
+    # Given a client outside any handler putting an event through moto's EventBridge
+    events = runtime.client("events")
+    events.put_events(
+        Entries=[
+            {
+                "Source": "pqlflow",
+                "DetailType": "PQL Qualified",
+                "Detail": json.dumps({"account_id": "a7"}),
+                "EventBusName": "pqlflow-local-bus",
+            }
+        ]
+    )
+    # When pumped
+    runtime.run_until_idle()
+    # Then its rule's function got it, with the full envelope
+    (notify,) = invoked(runtime, "NotifyFunction")
+    assert (notify.event["account"], notify.event["detail"]) == ("123456789012", {"account_id": "a7"})
+
+
+def test_a_handlers_put_events_gets_the_answers_eventbridge_would_give(runtime):
+    # Given a handler that calls PutEvents with the entries it is given
+    good = {"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": '{"account_id": "a8"}'}
+    bad = {"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": "[not an object]"}
+    # When it sends one good and one malformed entry, then 11 entries
+    partial = runtime.invoke("EmitFunction", {"entries": [good, bad]})
+    too_many = runtime.invoke("EmitFunction", {"entries": [good] * 11})
+    runtime.run_until_idle()
+    # Then the bad entry failed alone, the oversized request was refused, and the good event was delivered
+    assert partial["FailedEntryCount"] == 1
+    assert partial["Entries"][1]["ErrorCode"] == "MalformedDetail"
+    assert too_many == {"error": "ValidationException"}
+    assert runtime.counters()["invocations"]["NotifyFunction"] == 1
+    assert runtime.counters()["requests_by_function"]["EmitFunction"] == {"events": {"PutEvents": 2}}
+
+
 def test_direct_invoke_returns_the_result_or_raises(runtime):
     event = {"detail": {"account_id": "a5"}}
     assert runtime.invoke("NotifyFunction", event) == {"ok": True}

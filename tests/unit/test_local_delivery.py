@@ -9,6 +9,7 @@ from pqlflow.local.context import LambdaContext
 from pqlflow.local.functions import Outcome
 from pqlflow.local.http import Unauthorized, http_event, http_response, jwt_claims, match_route
 from pqlflow.local.model import HttpRoute, InputTransformer, JwtAuthorizer, RuleTarget
+from pqlflow.local.putevents import PutEventsRejected, accept
 from pqlflow.local.quirks import collapse_double_inserts, eventbridge_envelope, stream_record
 from pqlflow.local.sqs import failed_ids
 from pqlflow.local.streams import first_failed
@@ -176,9 +177,7 @@ def test_http_routes_pick_the_most_specific_match(method, path, function, params
 
 def test_http_event_and_response_follow_payload_format_2():
     match = match_route(ROUTES, "POST", "/offers/o-1/accept")
-    event = http_event(
-        match, "POST", "/offers/o-1/accept", query="a=1&a=2", headers={"X-Token": "t"}, body="{}"
-    )
+    event = http_event(match, "POST", "/offers/o-1/accept", query="a=1&a=2", headers={"X-Token": "t"}, body="{}")
     assert event["routeKey"] == "POST /offers/{offer_id}/accept"
     assert event["queryStringParameters"] == {"a": "1,2"}
     assert event["headers"] == {"x-token": "t"}
@@ -194,10 +193,7 @@ def test_http_event_and_response_follow_payload_format_2():
 
 def test_lambda_context_stub():
     context = LambdaContext(function_name="pqlflow-local-IngestFunction", timeout_seconds=10)
-    assert (
-        context.invoked_function_arn
-        == "arn:aws:lambda:us-east-1:123456789012:function:pqlflow-local-IngestFunction"
-    )
+    assert context.invoked_function_arn == "arn:aws:lambda:us-east-1:123456789012:function:pqlflow-local-IngestFunction"
     assert 0 < context.get_remaining_time_in_millis() <= 10_000
     assert context.aws_request_id and context.memory_limit_in_mb == 128
 
@@ -237,3 +233,47 @@ def test_jwt_authorizer_accepts_and_passes_claims_as_api_gateway_does():
     }
     with pytest.raises(Unauthorized):
         jwt_claims(AUTHORIZER, {})
+
+
+def put(**entry):
+    return {"Source": "app", "DetailType": "track", "Detail": '{"a": 1}', "EventBusName": "bus"} | entry
+
+
+def test_put_events_accepts_entries_as_eventbridge_does():
+    # Given a mix of good and bad entries
+    results, accepted = accept(
+        [
+            put(Time=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+            put(Detail="[1]"),
+            put(Detail="{oops"),
+            put(Source=""),
+            put(EventBusName="arn:aws:events:us-east-1:123456789012:event-bus/nope"),
+        ],
+        {"bus", "default"},
+    )
+    # Then the good one becomes an event on its bus and each bad one gets its own error
+    assert [r.get("ErrorCode") for r in results] == [
+        None,
+        "MalformedDetail",
+        "MalformedDetail",
+        "InvalidArgument",
+        "NotFoundException",
+    ]
+    ((bus, event),) = accepted
+    assert bus == "bus"
+    assert (event["time"], event["account"], event["detail"], event["id"]) == (
+        "2026-01-01T00:00:00Z",
+        "123456789012",
+        {"a": 1},
+        results[0]["EventId"],
+    )
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [[], [put()] * 11, [put(Detail=json.dumps({"x": "y" * 90_000}))] * 3],
+)
+def test_put_events_rejects_requests_over_the_limits(entries):
+    with pytest.raises(PutEventsRejected) as rejected:
+        accept(entries, {"bus"})
+    assert rejected.value.code == "ValidationException"

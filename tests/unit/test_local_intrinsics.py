@@ -51,9 +51,7 @@ def test_short_form_intrinsics_resolve(expression, expected):
 
 def test_no_value_drops_keys_and_list_items():
     # Given an If that yields AWS::NoValue
-    data = value(
-        "{keep: 1, drop: !If [IsDev, !Ref AWS::NoValue, 2], list: [1, !If [IsDev, !Ref AWS::NoValue, 3]]}"
-    )
+    data = value("{keep: 1, drop: !If [IsDev, !Ref AWS::NoValue, 2], list: [1, !If [IsDev, !Ref AWS::NoValue, 3]]}")
     # Then the key and the item disappear
     assert resolver().resolve(data, "V") == {"keep": 1, "list": [1]}
     assert resolver().resolve({"Ref": "AWS::NoValue"}, "V") is NO_VALUE

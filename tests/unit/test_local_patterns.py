@@ -118,9 +118,7 @@ def test_json_types_are_not_confused():
     # Then true is not 1 and "1" is not 1
     assert not matches({"detail": {"n": [True]}}, event)
     assert not matches({"detail": {"s": [1]}}, event)
-    assert matches(
-        {"detail": {"flag": [True]}, "$or": [{"detail": {"n": [1]}}, {"detail": {"s": ["x"]}}]}, event
-    )
+    assert matches({"detail": {"flag": [True]}, "$or": [{"detail": {"n": [1]}}, {"detail": {"s": ["x"]}}]}, event)
 
 
 def test_arrays_of_objects_are_flattened():

@@ -54,9 +54,7 @@ def test_fixture_template_event_sources():
     rules = {r.logical_id: r for r in wiring.rules}
     assert rules["UsageRule"].pattern == {"source": [{"prefix": "app."}], "detail-type": ["track"]}
     assert [(t.kind, t.name) for t in rules["UsageRule"].targets] == [("sqs", "pqlflow-local-UsageQueue")]
-    assert [(t.kind, t.name) for t in rules["NotifyFunctionQualified"].targets] == [
-        ("function", "NotifyFunction")
-    ]
+    assert [(t.kind, t.name) for t in rules["NotifyFunctionQualified"].targets] == [("function", "NotifyFunction")]
     assert {r.bus_name for r in wiring.rules} == {"pqlflow-local-bus"}
     table = wiring.tables["Table"]
     assert (table.stream_view_type, table.ttl_attribute) == ("NEW_AND_OLD_IMAGES", "expires_at")

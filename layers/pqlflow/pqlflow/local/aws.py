@@ -32,9 +32,7 @@ class Clients:
             region_name=REGION,
         )
         # Account-based endpoints (e.g. for dynamodbstreams) are not routed by moto.
-        self._config = Config(
-            account_id_endpoint_mode="disabled", retries={"mode": "standard", "max_attempts": 3}
-        )
+        self._config = Config(account_id_endpoint_mode="disabled", retries={"mode": "standard", "max_attempts": 3})
 
     def client(self, service: str) -> Any:
         return self._session.client(service, endpoint_url=self.endpoint_url, config=self._config)

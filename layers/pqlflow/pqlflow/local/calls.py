@@ -1,30 +1,37 @@
-"""Watch the AWS calls handlers make while the local runtime runs them: count them and stamp event time.
+"""Watch the AWS calls handlers make while the local runtime runs them: count them, and take their PutEvents.
 
-One botocore hook per process, added to botocore's built-in handlers (so every session created from
-then on has it, as moto does for its own stub) and to boto3's default session if it already exists.
-It only acts while a handler runs under `attributed_to(function, log)`, so the runtime's own calls are
-never counted. Counting uses `before-call` (once per API call, retries not included).
+One set of botocore hooks per process, added to botocore's built-in handlers (so every session created
+from then on has them, as moto does for its own stub) and to boto3's default session if it already
+exists. They only act while a handler runs under `attributed_to(function, log, put_events)`, so the
+runtime's own calls are never counted.
 
-PutEvents entries a handler sends without a `Time` get the current `pqlflow.clock` time: EventBridge
-stamps events with the time it receives them, which in a replay is simulated time.
+- Counting uses `before-call`: once per API call (retries not included).
+- A handler's EventBridge PutEvents is answered by the runtime's EventBridge emulation (`put_events`,
+  see `pqlflow.local.eventbus`) instead of the emulator's, the way botocore's Stubber answers calls:
+  the request is validated as EventBridge would and the handler gets the API's response or error.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import json
+import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+from botocore.awsrequest import AWSResponse
 from botocore.handlers import BUILTIN_HANDLERS
 
-from pqlflow import clock
+from pqlflow.local.putevents import PutEventsRejected
 
-_HOOK_ID = "pqlflow-local-requests"
+_HOOK_ID = "pqlflow-local-calls"
+_PUT_EVENTS = "before-call.eventbridge.PutEvents"
+
+PutEvents = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
 @dataclass
@@ -32,9 +39,7 @@ class RequestLog:
     """AWS requests made by handlers: per service and operation, overall and per function."""
 
     by_operation: Counter[tuple[str, str]] = field(default_factory=Counter)
-    by_function: defaultdict[str, Counter[tuple[str, str]]] = field(
-        default_factory=lambda: defaultdict(Counter)
-    )
+    by_function: defaultdict[str, Counter[tuple[str, str]]] = field(default_factory=lambda: defaultdict(Counter))
 
     def record(self, function: str, service: str, operation: str) -> None:
         self.by_operation[(service, operation)] += 1
@@ -59,6 +64,7 @@ def _nest(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
 class _Attribution:
     function: str
     log: RequestLog
+    put_events: PutEvents | None
 
 
 _current: ContextVar[_Attribution | None] = ContextVar("pqlflow_local_attribution", default=None)
@@ -66,9 +72,9 @@ _installed = False
 
 
 @contextmanager
-def attributed_to(function: str, log: RequestLog) -> Iterator[None]:
-    """AWS calls made inside this block are the named function's."""
-    token = _current.set(_Attribution(function, log))
+def attributed_to(function: str, log: RequestLog, put_events: PutEvents | None = None) -> Iterator[None]:
+    """AWS calls made inside this block are the named function's; its PutEvents go to `put_events`."""
+    token = _current.set(_Attribution(function, log, put_events))
     try:
         yield
     finally:
@@ -80,14 +86,12 @@ def install() -> None:
     global _installed
     if not _installed:
         BUILTIN_HANDLERS.append(("before-call", _count))
-        BUILTIN_HANDLERS.append(("before-parameter-build.eventbridge.PutEvents", _stamp_time))
+        BUILTIN_HANDLERS.append((_PUT_EVENTS, _take_put_events))
         _installed = True
     session = boto3.DEFAULT_SESSION
     if session is not None:
         session.events.register("before-call", _count, unique_id=f"{_HOOK_ID}-count")
-        session.events.register(
-            "before-parameter-build.eventbridge.PutEvents", _stamp_time, unique_id=f"{_HOOK_ID}-time"
-        )
+        session.events.register(_PUT_EVENTS, _take_put_events, unique_id=f"{_HOOK_ID}-put-events")
 
 
 def _count(model: Any = None, context: Any = None, **_: Any) -> None:
@@ -102,10 +106,20 @@ def _count(model: Any = None, context: Any = None, **_: Any) -> None:
     attribution.log.record(attribution.function, model.service_model.service_name, model.name)
 
 
-def _stamp_time(params: Any = None, **_: Any) -> None:
-    if _current.get() is None or not isinstance(params, dict):
-        return
-    now = dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC)
-    for entry in params.get("Entries") or []:
-        if isinstance(entry, dict) and entry.get("Time") is None:
-            entry["Time"] = now
+def _take_put_events(
+    params: Any = None, model: Any = None, context: Any = None, **_: Any
+) -> tuple[AWSResponse, dict[str, Any]] | None:
+    attribution = _current.get()
+    if attribution is None or attribution.put_events is None or not isinstance(params, dict):
+        return None
+    # botocore calls the more specific hook first, and an answer stops the generic `before-call` ones.
+    _count(model=model, context=context)
+    body = params.get("body") or b"{}"
+    request = json.loads(body.decode() if isinstance(body, bytes) else body)
+    metadata = {"RequestId": str(uuid.uuid4())}
+    try:
+        response = attribution.put_events(list(request.get("Entries") or []))
+    except PutEventsRejected as exc:
+        error = {"Error": {"Code": exc.code, "Message": exc.message}, "ResponseMetadata": metadata}
+        return AWSResponse(None, 400, {}, None), error | {"ResponseMetadata": {**metadata, "HTTPStatusCode": 400}}
+    return AWSResponse(None, 200, {}, None), {**response, "ResponseMetadata": {**metadata, "HTTPStatusCode": 200}}

@@ -1,19 +1,25 @@
 """EventBridge emulation: see every event put on the template's buses; deliver it to matching rules' targets.
 
-How events are captured: on each bus the template's rules listen to, the runtime adds one internal
-catch-all rule whose target is a capture SQS queue in the emulator. Whoever calls PutEvents (the
-runtime, a handler, or a product team's SDK pointed at a dev stack's endpoint) goes through the
-emulator's real PutEvents (validation, event ids, time), and the event lands in the capture queue.
-`pump` then matches each captured event against the template's rules with
-`pqlflow.local.patterns` (the emulator's rules are never given the template's patterns, so its own
-partial matcher plays no part) and delivers it: into the target SQS queue, or to the target function
-(an asynchronous invocation, run in-process by the runtime).
+How events come in, two ways:
+- PutEvents calls made in-process (by the runtime, or by a handler while it runs: the botocore hook in
+  `pqlflow.local.calls` hands the request here) are validated and stamped by `pqlflow.local.putevents`
+  and queued for routing. They do not go through moto's EventBridge, which parses JSONPath templates
+  for every event and rule (~25 ms each): far too slow for a replay.
+- Anything else (a product team's SDK pointed at a dev stack's endpoint) goes through the emulator's
+  PutEvents: on each bus the template's rules listen to, the runtime adds one catch-all rule whose
+  target is a capture SQS queue, which `pump` drains.
+
+`pump` matches each event against the template's rules with `pqlflow.local.patterns` (the
+emulator's rules are never given the template's patterns) and delivers it: into the target SQS queue
+(held by the runtime, see `pqlflow.local.queues`), or to the target function (an asynchronous
+invocation, run in-process). Events handlers emit are delivered on the next pump, not during the call.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,8 @@ from pqlflow.local.aws import Clients
 from pqlflow.local.model import Rule, RuleTarget, Wiring
 from pqlflow.local.names import queue_arn, rule_arn
 from pqlflow.local.patterns import matches
+from pqlflow.local.putevents import accept
+from pqlflow.local.queues import Queues
 from pqlflow.local.quirks import eventbridge_envelope
 from pqlflow.local.targets import render_input
 
@@ -38,16 +46,24 @@ class EventRouter:
         self,
         wiring: Wiring,
         clients: Clients,
-        queue_urls: dict[str, str],
+        queues: Queues,
         invoke_async: Callable[[str, Any], None],
     ) -> None:
         self.wiring = wiring
         self.clients = clients
-        self.queue_urls = queue_urls
+        self.queues = queues
         self.invoke_async = invoke_async
         self.capture_urls: dict[str, str] = {}
         self.delivered: dict[str, int] = {}
         self.events_seen = 0
+        self.pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self.buses = {bus.name for bus in wiring.buses.values()} | {"default"}
+
+    def put_events(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """A PutEvents request made in-process: its API response; accepted events wait for `pump`."""
+        results, accepted = accept(entries, self.buses)
+        self.pending.extend(accepted)
+        return {"FailedEntryCount": sum(1 for r in results if "ErrorCode" in r), "Entries": results}
 
     def setup(self) -> None:
         buses = sorted({rule.bus_name for rule in self.wiring.rules})
@@ -63,29 +79,27 @@ class EventRouter:
             self.clients.events.put_targets(
                 Rule=CAPTURE_RULE,
                 EventBusName=bus,
-                Targets=[
-                    {"Id": "capture", "Arn": queue_arn(name), "InputTransformer": _CAPTURE_TARGET_INPUT}
-                ],
+                Targets=[{"Id": "capture", "Arn": queue_arn(name), "InputTransformer": _CAPTURE_TARGET_INPUT}],
             )
             self.capture_urls[bus] = url
 
     def pump(self) -> int:
-        """Route every captured event; returns how many events were taken off the buses."""
+        """Route every event put since the last pump; returns how many there were."""
         taken = 0
+        while self.pending:
+            bus, event = self.pending.popleft()
+            self.route(bus, event)
+            taken += 1
         for bus, url in self.capture_urls.items():
             while True:
-                messages = self.clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
-                    "Messages", []
-                )
+                messages = self.clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
                 if not messages:
                     break
                 for message in messages:
                     self.route(bus, eventbridge_envelope(json.loads(message["Body"])))
                 self.clients.sqs.delete_message_batch(
                     QueueUrl=url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-                    ],
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
                 )
                 taken += len(messages)
         return taken
@@ -104,15 +118,14 @@ class EventRouter:
         return deliveries
 
     def _deliver(self, rule: Rule, target: RuleTarget, event: dict[str, Any]) -> None:
-        payload = render_input(
-            target, event, rule_name=rule.name, rule_arn=rule_arn(rule.name, rule.bus_name)
-        )
+        payload = render_input(target, event, rule_name=rule.name, rule_arn=rule_arn(rule.name, rule.bus_name))
         if target.kind == "sqs":
-            request: dict[str, Any] = {"QueueUrl": self.queue_urls[target.name], "MessageBody": payload}
-            if target.name.endswith(".fifo"):
-                request["MessageGroupId"] = target.message_group_id or rule.name
-                request["MessageDeduplicationId"] = event.get("id", "")
-            self.clients.sqs.send_message(**request)
+            fifo = target.name.endswith(".fifo")
+            self.queues[target.name].send(
+                payload,
+                group_id=(target.message_group_id or rule.name) if fifo else None,
+                dedup_id=event.get("id") if fifo else None,
+            )
         elif target.kind == "function":
             try:
                 value = json.loads(payload)

@@ -213,9 +213,7 @@ class Resolver:
     def _fn_importvalue(self, arg: Any, where: str) -> Any:
         name = _text(self.resolve(arg, where))
         if name not in self._imports:
-            raise UsageError(
-                f"{where}: the export {name!r} is not available locally; pass it as an import value"
-            )
+            raise UsageError(f"{where}: the export {name!r} is not available locally; pass it as an import value")
         return self._imports[name]
 
     def _fn_base64(self, arg: Any, where: str) -> str:

@@ -76,10 +76,7 @@ class ResourceNames:
         """SAM-generated resources templates may refer to (implicit API, function roles)."""
         if logical_id == "ServerlessHttpApi":
             return True
-        return (
-            logical_id.endswith("Role")
-            and self.resources.get(logical_id[:-4], {}).get("Type") in FUNCTION_TYPES
-        )
+        return logical_id.endswith("Role") and self.resources.get(logical_id[:-4], {}).get("Type") in FUNCTION_TYPES
 
     def ref(self, logical_id: str, where: str) -> str:
         if logical_id not in self.resources and self.implicit(logical_id):

@@ -32,9 +32,7 @@ _ENVELOPE_FIELDS = (
 )
 
 
-def eventbridge_envelope(
-    raw: Mapping[str, Any], *, account: str = ACCOUNT, region: str = REGION
-) -> dict[str, Any]:
+def eventbridge_envelope(raw: Mapping[str, Any], *, account: str = ACCOUNT, region: str = REGION) -> dict[str, Any]:
     """The event as EventBridge delivers it to a target (documented fields, in the documented order)."""
     event = {
         "version": "0",

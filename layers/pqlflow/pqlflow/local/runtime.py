@@ -40,6 +40,8 @@ from pqlflow.local.http import Unauthorized, http_event, http_response, jwt_clai
 from pqlflow.local.model import ACCOUNT, DEFAULT_STACK_NAME, REGION, Function, Wiring
 from pqlflow.local.names import parse_arn
 from pqlflow.local.patterns import matches
+from pqlflow.local.putevents import PutEventsRejected
+from pqlflow.local.queues import LocalQueue, Queues
 from pqlflow.local.scheduler import ScheduleRunner
 from pqlflow.local.sqs import SqsPoller
 from pqlflow.local.streams import StreamPoller
@@ -110,6 +112,7 @@ class LocalRuntime:
         self._started = False
         self.clients: Clients | None = None
         self.queue_urls: dict[str, str] = {}
+        self.queues = Queues(())
         self.stream_arns: dict[str, str] = {}
         self._hosts: dict[str, FunctionHost] = {}
         self._router: EventRouter | None = None
@@ -142,6 +145,7 @@ class LocalRuntime:
     def _create(self) -> None:
         self.clients = Clients(self.endpoint_url)
         self.queue_urls, self.stream_arns = create_all(self.clients, self.wiring)
+        self.queues = Queues(self.wiring.queues.values())
         environment = dict(self._extra_environment)
         if self.endpoint_url:
             environment.setdefault("AWS_ENDPOINT_URL", self.endpoint_url)
@@ -151,10 +155,10 @@ class LocalRuntime:
         self._hosts = {
             lid: FunctionHost(fn, extra_environment=environment) for lid, fn in self.wiring.functions.items()
         }
-        self._router = EventRouter(self.wiring, self.clients, self.queue_urls, self._invoke_async)
+        self._router = EventRouter(self.wiring, self.clients, self.queues, self._invoke_async)
         self._router.setup()
         self._sqs = [
-            SqsPoller(source, self.queue_urls[source.queue_name], self.clients, self._invoke)
+            SqsPoller(source, self.queues[source.queue_name], self._invoke, expire_after=self.unbounded_retry_limit)
             for source in self.wiring.sqs_sources
             if source.enabled and source.function in self._hosts
         ]
@@ -234,16 +238,15 @@ class LocalRuntime:
 
         Entries without `EventBusName` go to `bus_for(entry)`, without `Time` get `pqlflow.clock` time.
         """
-        events = self._need().events
         ids: list[str] = []
         chunk: list[dict[str, Any]] = []
         for entry in entries:
             chunk.append(self._entry(entry))
             if len(chunk) == 10:
-                ids.extend(self._put_chunk(events, chunk))
+                ids.extend(self._put_chunk(chunk))
                 chunk = []
         if chunk:
-            ids.extend(self._put_chunk(events, chunk))
+            ids.extend(self._put_chunk(chunk))
         return ids
 
     def put_event(
@@ -268,21 +271,28 @@ class LocalRuntime:
             out["Time"] = dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC)
         return out
 
-    def _put_chunk(self, events: Any, chunk: list[dict[str, Any]]) -> list[str]:
-        response = events.put_events(Entries=chunk)
-        failed = [e for e in response.get("Entries", []) if "ErrorCode" in e]
+    def _put_chunk(self, chunk: list[dict[str, Any]]) -> list[str]:
+        try:
+            response = self._started_router().put_events(chunk)
+        except PutEventsRejected as exc:
+            raise LocalRuntimeError(f"PutEvents rejected the request: {exc.message}") from exc
+        failed = [e for e in response["Entries"] if "ErrorCode" in e]
         if failed:
-            raise LocalRuntimeError(
-                f"PutEvents rejected {len(failed)} entries: {failed[0].get('ErrorMessage')}"
-            )
+            raise LocalRuntimeError(f"PutEvents rejected {len(failed)} entries: {failed[0].get('ErrorMessage')}")
         self.events_put += len(chunk)
         return [e["EventId"] for e in response["Entries"]]
 
-    def send_message(self, queue: str, body: str | Mapping[str, Any], **kwargs: Any) -> str:
-        """SendMessage to a template queue (logical id or name)."""
+    def _started_router(self) -> EventRouter:
+        if self._router is None:
+            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
+        return self._router
+
+    def send_message(
+        self, queue: str, body: str | Mapping[str, Any], *, group_id: str | None = None, dedup_id: str | None = None
+    ) -> str | None:
+        """Send a message to a template queue (logical id or name); its id (None: a FIFO duplicate)."""
         text = body if isinstance(body, str) else json.dumps(body)
-        response = self._need().sqs.send_message(QueueUrl=self.queue_url(queue), MessageBody=text, **kwargs)
-        return response["MessageId"]
+        return self._queue(queue).send(text, group_id=group_id, dedup_id=dedup_id)
 
     def invoke(self, function: str, event: Any) -> Any:
         """Invoke a function synchronously (RequestResponse): its result, or its exception raised."""
@@ -332,9 +342,7 @@ class LocalRuntime:
                 elif schedule.target_kind == "sqs":
                     self.send_message(schedule.target_name, event)
                 return
-        raise UsageError(
-            f"no schedule named {name!r}; the template has {[s.name for s in self.wiring.schedules]}"
-        )
+        raise UsageError(f"no schedule named {name!r}; the template has {[s.name for s in self.wiring.schedules]}")
 
     # -- pumping ---
     def pump(self) -> int:
@@ -344,8 +352,9 @@ class LocalRuntime:
             raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
         moved = router.pump()
         for poller in self._sqs:
+            name = poller.queue.name
+            self.queues.absorb(name, self._need().sqs, self.queue_urls[name])
             moved += poller.poll()
-            self._expire_unbounded(poller)
         for stream in self._streams:
             moved += stream.poll()
         if self._scheduler is not None:
@@ -362,26 +371,6 @@ class LocalRuntime:
         return rounds
 
     drain = run_until_idle
-
-    def _expire_unbounded(self, poller: SqsPoller) -> None:
-        """A queue without a DLQ retries until retention ends: locally, `unbounded_retry_limit` receives."""
-        queue = self.wiring.queue_named(poller.source.queue_name)
-        if queue is None or queue.redrive is not None or not poller.last_failed:
-            return
-        expired = [
-            r
-            for r in poller.last_failed
-            if int(r["attributes"].get("ApproximateReceiveCount", "1")) >= self.unbounded_retry_limit
-        ]
-        if expired:
-            log.warning(
-                "%d message(s) on %s failed %d times; dropped as expired",
-                len(expired),
-                queue.name,
-                self.unbounded_retry_limit,
-            )
-            poller.delete(expired)
-            poller.expired += len(expired)
 
     # -- invoking ---
     def _function(self, name: str) -> Function:
@@ -401,7 +390,7 @@ class LocalRuntime:
         if self.before_invoke is not None:
             self.before_invoke(function, event)
         self.invocation_counts[function] += 1
-        with self._invoking, calls.attributed_to(function, self.requests):
+        with self._invoking, calls.attributed_to(function, self.requests, self._started_router().put_events):
             try:
                 outcome = Outcome(result=host.invoke(event))
             except FunctionLoadError:
@@ -452,7 +441,7 @@ class LocalRuntime:
         if arn is None or arn.service != "sqs":
             log.warning("OnFailure destination %s is not emulated; record dropped", destination_arn)
             return
-        self._need().sqs.send_message(QueueUrl=self.queue_url(arn.name), MessageBody=json.dumps(payload))
+        self._queue(arn.name).send(json.dumps(payload))
 
     # -- observing ---
     def counters(self) -> dict[str, Any]:
@@ -473,9 +462,7 @@ class LocalRuntime:
             "stream_records_discarded": {
                 f"{p.source.function}.{p.source.event_name}": p.discarded for p in self._streams
             },
-            "sqs_messages_expired": {
-                f"{p.source.function}.{p.source.event_name}": p.expired for p in self._sqs
-            },
+            "sqs_messages_expired": {f"{p.source.function}.{p.source.event_name}": p.expired for p in self._sqs},
             "async_failures": len(self.failed_async),
             "schedules_fired": self._scheduler.fired if self._scheduler else 0,
         }
@@ -495,20 +482,22 @@ class LocalRuntime:
 
     def take_messages(self, queue: str) -> list[dict[str, Any]]:
         """Receive and delete every visible message of a queue (e.g. a DLQ); JSON bodies are decoded."""
-        sqs = self._need().sqs
-        url = self.queue_url(queue)
+        local = self._queue(queue)
+        self.queues.absorb(local.name, self._need().sqs, self.queue_urls[local.name])
         taken: list[dict[str, Any]] = []
-        while True:
-            messages = sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
-            ).get("Messages", [])
-            if not messages:
-                return taken
-            for message in messages:
+        while batch := local.receive(10):
+            local.delete(m["ReceiptHandle"] for m in batch)
+            for message in batch:
                 with contextlib.suppress(ValueError):
                     message["Body"] = json.loads(message["Body"])
                 taken.append(message)
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return taken
+
+    def _queue(self, queue: str) -> LocalQueue:
+        found = self.wiring.queue_named(queue)
+        if found is None or found.name not in self.queues:
+            raise UsageError(f"no queue {queue!r}; the template has {sorted(self.wiring.queues)}")
+        return self.queues[found.name]
 
     def client(self, service: str) -> Any:
         """A boto3 client on the runtime's emulator (for inspection; its calls are not counted)."""

@@ -66,9 +66,7 @@ class ScheduleRunner:
                 if key in self._fired or summary.get("State", "ENABLED") != "ENABLED":
                     continue
                 schedule = self.client.get_schedule(Name=summary["Name"], GroupName=group)
-                at = due_time(
-                    schedule.get("ScheduleExpression", ""), schedule.get("ScheduleExpressionTimezone")
-                )
+                at = due_time(schedule.get("ScheduleExpression", ""), schedule.get("ScheduleExpressionTimezone"))
                 if at is None or at > now:
                     continue
                 self._fire(schedule, at)

@@ -1,23 +1,26 @@
 """SQS → function emulation: what Lambda's SQS event source mapping does, one poll at a time.
 
-Per poll: receive up to BatchSize messages (ReceiveMessage calls of ≤10), drop (delete) those the
-FilterCriteria reject, invoke the function once with the real SQS event shape, then delete the
-messages that succeeded. A handler exception fails the whole batch; with `ReportBatchItemFailures`
-only the reported `itemIdentifier`s fail (a malformed report fails the whole batch, as on AWS).
-Failed messages are made visible again at once, standing in for their visibility timeout running
-out; the queue's own RedrivePolicy (enforced by the emulator on receive) moves a message to the DLQ
-once it has been received maxReceiveCount times.
+Per poll: receive up to BatchSize messages (receives of ≤10) from the local queue
+(`pqlflow.local.queues`), drop (delete) those the FilterCriteria reject, invoke the function once
+with the real SQS event shape, then delete the messages that succeeded. A handler exception fails
+the whole batch; with `ReportBatchItemFailures` only the reported `itemIdentifier`s fail (a
+malformed report fails the whole batch, as on AWS). Failed messages are made visible again at once,
+standing in for their visibility timeout running out; the queue's RedrivePolicy moves a message to
+the DLQ once it has been received maxReceiveCount times.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pqlflow.local.aws import Clients
 from pqlflow.local.functions import Outcome
 from pqlflow.local.model import REGION, SqsSource
 from pqlflow.local.patterns import filter_criteria_match
+from pqlflow.local.queues import LocalQueue
+
+log = logging.getLogger(__name__)
 
 Invoke = Callable[[str, Any], Outcome]
 
@@ -68,13 +71,15 @@ def failed_ids(outcome: Outcome, records: list[dict[str, Any]], report_item_fail
 
 
 class SqsPoller:
-    """The event source mapping of one function from one queue."""
+    """The event source mapping of one function from one (local) queue."""
 
-    def __init__(self, source: SqsSource, queue_url: str, clients: Clients, invoke: Invoke) -> None:
+    def __init__(self, source: SqsSource, queue: LocalQueue, invoke: Invoke, *, expire_after: int = 10) -> None:
+        """`expire_after`: receives after which a message of a queue without a DLQ is dropped, standing in
+        for "retried until the retention period ends"."""
         self.source = source
-        self.queue_url = queue_url
-        self.clients = clients
+        self.queue = queue
         self.invoke = invoke
+        self.expire_after = expire_after
         self.filtered_out = 0
         self.expired = 0
         self.last_failed: list[dict[str, Any]] = []
@@ -82,51 +87,36 @@ class SqsPoller:
     def poll(self) -> int:
         """One batch; returns how many messages were taken from the queue (0 when it was empty)."""
         self.last_failed = []
-        messages = self._receive()
+        messages: list[dict[str, Any]] = []
+        while len(messages) < self.source.batch_size:  # ReceiveMessage returns at most 10
+            batch = self.queue.receive(min(10, self.source.batch_size - len(messages)))
+            if not batch:
+                break
+            messages.extend(batch)
         if not messages:
             return 0
         records = [sqs_record(m, self.source.queue_arn) for m in messages]
         kept = [r for r in records if filter_criteria_match(self.source.filters, r)]
-        dropped = [r for r in records if r not in kept]
-        self.filtered_out += len(dropped)
-        self.delete(dropped)
+        self.filtered_out += len(records) - len(kept)
+        self.delete([r for r in records if r not in kept])
         if kept:
             outcome = self.invoke(self.source.function, {"Records": kept})
             failed = failed_ids(outcome, kept, self.source.report_batch_item_failures)
             self.delete([r for r in kept if r["messageId"] not in failed])
             self.last_failed = [r for r in kept if r["messageId"] in failed]
-            self._retry_later(self.last_failed)
+            expired = [r for r in self.last_failed if self._expired(r)]
+            if expired:
+                log.warning("%d message(s) on %s failed %d times; dropped as expired", len(expired), self.queue.name,
+                            self.expire_after)  # fmt: skip
+                self.expired += len(expired)
+                self.delete(expired)
+            self.queue.release(r["receiptHandle"] for r in self.last_failed if r not in expired)
         return len(messages)
 
-    def _receive(self) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        while len(messages) < self.source.batch_size:
-            batch = self.clients.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=min(10, self.source.batch_size - len(messages)),
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            if not batch:
-                break
-            messages.extend(batch)
-        return messages
+    def _expired(self, record: dict[str, Any]) -> bool:
+        if self.queue.dead_letter is not None:
+            return False
+        return int(record["attributes"].get("ApproximateReceiveCount", "1")) >= self.expire_after
 
     def delete(self, records: list[dict[str, Any]]) -> None:
-        for start in range(0, len(records), 10):
-            chunk = records[start : start + 10]
-            self.clients.sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)],
-            )
-
-    def _retry_later(self, records: list[dict[str, Any]]) -> None:
-        for start in range(0, len(records), 10):
-            chunk = records[start : start + 10]
-            self.clients.sqs.change_message_visibility_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": r["receiptHandle"], "VisibilityTimeout": 0}
-                    for i, r in enumerate(chunk)
-                ],
-            )
+        self.queue.delete(r["receiptHandle"] for r in records)

@@ -172,6 +172,4 @@ class StreamPoller:
 def _iso(epoch: Any) -> str:
     if not isinstance(epoch, int | float):
         return ""
-    return (
-        dt.datetime.fromtimestamp(epoch, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -19,9 +19,7 @@ _PATH_PART = re.compile(r"\.([^.\[]+)|\[['\"]([^'\"]+)['\"]\]|\[(\d+)\]")
 _MISSING = object()
 
 
-def render_input(
-    target: RuleTarget, event: Mapping[str, Any], *, rule_name: str = "", rule_arn: str = ""
-) -> str:
+def render_input(target: RuleTarget, event: Mapping[str, Any], *, rule_name: str = "", rule_arn: str = "") -> str:
     if target.input is not None:
         return target.input
     if target.input_path:

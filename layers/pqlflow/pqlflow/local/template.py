@@ -138,9 +138,7 @@ class _Builder(TriggerReader):
     def _parameters(self, declared: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(overrides) - set(declared))
         if unknown:
-            raise UsageError(
-                f"{self.file}: parameter override {unknown[0]!r}: the template has no such parameter"
-            )
+            raise UsageError(f"{self.file}: parameter override {unknown[0]!r}: the template has no such parameter")
         values: dict[str, Any] = {}
         for name, spec in declared.items():
             spec = spec or {}
@@ -252,9 +250,7 @@ class _Builder(TriggerReader):
 
     def _props(self, logical_id: str, props: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         """Only the properties the runtime needs are resolved, so unrelated exotic intrinsics don't matter."""
-        return {
-            k: self.resolve(props[k], f"Resources.{logical_id}.Properties.{k}") for k in keys if k in props
-        }
+        return {k: self.resolve(props[k], f"Resources.{logical_id}.Properties.{k}") for k in keys if k in props}
 
     # -- queues, tables, buses ---
     def _queue(self, logical_id: str, props: Mapping[str, Any]) -> None:
@@ -389,16 +385,12 @@ class _Builder(TriggerReader):
         )
         code_uri, handler = p.get("CodeUri", "."), p.get("Handler")
         if not isinstance(code_uri, str):
-            raise UsageError(
-                f"{self.file}: {where}.CodeUri: the local runtime needs a local folder, got {code_uri!r}"
-            )
+            raise UsageError(f"{self.file}: {where}.CodeUri: the local runtime needs a local folder, got {code_uri!r}")
         if not isinstance(handler, str) or "." not in handler:
             raise UsageError(f"{self.file}: {where}.Handler: expected module.function, got {handler!r}")
         variables = ((p.get("Environment") or {}).get("Variables")) or {}
         invoke_config = p.get("EventInvokeConfig") or {}
-        on_failure = ((invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}).get(
-            "Destination"
-        )
+        on_failure = ((invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
         dlq = (p.get("DeadLetterQueue") or {}).get("TargetArn")
         name = self.names.name_of(logical_id, logical_id)
         self.functions[logical_id] = Function(

@@ -53,9 +53,7 @@ class TriggerReader:
         raise NotImplementedError
 
     def _rule(self, logical_id: str, props: Mapping[str, Any]) -> None:
-        p = self._props(
-            logical_id, props, ("EventBusName", "EventPattern", "State", "Targets", "ScheduleExpression")
-        )
+        p = self._props(logical_id, props, ("EventBusName", "EventPattern", "State", "Targets", "ScheduleExpression"))
         name = self.names.name_of(logical_id, logical_id)
         enabled = str(p.get("State", "ENABLED")).upper().startswith("ENABLED")
         targets = tuple(
@@ -155,9 +153,7 @@ class TriggerReader:
             )
         elif kind in ("Schedule", "ScheduleV2"):
             expression = p.get("Schedule") or p.get("ScheduleExpression") or ""
-            enabled = (
-                p.get("Enabled", True) is not False and str(p.get("State", "ENABLED")).upper() == "ENABLED"
-            )
+            enabled = p.get("Enabled", True) is not False and str(p.get("State", "ENABLED")).upper() == "ENABLED"
             self.schedules.append(
                 Schedule(
                     p.get("Name") or f"{self.stack}-{fn}{event_name}",
@@ -192,9 +188,7 @@ class TriggerReader:
         arn = str(p.get("Stream", ""))
         parsed = arns.parse_arn(arn)
         if not parsed or parsed.service != "dynamodb":
-            raise UsageError(
-                f"{self.file}: {where}.Properties.Stream: expected a DynamoDB stream ARN, got {arn!r}"
-            )
+            raise UsageError(f"{self.file}: {where}.Properties.Stream: expected a DynamoDB stream ARN, got {arn!r}")
         on_failure = ((p.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
         return StreamSource(
             function=fn,
@@ -268,10 +262,7 @@ class TriggerReader:
 
     def _apply_http_authorizers(self, globals_http_api: Mapping[str, Any]) -> None:
         """Give each route the authorizer in effect (its own, else its API's default; "NONE" is public)."""
-        if (
-            any(r.api == "ServerlessHttpApi" for r in self.http_routes)
-            and "ServerlessHttpApi" not in self.http_apis
-        ):
+        if any(r.api == "ServerlessHttpApi" for r in self.http_routes) and "ServerlessHttpApi" not in self.http_apis:
             auth = self.resolve(globals_http_api.get("Auth") or {}, "Globals.HttpApi.Auth")
             self.http_apis["ServerlessHttpApi"] = _http_api("ServerlessHttpApi", "serverless", auth)
         routes = []
