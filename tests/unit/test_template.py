@@ -344,8 +344,7 @@ def test_config_files_named_by_the_template_ship_with_the_function(
 ) -> None:
     # Given a function told to read a file (policy, catalog, roster) by a relative path
     # Then the file is in its CodeUri folder, so `sam build` packages it (Lambda runs in /var/task)
-    if not path.is_file():
-        pytest.xfail(f"{function}: {variable} names {path.relative_to(ROOT)}, which does not exist yet")
+    assert path.is_file(), f"{function}: {variable} names {path.relative_to(ROOT)}, which does not exist"
 
 
 def test_dashboard_is_valid_json_and_shows_every_function_and_dead_letter_queue(template: dict[str, Any]) -> None:
