@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pqlflow.backtest import JSON_DECODER, decode_history, decode_only, run_definition
+from pqlflow.backtest import JSON_DECODER, decode_history, decode_only, properties_read, run_definition
 from pqlflow.definition import load_definition
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def main() -> int:
     )
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
-    history = decode_history([path], now_s=None)
+    history = decode_history([path], keep_properties=properties_read(load_definition(d) for d in definitions))
     d_wall, d_cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(
         f"decode+validate+sort {history.lines:>10,} lines  wall {d_wall:6.2f} s  CPU {d_cpu:6.2f} s  "

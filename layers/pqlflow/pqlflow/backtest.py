@@ -28,7 +28,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -166,9 +166,11 @@ def _record(event: UsageEvent, line: int) -> tuple[Any, ...]:
     )
 
 
-def _read(path: str | Path) -> bytes:
+def _open_lines(path: str | Path) -> Iterator[bytes]:
+    """The file's lines (with their newline), read lazily so memory is reused line after line."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb", buffering=1 << 20) as f:
+            yield from f
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -546,12 +548,8 @@ def decode_history(
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
         for path in paths:
-            data = _read(path)
             files.append((str(path), index))
-            lines = data.split(b"\n")
-            if lines and not lines[-1]:
-                lines.pop()
-            for raw in lines:
+            for raw in _open_lines(path):
                 result = fast(raw, index)
                 if result is None:
                     result = slow(raw, index)
@@ -598,8 +596,7 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
     gc.disable()
     try:
         for path in paths:
-            lines = _read(path).split(b"\n")
-            for raw in lines:
+            for raw in _open_lines(path):
                 if raw.strip():
                     with contextlib.suppress(ValueError, UnicodeDecodeError):
                         loads(raw)
@@ -685,16 +682,32 @@ def properties_read(definitions: Iterable[Definition]) -> frozenset[str]:
 # ---- the decision gate: evaluate's would_enter / would_stay without building reasons -------------
 
 
-def _holds(rule: Any, value: Callable[[str], Any], force: tuple[int, bool] | None = None) -> bool:
+_ALL, _ANY, _NOT, _LEAF = 0, 1, 2, 3
+Leaf = tuple[str, str, Any]  # (signal name, op, threshold)
+
+
+def _compile(rule: Any, leaves: list[Leaf], ids: dict[int, int]) -> tuple[int, Any]:
+    """A rule tree as nested (tag, argument) tuples over numbered leaves: cheap to evaluate many times."""
     if isinstance(rule, AllRule):
-        return all([_holds(r, value, force) for r in rule.all])
+        return (_ALL, tuple(_compile(r, leaves, ids) for r in rule.all))
     if isinstance(rule, AnyRule):
-        return any([_holds(r, value, force) for r in rule.any])
+        return (_ANY, tuple(_compile(r, leaves, ids) for r in rule.any))
     if isinstance(rule, NotRule):
-        return not _holds(rule.not_, value, force)
-    if force is not None and force[0] == id(rule):
-        return force[1]
-    return _compare(rule.op, value(rule.signal_name), rule.threshold)
+        return (_NOT, _compile(rule.not_, leaves, ids))
+    ids[id(rule)] = len(leaves)
+    leaves.append((rule.signal_name, rule.op, rule.threshold))
+    return (_LEAF, len(leaves) - 1)
+
+
+def _eval(node: tuple[int, Any], ok: list[bool]) -> bool:
+    tag, arg = node
+    if tag == _LEAF:
+        return ok[arg]
+    if tag == _ALL:
+        return all(_eval(child, ok) for child in arg)
+    if tag == _ANY:
+        return any(_eval(child, ok) for child in arg)
+    return not _eval(arg, ok)
 
 
 @dataclass(frozen=True)
@@ -770,6 +783,20 @@ class Gate:
             self.targets.append(
                 SweepTarget("score ≥ (points threshold)", "score", "gte", float(defn.points.threshold), None)
             )
+        self.when_leaves: list[Leaf] = []
+        self.leaves: list[Leaf] = []
+        when_ids: dict[int, int] = {}
+        ids: dict[int, int] = {}
+        self.whens = [
+            (_compile(rule.when, self.when_leaves, when_ids) if rule.when is not None else None, rule)
+            for rule in (defn.points.rules if defn.points is not None else [])
+        ]
+        self.qualify = _compile(defn.qualify, self.leaves, ids) if defn.qualify is not None else None
+        self.forced = [ids[t.condition_id] if t.condition_id is not None else -1 for t in self.targets]
+        self.row_leaves = []
+        for row in self.rows:
+            self.row_leaves.append(len(self.leaves))
+            self.leaves.append((row.signal, row.op, row.threshold))
 
     def check(self, usage: AccountUsage, now_ms: int, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
         """(would_enter, would_stay, each row holds, each sweep target's critical value).
@@ -780,22 +807,22 @@ class Gate:
         """
         defn = self.defn
         cache: dict[str, Any] = {}
-
-        def value(name: str) -> Any:
-            return signal_value(defn, name, usage, now_ms, cache)
-
         score = None
         points_enter = True
         if defn.points is not None:
             pm = defn.points
+            ok_when = [
+                _compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
+                for name, op, threshold in self.when_leaves
+            ]
             score = 0.0
-            for rule in pm.rules:
-                if rule.when is not None:
-                    if _holds(rule.when, value) and rule.points:
+            for tree, rule in self.whens:
+                if tree is not None:
+                    if _eval(tree, ok_when) and rule.points:
                         score += float(rule.points)
                     continue
                 name = rule.signal or ""
-                units = _number(value(name)) or 0.0
+                units = _number(signal_value(defn, name, usage, now_ms, cache)) or 0.0
                 signal = defn.signals[name]
                 if pm.half_life_days and rule.decay and isinstance(signal, CountSignal):
                     units = decayed_count(usage, signal, now_ms, pm.half_life_days)
@@ -806,28 +833,39 @@ class Gate:
             score = round(score, 2)
             cache["score"] = score
             points_enter = score >= pm.threshold
-        rule_ok = _holds(defn.qualify, value) if defn.qualify is not None else True
+        ok = [
+            _compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
+            for name, op, threshold in self.leaves
+        ]
+        rule_ok = _eval(self.qualify, ok) if self.qualify is not None else True
         enter = stay = rule_ok and not excluded
         if defn.points is not None:
             assert score is not None
             enter = enter and points_enter
             stay = stay and score >= defn.points.threshold - defn.points.margin
-        rows = [_compare(r.op, value(r.signal), r.threshold) for r in self.rows]
+        rows = [ok[i] for i in self.row_leaves]
         crits: list[float] = []
-        for t in self.targets:
+        for t, leaf in zip(self.targets, self.forced, strict=True):
             if excluded:
                 crits.append(-math.inf)
-            elif t.condition_id is None:
+            elif leaf == -1:
                 crits.append(score if rule_ok and score is not None else -math.inf)
             elif not points_enter:
                 crits.append(-math.inf)
-            elif _holds(defn.qualify, value, (t.condition_id, False)):
-                crits.append(math.inf)
-            elif _holds(defn.qualify, value, (t.condition_id, True)):
-                number = _number(value(t.signal))
-                crits.append(-math.inf if number is None else (number if t.op in ("gte", "gt") else -number))
             else:
-                crits.append(-math.inf)
+                assert self.qualify is not None
+                saved = ok[leaf]
+                ok[leaf] = False
+                if _eval(self.qualify, ok):
+                    crits.append(math.inf)
+                else:
+                    ok[leaf] = True
+                    if _eval(self.qualify, ok):
+                        number = _number(signal_value(defn, t.signal, usage, now_ms, cache))
+                        crits.append(-math.inf if number is None else (number if t.op in ("gte", "gt") else -number))
+                    else:
+                        crits.append(-math.inf)
+                ok[leaf] = saved
         return enter, stay, rows, crits
 
 
