@@ -249,6 +249,29 @@ def test_request_counters_match_what_the_handlers_called(runtime):
     assert counters["requests"] == {"dynamodb": {"PutItem": 4, "UpdateItem": 2}, "events": {"PutEvents": 1}}
 
 
+def test_every_event_on_a_bus_and_tapped_calls_are_visible_to_the_caller():
+    # Given a runtime that reports events and keeps handlers' PutItem and PutEvents calls
+    seen = []
+    with LocalRuntime(
+        FIXTURE,
+        on_event=lambda bus, event: seen.append((bus, event["detail-type"])),
+        tap=["events.PutEvents", "dynamodb.PutItem"],
+    ) as rt:
+        # When a usage event flows through
+        rt.put_events([track("a1")])
+        rt.run_until_idle()
+        # Then both events were reported, and the tapped calls kept the parameters handlers passed
+        assert seen == [("pqlflow-local-bus", "track"), ("pqlflow-local-bus", "PQL Qualified")]
+        tapped = [(c.function, c.operation) for c in rt.requests.tapped]
+        assert tapped == [
+            ("IngestFunction", "PutItem"),
+            ("QualifyFunction", "PutEvents"),
+            ("NotifyFunction", "PutItem"),
+        ]
+        (entry,) = rt.requests.tapped[1].params["Entries"]
+        assert json.loads(entry["Detail"]) == {"account_id": "a1", "events": "1"}
+
+
 def test_simulated_time_reaches_handlers_and_the_events_they_emit():
     # Given a simulated clock and a hook that records each delivery
     start = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC).timestamp()

@@ -205,3 +205,16 @@ def test_http_routes_get_the_authorizer_in_effect():
     assert routes["Me"].authorizer == "Jwt"
     jwt = wiring.http_apis["Api"].authorizers["Jwt"]
     assert (jwt.issuer, jwt.audience) == ("https://issuer.test", ("fixture-app",))
+
+
+REPO_TEMPLATE = Path(__file__).parents[2] / "template.yaml"
+
+
+@pytest.mark.skipif(not REPO_TEMPLATE.is_file(), reason="the repository has no template.yaml yet")
+def test_the_repository_template_is_wholly_emulated_locally():
+    # Given pqlflow's own template
+    wiring = load_template(REPO_TEMPLATE)
+    # Then every function's handler exists and every trigger and target runs locally
+    assert [fn.logical_id for fn in wiring.functions.values() if not fn.handler_file.is_file()] == []
+    assert [t.arn for r in wiring.rules for t in r.targets if t.kind == "unsupported"] == []
+    assert wiring.warnings == ()

@@ -6,6 +6,8 @@ exists. They only act while a handler runs under `attributed_to(function, log, p
 runtime's own calls are never counted.
 
 - Counting uses `before-call`: once per API call (retries not included).
+- Calls to chosen operations ("sesv2.SendEmail") are recorded with their parameters, as the handler
+  passed them (`before-parameter-build`), e.g. so a replay can keep the exact email given to SES.
 - A handler's EventBridge PutEvents is answered by the runtime's EventBridge emulation (`put_events`,
   see `pqlflow.local.eventbus`) instead of the emulator's, the way botocore's Stubber answers calls:
   the request is validated as EventBridge would and the handler gets the API's response or error.
@@ -13,6 +15,7 @@ runtime's own calls are never counted.
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from collections import Counter, defaultdict
@@ -34,12 +37,27 @@ _PUT_EVENTS = "before-call.eventbridge.PutEvents"
 PutEvents = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class TappedCall:
+    """One recorded call: which function made it, and the parameters it passed."""
+
+    function: str
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+
 @dataclass
 class RequestLog:
-    """AWS requests made by handlers: per service and operation, overall and per function."""
+    """AWS requests made by handlers: per service and operation, overall and per function.
+
+    `tap`: "service.Operation" names whose calls are also kept, with their parameters, in `tapped`.
+    """
 
     by_operation: Counter[tuple[str, str]] = field(default_factory=Counter)
     by_function: defaultdict[str, Counter[tuple[str, str]]] = field(default_factory=lambda: defaultdict(Counter))
+    tap: frozenset[str] = frozenset()
+    tapped: list[TappedCall] = field(default_factory=list)
 
     def record(self, function: str, service: str, operation: str) -> None:
         self.by_operation[(service, operation)] += 1
@@ -87,11 +105,13 @@ def install() -> None:
     if not _installed:
         BUILTIN_HANDLERS.append(("before-call", _count))
         BUILTIN_HANDLERS.append((_PUT_EVENTS, _take_put_events))
+        BUILTIN_HANDLERS.append(("before-parameter-build", _tap))
         _installed = True
     session = boto3.DEFAULT_SESSION
     if session is not None:
         session.events.register("before-call", _count, unique_id=f"{_HOOK_ID}-count")
         session.events.register(_PUT_EVENTS, _take_put_events, unique_id=f"{_HOOK_ID}-put-events")
+        session.events.register("before-parameter-build", _tap, unique_id=f"{_HOOK_ID}-tap")
 
 
 def _count(model: Any = None, context: Any = None, **_: Any) -> None:
@@ -104,6 +124,20 @@ def _count(model: Any = None, context: Any = None, **_: Any) -> None:
             return
         context[_HOOK_ID] = True
     attribution.log.record(attribution.function, model.service_model.service_name, model.name)
+
+
+def _tap(params: Any = None, model: Any = None, context: Any = None, **_: Any) -> None:
+    attribution = _current.get()
+    if attribution is None or model is None or not attribution.log.tap:
+        return
+    service, operation = model.service_model.service_name, model.name
+    if f"{service}.{operation}" not in attribution.log.tap:
+        return
+    if isinstance(context, dict):
+        if context.get(f"{_HOOK_ID}-tap"):
+            return
+        context[f"{_HOOK_ID}-tap"] = True
+    attribution.log.tapped.append(TappedCall(attribution.function, service, operation, copy.deepcopy(params)))
 
 
 def _take_put_events(

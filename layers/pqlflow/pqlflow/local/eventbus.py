@@ -48,11 +48,14 @@ class EventRouter:
         clients: Clients,
         queues: Queues,
         invoke_async: Callable[[str, Any], None],
+        *,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.wiring = wiring
         self.clients = clients
         self.queues = queues
         self.invoke_async = invoke_async
+        self.on_event = on_event
         self.capture_urls: dict[str, str] = {}
         self.delivered: dict[str, int] = {}
         self.events_seen = 0
@@ -107,6 +110,8 @@ class EventRouter:
     def route(self, bus: str, event: dict[str, Any]) -> int:
         """Deliver `event` to the targets of every enabled rule on `bus` that matches it."""
         self.events_seen += 1
+        if self.on_event is not None:
+            self.on_event(bus, event)
         deliveries = 0
         for rule in self.wiring.rules:
             if rule.bus_name != bus or not rule.enabled or not matches(rule.pattern, event):

@@ -83,6 +83,8 @@ class LocalRuntime:
         record_invocations: bool = False,
         unbounded_retry_limit: int = 10,
         imports: Mapping[str, Any] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        tap: Iterable[str] = (),
     ) -> None:
         """Read the template; nothing is created until `start()` (or `with`).
 
@@ -92,6 +94,9 @@ class LocalRuntime:
         `environment`: extra variables for every function (after the template's own).
         `unbounded_retry_limit`: how many attempts stand for "retry until the message or record
         expires" (an SQS queue without a RedrivePolicy, a stream with MaximumRetryAttempts -1).
+        `on_event(bus, event)`: called with every event put on a bus, before it is routed.
+        `tap`: "service.Operation" names (e.g. "sesv2.SendEmail") whose calls by handlers are kept, with
+        their parameters, in `requests.tapped`.
         """
         self.wiring: Wiring = load_template(
             template_path, parameter_overrides, root=root, stack_name=stack_name, imports=imports
@@ -106,7 +111,8 @@ class LocalRuntime:
         self.invocation_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self.failed_async: list[tuple[str, Any, BaseException]] = []
-        self.requests = calls.RequestLog()
+        self.requests = calls.RequestLog(tap=frozenset(tap))
+        self.on_event = on_event
         self.events_put = 0
         self._mock: Any = None
         self._started = False
@@ -155,7 +161,7 @@ class LocalRuntime:
         self._hosts = {
             lid: FunctionHost(fn, extra_environment=environment) for lid, fn in self.wiring.functions.items()
         }
-        self._router = EventRouter(self.wiring, self.clients, self.queues, self._invoke_async)
+        self._router = EventRouter(self.wiring, self.clients, self.queues, self._invoke_async, on_event=self.on_event)
         self._router.setup()
         self._sqs = [
             SqsPoller(source, self.queues[source.queue_name], self._invoke, expire_after=self.unbounded_retry_limit)
