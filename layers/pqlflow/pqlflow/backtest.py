@@ -1141,6 +1141,8 @@ def _grid(current: float, maxima: list[float], steps: int = 14) -> list[float]:
     if finite:
         for q in range(1, 10):
             cands.add(_nice(finite[min(len(finite) - 1, int(len(finite) * q / 10))]))
+    if float(current).is_integer() and all(float(v).is_integer() for v in finite):  # counts: whole thresholds
+        cands = {float(max(1, math.ceil(v))) for v in cands} | {current}
     values = sorted(v for v in cands if v > 0 or current <= 0)
     if len(values) > steps:  # keep the current threshold and an even spread around it
         keep = {current, values[0], values[-1]}

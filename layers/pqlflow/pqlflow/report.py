@@ -68,10 +68,7 @@ def _def_title(m: dict[str, Any]) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
     """An aligned plain-text table (numbers right-aligned)."""
     right = right or [i > 0 for i in range(len(headers))]
-    widths = [
-        max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-        for i, h in enumerate(headers)
-    ]
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -105,8 +102,10 @@ def render_text(data: dict[str, Any]) -> str:
     speed = data.get("speed")
     if speed:
         out.append("")
+        runs = len(data.get("definitions", []))
         line = (
-            f"Speed: {num(h.get('lines'))} lines in {speed['seconds']:.2f} s wall / "
+            f"Speed ({runs} definition{'s' if runs != 1 else ''}): {num(h.get('lines'))} lines in "
+            f"{speed['seconds']:.2f} s wall / "
             f"{speed.get('cpu_seconds', speed['seconds']):.2f} s CPU = "
             f"{num(speed['events_per_second'])} events/s ({speed.get('json', 'json')})"
         )
@@ -151,9 +150,7 @@ def _text_definition(m: dict[str, Any], window: float) -> str:
         f"{days(ttc['median_days'])}, middle half {days(ttc['p25_days'])} – {days(ttc['p75_days'])}"
     )
     if ttc["n"]:
-        out.append(
-            table(["time to convert", "PQLs"], [[b["label"], num(b["count"])] for b in ttc["buckets"]])
-        )
+        out.append(table(["time to convert", "PQLs"], [[b["label"], num(b["count"])] for b in ttc["buckets"]]))
     out.append("")
     out.append(
         table(
@@ -301,7 +298,7 @@ def _nice_max(value: float, whole: bool = False) -> float:
     if whole and value <= 4:
         return 4.0
     exp = 10 ** math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 4, 5, 8, 10):
+    for m in (1, 1.2, 1.6, 2, 2.4, 2.5, 3.2, 4, 5, 6, 8, 10):
         top = m * exp
         if value <= top and (not whole or (top / 4) == int(top / 4)):
             return top
@@ -396,15 +393,13 @@ def sweep_chart(sw: dict[str, Any], *, width: int = FULL, height: int = 280) -> 
     group_w = plot_w / n
     bar_w = min(34.0, group_w * 0.62)
     parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="threshold sweep '
-        f'{_e(sw["label"])}">'
+        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="threshold sweep {_e(sw["label"])}">'
     ]
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
         parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">'
-            f"{_e(num(vol_max * i / 4))}</text>"
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="ax">{_e(num(vol_max * i / 4))}</text>'
         )
         parts.append(
             f'<text x="{width - right + 6}" y="{y + 4:.1f}" class="ax" fill="{GOOD}">'
@@ -499,9 +494,7 @@ def render_html(data: dict[str, Any], title: str | None = None) -> str:
     window = data.get("window_days", 30)
     source = data.get("source", "backtest")
     main_def = defs[0] if defs else None
-    heading = title or (
-        f"PQL {source}: " + " vs ".join(_def_title(m) for m in defs) if defs else "PQL report"
-    )
+    heading = title or (f"PQL {source}: " + " vs ".join(_def_title(m) for m in defs) if defs else "PQL report")
     body = [
         f"<header><h1>{_e(heading)}</h1><p class=sub>{_e(h.get('start') or '?')} → {_e(h.get('end') or '?')}"
         f" · {num(h.get('events'))} events from {num(len(h.get('files', [])))} file(s) · "
@@ -521,9 +514,7 @@ def render_html(data: dict[str, Any], title: str | None = None) -> str:
     )
 
 
-def _html_definition(
-    m: dict[str, Any], window: float, data: dict[str, Any], *, show_title: bool, primary: bool
-) -> str:
+def _html_definition(m: dict[str, Any], window: float, data: dict[str, Any], *, show_title: bool, primary: bool) -> str:
     out = []
     if show_title:
         out.append(f"<h2 style='margin-top:28px'>{_e(_def_title(m))}</h2>")
@@ -781,9 +772,7 @@ def _html_quality(data: dict[str, Any]) -> str:
     h = data.get("history", {})
     speed = data.get("speed") or {}
     bad = h.get("bad", [])
-    items = "".join(
-        f"<tr><td>{_e(b['file'])}:{num(b['line'])}</td><td>{_e(b['reason'])}</td></tr>" for b in bad[:20]
-    )
+    items = "".join(f"<tr><td>{_e(b['file'])}:{num(b['line'])}</td><td>{_e(b['reason'])}</td></tr>" for b in bad[:20])
     more = (
         f"<p class=note>… and {num(h['bad_lines'] - 20)} more (<code>--json</code> lists them).</p>"
         if h.get("bad_lines", 0) > 20
