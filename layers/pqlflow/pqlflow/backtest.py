@@ -325,14 +325,12 @@ class FastDecoder:
         context = message.context
         group = tz = None
         if context is not None:
-            if type(context) is not dict:
-                return None
-            group = context.get("groupId")
+            group = context.groupId
             if group is not None:
                 group = (ok.get(group) if type(group) is str else None) or self._ident(group)
                 if group is None:
                     return None
-            tz = context.get("timezone")
+            tz = context.timezone
             if tz is not None and type(tz) is not str:
                 return None
         kind = message.type
@@ -463,6 +461,12 @@ if _msgspec is not None:
     _UNSET: Any = _msgspec.UNSET
     _DecodeError: type[Exception] = _msgspec.MsgspecError
 
+    class _Context(_msgspec.Struct):
+        """The parts of `context` the contract reads; the rest is skipped without being built."""
+
+        groupId: Any = None
+        timezone: Any = None
+
     class _Message(_msgspec.Struct):
         """The fields of a Segment message the contract reads, untyped: every check is ours, below."""
 
@@ -471,7 +475,7 @@ if _msgspec is not None:
         timestamp: Any = None
         userId: Any = None
         anonymousId: Any = None
-        context: Any = None
+        context: _Context | None = None  # not an object: a DecodeError, so parse_body decides
         event: Any = None
         groupId: Any = None
         name: Any = None
@@ -496,12 +500,23 @@ else:  # pragma: no cover - depends on the environment
     _DecodeError = ValueError
 
 
+class _DictContext:
+    def __init__(self, doc: dict[str, Any]):
+        self.groupId = doc.get("groupId")
+        self.timezone = doc.get("timezone")
+
+
 class _DictMessage:
     """A decoded message dict with the attributes of `_Message` (the stdlib-json path)."""
 
     def __init__(self, doc: dict[str, Any]):
         for key in _MESSAGE_FIELDS:
             setattr(self, key, doc.get(key))
+        context = doc.get("context")
+        if context is not None:
+            if type(context) is not dict:
+                raise ValueError("context is not an object")
+            self.context = _DictContext(context)
         self.properties = doc.get("properties", _UNSET)
         self.traits = doc.get("traits", _UNSET)
 
