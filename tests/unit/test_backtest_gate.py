@@ -31,6 +31,7 @@ qualify:
     - not: {signal: team, lt: 2}
     - {signal: share, lte: 0.9}
 requalify: {cooldown_days: 2}
+exclusions: {paying: {plan: [trial]}}
 """,
     "points-with-rules": """
 name: mixed

@@ -28,7 +28,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -925,6 +925,25 @@ class DefinitionRun:
     warnings: list[str] = field(default_factory=list)
 
 
+def _exclusion_inputs(defn: Definition) -> Callable[[AccountUsage, str], tuple[Any, ...]]:
+    """What `qualification.exclusion` reads that an identify/group event can change: the account traits
+    it compares (paying, domain) and, with internal domains, the user's email. Converted and account ids
+    are handled apart. Same inputs, same answer: no need to ask again."""
+    ex = defn.exclusions
+    keys = tuple(dict.fromkeys([*ex.paying, *(ex.domain_traits if ex.internal_domains else [])]))
+    emails = bool(ex.internal_domains)
+
+    def inputs(usage: AccountUsage, user: str) -> tuple[Any, ...]:
+        traits = usage.traits
+        account = tuple(traits[k][1] if k in traits else None for k in keys)
+        if not emails:
+            return account
+        entry = usage.users.get(user, {}).get("email")
+        return (*account, entry[1] if entry else None)
+
+    return inputs
+
+
 def run_definition(
     history: History, defn: Definition, source: str = "", spec: TrackingSpec | None = None
 ) -> DefinitionRun:
@@ -953,6 +972,7 @@ def run_definition(
     )
     n_targets = len(gate.targets)
     n_rows = len(gate.rows)
+    excluding = _exclusion_inputs(defn)
     again = defn.requalify.again
     cooldown_ms = defn.requalify.cooldown_days * DAY_MS
     folded = gated = decided = 0
@@ -994,6 +1014,7 @@ def run_definition(
                             day_users = set()
                         if usage.first_seen_ms is not None and day - usage.first_seen_ms // DAY_MS >= retention:
                             usage.prune(ms, spec)
+                            dirty = True  # capping users can change whose emails the exclusions see
                     else:
                         new_day = False
                     if kind != "track" or rec[6] in names or active and rec[5] not in day_users:
@@ -1003,6 +1024,7 @@ def run_definition(
                     if relevant:
                         if active:
                             day_users.add(rec[5])
+                        before = excluding(usage, rec[5]) if kind != "track" else None
                         try:
                             usage.apply(to_event(rec), spec)
                         except GaugeError as exc:
@@ -1010,8 +1032,8 @@ def run_definition(
                             run.bad.append(BadLine(path, number, f"{exc.field}: {exc}", rec[2]))
                             continue
                         folded += 1
-                        if kind != "track" or usage.converted_at_ms is not None:
-                            dirty = True
+                        if before is not None and excluding(usage, rec[5]) != before:
+                            dirty = True  # a trait the exclusions read changed: ask `exclusion` again
                     else:
                         if usage.first_seen_ms is None:
                             usage.first_seen_ms = ms
