@@ -331,7 +331,8 @@ def test_failing_event_invocations_are_retried_twice_then_given_up(runtime):
 def test_http_api_routes_come_from_the_template(runtime):
     # When a request is served
     response = runtime.invoke_http("GET", "/hello/ada", query={"x": "1"})
-    # Then the routed function answered with its path parameter, and unknown paths are 404
+    # Then the routed function answered with its path parameter (reading its data file from its task
+    # root, as on Lambda), and unknown paths are 404
     assert response["statusCode"] == 200
     assert json.loads(response["body"]) == {"hello": "ada", "query": {"x": "1"}}
     assert runtime.invoke_http("GET", "/nope")["statusCode"] == 404

@@ -1,10 +1,11 @@
 """`LocalRuntime`: the SAM application of a template.yaml running in-process against moto.
 
-Everything comes from the template (`pqlflow.local.template`): tables, queues (with redrive) and buses
-are created in the emulator; functions run in-process (`pqlflow.local.functions`), never in moto's
-Lambda; and the event sources are emulated: EventBridge rules (`eventbus`), SQS event source mappings
-(`sqs`), DynamoDB stream mappings (`streams`) and one-time Scheduler schedules (`scheduler`).
-`run_until_idle()` pumps them all until nothing moves.
+Everything comes from the template (`pqlflow.local.template`): tables, queues and buses are created
+in the emulator (the queues' messages are held by the runtime, `pqlflow.local.queues`); functions run
+in-process (`pqlflow.local.functions`), never in moto's Lambda; and the event sources are emulated:
+EventBridge rules (`eventbus`), SQS event source mappings (`sqs`), DynamoDB stream mappings
+(`streams`) and one-time Scheduler schedules (`scheduler`). `run_until_idle()` pumps them all until
+nothing moves.
 
     with LocalRuntime("template.yaml") as runtime:
         runtime.put_events([{"Source": "app", "DetailType": "track", "Detail": {...}}])
