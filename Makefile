@@ -44,6 +44,8 @@ lint: setup
 
 bench: setup
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/qualify_bench.py
+	$(PY) bench/backtest_bench.py
 
 schemas: setup
 	$(PY) -m pqlflow.events

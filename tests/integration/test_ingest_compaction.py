@@ -114,5 +114,7 @@ def test_a_hot_account_sending_100k_events_a_day_stays_bounded_exact_and_cheap(t
     # ...and the write cost per event stays bounded: one write per batch plus occasional compactions
     writes = recorder.calls["UpdateItem"]
     deliveries = batches + batches // 10
+    print(f"\nhot account: {per_batch * batches:,} events in {deliveries} deliveries; max item {max(sizes):,} B; "
+          f"{writes} UpdateItem ({writes - deliveries} compactions); {writes / (per_batch * batches):.5f} writes/event")
     assert writes <= deliveries * 1.5
     assert writes / (per_batch * batches) < 0.002
