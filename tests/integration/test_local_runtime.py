@@ -100,6 +100,18 @@ def test_changing_a_stream_filter_in_the_template_changes_what_invokes(tmp_path)
         assert kinds == {"note"}
 
 
+def test_an_existing_partner_bus_given_as_a_parameter_is_used(tmp_path):
+    # Given the template pointed at a Segment partner bus instead of creating its own
+    partner = "aws.partner/segment.com/fixture"
+    with LocalRuntime(FIXTURE, {"ExistingBusName": partner}) as rt:
+        # When a usage event arrives from the partner
+        rt.put_events([{"Source": "app.segment", "DetailType": "track", "Detail": {"account": "a1"}}])
+        rt.run_until_idle()
+        # Then it flows through every function, on the partner bus
+        assert rt.bus_for(track("a1")) == partner
+        assert rt.counters()["invocations"] == {"IngestFunction": 1, "QualifyFunction": 1, "NotifyFunction": 1}
+
+
 def test_unmatched_events_are_routed_nowhere(runtime):
     # Given an event on the app's bus whose source the rule's prefix does not match
     unmatched = {"Source": "web.app", "DetailType": "track", "Detail": {"account": "a1"}}

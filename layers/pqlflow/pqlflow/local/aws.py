@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pqlflow.local.model import REGION, Queue, Table, Wiring
+from pqlflow.local.model import ACCOUNT, REGION, Queue, Table, Wiring
 from pqlflow.local.names import queue_arn
 
 _EXISTS = {"ResourceInUseException", "ResourceAlreadyExistsException", "QueueAlreadyExists"}
@@ -123,11 +123,19 @@ def create_all(clients: Clients, wiring: Wiring) -> tuple[dict[str, str], dict[s
             if exc.response["Error"]["Code"] not in _EXISTS | {"ConflictException"}:
                 raise
     for bus in wiring.buses.values():
-        if bus.name == "default":
-            continue
-        try:
-            clients.events.create_event_bus(Name=bus.name)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in _EXISTS:
-                raise
+        if bus.name != "default":
+            create_bus(clients, bus.name)
     return urls, stream_arns
+
+
+def create_bus(clients: Clients, name: str) -> None:
+    """A custom bus, or a partner bus (`aws.partner/...`, e.g. Segment's) with its partner event source."""
+    request = {"Name": name}
+    try:
+        if name.startswith("aws.partner/"):
+            clients.events.create_partner_event_source(Name=name, Account=ACCOUNT)
+            request["EventSourceName"] = name
+        clients.events.create_event_bus(**request)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in _EXISTS:
+            raise
