@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pqlflow.local.patterns import PatternError, filter_criteria_match, matches, parse_pattern
 
 # The sample event of the EventBridge "content filtering" documentation page.
@@ -180,3 +182,28 @@ def test_any_filter_may_pass_a_record_and_no_filters_pass_everything():
     assert filter_criteria_match(filters, {"eventName": "MODIFY"})
     assert not filter_criteria_match(filters, {"eventName": "REMOVE"})
     assert filter_criteria_match([], {"eventName": "REMOVE"})
+
+
+scalars = st.one_of(st.text(max_size=8), st.integers(-1000, 1000), st.booleans(), st.none())
+
+
+@given(value=scalars, other=scalars)
+def test_anything_but_is_the_opposite_of_an_exact_match_for_a_present_value(value, other):
+    event = {"detail": {"k": value}}
+    exact = matches({"detail": {"k": [other]}}, event)
+    assert matches({"detail": {"k": [{"anything-but": other}]}}, event) is (not exact)
+
+
+@given(value=st.text(max_size=10), prefix=st.text(max_size=3))
+def test_prefix_and_wildcard_agree_with_python_string_tests(value, prefix):
+    event = {"k": value}
+    assert matches({"k": [{"prefix": prefix}]}, event) is value.startswith(prefix)
+    literal = prefix.replace("*", "\\*")
+    assert matches({"k": [{"wildcard": literal + "*"}]}, event) is value.startswith(prefix)
+
+
+@given(value=st.integers(-100, 100), low=st.integers(-100, 100), high=st.integers(-100, 100))
+def test_numeric_ranges_agree_with_comparisons(value, low, high):
+    pattern = {"n": [{"numeric": [">=", low, "<", high]}]}
+    assert matches(pattern, {"n": value}) is (low <= value < high)
+    assert not matches(pattern, {"n": str(value)})

@@ -71,8 +71,8 @@ def validate(pattern: Any, path: str = "$") -> None:
     for key, rule in pattern.items():
         here = f"{path}.{key}"
         if key == "$or":
-            if not isinstance(rule, list) or len(rule) < 2:
-                raise PatternError(f"{here}: $or needs a list of at least two patterns")
+            if not isinstance(rule, list) or not rule:
+                raise PatternError(f"{here}: $or needs a list of patterns")
             for i, sub in enumerate(rule):
                 validate(sub, f"{here}[{i}]")
         elif isinstance(rule, Mapping):
