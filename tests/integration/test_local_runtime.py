@@ -320,6 +320,7 @@ def test_one_time_schedules_fire_when_simulated_time_reaches_them(runtime):
     # When pumped before and after its time
     runtime.run_until_idle()
     before = dict(runtime.counters()["invocations"])
+    assert runtime.next_schedule_time() == now.timestamp() + 3600
     clock.set_source(lambda: now.timestamp() + 2 * 3600)
     runtime.run_until_idle()
     # Then it fired once, at its own time, and was deleted
@@ -328,6 +329,7 @@ def test_one_time_schedules_fire_when_simulated_time_reaches_them(runtime):
     (notified,) = items(runtime, "notified")
     assert json.loads(notified["envelope"]["S"])["time"] == "2024-03-01T13:00:00Z"
     assert scheduler.list_schedules()["Schedules"] == []
+    assert runtime.next_schedule_time() is None
 
 
 def test_failing_event_invocations_are_retried_twice_then_given_up(runtime):

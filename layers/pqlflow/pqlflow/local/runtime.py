@@ -379,6 +379,14 @@ class LocalRuntime:
 
     drain = run_until_idle
 
+    def next_schedule_time(self) -> float | None:
+        """When the next one-time Scheduler schedule is due (epoch seconds), or None.
+
+        A replay advances `pqlflow.clock` to it (before later events, and after the last one) so
+        deferred work happens at its simulated time.
+        """
+        return self._scheduler.next_due() if self._scheduler is not None else None
+
     # -- invoking ---
     def _function(self, name: str) -> Function:
         fn = self.wiring.function_named(name)

@@ -78,6 +78,19 @@ class ScheduleRunner:
         self.fired += fired
         return fired
 
+    def next_due(self) -> float | None:
+        """When the earliest one-time schedule not yet fired is due (epoch seconds), if any."""
+        times = []
+        for group in self._groups():
+            for summary in self._schedules(group):
+                if (group, summary["Name"]) in self._fired or summary.get("State", "ENABLED") != "ENABLED":
+                    continue
+                schedule = self.client.get_schedule(Name=summary["Name"], GroupName=group)
+                at = due_time(schedule.get("ScheduleExpression", ""), schedule.get("ScheduleExpressionTimezone"))
+                if at is not None:
+                    times.append(at)
+        return min(times, default=None)
+
     def _groups(self) -> list[str]:
         groups: list[str] = []
         for page in self.client.get_paginator("list_schedule_groups").paginate():
