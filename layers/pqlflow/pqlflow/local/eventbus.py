@@ -92,9 +92,13 @@ class EventRouter:
             self.capture_urls[bus] = url
 
     def pump(self) -> int:
-        """Route every event put since the last pump; returns how many there were."""
+        """Route the events put before this pump; returns how many there were.
+
+        Events the targets put meanwhile wait for the next pump, so a loop between functions shows up
+        as rounds that never end (see `LocalRuntime.run_until_idle(max_rounds)`).
+        """
         taken = 0
-        while self.pending:
+        for _ in range(len(self.pending)):
             bus, event = self.pending.popleft()
             self.route(bus, event)
             taken += 1

@@ -411,7 +411,8 @@ class LocalRuntime:
             except FunctionLoadError:
                 raise
             except Exception as exc:  # the event source decides what a failure means
-                log.info("function %s failed: %s: %s", function, type(exc).__name__, exc)
+                # The type only: exception messages may carry personal data.
+                log.info("function %s failed: %s", function, type(exc).__name__)
                 self.error_counts[function] += 1
                 outcome = Outcome(error=exc)
         if self.record_invocations:
@@ -433,7 +434,11 @@ class LocalRuntime:
                 fn.async_on_failure_arn,
                 {
                     "version": "1.0",
+                    "timestamp": dt.datetime.fromtimestamp(clock.now(), tz=dt.UTC)
+                    .isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
                     "requestContext": {
+                        "requestId": str(uuid.uuid4()),
                         "functionArn": fn.arn,
                         "condition": "RetriesExhausted",
                         "approximateInvokeCount": 1 + fn.async_max_retry_attempts,
