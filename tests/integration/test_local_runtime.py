@@ -332,14 +332,18 @@ def test_one_time_schedules_fire_when_simulated_time_reaches_them(runtime):
     assert runtime.next_schedule_time() is None
 
 
-def test_failing_event_invocations_are_retried_twice_then_given_up(runtime):
-    # Given a PQL Qualified event the notify function fails on
+def test_failing_event_invocations_are_retried_then_sent_to_the_on_failure_queue(runtime):
+    # Given a PQL Qualified event the notify function fails on (EventInvokeConfig: 1 retry, OnFailure queue)
     runtime.put_events([{"Source": "pqlflow", "DetailType": "PQL Qualified", "Detail": {"account_id": "boom"}}])
     # When pumped
     runtime.run_until_idle()
-    # Then Lambda's asynchronous retries ran (1 + 2 attempts) and the failure is recorded
-    assert runtime.counters()["invocations"] == {"NotifyFunction": 3}
+    # Then it ran twice, and the failure record holds the event and the error
+    assert runtime.counters()["invocations"] == {"NotifyFunction": 2}
     assert runtime.counters()["async_failures"] == 1
+    (record,) = runtime.take_messages("NotifyFailureQueue")
+    assert record["Body"]["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["Body"]["requestPayload"]["detail"] == {"account_id": "boom"}
+    assert record["Body"]["responsePayload"] == {"errorMessage": "notify failed", "errorType": "RuntimeError"}
 
 
 def test_http_api_routes_come_from_the_template(runtime):
