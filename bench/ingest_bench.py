@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "layers" / "pqlflow"), str(ROOT)]
 os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                   POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_LOG_LEVEL="WARNING",
-                  POWERTOOLS_METRICS_NAMESPACE="bench")
+                  POWERTOOLS_METRICS_NAMESPACE="bench", POWERTOOLS_METRICS_DISABLED="true")
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402

@@ -57,7 +57,9 @@ KIND = "usage"
 MAX_CLAUSES = 80  # set clauses per UpdateItem; a batch spanning more slots is split (each part idempotent)
 SIZE_SOFT_LIMIT = 200_000  # bytes: compaction folds pending fingerprints early above this
 SIZE_TARGET = 120_000
-REDUNDANT_LIMIT = 48  # superseded gauge/trait/time elements tolerated before compaction tidies them
+# Superseded gauge/trait/time elements tolerated before compaction tidies them. Writes are billed per KB
+# of item size, so tidying pays off once it saves a few KB on every later write.
+REDUNDANT_BYTES_LIMIT = 4096
 DEFAULT_DEDUPE_WINDOW_MS = 24 * 3_600_000
 
 
@@ -461,7 +463,7 @@ def compaction_request(
     oldest_day = today - spec.retention_days + 1
     stale_daily = any(d < oldest_day for days in stored.daily.values() for d in days)
     oversized_days = [d for d, users in stored.users.items() if len(users) > MAX_USERS_PER_DAY]
-    if not (fold_hours or heal or sum(len(v) for v in redundant.values()) > REDUNDANT_LIMIT
+    if not (fold_hours or heal or _bytes(redundant) > REDUNDANT_BYTES_LIMIT
             or old_user_days or stale_daily or oversized_days):
         return None
 
@@ -542,6 +544,10 @@ def _redundant_elements(stored: StoredUsage) -> dict[str, list[Any]]:
     if len(stored.conversions) > 1:
         redundant["cv"] = [str(t) for t in stored.conversions if t != min(stored.conversions)]
     return {k: v for k, v in redundant.items() if v}
+
+
+def _bytes(elements: dict[str, list[Any]]) -> int:
+    return sum(len(str(e)) for values in elements.values() for e in values)
 
 
 def _users_of(latest: dict[tuple[str, str], tuple[int, str]]) -> dict[str, dict[str, tuple[int, str]]]:
