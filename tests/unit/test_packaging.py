@@ -1,0 +1,29 @@
+"""The Lambda layer ships what the package needs at runtime, and the CLI's subcommands all load."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from pqlflow.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+NOT_IN_LAYER = {"boto3", "msgspec"}  # boto3: the Lambda runtime has it; msgspec: only backtest uses it
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[ ]", r.strip(), maxsplit=1)[0].lower() for r in requirements if r.strip()}
+
+
+def test_layer_requirements_match_the_package_runtime_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line for line in (ROOT / "layers/pqlflow/requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert _names(lines) == _names(project) - NOT_IN_LAYER
+
+
+def test_every_documented_command_is_available():
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    for name in ["definition", "policy", "backtest", "sample", "email", "quarantine"]:
+        assert name in commands
