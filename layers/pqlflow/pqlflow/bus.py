@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pqlflow.aws import AwsClient
 from pqlflow.contracts import SOURCE, _Detail
 
 MAX_ENTRIES = 10
@@ -99,18 +100,12 @@ class PutEventsSender:
 class EventPublisher:
     """Publishes pqlflow's own events (`contracts` models) on the bus with source `pqlflow`."""
 
+    client = AwsClient("events")
+
     def __init__(self, bus_name: str, client: Any = None, sleep: Callable[[float], None] = time.sleep):
         self.bus_name = bus_name
-        self._client = client
+        self.client = client
         self._sleep = sleep
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # adapter edge: created on first use, never at import
-
-            self._client = boto3.client("events")
-        return self._client
 
     def entry(self, detail: _Detail) -> dict[str, Any]:
         return {

@@ -6,24 +6,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pqlflow.aws import AwsClient
+
 BATCH_WRITE_MAX = 25
 
 
 class DynamoUsageStore:
     """Writes the UpdateItem requests `pqlflow.usage_item` builds, and quarantine items in batches."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(self, table: str, client: Any = None, sleep: Callable[[float], None] = time.sleep):
         self.table = table
-        self._client = client
+        self.client = client
         self._sleep = sleep
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # created on first use, never at import time
-
-            self._client = boto3.client("dynamodb")
-        return self._client
 
     def update(self, request: dict[str, Any]) -> dict[str, Any] | None:
         return self.client.update_item(**request).get("Attributes")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 from pqlflow.bus import PutEventsSender
 from pqlflow.events import Rejection, parse_body
 
@@ -32,22 +33,16 @@ class InvalidEvent(ValueError):
 
 
 class UsageEmitter:
+    client = AwsClient("events")
+
     def __init__(self, bus_name: str, source: str = DEFAULT_SOURCE, client: Any = None,
                  buffer_size: int = 100, sleep: Any = time.sleep):
         self.bus_name = bus_name
         self.source = source
-        self._client = client
+        self.client = client
         self._buffer: list[dict[str, Any]] = []
         self._buffer_size = buffer_size
         self._sleep = sleep
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("events")
-        return self._client
 
     def __enter__(self) -> UsageEmitter:
         return self
