@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -193,6 +193,9 @@ class Function:
         return self.handler.rpartition(".")[2]
 
 
+_Resource = TypeVar("_Resource", Function, Queue, Table)
+
+
 @dataclass(frozen=True)
 class Wiring:
     """Everything the local runtime needs from one template."""
@@ -219,19 +222,15 @@ class Wiring:
 
     def function_named(self, name: str) -> Function | None:
         """The function with this physical name or logical id."""
-        for fn in self.functions.values():
-            if name in (fn.name, fn.logical_id):
-                return fn
-        return None
+        return _named(self.functions, name)
 
     def queue_named(self, name: str) -> Queue | None:
-        for queue in self.queues.values():
-            if name in (queue.name, queue.logical_id):
-                return queue
-        return None
+        return _named(self.queues, name)
 
     def table_named(self, name: str) -> Table | None:
-        for table in self.tables.values():
-            if name in (table.name, table.logical_id):
-                return table
-        return None
+        return _named(self.tables, name)
+
+
+def _named(resources: dict[str, _Resource], name: str) -> _Resource | None:
+    """The first resource whose physical name or logical id is `name`."""
+    return next((r for r in resources.values() if name in (r.name, r.logical_id)), None)
