@@ -26,7 +26,7 @@ import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,7 +291,7 @@ class LocalRuntime:
 
     def _started_router(self) -> EventRouter:
         if self._router is None:
-            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
+            raise _not_started()
         return self._router
 
     def send_message(
@@ -354,10 +354,7 @@ class LocalRuntime:
     # -- pumping ---
     def pump(self) -> int:
         """One round: route captured events, one batch per SQS mapping, new records per stream mapping."""
-        router = self._router
-        if router is None:
-            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
-        moved = router.pump()
+        moved = self._started_router().pump()
         for poller in self._sqs:
             name = poller.queue.name
             self.queues.absorb(name, self._need().sqs, self.queue_urls[name])
@@ -475,24 +472,16 @@ class LocalRuntime:
             "events_put": self.events_put,
             "events_routed": router.events_seen if router else 0,
             "rule_matches": dict(sorted((router.delivered if router else {}).items())),
-            "filtered_out": {
-                **{f"{p.source.function}.{p.source.event_name}": p.filtered_out for p in self._sqs},
-                **{f"{p.source.function}.{p.source.event_name}": p.filtered_out for p in self._streams},
-            },
-            "stream_records_discarded": {
-                f"{p.source.function}.{p.source.event_name}": p.discarded for p in self._streams
-            },
-            "sqs_messages_expired": {f"{p.source.function}.{p.source.event_name}": p.expired for p in self._sqs},
+            "filtered_out": {**_per_mapping(self._sqs, "filtered_out"), **_per_mapping(self._streams, "filtered_out")},
+            "stream_records_discarded": _per_mapping(self._streams, "discarded"),
+            "sqs_messages_expired": _per_mapping(self._sqs, "expired"),
             "async_failures": len(self.failed_async),
             "schedules_fired": self._scheduler.fired if self._scheduler else 0,
         }
 
     def queue_url(self, queue: str) -> str:
         """The URL of a queue by logical id or name."""
-        found = self.wiring.queue_named(queue)
-        if found is None or found.name not in self.queue_urls:
-            raise UsageError(f"no queue {queue!r}; the template has {sorted(self.wiring.queues)}")
-        return self.queue_urls[found.name]
+        return self.queue_urls[self._queue_name(queue, self.queue_urls)]
 
     def table_name(self, table: str) -> str:
         found = self.wiring.table_named(table)
@@ -514,10 +503,14 @@ class LocalRuntime:
         return taken
 
     def _queue(self, queue: str) -> LocalQueue:
+        return self.queues[self._queue_name(queue, self.queues)]
+
+    def _queue_name(self, queue: str, known: Container[str]) -> str:
+        """The name of a template queue (by logical id or name) that `known` holds."""
         found = self.wiring.queue_named(queue)
-        if found is None or found.name not in self.queues:
+        if found is None or found.name not in known:
             raise UsageError(f"no queue {queue!r}; the template has {sorted(self.wiring.queues)}")
-        return self.queues[found.name]
+        return found.name
 
     def client(self, service: str) -> Any:
         """A boto3 client on the runtime's emulator (for inspection; its calls are not counted)."""
@@ -525,8 +518,17 @@ class LocalRuntime:
 
     def _need(self) -> Clients:
         if self.clients is None:
-            raise LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
+            raise _not_started()
         return self.clients
+
+
+def _per_mapping(pollers: Iterable[SqsPoller | StreamPoller], counter: str) -> dict[str, int]:
+    """One poller counter by event source mapping ("Function.EventName")."""
+    return {f"{p.source.function}.{p.source.event_name}": getattr(p, counter) for p in pollers}
+
+
+def _not_started() -> LocalRuntimeError:
+    return LocalRuntimeError("the runtime is not started; use start() or `with LocalRuntime(...)`")
 
 
 def _scheduled_event(name: str) -> dict[str, Any]:
