@@ -21,6 +21,11 @@ from pqlflow.local.names import queue_arn
 _EXISTS = {"ResourceInUseException", "ResourceAlreadyExistsException", "QueueAlreadyExists"}
 
 
+def _service(service: str) -> cached_property[Any]:
+    """A client of `service` made by `Clients.client` on first use, then kept."""
+    return cached_property(lambda clients: clients.client(service))
+
+
 class Clients:
     """Lazily created clients of the services the runtime drives."""
 
@@ -37,21 +42,10 @@ class Clients:
     def client(self, service: str) -> Any:
         return self._session.client(service, endpoint_url=self.endpoint_url, config=self._config)
 
-    @cached_property
-    def sqs(self) -> Any:
-        return self.client("sqs")
-
-    @cached_property
-    def dynamodb(self) -> Any:
-        return self.client("dynamodb")
-
-    @cached_property
-    def streams(self) -> Any:
-        return self.client("dynamodbstreams")
-
-    @cached_property
-    def events(self) -> Any:
-        return self.client("events")
+    sqs = _service("sqs")
+    dynamodb = _service("dynamodb")
+    streams = _service("dynamodbstreams")
+    events = _service("events")
 
 
 def create_table(clients: Clients, table: Table) -> str | None:
