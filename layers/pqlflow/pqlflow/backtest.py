@@ -50,7 +50,7 @@ from pqlflow.definition import (
     NotRule,
     RatioSignal,
     VelocitySignal,
-    _walk_rule,
+    walk_rule,
 )
 from pqlflow.errors import UsageError
 from pqlflow.events import (
@@ -67,12 +67,12 @@ from pqlflow.events import (
 )
 from pqlflow.qualification import (
     PqlState,
-    _compare,
-    _number,
+    compare,
     decayed_count,
     decide,
     exclusion,
     fmt,
+    number,
     signal_value,
 )
 from pqlflow.usage import AccountUsage, GaugeError, TrackingSpec
@@ -636,7 +636,7 @@ class Reads:
 
 
 def _rule_conditions(rule: Any) -> list[Condition]:
-    return [c for c, _ in _walk_rule(rule, ())] if rule is not None else []
+    return [c for c, _ in walk_rule(rule, ())] if rule is not None else []
 
 
 def referenced_signals(defn: Definition) -> list[str]:
@@ -827,7 +827,7 @@ class Gate:
         if defn.points is not None:
             pm = defn.points
             ok_when = [
-                _compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
+                compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
                 for name, op, threshold in self.when_leaves
             ]
             score = 0.0
@@ -837,7 +837,7 @@ class Gate:
                         score += float(rule.points)
                     continue
                 name = rule.signal or ""
-                units = _number(signal_value(defn, name, usage, now_ms, cache)) or 0.0
+                units = number(signal_value(defn, name, usage, now_ms, cache)) or 0.0
                 signal = defn.signals[name]
                 if pm.half_life_days and rule.decay and isinstance(signal, CountSignal):
                     units = decayed_count(usage, signal, now_ms, pm.half_life_days)
@@ -849,7 +849,7 @@ class Gate:
             cache["score"] = score
             points_enter = score >= pm.threshold
         ok = [
-            _compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
+            compare(op, signal_value(defn, name, usage, now_ms, cache), threshold)
             for name, op, threshold in self.leaves
         ]
         rule_ok = _eval(self.qualify, ok) if self.qualify is not None else True
@@ -876,8 +876,8 @@ class Gate:
                 else:
                     ok[leaf] = True
                     if _eval(self.qualify, ok):
-                        number = _number(signal_value(defn, t.signal, usage, now_ms, cache))
-                        crits.append(-math.inf if number is None else (number if t.op in ("gte", "gt") else -number))
+                        numeric = number(signal_value(defn, t.signal, usage, now_ms, cache))
+                        crits.append(-math.inf if numeric is None else (numeric if t.op in ("gte", "gt") else -numeric))
                     else:
                         crits.append(-math.inf)
                 ok[leaf] = saved

@@ -688,13 +688,14 @@ def load_definition(path: str | Path) -> Definition:
 NUMERIC_OPS = ("gte", "gt", "lte", "lt")
 
 
-def _walk_rule(rule: Any, loc: Loc) -> list[tuple[Condition, Loc]]:
+def walk_rule(rule: Any, loc: Loc) -> list[tuple[Condition, Loc]]:
+    """Every condition under a rule (all / any / not nest), with its location below `loc`."""
     if isinstance(rule, AllRule):
-        return [c for i, r in enumerate(rule.all) for c in _walk_rule(r, (*loc, "all", i))]
+        return [c for i, r in enumerate(rule.all) for c in walk_rule(r, (*loc, "all", i))]
     if isinstance(rule, AnyRule):
-        return [c for i, r in enumerate(rule.any) for c in _walk_rule(r, (*loc, "any", i))]
+        return [c for i, r in enumerate(rule.any) for c in walk_rule(r, (*loc, "any", i))]
     if isinstance(rule, NotRule):
-        return _walk_rule(rule.not_, (*loc, "not"))
+        return walk_rule(rule.not_, (*loc, "not"))
     return [(rule, loc)]
 
 
@@ -702,13 +703,13 @@ def conditions(defn: Definition) -> list[tuple[Condition, Loc]]:
     """Every condition in the definition with its location (qualify, points `when`, touch)."""
     found: list[tuple[Condition, Loc]] = []
     if defn.qualify is not None:
-        found += _walk_rule(defn.qualify, ("qualify",))
+        found += walk_rule(defn.qualify, ("qualify",))
     if defn.points is not None:
         for i, rule in enumerate(defn.points.rules):
             if rule.when is not None:
-                found += _walk_rule(rule.when, ("points", "rules", i, "when"))
+                found += walk_rule(rule.when, ("points", "rules", i, "when"))
     if defn.touch.high is not None:
-        found += _walk_rule(defn.touch.high, ("touch", "high"))
+        found += walk_rule(defn.touch.high, ("touch", "high"))
     return found
 
 

@@ -107,7 +107,8 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A finite number from a signal or trait value (numeric text counts; booleans do not), else None."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
@@ -209,11 +210,11 @@ def signal_value(
     elif isinstance(signal, GaugeSignal):
         value = usage.gauge(signal.spec.key)
     elif isinstance(signal, RatioSignal):
-        of = _number(signal_value(defn, signal.ratio.of, usage, now_ms, cache))
+        of = number(signal_value(defn, signal.ratio.of, usage, now_ms, cache))
         limit = (
             signal.ratio.limit
             if signal.ratio.limit is not None
-            else _number(usage.trait(signal.ratio.limit_trait or ""))
+            else number(usage.trait(signal.ratio.limit_trait or ""))
         )
         value = round(of / limit, 6) if of is not None and limit else None
     elif isinstance(signal, VelocitySignal):
@@ -340,20 +341,21 @@ def _template_fields(
 # ---- rules -------------------------------------------------------------------------------------
 
 
-def _compare(op: str, value: Value, threshold: Any) -> bool:
+def compare(op: str, value: Value, threshold: Any) -> bool:
+    """Whether `value` meets a condition's `op` and threshold (a missing value meets only ne / not_in)."""
     if op == "exists":
         return (value is not None) == bool(threshold)
     if value is None:
         return op == "ne" or op == "not_in"
     if op in ("gte", "gt", "lte", "lt"):
-        number = _number(value)
-        if number is None:
+        numeric = number(value)
+        if numeric is None:
             return False
         return {
-            "gte": number >= threshold,
-            "gt": number > threshold,
-            "lte": number <= threshold,
-            "lt": number < threshold,
+            "gte": numeric >= threshold,
+            "gt": numeric > threshold,
+            "lte": numeric <= threshold,
+            "lt": numeric < threshold,
         }[op]
     if op in ("eq", "ne"):
         same = _same(value, threshold)
@@ -365,7 +367,7 @@ def _compare(op: str, value: Value, threshold: Any) -> bool:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b or a == b and type(a) is type(b)
-    na, nb = _number(a) if not isinstance(a, str) else None, _number(b) if not isinstance(b, str) else None
+    na, nb = number(a) if not isinstance(a, str) else None, number(b) if not isinstance(b, str) else None
     if na is not None and nb is not None:
         return na == nb
     return str(a).lower() == str(b).lower() if isinstance(a, str) and isinstance(b, str) else a == b
@@ -429,7 +431,7 @@ def _rule(ctx: _Context, rule: Any, code: str, depth: int) -> tuple[bool, list[R
         return (not inner), [], good
     cond: Condition = rule
     value = ctx.value(cond.signal_name)
-    holds = _compare(cond.op, value, cond.threshold)
+    holds = compare(cond.op, value, cond.threshold)
     if ctx.explain:
         from pqlflow.definition import OP_SYMBOL
 
@@ -501,7 +503,7 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
     name = rule.signal or ""
     value = ctx.value(name)
     signal = defn.signals[name]
-    units = _number(value) or 0.0
+    units = number(value) or 0.0
     decayed = ""
     if half_life and rule.decay and isinstance(signal, CountSignal):
         units = decayed_count(ctx.usage, signal, ctx.now_ms, half_life)
