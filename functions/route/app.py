@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 from pqlflow.bus import EventPublisher
 from pqlflow.contracts import SOURCE, NurtureAction, PqlQualified
 from pqlflow.observability import logger, metrics, tracer
@@ -114,17 +115,11 @@ def cap_key(scope: str, ident: str) -> dict[str, Any]:
 class DynamoNurtureStore:
     """Nurture actions, frequency caps and the suppression reads in the single table (boto3 client API)."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(self, table: str, client: Any = None):
         self.table = table
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # created on first use, never at import time
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+        self.client = client
 
     def read(self, q: PqlQualified, look: Lookups) -> Snapshot:
         keys = [action_key(q.account_id, q.transition_id), _key(f"A#{q.account_id}", "SUPPRESSED"),
@@ -224,19 +219,13 @@ class Deferrer(Protocol):
 class SchedulerDeferrer:
     """Puts a deferred action on the bus later through an EventBridge Scheduler one-time schedule."""
 
+    client = AwsClient("scheduler")
+
     def __init__(
         self, *, group: str, bus_arn: str, role_arn: str, dlq_arn: str | None = None, client: Any = None
     ):
         self.group, self.bus_arn, self.role_arn, self.dlq_arn = group, bus_arn, role_arn, dlq_arn
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # created on first use, never at import time
-
-            self._client = boto3.client("scheduler")
-        return self._client
+        self.client = client
 
     @staticmethod
     def name(delivery: NurtureAction) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from pqlflow.aws import AwsClient
 from pqlflow.contracts import NurtureAction
 from pqlflow.mail import EmailSender, EmailTemplates, SendRejected, find_templates_dir, load_brand
 from pqlflow.observability import logger, metrics, tracer
@@ -69,17 +70,11 @@ def _attr(value: Any) -> dict[str, Any]:
 class DynamoDeliveryLedger:
     """The per-action email marker items in the pqlflow table."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(self, table: str, client: Any = None) -> None:
         self.table = table
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+        self.client = client
 
     def claim(self, account_id: str, action_id: str, attributes: Mapping[str, Any]) -> bool:
         item = {
@@ -124,18 +119,12 @@ class DynamoDeliveryLedger:
 class SesOutbox:
     """SES v2 SendEmail with the raw MIME message and the configuration set (events, reputation)."""
 
+    client = AwsClient("sesv2")
+
     def __init__(self, configuration_set: str, sender: str, client: Any = None) -> None:
         self.configuration_set = configuration_set
         self.sender = sender
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("sesv2")
-        return self._client
+        self.client = client
 
     def send(self, raw: bytes, *, to: str, template: str) -> str:
         from botocore.exceptions import ClientError

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 from pqlflow.definition import Definition, DefinitionError, parse_definition
 from pqlflow.errors import UsageError
 
@@ -53,6 +54,8 @@ class Published:
 class DefinitionStore:
     """Reads the active definition (cached) and publishes new versions. Adapter: the only boto3 here."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(
         self,
         table: str,
@@ -62,20 +65,12 @@ class DefinitionStore:
     ):
         self.table = table
         self.cache_seconds = cache_seconds
-        self._client = client
+        self.client = client
         self._now = now
         self._cached: Definition | None = None
         self._loaded_at: float | None = None
         self.reads = 0  # GetItem calls made (the benchmark and tests check the cache)
         self.problem: str | None = None  # why the stored definition was not used, if it was not
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # created on first use, never at import time
-
-            self._client = boto3.client("dynamodb")
-        return self._client
 
     # ---- reading ----------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from email.utils import parseaddr
 from typing import Any, Literal
 
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 
 SuppressionReason = Literal["unsubscribed", "bounced", "complained"]
 KIND = "suppression"
@@ -101,17 +102,11 @@ def from_ses_event(detail: Mapping[str, Any], now: float | None = None) -> list[
 class SuppressionList:
     """The suppression entries in the pqlflow table."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(self, table_name: str, client: Any = None) -> None:
         self.table_name = table_name
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+        self.client = client
 
     def is_suppressed(self, hashed: str) -> bool:
         """Whether the address with this hash is suppressed (a strongly consistent read)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 from pqlflow.contracts import EMITTED, _Detail
 from pqlflow.definition import Definition
 from pqlflow.qualification import PqlState, decide, needs_decision, state_sk, transition_event, transition_id
@@ -58,17 +59,11 @@ class StateConflict(Exception):
 class PqlStateStore:
     """Conditional writes of the state item. Adapter: the only boto3 use for qualification state."""
 
+    client = AwsClient("dynamodb")
+
     def __init__(self, table: str, client: Any = None):
         self.table = table
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3  # created on first use, never at import time
-
-            self._client = boto3.client("dynamodb")
-        return self._client
+        self.client = client
 
     def write(
         self, account_id: str, user_id: str | None, expected_seq: int | None, state: PqlState, detail: _Detail

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pqlflow import clock
+from pqlflow.aws import AwsClient
 
 VERSION = "v1"
 DEFAULT_TTL_DAYS = 90  # CAN-SPAM wants the mechanism to work for 30 days after sending; links live longer.
@@ -131,17 +132,11 @@ _cache: dict[tuple[str, str], bytes | None] = {}
 class SigningKeys:
     """The unsubscribe signing secret in Secrets Manager, fetched once per cold start, version and ARN."""
 
+    client = AwsClient("secretsmanager")
+
     def __init__(self, secret_arn: str, client: Any = None) -> None:
         self.secret_arn = secret_arn
-        self._client = client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("secretsmanager")
-        return self._client
+        self.client = client
 
     def _version(self, stage: str) -> bytes | None:
         key = (self.secret_arn, stage)
