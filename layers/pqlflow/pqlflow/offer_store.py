@@ -18,20 +18,13 @@ from typing import Any, Literal
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from pqlflow.aws import AwsClient
 from pqlflow.offers import Offer, benefit_until
 from pqlflow.rep_tasks import Delivery, RepTask, TaskStatus
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 _RETENTION = 30 * 86_400  # keep settled offers a while for support and analytics
-
-
-def _client(client: Any) -> Any:
-    if client is not None:
-        return client
-    import boto3  # adapters create clients lazily, never at import
-
-    return boto3.client("dynamodb")
 
 
 def _to_item(doc: dict[str, Any]) -> dict[str, Any]:
@@ -61,19 +54,29 @@ def _is(exc: ClientError, code: str) -> bool:
     return exc.response.get("Error", {}).get("Code") == code
 
 
+def _conditional(write: Callable[..., Any], **request: Any) -> bool:
+    """Make one conditional write; False when its condition did not hold."""
+    try:
+        write(**request)
+    except ClientError as exc:
+        if _is(exc, "ConditionalCheckFailedException"):
+            return False
+        raise
+    return True
+
+
 _KEYS = ("pk", "sk", "kind", "expires_at", "offer_kind")
 
 
-class OfferStore:
+class _TableStore:
+    client = AwsClient("dynamodb")
+
     def __init__(self, table_name: str, client: Any = None) -> None:
         self.table = table_name
-        self._c = client
+        self.client = client
 
-    @property
-    def client(self) -> Any:
-        self._c = _client(self._c)
-        return self._c
 
+class OfferStore(_TableStore):
     @staticmethod
     def _key(user_id: str, offer_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"U#{user_id}"}, "sk": {"S": f"OFFER#{offer_id}"}}
@@ -166,54 +169,42 @@ class OfferStore:
         """Mark an active, unexpired offer accepted; False when it no longer is (caller re-reads)."""
         accepted = offer.model_copy(update={"status": "accepted", "accepted_at": int(now)})
         keep_until = benefit_until(accepted, now) + _RETENTION
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=self._key(offer.user_id, offer.offer_id),
-                # The accepting request also claims publishing `Offer Accepted` (see claim_publish).
-                UpdateExpression=(
-                    "SET #s = :accepted, accepted_at = :now, expires_at = :keep, publish_claimed_at = :now"
-                ),
-                ConditionExpression="#s = :active AND valid_until > :now",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":accepted": {"S": "accepted"},
-                    ":active": {"S": "active"},
-                    ":now": {"N": str(int(now))},
-                    ":keep": {"N": str(keep_until)},
-                },
-            )
-        except ClientError as exc:
-            if _is(exc, "ConditionalCheckFailedException"):
-                return False
-            raise
-        return True
+        return _conditional(
+            self.client.update_item,
+            TableName=self.table,
+            Key=self._key(offer.user_id, offer.offer_id),
+            # The accepting request also claims publishing `Offer Accepted` (see claim_publish).
+            UpdateExpression="SET #s = :accepted, accepted_at = :now, expires_at = :keep, publish_claimed_at = :now",
+            ConditionExpression="#s = :active AND valid_until > :now",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":accepted": {"S": "accepted"},
+                ":active": {"S": "active"},
+                ":now": {"N": str(int(now))},
+                ":keep": {"N": str(keep_until)},
+            },
+        )
 
     def claim_publish(self, offer: Offer, now: float, stale_after: int = 10) -> bool:
         """Take the right to publish `Offer Accepted` for an accepted offer whose event has not gone
         out: free, released after a failed publish, or held longer than `stale_after` (a crash)."""
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=self._key(offer.user_id, offer.offer_id),
-                UpdateExpression="SET publish_claimed_at = :now",
-                ConditionExpression=(
-                    "#s = :accepted AND (attribute_not_exists(accept_published) OR accept_published = :f) "
-                    "AND (attribute_not_exists(publish_claimed_at) OR publish_claimed_at < :stale)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":now": {"N": str(int(now))},
-                    ":stale": {"N": str(int(now) - stale_after)},
-                    ":accepted": {"S": "accepted"},
-                    ":f": {"BOOL": False},
-                },
-            )
-        except ClientError as exc:
-            if _is(exc, "ConditionalCheckFailedException"):
-                return False
-            raise
-        return True
+        return _conditional(
+            self.client.update_item,
+            TableName=self.table,
+            Key=self._key(offer.user_id, offer.offer_id),
+            UpdateExpression="SET publish_claimed_at = :now",
+            ConditionExpression=(
+                "#s = :accepted AND (attribute_not_exists(accept_published) OR accept_published = :f) "
+                "AND (attribute_not_exists(publish_claimed_at) OR publish_claimed_at < :stale)"
+            ),
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":now": {"N": str(int(now))},
+                ":stale": {"N": str(int(now) - stale_after)},
+                ":accepted": {"S": "accepted"},
+                ":f": {"BOOL": False},
+            },
+        )
 
     def release_publish(self, offer: Offer) -> None:
         self.client.update_item(
@@ -232,47 +223,32 @@ class OfferStore:
 
     def dismiss(self, offer: Offer, now: float) -> bool:
         """Mark the offer dismissed and free its account lock so a later offer of that kind can come."""
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=self._key(offer.user_id, offer.offer_id),
-                UpdateExpression="SET #s = :dismissed, dismissed_at = :now, expires_at = :keep",
-                ConditionExpression="#s = :active",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":dismissed": {"S": "dismissed"},
-                    ":active": {"S": "active"},
-                    ":now": {"N": str(int(now))},
-                    ":keep": {"N": str(int(now) + _RETENTION)},
-                },
-            )
-        except ClientError as exc:
-            if _is(exc, "ConditionalCheckFailedException"):
-                return False
-            raise
-        try:
-            self.client.delete_item(
+        dismissed = _conditional(
+            self.client.update_item,
+            TableName=self.table,
+            Key=self._key(offer.user_id, offer.offer_id),
+            UpdateExpression="SET #s = :dismissed, dismissed_at = :now, expires_at = :keep",
+            ConditionExpression="#s = :active",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":dismissed": {"S": "dismissed"},
+                ":active": {"S": "active"},
+                ":now": {"N": str(int(now))},
+                ":keep": {"N": str(int(now) + _RETENTION)},
+            },
+        )
+        if dismissed:  # the lock may already belong to a later offer: then it stays
+            _conditional(
+                self.client.delete_item,
                 TableName=self.table,
                 Key={"pk": {"S": f"A#{offer.account_id}"}, "sk": {"S": f"OFFER#LOCK#{offer.kind}"}},
                 ConditionExpression="offer_id = :id",
                 ExpressionAttributeValues={":id": {"S": offer.offer_id}},
             )
-        except ClientError as exc:
-            if not _is(exc, "ConditionalCheckFailedException"):
-                raise
-        return True
+        return dismissed
 
 
-class RepTaskStore:
-    def __init__(self, table_name: str, client: Any = None) -> None:
-        self.table = table_name
-        self._c = client
-
-    @property
-    def client(self) -> Any:
-        self._c = _client(self._c)
-        return self._c
-
+class RepTaskStore(_TableStore):
     @staticmethod
     def _key(account_id: str, transition_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"TASK#{transition_id}"}}
@@ -293,17 +269,12 @@ class RepTaskStore:
 
     def create(self, task: RepTask) -> RepTask:
         """Store the task once; a redelivery gets the stored one back."""
-        try:
-            self.client.put_item(
-                TableName=self.table, Item=self._item(task), ConditionExpression="attribute_not_exists(pk)"
-            )
-        except ClientError as exc:
-            if not _is(exc, "ConditionalCheckFailedException"):
-                raise
-            existing = self.get(task.account_id, task.transition_id)
-            assert existing is not None
-            return existing
-        return task
+        put = {"TableName": self.table, "Item": self._item(task), "ConditionExpression": "attribute_not_exists(pk)"}
+        if _conditional(self.client.put_item, **put):
+            return task
+        existing = self.get(task.account_id, task.transition_id)
+        assert existing is not None
+        return existing
 
     def create_round_robin(
         self, pool: str, transition_id: str, make: Callable[[int], RepTask], *, window: int = 32, max_tries: int = 25
@@ -361,13 +332,7 @@ class RepTaskStore:
         }
         if names:
             kwargs["ExpressionAttributeNames"] = names
-        try:
-            self.client.update_item(**kwargs)
-        except ClientError as exc:
-            if _is(exc, "ConditionalCheckFailedException"):
-                return False
-            raise
-        return True
+        return _conditional(self.client.update_item, **kwargs)
 
     def mark_published(self, task: RepTask) -> None:
         self.client.update_item(
