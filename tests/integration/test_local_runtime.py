@@ -4,13 +4,13 @@ import base64
 import datetime as dt
 import json
 import os
-from pathlib import Path
 
 import pytest
 from pqlflow import clock
 from pqlflow.local.runtime import LocalRuntime
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "local" / "app" / "template.yaml"
+from tests.support.local import FIXTURE, sdk_put_event
+
 HANDLERS = FIXTURE.parent
 
 
@@ -377,17 +377,7 @@ def test_http_routes_behind_the_jwt_authorizer_need_an_accepted_token(runtime):
 
 def test_events_put_through_the_emulator_by_anyone_else_are_routed_too(runtime):
     # Given a client outside any handler putting an event through moto's EventBridge
-    events = runtime.client("events")
-    events.put_events(
-        Entries=[
-            {
-                "Source": "pqlflow",
-                "DetailType": "PQL Qualified",
-                "Detail": json.dumps({"account_id": "a7"}),
-                "EventBusName": "pqlflow-local-bus",
-            }
-        ]
-    )
+    sdk_put_event(runtime.client("events"), "pqlflow", "PQL Qualified", {"account_id": "a7"})
     # When pumped
     runtime.run_until_idle()
     # Then its rule's function got it, with the full envelope

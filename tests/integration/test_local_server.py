@@ -1,14 +1,11 @@
 """The local runtime driving a moto server on 127.0.0.1, as a dev stack does: SDK calls trigger functions."""
 
-import json
-from pathlib import Path
-
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from pqlflow.local.runtime import LocalRuntime
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "local" / "app" / "template.yaml"
+from tests.support.local import FIXTURE, sdk_put_event
 
 
 @pytest.fixture
@@ -31,16 +28,7 @@ def test_an_sdk_pointed_at_the_dev_endpoint_triggers_the_functions(endpoint):
             aws_secret_access_key="testing",
         )
         # When it puts a usage event on the bus and the runtime pumps
-        events.put_events(
-            Entries=[
-                {
-                    "Source": "app.web",
-                    "DetailType": "track",
-                    "Detail": json.dumps({"account": "a1"}),
-                    "EventBusName": "pqlflow-local-bus",
-                }
-            ]
-        )
+        sdk_put_event(events, "app.web", "track", {"account": "a1"})
         rt.run_until_idle()
         # Then the functions ran against the server, and their calls were counted
         assert rt.counters()["invocations"] == {

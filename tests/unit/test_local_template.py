@@ -7,7 +7,7 @@ from pqlflow.errors import UsageError
 from pqlflow.local.cfn_yaml import loads
 from pqlflow.local.template import build_wiring, load_template
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "local" / "app" / "template.yaml"
+from tests.support.local import FIXTURE
 
 
 def wiring_of(text: str, **kwargs):
