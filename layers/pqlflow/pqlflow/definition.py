@@ -32,10 +32,10 @@ from pydantic import (
 
 from pqlflow.errors import UsageError
 from pqlflow.usage import FilterSpec, GaugeSpec, TrackingSpec
+from pqlflow.yamlfile import Loc, LocatedYaml, dotted, read_text
 
 ReasonKind = Literal["limit", "paid_feature", "usage", "team", "velocity", "score", "trait"]
 Scalar = str | int | float | bool
-Loc = tuple[str | int, ...]
 
 TRIAL_EVENTS = ("Signed Up", "Trial Started")
 TEMPLATE_FIELDS = frozenset({"value", "threshold", "signal", "limit", "days", "percent", "points", "event"})
@@ -492,86 +492,22 @@ Definition.model_rebuild()
 # ---- reading YAML with lines ---------------------------------------------------------------------
 
 
-class _Located:
-    """Plain data from a YAML node tree, with the line of every key and value."""
+class _Located(LocatedYaml):
+    """A definition file's plain data and lines; a problem is a `DefinitionError`."""
 
-    def __init__(self, source: str):
-        self.source = source
-        self.lines: dict[Loc, int] = {}
-        self._loader: yaml.SafeLoader | None = None
+    def problem(self, line: int | None, path: Loc | None, message: str) -> DefinitionError:
+        return DefinitionError(self.source, line, dotted(path or ()), message)
 
-    def build(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
-        self._loader = loader
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
+    def syntax_problem(self, exc: yaml.YAMLError) -> DefinitionError:
+        if isinstance(exc, yaml.MarkedYAMLError):
             mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else None
-            raise DefinitionError(self.source, line, "", f"not valid YAML: {exc.problem or exc}") from None
-        except yaml.YAMLError as exc:
-            raise DefinitionError(self.source, None, "", f"not valid YAML: {exc}") from None
-        finally:
-            loader.dispose()
-        if node is None:
-            raise DefinitionError(self.source, 1, "", "the file is empty")
-        return self._value(node, ())
+            return self.problem(mark.line + 1 if mark else None, None, f"not valid YAML: {exc.problem or exc}")
+        return self.problem(None, None, f"not valid YAML: {exc}")
 
-    def _value(self, node: yaml.Node, path: Loc) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    raise DefinitionError(
-                        self.source,
-                        key_node.start_mark.line + 1,
-                        _dotted(path),
-                        "keys must be plain names (no merge keys or complex keys)",
-                    )
-                key = key_node.value
-                if key in out:
-                    raise DefinitionError(
-                        self.source, key_node.start_mark.line + 1, _dotted((*path, key)), "duplicate key"
-                    )
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-                out[key] = self._value(value_node, (*path, key))
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self._value(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self._scalar(node)
-
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        raw = node.value
-        tag = node.tag
-        if tag == "tag:yaml.org,2002:bool" and raw.lower() not in ("true", "false"):
-            return raw  # yes/no/on/off stay strings
-        if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in raw:
-            return raw  # sexagesimal 18:00 stays a string
-        if tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"):
-            return raw
-        assert self._loader is not None
-        return self._loader.construct_object(node, deep=True)
-
-    def line_of(self, loc: Loc) -> tuple[int | None, Loc]:
-        """The line of the deepest part of `loc` that exists in the file, and that part's path."""
-        best: Loc = ()
-        for i in range(len(loc), -1, -1):
-            if loc[:i] in self.lines:
-                best = loc[:i]
-                break
-        return self.lines.get(best), best
-
-
-def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    def scalar(self, node: yaml.ScalarNode, path: Loc) -> Any:
+        if node.tag in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:binary"):
+            return node.value
+        return self.construct(node)
 
 
 def _data_loc(loc: Sequence[str | int], data: Any) -> Loc:
@@ -650,7 +586,7 @@ def parse_definition(text: str, source: str = "<string>") -> Definition:
         for error in exc.errors(include_url=False):
             loc = _data_loc(error["loc"], data)
             line, _ = located.line_of(loc)
-            key = _dotted(loc)
+            key = dotted(loc)
             if (line, key) in seen:
                 continue
             seen.add((line, key))
@@ -662,24 +598,16 @@ def parse_definition(text: str, source: str = "<string>") -> Definition:
     problems = _check_references(defn)
     if problems:
         errors = [
-            DefinitionError(source, located.line_of(loc)[0], _dotted(loc), msg) for loc, msg in problems
+            DefinitionError(source, located.line_of(loc)[0], dotted(loc), msg) for loc, msg in problems
         ]
         raise DefinitionError(errors[0].file, errors[0].line, errors[0].key, errors[0].message, errors[1:])
-    warnings = [f"{source}:{located.line_of(loc)[0]}: {_dotted(loc)}: {msg}" for loc, msg in _lint(defn)]
+    warnings = [f"{source}:{located.line_of(loc)[0]}: {dotted(loc)}: {msg}" for loc, msg in _lint(defn)]
     return defn.model_copy(update={"warnings": warnings})
 
 
 def load_definition(path: str | Path) -> Definition:
     """Read and validate a definition file. Raises `DefinitionError` (a `UsageError`)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DefinitionError(str(path), None, "", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DefinitionError(
-            str(path), None, "", f"cannot read the file ({exc.__class__.__name__})"
-        ) from None
+    text = read_text(path, lambda problem: DefinitionError(str(path), None, "", problem))
     return parse_definition(text, str(path))
 
 

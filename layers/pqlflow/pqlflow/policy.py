@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pqlflow.errors import UsageError
+from pqlflow.yamlfile import Loc, LocatedYaml, dotted
 
 Channel = Literal["email", "offer", "rep_task", "none"]
 Touch = Literal["high", "low"]
@@ -249,95 +250,43 @@ def valid_timezone(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # Reading YAML with line numbers
 
-Path_ = tuple[str | int, ...]
+_CORE_SCALARS = ("str", "int", "float", "bool", "null")
 
 
-class _Located:
-    """Plain data built from YAML nodes, with the 1-based line of every key and item."""
+class _Located(LocatedYaml):
+    """A policy file's plain data and lines; only YAML's plain types are accepted."""
 
-    def __init__(self, source: str):
-        self.source = source
-        self.lines: dict[Path_, int] = {}
-        self._loader: Any = None
+    empty_file = "the policy file is empty"
+    complex_key = "keys must be plain words"
+    merge_key = "merge keys (<<) are not supported"
+    duplicate_key = "duplicate key (first on line {first})"
 
-    def build(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
-        self._loader = loader
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark else 1
-            problem = exc.problem or exc.context or "not valid YAML"
-            raise UsageError(f"{self.source}:{line}: YAML syntax: {problem}") from None
-        finally:
-            loader.dispose()
-        if node is None:
-            raise UsageError(f"{self.source}:1: the policy file is empty")
-        self.lines[()] = node.start_mark.line + 1
-        return self._value(node, ())
+    def problem(self, line: int | None, path: Loc | None, message: str) -> UsageError:
+        where = f"{self.source}:{line}"
+        return UsageError(f"{where}: {message}" if path is None else f"{where}: {_dotted(path)}: {message}")
 
-    def _value(self, node: yaml.Node, path: Path_) -> Any:
+    def syntax_problem(self, exc: yaml.YAMLError) -> Exception:
+        if not isinstance(exc, yaml.MarkedYAMLError):
+            return exc
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "not valid YAML"
+        return self.problem(mark.line + 1 if mark else 1, None, f"YAML syntax: {problem}")
+
+    def value(self, node: yaml.Node, path: Loc) -> Any:
         if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in (
             "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
         ):
-            line = node.start_mark.line + 1
-            raise UsageError(f"{self.source}:{line}: {_dotted(path)}: unsupported YAML value type {node.tag}")
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise UsageError(f"{self.source}:{key_node.start_mark.line + 1}: {_dotted(path)}: "
-                                     "keys must be plain words")
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise UsageError(f"{self.source}:{key_node.start_mark.line + 1}: {_dotted(path)}: "
-                                     "merge keys (<<) are not supported")
-                key = str(key_node.value)
-                child = (*path, key)
-                if key in result:
-                    raise UsageError(f"{self.source}:{key_node.start_mark.line + 1}: {_dotted(child)}: "
-                                     f"duplicate key (first on line {self.lines[child]})")
-                self.lines[child] = key_node.start_mark.line + 1
-                result[key] = self._value(value_node, child)
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            items = []
-            for index, item in enumerate(node.value):
-                child = (*path, index)
-                self.lines[child] = item.start_mark.line + 1
-                items.append(self._value(item, child))
-            return items
-        return self._scalar(node, path)
+            raise self.problem(node.start_mark.line + 1, path, f"unsupported YAML value type {node.tag}")
+        return super().value(node, path)
 
-    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
-        raw = node.value
-        if node.tag == "tag:yaml.org,2002:bool" and raw.lower() not in ("true", "false"):
-            return raw  # YAML 1.2: `no`, `on`, `yes` are words (NO is Norway)
-        if node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") and ":" in raw:
-            return raw  # YAML 1.1 reads 18:00 as the base-60 number 1080
-        if node.tag.startswith("tag:yaml.org,2002:") and node.tag.rsplit(":", 1)[1] in (
-            "str", "int", "float", "bool", "null"
-        ):
-            return self._loader.construct_object(node, deep=True)
-        line = node.start_mark.line + 1
-        raise UsageError(f"{self.source}:{line}: {_dotted(path)}: unsupported YAML value type {node.tag}")
-
-    def line_of(self, loc: Sequence[str | int]) -> tuple[int, Path_]:
-        """The line of the deepest part of `loc` that is in the file, and that part."""
-        path: Path_ = tuple(loc)
-        while path and path not in self.lines:
-            path = path[:-1]
-        return self.lines.get(path, 1), path
+    def scalar(self, node: yaml.ScalarNode, path: Loc) -> Any:
+        if node.tag.startswith("tag:yaml.org,2002:") and node.tag.rsplit(":", 1)[1] in _CORE_SCALARS:
+            return self.construct(node)
+        raise self.problem(node.start_mark.line + 1, path, f"unsupported YAML value type {node.tag}")
 
 
 def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+    return dotted(path) or "(top level)"
 
 
 def _message(error: dict[str, Any]) -> str:
@@ -389,9 +338,9 @@ def load_policy(path: str | Path) -> Policy:
     return parse_policy(text, str(path))
 
 
-def _file_loc(loc: Sequence[str | int], located: _Located) -> Path_:
+def _file_loc(loc: Sequence[str | int], located: _Located) -> Loc:
     """An error location as keys of the file: drops pydantic's union-member tags (`literal[...]`)."""
-    path: Path_ = ()
+    path: Loc = ()
     for part in loc:
         candidate = (*path, part)
         if isinstance(part, int) or candidate in located.lines or part in _known_keys():

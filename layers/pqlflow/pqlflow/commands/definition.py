@@ -23,6 +23,7 @@ from pqlflow.errors import UsageError
 from pqlflow.events import Rejection, UsageEvent, parse_message
 from pqlflow.qualification import evaluate, iso
 from pqlflow.usage import AccountUsage, GaugeError
+from pqlflow.yamlfile import read_text
 
 
 def register(subparsers: Any) -> None:
@@ -126,13 +127,7 @@ def _parse_at(text: str) -> int:
 
 def load_state(path: str, defn: Definition) -> list[AccountUsage]:
     """Usage states from a file: folded Segment messages, or decoded usage items (DynamoDB JSON)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the file ({exc.__class__.__name__})") from None
+    text = read_text(path, lambda problem: UsageError(f"{path}: {problem}"))
     stripped = text.lstrip()
     records: list[tuple[int, Any]]
     if stripped.startswith("["):
