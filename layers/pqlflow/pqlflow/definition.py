@@ -155,22 +155,19 @@ class RatioSignal(_Signal):
     ratio: RatioOf
 
 
-class VelocityOf(_Model):
+class _MeasureOf(_Model):
+    """One measure over time: an event's count (`where` filters one property) or distinct active users."""
+
     count: str | None = None
     where: PropertyFilter | None = None
     active_users: bool = False
-    days: int = Field(ge=1, le=45)
 
     @model_validator(mode="after")
-    def _one_measure(self) -> VelocityOf:
+    def _one_measure(self) -> _MeasureOf:
         if (self.count is None) == (not self.active_users):
             raise ValueError("give exactly one of count: <event> or active_users: true")
         if self.where is not None and (self.count is None or len(self.where) != 1):
             raise ValueError("`where` takes exactly one property and needs count")
-        if self.active_users and self.days > 17:
-            raise ValueError(
-                "active_users velocity compares two windows of at most 17 days (35 days are kept)"
-            )
         return self
 
     @property
@@ -178,6 +175,18 @@ class VelocityOf(_Model):
         if self.count is None:
             return None
         return CountSignal(count=self.count, where=self.where).key
+
+
+class VelocityOf(_MeasureOf):
+    days: int = Field(ge=1, le=45)
+
+    @model_validator(mode="after")
+    def _short_enough(self) -> VelocityOf:
+        if self.active_users and self.days > 17:
+            raise ValueError(
+                "active_users velocity compares two windows of at most 17 days (35 days are kept)"
+            )
+        return self
 
 
 class VelocitySignal(_Signal):
@@ -186,25 +195,8 @@ class VelocitySignal(_Signal):
     velocity: VelocityOf
 
 
-class DaysToOf(_Model):
-    count: str | None = None
-    where: PropertyFilter | None = None
-    active_users: bool = False
+class DaysToOf(_MeasureOf):
     reach: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _one_measure(self) -> DaysToOf:
-        if (self.count is None) == (not self.active_users):
-            raise ValueError("give exactly one of count: <event> or active_users: true")
-        if self.where is not None and (self.count is None or len(self.where) != 1):
-            raise ValueError("`where` takes exactly one property and needs count")
-        return self
-
-    @property
-    def key(self) -> str | None:
-        if self.count is None:
-            return None
-        return CountSignal(count=self.count, where=self.where).key
 
 
 class DaysToSignal(_Signal):
