@@ -800,14 +800,21 @@ def _users(usage: AccountUsage) -> list[UserSummary]:
     return out
 
 
+def _subject(defn: Definition, usage: AccountUsage, transition: Transition) -> dict[str, Any]:
+    """The fields a qualified and a disqualified event share: which transition, of whom, under what."""
+    return {
+        "transition_id": transition_id(usage.account_id, usage.user_id, transition.new_state.seq),
+        "account_id": usage.account_id,
+        "user_id": usage.user_id,
+        "definition": DefinitionRef(name=defn.name, version=defn.version),
+    }
+
+
 def qualified_event(defn: Definition, usage: AccountUsage, transition: Transition) -> PqlQualified:
     ev = transition.evaluation
     assert ev is not None and transition.kind == "qualified"
     return PqlQualified(
-        transition_id=transition_id(usage.account_id, usage.user_id, transition.new_state.seq),
-        account_id=usage.account_id,
-        user_id=usage.user_id,
-        definition=DefinitionRef(name=defn.name, version=defn.version),
+        **_subject(defn, usage, transition),
         qualified_at=iso(transition.at_ms),
         touch=ev.touch,
         score=ev.score,
@@ -825,10 +832,7 @@ def disqualified_event(defn: Definition, usage: AccountUsage, transition: Transi
     ev = transition.evaluation
     assert ev is not None and transition.kind == "disqualified"
     return PqlDisqualified(
-        transition_id=transition_id(usage.account_id, usage.user_id, transition.new_state.seq),
-        account_id=usage.account_id,
-        user_id=usage.user_id,
-        definition=DefinitionRef(name=defn.name, version=defn.version),
+        **_subject(defn, usage, transition),
         disqualified_at=iso(transition.at_ms),
         reasons=ev.unmet,
     )
