@@ -198,7 +198,7 @@ def test_anything_but_is_the_opposite_of_an_exact_match_for_a_present_value(valu
 def test_prefix_and_wildcard_agree_with_python_string_tests(value, prefix):
     event = {"k": value}
     assert matches({"k": [{"prefix": prefix}]}, event) is value.startswith(prefix)
-    literal = prefix.replace("*", "\\*")
+    literal = prefix.replace("\\", "\\\\").replace("*", "\\*")
     assert matches({"k": [{"wildcard": literal + "*"}]}, event) is value.startswith(prefix)
 
 

@@ -236,11 +236,12 @@ _wildcard_cache: dict[str, re.Pattern[str]] = {}
 
 
 def _wildcard(expr: str) -> re.Pattern[str]:
-    """`*` matches any run of characters; `\\*` is a literal star."""
+    """`*` matches any run of characters; `\\*` is a literal star and `\\\\` a literal backslash."""
     compiled = _wildcard_cache.get(expr)
     if compiled is None:
-        parts = re.split(r"(\\\*|\*)", expr)
-        regex = "".join(".*" if p == "*" else re.escape("*" if p == "\\*" else p) for p in parts)
+        parts = re.split(r"(\\\\|\\\*|\*)", expr)
+        literal = {"\\\\": "\\", "\\*": "*"}
+        regex = "".join(".*" if p == "*" else re.escape(literal.get(p, p)) for p in parts)
         compiled = _wildcard_cache[expr] = re.compile(regex, re.DOTALL)
     return compiled
 
