@@ -157,6 +157,14 @@ def publish(table_name: str, path: Path) -> Definition:
     return load_definition(path)
 
 
+def published_stream(table_name: str, file: str, event: str, times: int) -> UsageStream:
+    """A stream on a freshly published example definition, with `event` folded `times` times before it."""
+    stream = UsageStream(publish(table_name, EXAMPLES / file))
+    for _ in range(times):
+        stream.fold(stream.track(event))
+    return stream
+
+
 def of_type(events: list[dict[str, Any]], detail_type: str) -> list[dict[str, Any]]:
     return [e["detail"] for e in events if e["detail-type"] == detail_type]
 
@@ -275,10 +283,7 @@ def test_redelivering_every_record_gives_one_event_per_transition(
     table_name: str, qualify: Any, bus_events: Any
 ) -> None:
     # Given the slack definition and a run of records that crosses the boundary
-    defn = publish(table_name, EXAMPLES / "slack-messages.yaml")
-    stream = UsageStream(defn)
-    for _ in range(1995):
-        stream.fold(stream.track("Message Sent"))
+    stream = published_stream(table_name, "slack-messages.yaml", "Message Sent", 1995)
     records = [stream.change(stream.track("Message Sent")) for _ in range(10)]
 
     # When every record is delivered, then the whole stream again, record by record and in batches
@@ -295,7 +300,6 @@ def test_a_crash_between_the_state_write_and_put_events_is_repaired_by_redeliver
     table_name: str, bus_name: str, bus_events: Any
 ) -> None:
     # Given PutEvents failing on the first attempt (the state write has happened)
-    defn = publish(table_name, EXAMPLES / "drift-conversations.yaml")
     real = EventPublisher(bus_name, sleep=lambda _: None)
 
     class FailingOnce:
@@ -308,9 +312,7 @@ def test_a_crash_between_the_state_write_and_put_events_is_repaired_by_redeliver
             return real.publish(details)
 
     qualifier = Qualifier(DefinitionStore(table_name), PqlStateStore(table_name), FailingOnce(), decode_image)
-    stream = UsageStream(defn)
-    for _ in range(99):
-        stream.fold(stream.track("Conversation Started"))
+    stream = published_stream(table_name, "drift-conversations.yaml", "Conversation Started", 99)
     record = stream.change(stream.track("Conversation Started"))
 
     # When the record fails, then is redelivered
@@ -333,10 +335,7 @@ def test_conversion_emits_account_converted_once_with_time_since_qualification(
     table_name: str, qualify: Any, bus_events: Any
 ) -> None:
     # Given a qualified account
-    defn = publish(table_name, EXAMPLES / "drift-conversations.yaml")
-    stream = UsageStream(defn)
-    for _ in range(99):
-        stream.fold(stream.track("Conversation Started"))
+    stream = published_stream(table_name, "drift-conversations.yaml", "Conversation Started", 99)
     qualify(stream.change(stream.track("Conversation Started")))
 
     # When ingest marks it converted an hour later (and the record is redelivered, and more usage follows)
@@ -355,10 +354,7 @@ def test_conversion_emits_account_converted_once_with_time_since_qualification(
 
 def test_exclusions_win_and_disqualify_a_qualified_account(table_name: str, qualify: Any, bus_events: Any) -> None:
     # Given a qualified account on the slack definition
-    defn = publish(table_name, EXAMPLES / "slack-messages.yaml")
-    stream = UsageStream(defn)
-    for _ in range(1999):
-        stream.fold(stream.track("Message Sent"))
+    stream = published_stream(table_name, "slack-messages.yaml", "Message Sent", 1999)
     qualify(stream.change(stream.track("Message Sent")))
 
     # When the account's plan becomes a paying one (a group call), then usage continues
@@ -417,10 +413,7 @@ def test_no_dynamodb_reads_per_stream_record(table_name: str, bus_name: str, bus
 
 def test_concurrent_evaluation_of_the_same_record_emits_once(table_name: str, bus_name: str, bus_events: Any) -> None:
     # Given two qualifiers that both decide on the same record before either has written
-    defn = publish(table_name, EXAMPLES / "drift-conversations.yaml")
-    stream = UsageStream(defn)
-    for _ in range(99):
-        stream.fold(stream.track("Conversation Started"))
+    stream = published_stream(table_name, "drift-conversations.yaml", "Conversation Started", 99)
     change = stream.change(stream.track("Conversation Started"))["dynamodb"]
     other = Qualifier(DefinitionStore(table_name), PqlStateStore(table_name), EventPublisher(bus_name), decode_image)
 
