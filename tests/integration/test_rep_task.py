@@ -5,7 +5,6 @@ and a failing connector retries while the task survives."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,9 @@ from pqlflow.offer_store import RepTaskStore
 from pqlflow.rep_tasks import load_roster
 
 import functions.rep_task.app as app
-from tests.unit.test_connectors import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Seen
+from tests.support.channels import FakePublisher, pqlflow_event
+from tests.support.http_fakes import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Seen, SleepLog
+from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
@@ -29,22 +30,6 @@ ROSTER_FILE = ROOT / "examples" / "reps" / "roster.yaml"
 ROSTER = load_roster(ROSTER_FILE)
 NOW = 1_795_705_200.0  # Friday 2026-11-27 15:00 UTC, 10:00 in New York
 SLACK_PATH = "/services/T000/B000/XXXX"
-
-
-class Context:
-    function_name = "rep_task"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:rep_task"
-    aws_request_id = "req-rep-task"
-
-
-class FakePublisher:
-    def __init__(self) -> None:
-        self.published: list[Any] = []
-
-    def publish(self, details: list[Any]) -> int:
-        self.published.extend(details)
-        return len(details)
 
 
 def action_event(transition_id: str, account: str = "acct-1", **traits: Any) -> dict[str, Any]:
@@ -78,25 +63,7 @@ def action_event(transition_id: str, account: str = "acct-1", **traits: Any) -> 
         reasons=q.reasons,
         context=q.model_dump(mode="json"),
     ).model_dump(mode="json")
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Nurture Action",
-        "source": "pqlflow",
-        "account": "123456789012",
-        "time": "2026-11-27T15:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    }
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
+    return pqlflow_event(detail, time="2026-11-27T15:00:00Z")
 
 
 @pytest.fixture
@@ -109,7 +76,7 @@ def store(table_name: str) -> RepTaskStore:
 def crm() -> Iterator[dict[str, Any]]:
     hubspot, slack = FakeHubSpot(), FakeSlack()
     with LocalServer(hubspot) as hs, LocalServer(slack) as sl:
-        sleeps = Sleeps()
+        sleeps = SleepLog()
         http = Http(timeout=2, backoff=Backoff(attempts=3, base=0.5, cap=4, sleep=sleeps, rand=lambda: 1.0))
         yield {
             "hubspot": hubspot,
@@ -120,7 +87,7 @@ def crm() -> Iterator[dict[str, Any]]:
 
 
 def run(event: dict[str, Any], store: RepTaskStore, publisher: FakePublisher, connectors: list) -> dict[str, Any]:
-    return app.handler(event, Context(), store=store, publisher=publisher, roster=ROSTER, connectors=connectors)
+    return app.handler(event, LambdaContext(), store=store, publisher=publisher, roster=ROSTER, connectors=connectors)
 
 
 def task_items(table: str) -> list[dict[str, Any]]:
@@ -325,7 +292,7 @@ def test_deployed_configuration_with_secrets_manager(table_name, bus_name, monke
         clock.set_source(lambda: NOW)
         try:
             # When it handles an action with no injected collaborators
-            result = app.handler(action_event("tr-7", territory="amer"), Context())
+            result = app.handler(action_event("tr-7", territory="amer"), LambdaContext())
         finally:
             app.settings.cache_clear()
             app._defaults.cache_clear()
