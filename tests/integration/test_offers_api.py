@@ -26,6 +26,8 @@ from pqlflow.offers import load_catalog
 
 from functions.offers.app import handler as offers_handler
 from functions.offers_api.app import handler as api_handler
+from tests.support.channels import FakePublisher, pqlflow_event
+from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
@@ -35,26 +37,6 @@ ISSUER = "https://auth.example.test/"
 AUDIENCE = "pqlflow-app"
 NOW = 1_800_000_000.0
 DAY = 86_400
-
-
-class Context:
-    function_name = "offers_api"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:offers_api"
-    aws_request_id = "req-api"
-
-
-class FakePublisher:
-    def __init__(self, fail_times: int = 0) -> None:
-        self.published: list[Any] = []
-        self.fail_times = fail_times
-
-    def publish(self, details: list[Any]) -> int:
-        if self.fail_times:
-            self.fail_times -= 1
-            raise RuntimeError("EventBridge unavailable")
-        self.published.extend(details)
-        return len(details)
 
 
 @dataclass
@@ -142,7 +124,7 @@ def gateway(store, keys) -> Iterator[Gateway]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             event = gw.event(self.command, self.path, headers, body, claims)
             try:
-                result = api_handler(event, Context(), store=gw.store, publisher=gw.publisher)
+                result = api_handler(event, LambdaContext(), store=gw.store, publisher=gw.publisher)
             except Exception:  # a function error: API Gateway answers 500
                 self._reply(500, {"Content-Type": "application/json"}, b'{"message":"Internal Server Error"}')
                 return
@@ -198,18 +180,7 @@ def give_offer(store: OfferStore, action_id: str, account: str, user: str, offer
         touch="low",
         reasons=[Reason(code="paid.sso", text="tried to turn on SSO", kind="paid_feature")],
     ).model_dump(mode="json")
-    event = {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Nurture Action",
-        "source": "pqlflow",
-        "account": "123456789012",
-        "time": "2026-11-20T15:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    }
-    result = offers_handler(event, Context(), store=store, catalog=CATALOG)
+    result = offers_handler(pqlflow_event(detail), LambdaContext(), store=store, catalog=CATALOG)
     assert result["outcome"] == "created"
     return result["offer_id"]
 
@@ -356,5 +327,5 @@ def test_a_token_without_sub_is_refused_by_the_function(store):
         },
         "isBase64Encoded": False,
     }
-    result = api_handler(event, Context(), store=store, publisher=FakePublisher())
+    result = api_handler(event, LambdaContext(), store=store, publisher=FakePublisher())
     assert result["statusCode"] == 401

@@ -3,7 +3,6 @@ live offer per account and offer type."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ from pqlflow.offer_store import OfferStore
 from pqlflow.offers import load_catalog
 
 from functions.offers.app import handler
+from tests.support.channels import pqlflow_event
+from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
@@ -23,27 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 NOW = 1_800_000_000.0
 DAY = 86_400
-
-
-class Context:
-    function_name = "offers"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:offers"
-    aws_request_id = "req-offers"
-
-
-def eventbridge(detail: dict[str, Any], detail_type: str = "Nurture Action") -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": detail_type,
-        "source": "pqlflow",
-        "account": "123456789012",
-        "time": "2026-11-20T15:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    }
 
 
 def offer_action(action_id: str, account: str, user: str, offer: str, **extra: Any) -> dict[str, Any]:
@@ -76,12 +56,12 @@ def store(table_name: str) -> OfferStore:
 
 
 def deliver(event: dict[str, Any], store: OfferStore) -> dict[str, Any]:
-    return handler(event, Context(), store=store, catalog=CATALOG)
+    return handler(event, LambdaContext(), store=store, catalog=CATALOG)
 
 
 def test_redelivered_action_makes_one_offer(store, table_name):
     # Given one Nurture Action delivered three times (EventBridge is at-least-once)
-    event = eventbridge(offer_action("act-1", "acct-1", "user-a", "pro-discount-20"))
+    event = pqlflow_event(offer_action("act-1", "acct-1", "user-a", "pro-discount-20"))
 
     # When the offers function handles every copy
     results = [deliver(event, store) for _ in range(3)]
@@ -96,11 +76,11 @@ def test_redelivered_action_makes_one_offer(store, table_name):
 
 def test_one_live_offer_per_account_and_type(store):
     # Given an active discount for the account
-    deliver(eventbridge(offer_action("act-1", "acct-1", "user-a", "pro-discount-20")), store)
+    deliver(pqlflow_event(offer_action("act-1", "acct-1", "user-a", "pro-discount-20")), store)
 
     # When another discount (a different action, even for a teammate) and a trial extension arrive
-    second = deliver(eventbridge(offer_action("act-2", "acct-1", "user-b", "annual-discount-15")), store)
-    trial = deliver(eventbridge(offer_action("act-3", "acct-1", "user-b", "trial-extension-14")), store)
+    second = deliver(pqlflow_event(offer_action("act-2", "acct-1", "user-b", "annual-discount-15")), store)
+    trial = deliver(pqlflow_event(offer_action("act-3", "acct-1", "user-b", "trial-extension-14")), store)
 
     # Then the second discount is refused and the trial goes through
     assert second["outcome"] == "locked"
@@ -108,26 +88,26 @@ def test_one_live_offer_per_account_and_type(store):
     assert [o.kind for o in store.list_for_user("user-b")] == ["extended_trial"]
 
     # And another account is not affected
-    other = deliver(eventbridge(offer_action("act-4", "acct-2", "user-c", "pro-discount-20")), store)
+    other = deliver(pqlflow_event(offer_action("act-4", "acct-2", "user-c", "pro-discount-20")), store)
     assert other["outcome"] == "created"
 
 
 def test_a_dismissed_or_expired_offer_frees_its_type(store):
     # Given an active discount that the user dismisses
-    deliver(eventbridge(offer_action("act-1", "acct-1", "user-a", "pro-discount-20")), store)
+    deliver(pqlflow_event(offer_action("act-1", "acct-1", "user-a", "pro-discount-20")), store)
     (first,) = store.list_for_user("user-a")
     assert store.dismiss(first, NOW + 60)
 
     # When a new discount comes, it is created
     assert (
-        deliver(eventbridge(offer_action("act-2", "acct-1", "user-a", "annual-discount-15")), store)["outcome"]
+        deliver(pqlflow_event(offer_action("act-2", "acct-1", "user-a", "annual-discount-15")), store)["outcome"]
         == "created"
     )
 
     # And once that one has expired (valid 14 days), a third is allowed too
     clock.set_source(lambda: NOW + 15 * DAY)
     assert (
-        deliver(eventbridge(offer_action("act-3", "acct-1", "user-a", "pro-discount-20")), store)["outcome"]
+        deliver(pqlflow_event(offer_action("act-3", "acct-1", "user-a", "pro-discount-20")), store)["outcome"]
         == "created"
     )
 
@@ -135,19 +115,19 @@ def test_a_dismissed_or_expired_offer_frees_its_type(store):
 def test_other_channels_and_outcomes_are_ignored(store, table_name):
     email = offer_action("act-1", "acct-1", "user-a", "pro-discount-20") | {"channel": "email"}
     holdout = offer_action("act-2", "acct-1", "user-a", "pro-discount-20") | {"outcome": "holdout"}
-    assert deliver(eventbridge(email), store)["outcome"] == "ignored"
-    assert deliver(eventbridge(holdout), store)["outcome"] == "ignored"
+    assert deliver(pqlflow_event(email), store)["outcome"] == "ignored"
+    assert deliver(pqlflow_event(holdout), store)["outcome"] == "ignored"
     assert user_items(table_name, "user-a") == []
 
 
 def test_unknown_offer_key_fails_loudly(store):
     with pytest.raises(UsageError, match="'black-friday' is not in catalog"):
-        deliver(eventbridge(offer_action("act-1", "acct-1", "user-a", "black-friday")), store)
+        deliver(pqlflow_event(offer_action("act-1", "acct-1", "user-a", "black-friday")), store)
 
 
 def test_action_without_any_user_makes_no_offer(store, table_name):
     detail = offer_action("act-1", "acct-1", "user-a", "pro-discount-20") | {"recipient_user_id": None}
-    assert deliver(eventbridge(detail), store)["outcome"] == "no_recipient"
+    assert deliver(pqlflow_event(detail), store)["outcome"] == "no_recipient"
 
 
 def test_handler_reads_its_settings_from_the_environment(table_name, monkeypatch):
@@ -160,7 +140,7 @@ def test_handler_reads_its_settings_from_the_environment(table_name, monkeypatch
     clock.set_source(lambda: NOW)
 
     # When it runs with no injected collaborators
-    result = app.handler(eventbridge(offer_action("act-9", "acct-9", "user-z", "unlock-sso")), Context())
+    result = app.handler(pqlflow_event(offer_action("act-9", "acct-9", "user-z", "unlock-sso")), LambdaContext())
 
     # Then the offer is in the table named by TABLE_NAME
     assert result["outcome"] == "created"

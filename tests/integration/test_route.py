@@ -15,6 +15,8 @@ from pqlflow.routing import action_id, address_hash
 from pqlflow.settings import SettingsError
 
 from functions.route import app
+from tests.support.channels import pqlflow_event
+from tests.support.lambda_context import LambdaContext
 
 TABLE = "pqlflow-test"
 BUS = "pqlflow-test-bus"
@@ -35,14 +37,6 @@ rules:
   - name: email
     then: {channel: email, template: upgrade_nudge}
 """
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "route"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:route"
-    aws_request_id: str = "req-1"
 
 
 @pytest.fixture(autouse=True)
@@ -129,9 +123,7 @@ def qualified(transition_id="tr-1", account_id="acme", touch="low", users=None) 
              "last_seen": "2026-11-23T14:00:00Z"},
         ],
     }
-    return {"version": "0", "id": f"evt-{transition_id}", "detail-type": "PQL Qualified", "source": "pqlflow",
-            "account": "123456789012", "time": "2026-11-23T14:59:01Z", "region": "us-east-1",
-            "resources": [], "detail": detail}
+    return pqlflow_event(detail, "PQL Qualified", time="2026-11-23T14:59:01Z", event_id=f"evt-{transition_id}")
 
 
 def invoke(world: World, event: dict, service=None) -> dict:

@@ -21,6 +21,7 @@ from pqlflow.suppression import address_hash
 from functions.send_email import app as send_email
 from functions.ses_events import app as ses_events
 from functions.unsubscribe import app as unsubscribe_fn
+from tests.support.channels import pqlflow_event
 from tests.support.lambda_context import LambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,17 +35,7 @@ def example_action(name: str = "crm_contacts_80pct", **update: Any) -> dict[str,
 
 
 def nurture_event(detail: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Nurture Action",
-        "source": "pqlflow",
-        "account": "123456789012",
-        "time": "2026-11-23T15:00:00Z",
-        "region": "us-east-1",
-        "resources": [],
-        "detail": detail,
-    }
+    return pqlflow_event(detail, time="2026-11-23T15:00:00Z")
 
 
 def http_event(method: str, token: str, body: str | None = None) -> dict[str, Any]:
