@@ -20,13 +20,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pqlflow import clock
-from pqlflow.contracts import NurtureAction, OfferAccepted, Reason
+from pqlflow.contracts import OfferAccepted, Reason
 from pqlflow.offer_store import OfferStore
 from pqlflow.offers import load_catalog
 
 from functions.offers.app import handler as offers_handler
 from functions.offers_api.app import handler as api_handler
-from tests.support.channels import FakePublisher, pqlflow_event
+from tests.support.channels import FakePublisher, offer_action, pqlflow_event
 from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
@@ -170,16 +170,8 @@ def call(gw: Gateway, method: str, path: str, bearer: str | None) -> tuple[int, 
 
 
 def give_offer(store: OfferStore, action_id: str, account: str, user: str, offer: str) -> str:
-    detail = NurtureAction(
-        action_id=action_id,
-        transition_id=f"tr-{action_id}",
-        account_id=account,
-        channel="offer",
-        offer=offer,
-        recipient_user_id=user,
-        touch="low",
-        reasons=[Reason(code="paid.sso", text="tried to turn on SSO", kind="paid_feature")],
-    ).model_dump(mode="json")
+    reasons = [Reason(code="paid.sso", text="tried to turn on SSO", kind="paid_feature")]
+    detail = offer_action(action_id, account, user, offer, reasons=reasons)
     result = offers_handler(pqlflow_event(detail), LambdaContext(), store=store, catalog=CATALOG)
     assert result["outcome"] == "created"
     return result["offer_id"]

@@ -9,13 +9,12 @@ from typing import Any
 import boto3
 import pytest
 from pqlflow import clock
-from pqlflow.contracts import NurtureAction, Reason
 from pqlflow.errors import UsageError
 from pqlflow.offer_store import OfferStore
 from pqlflow.offers import load_catalog
 
 from functions.offers.app import handler
-from tests.support.channels import pqlflow_event
+from tests.support.channels import offer_action, pqlflow_event
 from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
@@ -24,20 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 NOW = 1_800_000_000.0
 DAY = 86_400
-
-
-def offer_action(action_id: str, account: str, user: str, offer: str, **extra: Any) -> dict[str, Any]:
-    return NurtureAction(
-        action_id=action_id,
-        transition_id=f"tr-{action_id}",
-        account_id=account,
-        channel="offer",
-        offer=offer,
-        recipient_user_id=user,
-        touch="low",
-        reasons=[Reason(code="limit.storage", text="9.5 of 10 GB used", kind="limit")],
-        **extra,
-    ).model_dump(mode="json")
 
 
 def user_items(table: str, user: str) -> list[dict[str, Any]]:

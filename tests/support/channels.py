@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pqlflow.contracts import NurtureAction, Reason
+
 
 def pqlflow_event(
     detail: dict[str, Any],
@@ -25,6 +27,21 @@ def pqlflow_event(
         "resources": [],
         "detail": detail,
     }
+
+
+def offer_action(action_id: str, account: str, user: str, offer: str, **fields: Any) -> dict[str, Any]:
+    """A `Nurture Action` for the offers channel as the bus carries it; `fields` add or replace fields."""
+    action: dict[str, Any] = {
+        "action_id": action_id,
+        "transition_id": f"tr-{action_id}",
+        "account_id": account,
+        "channel": "offer",
+        "offer": offer,
+        "recipient_user_id": user,
+        "touch": "low",
+        "reasons": [Reason(code="limit.storage", text="9.5 of 10 GB used", kind="limit")],
+    }
+    return NurtureAction(**(action | fields)).model_dump(mode="json")
 
 
 class FakePublisher:
