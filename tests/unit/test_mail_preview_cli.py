@@ -9,8 +9,14 @@ from pathlib import Path
 from pqlflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTEXT = ROOT / "examples" / "email-contexts" / "crm_contacts_80pct.json"
+CONTEXTS = ROOT / "examples" / "email-contexts"
+CONTEXT = CONTEXTS / "crm_contacts_80pct.json"
 TEMPLATES = ROOT / "templates"
+
+
+def check_examples(templates: Path) -> int:
+    """`pqlflow email check` of every example context against `templates`."""
+    return main(["email", "check", "--contexts", str(CONTEXTS), "--templates", str(templates)])
 
 
 def test_preview_writes_html_text_and_eml_and_prints_their_paths(tmp_path, capsys):
@@ -76,16 +82,7 @@ def test_a_context_missing_a_field_exits_2_naming_the_field(tmp_path, capsys):
 
 
 def test_check_renders_every_template_with_every_example(capsys):
-    code = main(
-        [
-            "email",
-            "check",
-            "--contexts",
-            str(ROOT / "examples" / "email-contexts"),
-            "--templates",
-            str(TEMPLATES),
-        ]
-    )
+    code = check_examples(TEMPLATES)
     out = capsys.readouterr().out
     assert code == 0
     assert "FAIL" not in out and "renders ok" in out
@@ -101,16 +98,7 @@ def test_check_fails_when_a_template_breaks(tmp_path, capsys):
     subject = broken / "email" / "demo_invite" / "subject.txt"
     subject.write_text("{{ recipient.nick_name }}")
     # When checked, Then it fails naming the template
-    code = main(
-        [
-            "email",
-            "check",
-            "--contexts",
-            str(ROOT / "examples" / "email-contexts"),
-            "--templates",
-            str(broken),
-        ]
-    )
+    code = check_examples(broken)
     out = capsys.readouterr().out
     assert code == 1
     assert "FAIL demo_invite" in out and "nick_name" in out
