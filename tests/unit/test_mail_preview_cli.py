@@ -14,6 +14,11 @@ CONTEXT = CONTEXTS / "crm_contacts_80pct.json"
 TEMPLATES = ROOT / "templates"
 
 
+def preview(template: str, context: Path, *options: str) -> int:
+    """`pqlflow email preview` of `template` from the repository's templates."""
+    return main(["email", "preview", template, "--context", str(context), *options, "--templates", str(TEMPLATES)])
+
+
 def check_examples(templates: Path) -> int:
     """`pqlflow email check` of every example context against `templates`."""
     return main(["email", "check", "--contexts", str(CONTEXTS), "--templates", str(templates)])
@@ -21,19 +26,7 @@ def check_examples(templates: Path) -> int:
 
 def test_preview_writes_html_text_and_eml_and_prints_their_paths(tmp_path, capsys):
     # When a copy writer previews the limit notice for the CRM example
-    code = main(
-        [
-            "email",
-            "preview",
-            "limit_approaching",
-            "--context",
-            str(CONTEXT),
-            "--out",
-            str(tmp_path),
-            "--templates",
-            str(TEMPLATES),
-        ]
-    )
+    code = preview("limit_approaching", CONTEXT, "--out", str(tmp_path))
     # Then three files are written and their paths printed
     printed = capsys.readouterr().out.split()
     assert code == 0
@@ -47,19 +40,7 @@ def test_preview_writes_html_text_and_eml_and_prints_their_paths(tmp_path, capsy
 
 
 def test_an_unknown_template_exits_2_and_lists_the_real_ones(tmp_path, capsys):
-    code = main(
-        [
-            "email",
-            "preview",
-            "upgrade_nudg",
-            "--context",
-            str(CONTEXT),
-            "--out",
-            str(tmp_path),
-            "--templates",
-            str(TEMPLATES),
-        ]
-    )
+    code = preview("upgrade_nudg", CONTEXT, "--out", str(tmp_path))
     err = capsys.readouterr().err
     assert code == 2
     assert "upgrade_nudg" in err and "upgrade_nudge" in err
@@ -68,7 +49,7 @@ def test_an_unknown_template_exits_2_and_lists_the_real_ones(tmp_path, capsys):
 def test_a_broken_context_file_exits_2_naming_the_line(tmp_path, capsys):
     bad = tmp_path / "ctx.json"
     bad.write_text('{\n  "action_id": "a",\n  oops\n}\n')
-    code = main(["email", "preview", "upgrade_nudge", "--context", str(bad), "--templates", str(TEMPLATES)])
+    code = preview("upgrade_nudge", bad)
     assert code == 2
     assert f"{bad}:3:" in capsys.readouterr().err
 
@@ -76,7 +57,7 @@ def test_a_broken_context_file_exits_2_naming_the_line(tmp_path, capsys):
 def test_a_context_missing_a_field_exits_2_naming_the_field(tmp_path, capsys):
     bad = tmp_path / "ctx.json"
     bad.write_text('{"action_id": "a", "transition_id": "t", "account_id": "acc", "channel": "email"}')
-    code = main(["email", "preview", "upgrade_nudge", "--context", str(bad), "--templates", str(TEMPLATES)])
+    code = preview("upgrade_nudge", bad)
     assert code == 2
     assert "touch" in capsys.readouterr().err
 
