@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import boto3
+import pytest
 from pqlflow import clock, tracking
 from pqlflow.definition_store import DefinitionStore
 from pqlflow.settings import IngestSettings
@@ -25,14 +26,21 @@ qualify:
 """
 
 
-def test_a_published_definitions_gauge_is_kept_by_ingest(table_name, monkeypatch):
+@pytest.fixture
+def fresh_ingest_settings():
+    """The handler caches its settings per cold start; start and end this test cold."""
+    app.ingest_settings.cache_clear()
+    yield
+    app.ingest_settings.cache_clear()
+
+
+def test_a_published_definitions_gauge_is_kept_by_ingest(table_name, monkeypatch, fresh_ingest_settings):
     # Given the CRM definition published, and ingest configured from its environment
     clock.set_source(lambda: NOW_MS / 1000)
     client = boto3.client("dynamodb")
     DefinitionStore(table_name, client).publish(CRM, "crm.yaml")
     monkeypatch.setattr(tracking, "_store", None)
     monkeypatch.setattr(app, "_processor", None)
-    app.ingest_settings.cache_clear()
     # When a Contacts Updated event arrives through the real handler
     app.handler(sqs_event([track("Contacts Updated", NOW_MS - 1000, "c1", total=8123)]), LambdaContext())
     # Then the gauge the definition names is in the usage state
