@@ -303,23 +303,7 @@ class FastDecoder:
                 user = anon
         if user is None:
             return None
-        ts = message.timestamp
-        if type(ts) is str and len(ts) == 24 and ts[23] == "Z" and ts[19] == ".":  # toISOString(): most exports
-            base = self._hours.get(ts[:13])
-            if base is None:
-                base = self._hour(ts[:13])
-            minute = _MINUTES.get(ts[13:16])
-            sec = _SECONDS.get(ts[16:19])
-            frac = _MILLIS.get(ts[20:23])
-            if base != -1 and minute is not None and sec is not None and frac is not None:
-                ts_s = (base + minute + sec + frac) / 1_000_000  # = datetime.timestamp(): µs / 10⁶, rounded once
-                if ts_s > self.hi_s or ts_s < self.lo_s:
-                    return None
-                ms = int(ts_s * 1000)
-            else:
-                ms = self._time(ts)
-        else:
-            ms = self._time(ts)
+        ms = self._time(message.timestamp)
         if ms is None:
             return None
         context = message.context
@@ -334,37 +318,29 @@ class FastDecoder:
             if tz is not None and type(tz) is not str:
                 return None
         kind = message.type
+        if kind == "track" or kind == "page" or kind == "screen":
+            bag = message.properties
+        elif kind == "identify" or kind == "group":
+            bag = message.traits
+        else:
+            return None
+        if bag is _UNSET:
+            bag = {}
+        elif type(bag) is not dict:
+            return None
+        if kind == "identify":
+            return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
+        if kind == "group":
+            group = self._ident(message.groupId)
+            if group is None:
+                return None
+            return (ms, line, mid, "group", group, user, None, bag, tz)
         if kind == "track":
             name = message.event
             name = (ok.get(name) if type(name) is str else None) or self._ident(name)
             if name is None:
                 return None
-            bag = message.properties
-            if bag is _UNSET:
-                bag = {}
-            elif type(bag) is not dict:
-                return None
-            if self.keep is not None and name not in self.keep:
-                bag = _DROPPED
-            return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
-        if kind == "identify" or kind == "group":
-            bag = message.traits
-            if bag is _UNSET:
-                bag = {}
-            elif type(bag) is not dict:
-                return None
-            if kind == "group":
-                group = self._ident(message.groupId)
-                if group is None:
-                    return None
-                return (ms, line, mid, "group", group, user, None, bag, tz)
-            return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
-        if kind == "page" or kind == "screen":
-            bag = message.properties
-            if bag is _UNSET:
-                bag = {}
-            elif type(bag) is not dict:
-                return None
+        else:  # page and screen are tracks of a fixed name; their name and category become properties
             bag = dict(bag)
             for key, v in (("name", message.name), ("category", message.category)):
                 if v is not None:
@@ -372,10 +348,9 @@ class FastDecoder:
                         return None
                     bag.setdefault(key, v)
             name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
-            if self.keep is not None and name not in self.keep:
-                bag = _DROPPED
-            return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
-        return None
+        if self.keep is not None and name not in self.keep:
+            bag = _DROPPED
+        return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
 
     def _time(self, ts: Any) -> int | None:
         """Epoch ms of a `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` time inside the accepted window,
