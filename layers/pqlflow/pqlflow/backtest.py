@@ -280,13 +280,7 @@ class FastDecoder:
         else:
             message = doc
         mid = message.messageId
-        if (
-            type(mid) is not str
-            or not 0 < len(mid) <= MAX_IDENTIFIER_CHARS
-            or not mid.isascii()
-            or not mid.isprintable()
-            or mid.isspace()
-        ):
+        if not _identifier(mid):
             return None
         ok = self._ok
         user = message.userId
