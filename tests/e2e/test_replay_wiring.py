@@ -41,7 +41,9 @@ def test_an_email_rule_that_no_longer_matches_sends_no_email(tmp_path, history, 
 
 def test_a_stream_filter_that_excludes_usage_items_means_no_pqls(tmp_path, history, definition_file, policy_file):
     # Given a copy of the template whose qualify stream filter wants items of kind "nothing"
-    copy = edited_template(tmp_path, '{"NewImage": {"kind": {"S": ["usage"]}}}', '{"NewImage": {"kind": {"S": ["nothing"]}}}')
+    copy = edited_template(
+        tmp_path, '{"NewImage": {"kind": {"S": ["usage"]}}}', '{"NewImage": {"kind": {"S": ["nothing"]}}}'
+    )
     # When replayed
     summary = run(history, tmp_path / "out", definition_file, policy_file, template=copy)
     # Then usage is ingested, but qualify is never invoked: no transition, no action

@@ -64,6 +64,7 @@ class FeedEvent:
     file: str
     line: int
     message_id: str | None = None
+    account: str | None = None
 
 
 @dataclass
@@ -74,6 +75,7 @@ class InputStats:
     eventbridge_events: int = 0
     too_big: list[dict[str, Any]] = field(default_factory=list)
     distinct_message_ids: int = 0
+    accounts: set[str] = field(default_factory=set)
     start: str | None = None
     end: str | None = None
 
@@ -131,6 +133,8 @@ def read_events(paths: Sequence[str | Path]) -> tuple[list[FeedEvent], InputStat
                     stats.eventbridge_events += 1
                 if event.message_id:
                     ids.add(event.message_id)
+                if event.account:
+                    stats.accounts.add(event.account)
                 events.append(event)
     events.sort(key=lambda e: e.ms)  # stable: events of the same millisecond keep file order
     stats.events = len(events)
@@ -156,9 +160,14 @@ def _feed_event(value: dict[str, Any], file: str, line: int, previous_ms: int | 
     if when is None:  # ingest will quarantine it; it travels with its neighbours
         when = previous_ms if previous_ms is not None else 0
     mid = message.get("messageId") if isinstance(message, dict) else None
+    account = None
+    if isinstance(message, dict):
+        context = message.get("context")
+        account = (context.get("groupId") if isinstance(context, dict) else None) or message.get("groupId")
+        account = account or message.get("userId")
     return FeedEvent(
         when, source, detail_type, json.dumps(message, separators=(",", ":")), file, line,
-        mid if isinstance(mid, str) else None,
+        mid if isinstance(mid, str) else None, account if isinstance(account, str) else None,
     )
 
 
@@ -294,7 +303,7 @@ def run_replay(
         policy_source = str(policy)
 
     from pqlflow.local.cfn_yaml import load_yaml
-    from pqlflow.replay_emulator import create_extra_resources, sent_emails
+    from pqlflow.replay_emulator import create_extra_resources, emulator_speedups, sent_emails
 
     parameters = {"LogLevel": "WARNING"} if "LogLevel" in (load_yaml(template).get("Parameters") or {}) else {}
     sim = SimulatedClock(events[0].ms / 1000 - 60)
@@ -305,6 +314,7 @@ def run_replay(
     runtime_cls = _runtime_class()
     try:
         with (
+            emulator_speedups(),
             contextlib.redirect_stdout(output),  # functions' logs and metrics (EMF) go to functions.log
             warnings.catch_warnings(),
         ):
@@ -660,17 +670,73 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
 def report_data(result: ReplayResult, paths: Sequence[str | Path], window_days: float = WINDOW_DAYS) -> dict[str, Any]:
     """The report's data: the backtest engine's metrics for the same history and definition (the same code
     the functions run), with the funnel's nudges and the per-channel conversion filled from the replay."""
-    from pqlflow.backtest import run_backtest
-
-    data = run_backtest(paths, [(result.definition, result.definition_source)], window_days=window_days).to_dict()
-    data["source"] = "replay"
     transitions = transitions_of(result)
+    try:
+        from pqlflow.backtest import run_backtest
+
+        data = run_backtest(paths, [(result.definition, result.definition_source)], window_days=window_days).to_dict()
+    except Exception as exc:  # the report must not lose a replay: fall back to what replay itself saw
+        data = _replay_only_metrics(result, transitions, window_days, f"backtest metrics unavailable: {exc}")
+    data["source"] = "replay"
     nudged, channels = channels_of(transitions, actions_of(result), window_days)
     for m in data.get("definitions", []):
         m["nudged"] = nudged
         m["channels"] = channels
         m["replay_pqls"] = len({t["account_id"] for t in transitions if t["type"] == "PQL Qualified"})
     return data
+
+
+def _replay_only_metrics(
+    result: ReplayResult, transitions: list[dict[str, Any]], window_days: float, warning: str
+) -> dict[str, Any]:
+    """The report's data from the replay's own transitions (used when the backtest engine cannot run)."""
+    qualified: dict[str, int] = {}
+    reasons: dict[str, dict[str, Any]] = {}
+    touch: Counter[str] = Counter()
+    for t in transitions:
+        at = _parse_time(t.get("at"))
+        if t["type"] == "PQL Qualified" and at is not None and t["account_id"] not in qualified:
+            qualified[t["account_id"]] = at
+            touch[str(t.get("touch"))] += 1
+            for r in t.get("reasons") or []:
+                row = reasons.setdefault(r.get("code"), {"code": r.get("code"), "kind": r.get("kind"),
+                                                         "example": r.get("text"), "count": 0})
+                row["count"] += 1
+    converted = _conversions(transitions)
+    window = window_days * 86_400_000
+    days = [(converted[a] - q) / 86_400_000 for a, q in qualified.items() if a in converted
+            and 0 <= converted[a] - q <= window]
+    active = max(len(result.stats.accounts), len(qualified))
+    tp, pqls = len(days), len(qualified)
+    non_pql = active - pqls
+    non_pql_conv = sum(1 for a in converted if a not in qualified)
+    base = len(converted) / active if active else None
+    precision = tp / pqls if pqls else None
+    return {
+        "history": {"files": result.stats.files, "lines": result.stats.lines, "events": result.stats.events,
+                    "duplicates": result.stats.events - result.stats.distinct_message_ids, "bad_lines": 0, "bad": [],
+                    "start": result.stats.start, "end": result.stats.end},
+        "window_days": window_days,
+        "definitions": [{
+            "definition": {"name": result.definition.name, "version": result.definition.version,
+                           "source": result.definition_source, "unit": getattr(result.definition, "unit", "account")},
+            "window_days": window_days, "active": active, "converted": len(converted), "pqls": pqls,
+            "tp": tp, "fp": pqls - tp, "fn": non_pql_conv, "tn": max(0, non_pql - non_pql_conv),
+            "precision": precision, "recall": tp / len(converted) if converted else None,
+            "lift": precision / base if precision is not None and base else None, "base_rate": base,
+            "pql_conversion_rate": precision, "non_pql_conversion_rate": non_pql_conv / non_pql if non_pql else None,
+            "censored_pqls": 0,
+            "qualified_events": sum(1 for t in transitions if t["type"] == "PQL Qualified"),
+            "disqualified_events": sum(1 for t in transitions if t["type"] == "PQL Disqualified"),
+            "touch": {"high": touch.get("high", 0), "low": touch.get("low", 0)},
+            "time_to_convert": {
+                "n": len(days), "median_days": statistics.median(days) if days else None, "p25_days": None,
+                "p75_days": None, "mean_days": statistics.mean(days) if days else None, "buckets": [],
+            },
+            "weekly": [], "reasons": sorted(reasons.values(), key=lambda r: -r["count"])[:10],
+            "signals": [], "sweeps": [], "warnings": [warning], "bad_events": [], "bad_event_count": 0,
+        }],
+    }
 
 
 def write_outputs(result: ReplayResult, out: Path, paths: Sequence[str | Path], log_text: str = "") -> dict[str, Any]:
