@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 import threading
 from collections import defaultdict
@@ -82,6 +83,7 @@ class DevStack:
                 text = definition.read_text(encoding="utf-8")
             except OSError as exc:
                 raise UsageError(f"{definition}: cannot read ({exc.strerror or exc})") from None
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per SDK call otherwise
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.server.start()
         host, bound = self.server.get_host_and_port()
