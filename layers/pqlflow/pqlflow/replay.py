@@ -265,6 +265,7 @@ def run_replay(
     max_batch: int = DEFAULT_MAX_BATCH,
     progress: Progress | None = None,
     function_output: io.TextIOBase | None = None,
+    speedups: bool = True,
 ) -> ReplayResult:
     """Feed the history through the template's application on simulated time and collect what it did.
 
@@ -314,7 +315,7 @@ def run_replay(
     runtime_cls = _runtime_class()
     try:
         with (
-            emulator_speedups(),
+            emulator_speedups() if speedups else contextlib.nullcontext(),
             contextlib.redirect_stdout(output),  # functions' logs and metrics (EMF) go to functions.log
             warnings.catch_warnings(),
         ):
