@@ -24,7 +24,12 @@ SEEN = "$seen"  # pseudo-trait recording when a user was last seen
 
 MAX_EVENT_NAMES = 200  # distinct event/counter names kept per account; see docs/ingest.md
 MAX_USERS_PER_DAY = 1000  # distinct active users counted per day (the count saturates there)
-MAX_USERS_KEPT = 100  # users whose traits are kept for personalization (most recently seen)
+MAX_USERS_KEPT = 25  # users whose traits are kept for personalization (most recently seen)
+# User traits kept for personalization and rep context. Every write is billed on the whole item's size,
+# so the rest of what identify calls carry (addresses, createdAt…) is not kept on the usage item.
+DEFAULT_USER_TRAITS = frozenset({
+    "email", "name", "firstName", "first_name", "lastName", "last_name", "title", "role", "timezone",
+})
 MAX_TRAIT_JSON = 1024  # a trait value whose JSON is longer is not kept
 
 
@@ -85,6 +90,7 @@ class TrackingSpec:
     retention_days: int = 90
     active_user_days: int = 35
     protected_names: frozenset[str] = frozenset()  # names a definition uses: never dropped by caps
+    user_traits: frozenset[str] = DEFAULT_USER_TRAITS  # identify traits kept per user
 
     @cached_property
     def _gauges_by_event(self) -> dict[str, tuple[GaugeSpec, ...]]:
@@ -254,7 +260,7 @@ class AccountUsage:
                     self.traits[key] = (ms, encoded)
         if event.kind == "identify":
             for key, value in event.traits.items():
-                encoded = trait_json(value)
+                encoded = trait_json(value) if key in spec.user_traits else None
                 if encoded is not None:
                     self._set_user_trait(event.user_id, key, ms, encoded)
 

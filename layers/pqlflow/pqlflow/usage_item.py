@@ -141,7 +141,7 @@ class SubjectDelta:
                     self.traits[key] = (ms, encoded)
         if kind == "identify":
             for key, value in event.traits.items():
-                encoded = trait_json(value)
+                encoded = trait_json(value) if key in spec.user_traits else None
                 if encoded is not None:
                     self._user_trait(event.user_id, key, ms, encoded)
 
