@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pqlflow import clock, suppression, unsubscribe
 from pqlflow.contracts import NurtureAction, PqlQualified, Reason
+from pqlflow.yamlfile import first_problem
 
 EMAIL_DIR = "email"
 BRAND_FILE = "brand.yaml"
@@ -202,9 +203,7 @@ def load_brand(root: Path, overrides: Mapping[str, Any] | None = None) -> Brand:
     try:
         return Brand.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise MailError(f"{path}: {field}: {first['msg']}") from exc
+        raise MailError(f"{path}: {first_problem(exc)}") from exc
 
 
 # ------------------------------------------------------------------------------------------ context

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pqlflow.contracts import NurtureAction, Reason
 from pqlflow.errors import UsageError
+from pqlflow.yamlfile import first_problem, load_config
 
 OfferKind = Literal["discount", "extended_trial", "premium_feature"]
 OfferStatus = Literal["active", "accepted", "dismissed", "expired"]
@@ -82,24 +82,11 @@ def parse_catalog(data: Any, source: str = "<catalog>") -> Catalog:
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"{source}: field {where}: {first['msg']}") from None
+        raise UsageError(f"{source}: field {first_problem(exc)}") from None
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read offer catalog ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}{line}: invalid YAML") from None
-    return parse_catalog(data, str(path))
+    return parse_catalog(load_config(path, "offer catalog"), str(path))
 
 
 class Offer(BaseModel):

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pqlflow.contracts import NurtureAction, PqlQualified, Reason, RepTaskCreated
 from pqlflow.errors import UsageError
+from pqlflow.yamlfile import first_problem, load_config
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -126,24 +126,11 @@ def parse_roster(data: Any, source: str = "<roster>") -> Roster:
     try:
         return Roster.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UsageError(f"{source}: field {where}: {first['msg']}") from None
+        raise UsageError(f"{source}: field {first_problem(exc)}") from None
 
 
 def load_roster(path: str | Path) -> Roster:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read roster ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}{line}: invalid YAML") from None
-    return parse_roster(data, str(path))
+    return parse_roster(load_config(path, "roster"), str(path))
 
 
 # ---- owner choice -------------------------------------------------------------------------------

@@ -28,6 +28,27 @@ def read_text(path: str | Path, fail: Callable[[str], Exception]) -> str:
         raise fail(f"cannot read the file ({exc.__class__.__name__})") from None
 
 
+def load_config(path: str | Path, what: str) -> Any:
+    """A small YAML config file (offer catalog, rep roster) as plain data; a `UsageError` names the file,
+    and the line for a syntax error."""
+    from pqlflow.errors import UsageError
+
+    path = Path(path)
+    text = read_text(path, lambda problem: UsageError(f"{path}: cannot read {what}: {problem}"))
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}{line}: invalid YAML") from None
+
+
+def first_problem(exc: Any) -> str:
+    """Pydantic's first validation error as "field.path: message" ("(top level)" for the whole file)."""
+    first = exc.errors()[0]
+    return f"{dotted(first['loc']) or '(top level)'}: {first['msg']}"
+
+
 def dotted(path: Sequence[str | int]) -> str:
     """A location as a key path: `rules[2].when.signal` ("" for the top level)."""
     out = ""
