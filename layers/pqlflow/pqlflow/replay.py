@@ -309,6 +309,7 @@ def run_replay(
     parameters = {"LogLevel": "WARNING"} if "LogLevel" in (load_yaml(template).get("Parameters") or {}) else {}
     sim = SimulatedClock(events[0].ms / 1000 - 60)
     clock.set_source(sim)
+    _forget_process_caches()
     observed: list[dict[str, Any]] = []
     n_steps = firings = 0
     output = function_output if function_output is not None else io.StringIO()
@@ -364,6 +365,20 @@ def run_replay(
         stats, defn, defn_source, policy_source, observed, emails, items, counters, handler_seconds, memory,
         writers, sqs_messages, n_steps, firings, time.perf_counter() - started, int(sim.now * 1000),
     )
+
+
+def _forget_process_caches() -> None:
+    """Shared modules keep per-cold-start state at module level (settings, ingest's definition cache); in
+    one process a new runtime is a new cold start, and simulated time may run backwards between replays,
+    which a time-based cache cannot tell. (The local runtime should do this on start: see docs/replay.md.)"""
+    import pqlflow.settings
+    import pqlflow.tracking
+
+    for value in vars(pqlflow.settings).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+    if hasattr(pqlflow.tracking, "_store"):
+        pqlflow.tracking._store = None
 
 
 def _table_name(runtime: Any) -> str:
