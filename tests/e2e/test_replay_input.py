@@ -101,3 +101,15 @@ def test_missing_definition_or_policy_files_are_named(tmp_path, capsys, option):
     code, err = main(capsys, str(history), "--out", str(tmp_path / "out"), option[0], str(tmp_path / option[1]))
     assert code == 2
     assert "missing.yaml" in err
+
+
+def test_a_conversion_event_starts_a_new_step_so_a_pql_just_before_it_is_seen():
+    from pqlflow.replay import FeedEvent, steps
+
+    def event(minute: int, name: str) -> FeedEvent:
+        return FeedEvent(minute * 60_000, "s", "track", "{}", "f", minute, name=name)
+
+    history = [event(0, "Signed In"), event(5, "Signed In"), event(38, "Subscription Started"), event(40, "Signed In")]
+    groups = list(steps(history, 6 * 3600, 400, frozenset({"Subscription Started"})))
+    assert [[e.line for e in g] for g in groups] == [[0, 5], [38, 40]]
+    assert [[e.line for e in g] for g in steps(history, 6 * 3600, 400)] == [[0, 5, 38, 40]]

@@ -65,6 +65,7 @@ class FeedEvent:
     line: int
     message_id: str | None = None
     account: str | None = None
+    name: str | None = None  # the track event's name
 
 
 @dataclass
@@ -165,18 +166,29 @@ def _feed_event(value: dict[str, Any], file: str, line: int, previous_ms: int | 
         context = message.get("context")
         account = (context.get("groupId") if isinstance(context, dict) else None) or message.get("groupId")
         account = account or message.get("userId")
+    name = message.get("event") if isinstance(message, dict) else None
     return FeedEvent(
         when, source, detail_type, json.dumps(message, separators=(",", ":")), file, line,
         mid if isinstance(mid, str) else None, account if isinstance(account, str) else None,
+        name if isinstance(name, str) else None,
     )
 
 
-def steps(events: Sequence[FeedEvent], step_seconds: float, max_batch: int) -> Iterator[list[FeedEvent]]:
-    """Consecutive groups of events spanning at most `step_seconds` of event time and `max_batch` events."""
+def steps(
+    events: Sequence[FeedEvent], step_seconds: float, max_batch: int, boundaries: frozenset[str] = frozenset()
+) -> Iterator[list[FeedEvent]]:
+    """Consecutive groups of events spanning at most `step_seconds` of event time and `max_batch` events.
+
+    An event named in `boundaries` (the conversion events) starts a new group: ingest folds a batch per
+    account, so a qualification and the conversion that follows it in one batch would never show as a
+    PQL, where AWS (batching seconds, not hours) would see both.
+    """
     group: list[FeedEvent] = []
     limit = int(step_seconds * 1000)
     for event in events:
-        if group and (event.ms - group[0].ms >= limit or len(group) >= max_batch):
+        if group and (
+            event.ms - group[0].ms >= limit or len(group) >= max_batch or (event.name in boundaries)
+        ):
             yield group
             group = []
         group.append(event)
@@ -331,7 +343,13 @@ def run_replay(
                     DefinitionStore(table, client=runtime.client("dynamodb")).publish(text, str(definition))
                 schedules = _Schedules(runtime)
                 fed = 0
-                for group in steps(events, step_seconds, max_batch):
+                conversions = frozenset(
+                    name.strip()
+                    for fn in runtime.wiring.functions.values()
+                    for name in str(fn.environment.get("CONVERSION_EVENTS", "")).split(",")
+                    if name.strip()
+                )
+                for group in steps(events, step_seconds, max_batch, conversions):
                     firings += schedules.fire_until(group[0].ms / 1000, sim)
                     sim.advance(group[-1].ms / 1000)
                     runtime.put_events(
