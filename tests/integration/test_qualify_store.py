@@ -92,6 +92,17 @@ def test_the_active_definition_is_cached_for_the_configured_time(table_name: str
     assert store.reads == 2
 
 
+def test_time_going_backwards_reloads_the_definition(table_name: str) -> None:
+    # Given a warm store, then a replay that restarts simulated time earlier in the same process
+    clock = Clock()
+    store = DefinitionStore(table_name, cache_seconds=60, now=clock)
+    store.active()
+    DefinitionStore(table_name).publish(SLACK.read_text())
+    clock.t -= 86_400
+    # When the store is asked again, then it reads the definition instead of trusting a cache "from the future"
+    assert store.active().name == "slack-messages"
+
+
 def test_a_stored_definition_that_no_longer_validates_keeps_the_last_good_one(table_name: str) -> None:
     clock = Clock()
     store = DefinitionStore(table_name, cache_seconds=1, now=clock)

@@ -80,7 +80,7 @@ class DefinitionStore:
         if (
             self._cached is not None
             and self._loaded_at is not None
-            and now - self._loaded_at < self.cache_seconds
+            and 0 <= now - self._loaded_at < self.cache_seconds  # time going backwards (replay) is stale
         ):
             return self._cached
         self.reads += 1
