@@ -359,3 +359,14 @@ def test_dashboard_is_valid_json_and_shows_every_function_and_dead_letter_queue(
     queues = _resources(template, "AWS::SQS::Queue")
     dead_letter = {f"{n}.QueueName" for n, q in queues.items() if "RedrivePolicy" not in q["Properties"]}
     assert set(_resources(template, FUNCTION)) | dead_letter <= refs
+
+
+def test_ingest_writes_usage_and_reads_only_the_definition_in_force(template: dict[str, Any]) -> None:
+    # Ingest never reads usage state (exactly-once without read-before-write); its one read is the
+    # definition in force (pk DEF), to know which gauges and filters to keep.
+    statements = [s for p in template["Resources"]["IngestFunction"]["Properties"]["Policies"]
+                  for s in p.get("Statement", [])]
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    assert actions == {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem"}
+    (read,) = [s for s in statements if "dynamodb:GetItem" in _as_list(s["Action"])]
+    assert read["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == ["DEF"]
