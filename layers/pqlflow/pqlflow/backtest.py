@@ -26,6 +26,7 @@ import contextlib
 import gc
 import json
 import math
+import operator
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,7 +76,7 @@ from pqlflow.qualification import (
     number,
     signal_value,
 )
-from pqlflow.usage import AccountUsage, GaugeError, TrackingSpec
+from pqlflow.usage import MAX_USERS_PER_DAY, SEEN, AccountUsage, GaugeError, TrackingSpec, fingerprint
 
 try:  # msgspec decodes straight into typed structs in C; the stdlib fallback gives the same answers, slower
     import msgspec as _msgspec
@@ -195,6 +196,7 @@ _MINUTES = {f":{m:02d}": m * 60_000_000 for m in range(60)}
 _SECONDS = {f":{s:02d}": s * 1_000_000 for s in range(60)}
 _MILLIS = {f"{m:03d}": m * 1000 for m in range(1000)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS_MILLIS = {f":{s:02d}.{m:03d}": s * 1_000_000 + m * 1000 for s in range(60) for m in range(1000)}
 
 
 class FastDecoder:
@@ -213,6 +215,7 @@ class FastDecoder:
         self.hi_s = now_s + MAX_FUTURE_SECONDS
         self._ok: dict[str, str] = {}  # identifiers proven valid → one shared copy (names and ids repeat)
         self._hours: dict[str, int] = {}  # "YYYY-MM-DDTHH" → epoch µs (-1: not that shape)
+        self._minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" → epoch µs (-1: not that shape)
         self.fast = 0
         self.slow = 0
 
@@ -280,8 +283,14 @@ class FastDecoder:
         else:
             message = doc
         mid = message.messageId
-        if not _identifier(mid):
-            return None
+        if not (
+            type(mid) is str
+            and 0 < len(mid) <= MAX_IDENTIFIER_CHARS
+            and mid.isascii()
+            and mid.isprintable()
+            and not mid.isspace()
+        ):
+            return None  # _identifier, inlined: every line has a new messageId
         ok = self._ok
         user = message.userId
         if user is not None:
@@ -297,9 +306,21 @@ class FastDecoder:
                 user = anon
         if user is None:
             return None
-        ms = self._time(message.timestamp)
+        ts = message.timestamp
+        ms = None
+        if type(ts) is str and len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
+            base = self._minutes.get(ts[:16])
+            if base is None:
+                base = self._minute(ts[:16])
+            rest = _SECONDS_MILLIS.get(ts[16:23])
+            if base != -1 and rest is not None:
+                ts_s = (base + rest) / 1_000_000
+                if self.lo_s <= ts_s <= self.hi_s:
+                    ms = int(ts_s * 1000)
         if ms is None:
-            return None
+            ms = self._time(ts)
+            if ms is None:
+                return None
         context = message.context
         group = tz = None
         if context is not None:
@@ -388,6 +409,16 @@ class FastDecoder:
         if ts_s > self.hi_s or ts_s < self.lo_s:
             return None
         return int(ts_s * 1000)
+
+    def _minute(self, prefix: str) -> int:
+        """Epoch µs of a valid "YYYY-MM-DDTHH:MM" (UTC), else -1; cached."""
+        base = self._hours.get(prefix[:13])
+        if base is None:
+            base = self._hour(prefix[:13])
+        minute = _MINUTES.get(prefix[13:16])
+        value = base + minute if base != -1 and minute is not None else -1
+        self._minutes[prefix] = value
+        return value
 
     def _hour(self, prefix: str) -> int:
         """Epoch µs of a valid "YYYY-MM-DDTHH" (UTC), else -1; cached."""
@@ -716,6 +747,14 @@ class SweepTarget:
     condition_id: int | None  # id() of the Condition; None for the points threshold
 
 
+_NUMERIC_FN: dict[str, Callable[[float, Any], bool]] = {
+    "gte": operator.ge,
+    "gt": operator.gt,
+    "lte": operator.le,
+    "lt": operator.lt,
+}
+
+
 class Gate:
     """`evaluate`'s would_enter/would_stay, computed with qualification's own signal and comparison
     functions but without building reasons (tests/unit/test_backtest_gate.py proves they agree)."""
@@ -781,6 +820,50 @@ class Gate:
         for row in self.rows:
             self.row_leaves.append(len(self.leaves))
             self.leaves.append((row.signal, row.op, row.threshold))
+        # Lifetime counts against numeric thresholds only (no points): `compare` is then float(count) <op>
+        # threshold, and `check_counts` computes exactly that without signal_value/compare per leaf.
+        self.count_keys: list[str] | None = None
+        if defn.points is None and self.qualify is not None:
+            keys: list[str] = []
+            for name, op, threshold in self.leaves:
+                signal = defn.signals.get(name)
+                if (
+                    not isinstance(signal, CountSignal)
+                    or signal.last_days
+                    or op not in _NUMERIC_FN
+                    or type(threshold) not in (int, float)
+                ):
+                    break
+                keys.append(signal.key)
+            else:
+                self.count_keys = keys
+                self.count_tests = [(_NUMERIC_FN[op], threshold) for _, op, threshold in self.leaves]
+
+    def check_counts(self, usage: AccountUsage, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
+        """`check` for a definition whose conditions are all lifetime counts against numbers (count_keys)."""
+        lifetime = usage.lifetime
+        values = [float(lifetime.get(key, 0)) for key in self.count_keys]  # type: ignore[union-attr]
+        ok = [test(v, threshold) for v, (test, threshold) in zip(values, self.count_tests, strict=True)]
+        rule_ok = _eval(self.qualify, ok)  # type: ignore[arg-type]
+        enter = stay = rule_ok and not excluded
+        rows = [ok[i] for i in self.row_leaves]
+        crits: list[float] = []
+        for t, leaf in zip(self.targets, self.forced, strict=True):
+            if excluded:
+                crits.append(-math.inf)
+                continue
+            saved = ok[leaf]
+            ok[leaf] = False
+            if _eval(self.qualify, ok):  # type: ignore[arg-type]
+                crits.append(math.inf)
+            else:
+                ok[leaf] = True
+                if _eval(self.qualify, ok):  # type: ignore[arg-type]
+                    crits.append(values[leaf] if t.op in ("gte", "gt") else -values[leaf])
+                else:
+                    crits.append(-math.inf)
+            ok[leaf] = saved
+        return enter, stay, rows, crits
 
     def check(self, usage: AccountUsage, now_ms: int, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
         """(would_enter, would_stay, each row holds, each sweep target's critical value).
@@ -945,6 +1028,11 @@ def run_definition(
     again = defn.requalify.again
     cooldown_ms = defn.requalify.cooldown_days * DAY_MS
     folded = gated = decided = 0
+    counts_only = gate.count_keys is not None
+    conversions = spec.conversions
+    # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
+    plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
+    prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -993,14 +1081,48 @@ def run_definition(
                     if relevant:
                         if active:
                             day_users.add(rec[5])
-                        before = excluding(usage, rec[5]) if kind != "track" else None
-                        try:
-                            usage.apply(to_event(rec), spec)
-                        except GaugeError as exc:
-                            path, number = history.locate(rec[1])
-                            run.bad.append(BadLine(path, number, f"{exc.field}: {exc}", rec[2]))
-                            continue
-                        folded += 1
+                        if kind == "track" and rec[6] in plain:
+                            # AccountUsage.apply of a track event with no gauge or filter, inlined
+                            user = rec[5]
+                            if usage.first_seen_ms is None or ms < usage.first_seen_ms:
+                                usage.first_seen_ms = ms
+                            if usage.last_seen_ms is None or ms > usage.last_seen_ms:
+                                usage.last_seen_ms = ms
+                            day_set = usage.active_users.get(day)
+                            if day_set is None:
+                                day_set = usage.active_users[day] = set()
+                            if len(day_set) < MAX_USERS_PER_DAY:
+                                fp = prints.get(user)
+                                if fp is None:
+                                    fp = prints[user] = fingerprint(user)
+                                day_set.add(fp)
+                            user_traits = usage.users.get(user)
+                            if user_traits is None:
+                                user_traits = usage.users[user] = {}
+                            seen_at = user_traits.get(SEEN)
+                            if seen_at is None or (ms, "null") > seen_at:
+                                user_traits[SEEN] = (ms, "null")
+                            name = rec[6]
+                            lifetime = usage.lifetime
+                            lifetime[name] = lifetime.get(name, 0) + 1
+                            per_day = usage.daily.get(name)
+                            if per_day is None:
+                                per_day = usage.daily[name] = {}
+                            per_day[day] = per_day.get(day, 0) + 1
+                            if name in conversions:
+                                if usage.converted_at_ms is None or ms < usage.converted_at_ms:
+                                    usage.converted_at_ms = ms
+                            folded += 1
+                            before = None
+                        else:
+                            before = excluding(usage, rec[5]) if kind != "track" else None
+                            try:
+                                usage.apply(to_event(rec), spec)
+                            except GaugeError as exc:
+                                path, number = history.locate(rec[1])
+                                run.bad.append(BadLine(path, number, f"{exc.field}: {exc}", rec[2]))
+                                continue
+                            folded += 1
                         if before is not None and excluding(usage, rec[5]) != before:
                             dirty = True  # a trait the exclusions read changed: ask `exclusion` again
                     else:
@@ -1018,7 +1140,10 @@ def run_definition(
                             excluded = exclusion(defn, usage) is not None
                             dirty = False
                         gated += 1
-                        now_enter, now_stay, rows, crits = gate.check(usage, ms, excluded)
+                        if counts_only:
+                            now_enter, now_stay, rows, crits = gate.check_counts(usage, excluded)
+                        else:
+                            now_enter, now_stay, rows, crits = gate.check(usage, ms, excluded)
                         must = (now_enter and not enter) or (stay and not now_stay) or (now_enter and new_day)
                         enter, stay = now_enter, now_stay
                         if True in rows:
