@@ -833,26 +833,15 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
-def replay(
-    paths: Sequence[str | Path],
-    *,
-    out: str | Path = "out",
-    template: str | Path = "template.yaml",
-    root: str | Path | None = None,
-    definition: str | Path | None = None,
-    policy: str | Path | None = None,
-    step_seconds: float = DEFAULT_STEP_SECONDS,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run the replay and write its outputs into `out`; returns summary.json's content."""
+def replay(paths: Sequence[str | Path], *, out: str | Path = "out", **options: Any) -> dict[str, Any]:
+    """Run the replay and write its outputs into `out`; returns summary.json's content.
+
+    `options` are `run_replay`'s (template, root, definition, policy, step_seconds, max_batch, progress).
+    """
     out = Path(out)
     prepare_out(out)  # refuse a bad --out before minutes of work
     log = io.StringIO()
-    result = run_replay(
-        paths, template=template, root=root, definition=definition, policy=policy, step_seconds=step_seconds,
-        max_batch=max_batch, progress=progress, function_output=log,
-    )
+    result = run_replay(paths, function_output=log, **options)
     return write_outputs(result, out, paths, log.getvalue())
 
 
