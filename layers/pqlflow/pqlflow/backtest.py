@@ -196,7 +196,6 @@ _MINUTES = {f":{m:02d}": m * 60_000_000 for m in range(60)}
 _SECONDS = {f":{s:02d}": s * 1_000_000 for s in range(60)}
 _MILLIS = {f"{m:03d}": m * 1000 for m in range(1000)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECONDS_MILLIS = {f":{s:02d}.{m:03d}": s * 1_000_000 + m * 1000 for s in range(60) for m in range(1000)}
 
 
 class FastDecoder:
@@ -215,9 +214,9 @@ class FastDecoder:
         self.hi_s = now_s + MAX_FUTURE_SECONDS
         self._ok: dict[str, str] = {}  # identifiers proven valid → one shared copy (names and ids repeat)
         self._hours: dict[str, int] = {}  # "YYYY-MM-DDTHH" → epoch µs (-1: not that shape)
-        self._minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" → epoch µs (-1: not that shape)
         self.fast = 0
         self.slow = 0
+        self._fast = self._compile_fast()
 
     def decode(self, raw: bytes) -> UsageEvent | Rejection:
         result = self.record(raw, 0)
@@ -253,119 +252,130 @@ class FastDecoder:
             return value
         return None
 
-    def _fast(self, raw: bytes, line: int) -> tuple[Any, ...] | None:  # noqa: C901 - one flat pass is the point
-        if len(raw) > MAX_MESSAGE_BYTES // 4 or raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
-            return None  # parse_body measures the size and the nesting of these: let it
-        envelope = b'"detail-type"' in raw
-        try:
-            if _msgspec is not None:
-                doc = (_ENVELOPE if envelope else _MESSAGE).decode(raw)
-            else:
-                if b"\\ud" in raw or b"\\uD" in raw:  # lone surrogates: json accepts them, pydantic does not
-                    return None
-                decoded = json.loads(raw.decode("utf-8"))
-                if type(decoded) is not dict:
-                    return None
-                doc = _DictEnvelope(decoded) if envelope else _DictMessage(decoded)
-        except (ValueError, UnicodeDecodeError, _DecodeError):
-            return None
-        if envelope:
-            if doc.detail_type_by_name is not _UNSET:
-                return None
-            message = doc.detail
-            if type(doc.detail_type) is not str or type(doc.source) is not str or message is None:
-                return None
-            for v in (doc.id, doc.time, doc.account, doc.region):
-                if v is not None and type(v) is not str:
-                    return None
-            if message.type != doc.detail_type:
-                return None
-        else:
-            message = doc
-        mid = message.messageId
-        if not (
-            type(mid) is str
-            and 0 < len(mid) <= MAX_IDENTIFIER_CHARS
-            and mid.isascii()
-            and mid.isprintable()
-            and not mid.isspace()
-        ):
-            return None  # _identifier, inlined: every line has a new messageId
+    def _compile_fast(self) -> Callable[[bytes, int], tuple[Any, ...] | None]:
+        """The fast path as a closure: the decoder's tables become cell variables, cheaper to reach per line
+        than attributes (this runs once per line of the history)."""
         ok = self._ok
-        user = message.userId
-        if user is not None:
-            user = (ok.get(user) if type(user) is str else None) or self._ident(user)
+        hours = self._hours  # small tables: they stay in the CPU cache (a per-minute one would not)
+        lo_s, hi_s, keep = self.lo_s, self.hi_s, self.keep
+        ident, hour_of, time_of = self._ident, self._hour, self._time
+
+        def fast(raw: bytes, line: int) -> tuple[Any, ...] | None:  # noqa: C901 - one flat pass is the point
+            if len(raw) > MAX_MESSAGE_BYTES // 4 or raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
+                return None  # parse_body measures the size and the nesting of these: let it
+            envelope = b'"detail-type"' in raw
+            try:
+                if _msgspec is not None:
+                    doc = (_ENVELOPE if envelope else _MESSAGE).decode(raw)
+                else:
+                    if b"\\ud" in raw or b"\\uD" in raw:  # lone surrogates: json accepts them, pydantic does not
+                        return None
+                    decoded = json.loads(raw.decode("utf-8"))
+                    if type(decoded) is not dict:
+                        return None
+                    doc = _DictEnvelope(decoded) if envelope else _DictMessage(decoded)
+            except (ValueError, UnicodeDecodeError, _DecodeError):
+                return None
+            if envelope:
+                if doc.detail_type_by_name is not _UNSET:
+                    return None
+                message = doc.detail
+                if type(doc.detail_type) is not str or type(doc.source) is not str or message is None:
+                    return None
+                for v in (doc.id, doc.time, doc.account, doc.region):
+                    if v is not None and type(v) is not str:
+                        return None
+                if message.type != doc.detail_type:
+                    return None
+            else:
+                message = doc
+            mid = message.messageId
+            if not (
+                type(mid) is str
+                and 0 < len(mid) <= MAX_IDENTIFIER_CHARS
+                and mid.isascii()
+                and mid.isprintable()
+                and not mid.isspace()
+            ):
+                return None  # _identifier, inlined: every line has a new messageId
+            user = message.userId
+            if user is not None:
+                user = (ok.get(user) if type(user) is str else None) or ident(user)
+                if user is None:
+                    return None
+            anon = message.anonymousId
+            if anon is not None:
+                anon = (ok.get(anon) if type(anon) is str else None) or ident(anon)
+                if anon is None:
+                    return None
+                if user is None:
+                    user = anon
             if user is None:
                 return None
-        anon = message.anonymousId
-        if anon is not None:
-            anon = (ok.get(anon) if type(anon) is str else None) or self._ident(anon)
-            if anon is None:
-                return None
-            if user is None:
-                user = anon
-        if user is None:
-            return None
-        ts = message.timestamp
-        ms = None
-        if type(ts) is str and len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
-            base = self._minutes.get(ts[:16])
-            if base is None:
-                base = self._minute(ts[:16])
-            rest = _SECONDS_MILLIS.get(ts[16:23])
-            if base != -1 and rest is not None:
-                ts_s = (base + rest) / 1_000_000
-                if self.lo_s <= ts_s <= self.hi_s:
-                    ms = int(ts_s * 1000)
-        if ms is None:
-            ms = self._time(ts)
+            ts = message.timestamp
+            ms = None
+            if type(ts) is str and len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
+                base = hours.get(ts[:13])
+                if base is None:
+                    base = hour_of(ts[:13])
+                minute = _MINUTES.get(ts[13:16])
+                sec = _SECONDS.get(ts[16:19])
+                frac = _MILLIS.get(ts[20:23])
+                if base != -1 and minute is not None and sec is not None and frac is not None and ts[19] == ".":
+                    ts_s = (base + minute + sec + frac) / 1_000_000
+                    if lo_s <= ts_s <= hi_s:
+                        ms = int(ts_s * 1000)
             if ms is None:
+                ms = time_of(ts)
+                if ms is None:
+                    return None
+            context = message.context
+            group = tz = None
+            if context is not None:
+                group = context.groupId
+                if group is not None:
+                    group = (ok.get(group) if type(group) is str else None) or ident(group)
+                    if group is None:
+                        return None
+                tz = context.timezone
+                if tz is not None and type(tz) is not str:
+                    return None
+            kind = message.type
+            if kind == "track" or kind == "page" or kind == "screen":
+                bag = message.properties
+            elif kind == "identify" or kind == "group":
+                bag = message.traits
+            else:
                 return None
-        context = message.context
-        group = tz = None
-        if context is not None:
-            group = context.groupId
-            if group is not None:
-                group = (ok.get(group) if type(group) is str else None) or self._ident(group)
+            if bag is _UNSET:
+                bag = {}
+            elif type(bag) is not dict:
+                return None
+            if kind == "identify":
+                return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
+            if kind == "group":
+                group = ident(message.groupId)
                 if group is None:
                     return None
-            tz = context.timezone
-            if tz is not None and type(tz) is not str:
-                return None
-        kind = message.type
-        if kind == "track" or kind == "page" or kind == "screen":
-            bag = message.properties
-        elif kind == "identify" or kind == "group":
-            bag = message.traits
-        else:
-            return None
-        if bag is _UNSET:
-            bag = {}
-        elif type(bag) is not dict:
-            return None
-        if kind == "identify":
-            return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
-        if kind == "group":
-            group = self._ident(message.groupId)
-            if group is None:
-                return None
-            return (ms, line, mid, "group", group, user, None, bag, tz)
-        if kind == "track":
-            name = message.event
-            name = (ok.get(name) if type(name) is str else None) or self._ident(name)
-            if name is None:
-                return None
-        else:  # page and screen are tracks of a fixed name; their name and category become properties
-            bag = dict(bag)
-            for key, v in (("name", message.name), ("category", message.category)):
-                if v is not None:
-                    if self._ident(v) is None:
-                        return None
-                    bag.setdefault(key, v)
-            name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
-        if self.keep is not None and name not in self.keep:
-            bag = _DROPPED
-        return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
+                return (ms, line, mid, "group", group, user, None, bag, tz)
+            if kind == "track":
+                name = message.event
+                name = (ok.get(name) if type(name) is str else None) or ident(name)
+                if name is None:
+                    return None
+            else:  # page and screen are tracks of a fixed name; their name and category become properties
+                bag = dict(bag)
+                for key, v in (("name", message.name), ("category", message.category)):
+                    if v is not None:
+                        if ident(v) is None:
+                            return None
+                        bag.setdefault(key, v)
+                name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
+            if keep is not None and name not in keep:
+                bag = _DROPPED
+            return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
+
+        return fast
 
     def _time(self, ts: Any) -> int | None:
         """Epoch ms of a `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)` time inside the accepted window,
@@ -409,16 +419,6 @@ class FastDecoder:
         if ts_s > self.hi_s or ts_s < self.lo_s:
             return None
         return int(ts_s * 1000)
-
-    def _minute(self, prefix: str) -> int:
-        """Epoch µs of a valid "YYYY-MM-DDTHH:MM" (UTC), else -1; cached."""
-        base = self._hours.get(prefix[:13])
-        if base is None:
-            base = self._hour(prefix[:13])
-        minute = _MINUTES.get(prefix[13:16])
-        value = base + minute if base != -1 and minute is not None else -1
-        self._minutes[prefix] = value
-        return value
 
     def _hour(self, prefix: str) -> int:
         """Epoch µs of a valid "YYYY-MM-DDTHH" (UTC), else -1; cached."""
