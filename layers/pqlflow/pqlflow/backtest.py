@@ -996,6 +996,22 @@ def _exclusion_inputs(defn: Definition) -> Callable[[AccountUsage, str], tuple[A
     return inputs
 
 
+def _exclusion_view(defn: Definition) -> Callable[[AccountUsage], AccountUsage]:
+    """What `qualification.exclusion` needs of a usage state, cheaply: with internal domains it reads each
+    user's traits for the email (decoding every trait of every user); a view whose users carry only their
+    email entry gives it the same answer for a fraction of the work."""
+    if not defn.exclusions.internal_domains:
+        return lambda usage: usage
+
+    def view(usage: AccountUsage) -> AccountUsage:
+        users = {u: {"email": t["email"]} if "email" in t else {} for u, t in usage.users.items()}
+        return AccountUsage(
+            usage.account_id, usage.user_id, traits=usage.traits, users=users, converted_at_ms=usage.converted_at_ms
+        )
+
+    return view
+
+
 def run_definition(
     history: History, defn: Definition, source: str = "", spec: TrackingSpec | None = None
 ) -> DefinitionRun:
@@ -1025,6 +1041,7 @@ def run_definition(
     n_targets = len(gate.targets)
     n_rows = len(gate.rows)
     excluding = _exclusion_inputs(defn)
+    excluding_view = _exclusion_view(defn)
     again = defn.requalify.again
     cooldown_ms = defn.requalify.cooldown_days * DAY_MS
     folded = gated = decided = 0
@@ -1137,7 +1154,7 @@ def run_definition(
                         must = True
                     else:
                         if dirty:
-                            excluded = exclusion(defn, usage) is not None
+                            excluded = exclusion(defn, excluding_view(usage)) is not None
                             dirty = False
                         gated += 1
                         if counts_only:
