@@ -1078,9 +1078,34 @@ def run_definition(
                 enter = stay = excluded = False
                 dirty = True
                 maxes = [-math.inf] * n_targets
-                for rec in events:
+                # Without active users, and with no pruning inside the subject's span, an event the definition
+                # does not read that is not the subject's first of a day (when time matters) only moves
+                # first/last seen (exact at every check below: first is the subject's first event, last
+                # the event being folded): skip it, and take "first event of a new day" from the event
+                # before, read or not.
+                skipping = not active and (events[-1][0] - events[0][0]) // DAY_MS < retention - 1
+                if skipping:
+                    order: Iterable[int] = (
+                        [
+                            i
+                            for i, r in enumerate(events)
+                            if r[3] != "track"
+                            or r[6] in names
+                            or not i
+                            or r[0] // DAY_MS != events[i - 1][0] // DAY_MS
+                        ]
+                        if timed
+                        else [i for i, r in enumerate(events) if r[3] != "track" or r[6] in names]
+                    )
+                    usage.first_seen_ms = events[0][0]
+                else:
+                    order = range(len(events))
+                for i in order:
+                    rec = events[i]
                     ms = rec[0]
                     kind = rec[3]
+                    if skipping:
+                        day = events[i - 1][0] // DAY_MS if i else -1
                     if ms // DAY_MS != day:
                         new_day = True
                         day = ms // DAY_MS
