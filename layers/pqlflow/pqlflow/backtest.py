@@ -76,7 +76,15 @@ from pqlflow.qualification import (
     number,
     signal_value,
 )
-from pqlflow.usage import MAX_USERS_PER_DAY, SEEN, AccountUsage, GaugeError, TrackingSpec, fingerprint
+from pqlflow.usage import (
+    MAX_USERS_PER_DAY,
+    SEEN,
+    AccountUsage,
+    GaugeError,
+    TrackingSpec,
+    fingerprint,
+    trait_json,
+)
 
 try:  # msgspec decodes straight into typed structs in C; the stdlib fallback gives the same answers, slower
     import msgspec as _msgspec
@@ -996,6 +1004,62 @@ def _exclusion_inputs(defn: Definition) -> Callable[[AccountUsage, str], tuple[A
     return inputs
 
 
+_MISSING = object()
+
+
+def _fold_traits(
+    usage: AccountUsage,
+    rec: tuple[Any, ...],
+    spec: TrackingSpec,
+    prints: dict[str, bytes],
+    encodings: dict[tuple[type, Any], str | None],
+) -> None:
+    """`AccountUsage.apply` of an identify or group record, without building a UsageEvent and with each
+    scalar trait value's JSON computed once per run (`trait_json` of the same str/int/bool/None is the
+    same text; floats are not cached: -0.0 == 0.0 but their JSON differs)."""
+    ms, kind, user, bag = rec[0], rec[3], rec[5], rec[7]
+    if usage.first_seen_ms is None or ms < usage.first_seen_ms:
+        usage.first_seen_ms = ms
+    if usage.last_seen_ms is None or ms > usage.last_seen_ms:
+        usage.last_seen_ms = ms
+    day_set = usage.active_users.setdefault(ms // DAY_MS, set())
+    if len(day_set) < MAX_USERS_PER_DAY:
+        fp = prints.get(user)
+        if fp is None:
+            fp = prints[user] = fingerprint(user)
+        day_set.add(fp)
+    user_traits = usage.users.setdefault(user, {})
+    seen_at = user_traits.get(SEEN)
+    if seen_at is None or (ms, "null") > seen_at:
+        user_traits[SEEN] = (ms, "null")
+    account_traits = kind == "group" or (kind == "identify" and usage.account_id.startswith("user:"))
+    if not account_traits and kind != "identify":
+        return
+    keep = spec.user_traits
+    traits = usage.traits
+    for key, value in bag.items():
+        if not account_traits and key not in keep:
+            continue
+        t = type(value)
+        if t is str or t is int or t is bool or value is None:
+            encoded = encodings.get((t, value), _MISSING)
+            if encoded is _MISSING:
+                encoded = encodings[(t, value)] = trait_json(value)
+        else:
+            encoded = trait_json(value)
+        if encoded is None:
+            continue
+        entry = (ms, encoded)
+        if account_traits:
+            old = traits.get(key)
+            if old is None or entry > old:
+                traits[key] = entry
+        if kind == "identify" and key in keep:
+            old = user_traits.get(key)
+            if old is None or entry > old:
+                user_traits[key] = entry
+
+
 def _exclusion_view(defn: Definition) -> Callable[[AccountUsage], AccountUsage]:
     """What `qualification.exclusion` needs of a usage state, cheaply: with internal domains it reads each
     user's traits for the email (decoding every trait of every user); a view whose users carry only their
@@ -1050,6 +1114,7 @@ def run_definition(
     # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
     plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
     prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)
+    encodings: dict[tuple[type, Any], str | None] = {}  # trait value → trait_json
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -1159,7 +1224,10 @@ def run_definition(
                         else:
                             before = excluding(usage, rec[5]) if kind != "track" else None
                             try:
-                                usage.apply(to_event(rec), spec)
+                                if before is not None:
+                                    _fold_traits(usage, rec, spec, prints, encodings)
+                                else:
+                                    usage.apply(to_event(rec), spec)
                             except GaugeError as exc:
                                 path, number = history.locate(rec[1])
                                 run.bad.append(BadLine(path, number, f"{exc.field}: {exc}", rec[2]))
