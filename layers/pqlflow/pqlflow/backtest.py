@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pqlflow import clock
 from pqlflow.definition import (
@@ -204,6 +204,7 @@ _MINUTES = {f":{m:02d}": m * 60_000_000 for m in range(60)}
 _SECONDS = {f":{s:02d}": s * 1_000_000 for s in range(60)}
 _MILLIS = {f"{m:03d}": m * 1000 for m in range(1000)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MINUTE_SECONDS = {m + s: _MINUTES[m] + _SECONDS[s] for m in _MINUTES for s in _SECONDS}  # ":MM:SS" → µs
 
 
 class FastDecoder:
@@ -326,11 +327,10 @@ class FastDecoder:
                 base = hours.get(ts[:13])
                 if base is None:
                     base = hour_of(ts[:13])
-                minute = _MINUTES.get(ts[13:16])
-                sec = _SECONDS.get(ts[16:19])
+                minute_sec = _MINUTE_SECONDS.get(ts[13:19])
                 frac = _MILLIS.get(ts[20:23])
-                if base != -1 and minute is not None and sec is not None and frac is not None and ts[19] == ".":
-                    ts_s = (base + minute + sec + frac) / 1_000_000
+                if base != -1 and minute_sec is not None and frac is not None and ts[19] == ".":
+                    ts_s = (base + minute_sec + frac) / 1_000_000
                     if lo_s <= ts_s <= hi_s:
                         ms = int(ts_s * 1000)
             if ms is None:
@@ -372,13 +372,16 @@ class FastDecoder:
                 if name is None:
                     return None
             else:  # page and screen are tracks of a fixed name; their name and category become properties
-                bag = dict(bag)
+                name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
+                kept = keep is None or name in keep
+                if kept:
+                    bag = dict(bag)
                 for key, v in (("name", message.name), ("category", message.category)):
                     if v is not None:
                         if ident(v) is None:
                             return None
-                        bag.setdefault(key, v)
-                name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
+                        if kept:
+                            bag.setdefault(key, v)
             if keep is not None and name not in keep:
                 bag = _DROPPED
             return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
@@ -478,7 +481,7 @@ if _msgspec is not None:
     class _Message(_msgspec.Struct):
         """The fields of a Segment message the contract reads, untyped: every check is ours, below."""
 
-        type: Any = None
+        type: Literal["track", "identify", "group", "page", "screen"] | None = None  # else parse_body decides
         messageId: Any = None
         timestamp: Any = None
         userId: Any = None
