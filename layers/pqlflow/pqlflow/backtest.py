@@ -849,10 +849,25 @@ class Gate:
             else:
                 self.count_keys = keys
                 self.count_tests = [(_NUMERIC_FN[op], threshold) for _, op, threshold in self.leaves]
+        self.one_leaf = (
+            self.count_keys is not None
+            and self.qualify == (_LEAF, 0)
+            and len(self.rows) == 1
+            and self.row_leaves == [1]
+            and self.leaves[1] == self.leaves[0]
+            and self.forced == [0]
+        )
 
     def check_counts(self, usage: AccountUsage, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
         """`check` for a definition whose conditions are all lifetime counts against numbers (count_keys)."""
         lifetime = usage.lifetime
+        if self.one_leaf:  # qualify is one condition: it is the one row and the one sweep target
+            value = float(lifetime.get(self.count_keys[0], 0))  # type: ignore[index]
+            test, threshold = self.count_tests[0]
+            holds = test(value, threshold)
+            if excluded:
+                return False, False, [holds], [-math.inf]
+            return holds, holds, [holds], [value if self.targets[0].op in ("gte", "gt") else -value]
         values = [float(lifetime.get(key, 0)) for key in self.count_keys]  # type: ignore[union-attr]
         ok = [test(v, threshold) for v, (test, threshold) in zip(values, self.count_tests, strict=True)]
         rule_ok = _eval(self.qualify, ok)  # type: ignore[arg-type]
