@@ -309,9 +309,12 @@ class FastDecoder:
                 return None  # _identifier, inlined: every line has a new messageId
             user = message.userId
             if user is not None:
-                user = (ok.get(user) if type(user) is str else None) or ident(user)
-                if user is None:
-                    return None
+                try:  # subscripting beats .get(); a miss (or an unhashable value) is rare
+                    user = ok[user]
+                except (KeyError, TypeError):
+                    user = ident(user)
+                    if user is None:
+                        return None
             anon = message.anonymousId
             if anon is not None:
                 anon = (ok.get(anon) if type(anon) is str else None) or ident(anon)
@@ -324,15 +327,17 @@ class FastDecoder:
             ts = message.timestamp
             ms = None
             if type(ts) is str and len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
-                base = hours.get(ts[:13])
-                if base is None:
+                try:
+                    base = hours[ts[:13]]
+                except KeyError:
                     base = hour_of(ts[:13])
-                minute_sec = _MINUTE_SECONDS.get(ts[13:19])
-                frac = _MILLIS.get(ts[20:23])
-                if base != -1 and minute_sec is not None and frac is not None and ts[19] == ".":
-                    ts_s = (base + minute_sec + frac) / 1_000_000
-                    if lo_s <= ts_s <= hi_s:
-                        ms = int(ts_s * 1000)
+                try:
+                    if base != -1 and ts[19] == ".":
+                        ts_s = (base + _MINUTE_SECONDS[ts[13:19]] + _MILLIS[ts[20:23]]) / 1_000_000
+                        if lo_s <= ts_s <= hi_s:
+                            ms = int(ts_s * 1000)
+                except KeyError:  # not that shape: _time decides
+                    pass
             if ms is None:
                 ms = time_of(ts)
                 if ms is None:
@@ -342,9 +347,12 @@ class FastDecoder:
             if context is not None:
                 group = context.groupId
                 if group is not None:
-                    group = (ok.get(group) if type(group) is str else None) or ident(group)
-                    if group is None:
-                        return None
+                    try:
+                        group = ok[group]
+                    except (KeyError, TypeError):
+                        group = ident(group)
+                        if group is None:
+                            return None
                 tz = context.timezone
                 if tz is not None and type(tz) is not str:
                     return None
@@ -368,9 +376,12 @@ class FastDecoder:
                 return (ms, line, mid, "group", group, user, None, bag, tz)
             if kind == "track":
                 name = message.event
-                name = (ok.get(name) if type(name) is str else None) or ident(name)
-                if name is None:
-                    return None
+                try:
+                    name = ok[name]
+                except (KeyError, TypeError):
+                    name = ident(name)
+                    if name is None:
+                        return None
             else:  # page and screen are tracks of a fixed name; their name and category become properties
                 name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
                 kept = keep is None or name in keep
