@@ -1183,10 +1183,7 @@ def run_definition(
                         [
                             i
                             for i, r in enumerate(events)
-                            if r[3] != "track"
-                            or r[6] in names
-                            or not i
-                            or r[0] // DAY_MS != events[i - 1][0] // DAY_MS
+                            if r[3] != "track" or r[6] in names or not i or r[0] // DAY_MS != events[i - 1][0] // DAY_MS
                         ]
                         if timed
                         else [i for i, r in enumerate(events) if r[3] != "track" or r[6] in names]
@@ -1245,9 +1242,8 @@ def run_definition(
                             if per_day is None:
                                 per_day = usage.daily[name] = {}
                             per_day[day] = per_day.get(day, 0) + 1
-                            if name in conversions:
-                                if usage.converted_at_ms is None or ms < usage.converted_at_ms:
-                                    usage.converted_at_ms = ms
+                            if name in conversions and (usage.converted_at_ms is None or ms < usage.converted_at_ms):
+                                usage.converted_at_ms = ms
                             folded += 1
                             before = None
                         else:
