@@ -8,8 +8,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from pqlflow.backtest import Gate, decode_history, run_definition
+from pqlflow.backtest import decode_history, run_definition
 from pqlflow.definition import Definition, load_definition, parse_definition
+from pqlflow.gate import Gate
 from pqlflow.qualification import PqlState, decide, evaluate, exclusion, needs_decision
 from pqlflow.sample import Sample, SampleConfig
 from pqlflow.usage import AccountUsage
