@@ -188,6 +188,19 @@ def test_duplicates_out_of_order_envelopes_and_bad_lines(tmp_path: Path) -> None
     assert h["events"] == n + 1
 
 
+def test_a_message_id_counts_once_per_account_as_ingest_counts_it(tmp_path: Path) -> None:
+    # Given two accounts whose events reuse the same messageIds (two sources numbering from 1), and
+    # one of them delivered twice
+    a = [track("A", "Message Sent", 0, minute, mid=f"m{minute}") for minute in range(3)]
+    b = [track("B", "Message Sent", 0, minute, mid=f"m{minute}") for minute in range(3)]
+    path = write(tmp_path / "h.jsonl", a + b + [b[1]])
+    # When it is backtested with messages ≥ 3
+    data = backtest([path], 3)
+    # Then each account keeps its three messages (both qualify); only the redelivery is a duplicate
+    assert data["history"]["duplicates"] == 1
+    assert data["definitions"][0]["pqls"] == 2
+
+
 def test_two_files_are_one_history(tmp_path: Path) -> None:
     events = tiny_history()
     first = write(tmp_path / "a.jsonl", events[:7])

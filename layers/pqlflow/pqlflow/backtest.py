@@ -251,61 +251,46 @@ class FastDecoder:
 
     def _compile_fast(self) -> Callable[[bytes, int], tuple[Any, ...] | None]:
         """The fast path as a closure: the decoder's tables become cell variables, cheaper to reach per line
-        than attributes (this runs once per line of the history)."""
+        than attributes (this runs once per line of the history). Without msgspec there is no fast path."""
+        if _msgspec is None:
+            return lambda raw, line: None
         ok = self._ok
         hours = self._hours  # small tables: they stay in the CPU cache (a per-minute one would not)
         lo_s, hi_s, keep = self.lo_s, self.hi_s, self.keep
         ident, hour_of, time_of = self._ident, self._hour, self._time
+        decode_message, decode_envelope = _MESSAGE.decode, _ENVELOPE.decode
+        too_big = MAX_MESSAGE_BYTES // 4
 
         def fast(raw: bytes, line: int) -> tuple[Any, ...] | None:  # noqa: C901 - one flat pass is the point
-            if len(raw) > MAX_MESSAGE_BYTES // 4 or raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH + 2:
-                return None  # parse_body measures the size and the nesting of these: let it
-            envelope = b'"detail-type"' in raw
+            # msgspec checks every type (and the nesting limit, in `_Bag`); what is left is ours, below
+            if len(raw) > too_big:
+                return None  # parse_body measures the size of these: let it
             try:
-                if _msgspec is not None:
-                    doc = (_ENVELOPE if envelope else _MESSAGE).decode(raw)
+                if b'"detail-type"' in raw:  # parse_body's own test: it reads these as envelopes
+                    doc = decode_envelope(raw)
+                    if doc.detail_type_by_name is not _UNSET:
+                        return None
+                    message = doc.detail
+                    if message.type != doc.detail_type:
+                        return None
                 else:
-                    if b"\\ud" in raw or b"\\uD" in raw:  # lone surrogates: json accepts them, pydantic does not
-                        return None
-                    decoded = json.loads(raw.decode("utf-8"))
-                    if type(decoded) is not dict:
-                        return None
-                    doc = _DictEnvelope(decoded) if envelope else _DictMessage(decoded)
-            except (ValueError, UnicodeDecodeError, _DecodeError):
+                    message = decode_message(raw)
+            except (_DecodeError, UnicodeDecodeError):
                 return None
-            if envelope:
-                if doc.detail_type_by_name is not _UNSET:
-                    return None
-                message = doc.detail
-                if type(doc.detail_type) is not str or type(doc.source) is not str or message is None:
-                    return None
-                for v in (doc.id, doc.time, doc.account, doc.region):
-                    if v is not None and type(v) is not str:
-                        return None
-                if message.type != doc.detail_type:
-                    return None
-            else:
-                message = doc
             mid = message.messageId
-            if not (
-                type(mid) is str
-                and 0 < len(mid) <= MAX_IDENTIFIER_CHARS
-                and mid.isascii()
-                and mid.isprintable()
-                and not mid.isspace()
-            ):
+            if not (0 < len(mid) <= MAX_IDENTIFIER_CHARS and mid.isascii() and mid.isprintable() and not mid.isspace()):
                 return None  # _identifier, inlined: every line has a new messageId
             user = message.userId
             if user is not None:
-                try:  # subscripting beats .get(); a miss (or an unhashable value) is rare
+                try:  # subscripting beats .get(); a miss is rare
                     user = ok[user]
-                except (KeyError, TypeError):
+                except KeyError:
                     user = ident(user)
                     if user is None:
                         return None
             anon = message.anonymousId
             if anon is not None:
-                anon = (ok.get(anon) if type(anon) is str else None) or ident(anon)
+                anon = ok.get(anon) or ident(anon)
                 if anon is None:
                     return None
                 if user is None:
@@ -314,7 +299,7 @@ class FastDecoder:
                 return None
             ts = message.timestamp
             ms = None
-            if type(ts) is str and len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
+            if len(ts) == 24 and ts[23] == "Z":  # toISOString(): _time's first case, inlined
                 try:
                     base = hours[ts[:13]]
                 except KeyError:
@@ -331,58 +316,57 @@ class FastDecoder:
                 if ms is None:
                     return None
             context = message.context
-            group = tz = None
-            if context is not None:
+            if context is None:
+                group = tz = None
+            else:
                 group = context.groupId
                 if group is not None:
                     try:
                         group = ok[group]
-                    except (KeyError, TypeError):
+                    except KeyError:
                         group = ident(group)
                         if group is None:
                             return None
                 tz = context.timezone
-                if tz is not None and type(tz) is not str:
-                    return None
             kind = message.type
-            if kind == "track" or kind == "page" or kind == "screen":
+            if kind == "track":
+                name = message.event
+                try:
+                    name = ok[name]
+                except KeyError:  # None is never a key
+                    name = ident(name)
+                    if name is None:
+                        return None
                 bag = message.properties
-            elif kind == "identify" or kind == "group":
-                bag = message.traits
-            else:
-                return None
-            if bag is _UNSET:
-                bag = {}
-            elif type(bag) is not dict:
-                return None
+                if bag is _UNSET:
+                    bag = {}
+                if keep is not None and name not in keep:
+                    bag = _DROPPED
+                return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
             if kind == "identify":
+                bag = message.traits
+                if bag is _UNSET:
+                    bag = {}
                 return (ms, line, mid, "identify", group or account_for(user), user, None, bag, tz)
             if kind == "group":
                 group = ident(message.groupId)
                 if group is None:
                     return None
+                bag = message.traits
+                if bag is _UNSET:
+                    bag = {}
                 return (ms, line, mid, "group", group, user, None, bag, tz)
-            if kind == "track":
-                name = message.event
-                try:
-                    name = ok[name]
-                except (KeyError, TypeError):
-                    name = ident(name)
-                    if name is None:
+            # page and screen are tracks of a fixed name; their name and category become properties
+            name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
+            bag = message.properties
+            kept = keep is None or name in keep
+            bag = ({} if bag is _UNSET else dict(bag)) if kept else _DROPPED
+            for key, v in (("name", message.name), ("category", message.category)):
+                if v is not None:
+                    if ident(v) is None:
                         return None
-            else:  # page and screen are tracks of a fixed name; their name and category become properties
-                name = PAGE_EVENT if kind == "page" else SCREEN_EVENT
-                kept = keep is None or name in keep
-                if kept:
-                    bag = dict(bag)
-                for key, v in (("name", message.name), ("category", message.category)):
-                    if v is not None:
-                        if ident(v) is None:
-                            return None
-                        if kept:
-                            bag.setdefault(key, v)
-            if keep is not None and name not in keep:
-                bag = _DROPPED
+                    if kept:
+                        bag.setdefault(key, v)
             return (ms, line, mid, "track", group or account_for(user), user, name, bag, tz)
 
         return fast
@@ -454,94 +438,56 @@ class FastDecoder:
 
 
 _DROPPED: dict[str, Any] = {}  # shared, never mutated: properties no gauge or filter of the run reads
-_MESSAGE_FIELDS = (
-    "type",
-    "messageId",
-    "timestamp",
-    "userId",
-    "anonymousId",
-    "context",
-    "event",
-    "groupId",
-    "name",
-    "category",
-)
 
 if _msgspec is not None:
     _UNSET: Any = _msgspec.UNSET
     _DecodeError: type[Exception] = _msgspec.MsgspecError
 
+    # A JSON value nested at most `depth` levels, as a type: msgspec refuses deeper ones while decoding (in C),
+    # which is parse_body's nesting limit on properties and traits without a second pass over the line.
+    _Value: Any = str | int | float | bool | None
+    for _ in range(MAX_NESTING_DEPTH - 1):
+        _Value = str | int | float | bool | None | list[_Value] | dict[str, _Value]  # type: ignore[valid-type]
+    _Bag = dict[str, _Value]  # type: ignore[valid-type]
+
     class _Context(_msgspec.Struct):
         """The parts of `context` the contract reads; the rest is skipped without being built."""
 
-        groupId: Any = None
-        timezone: Any = None
+        groupId: str | None = None
+        timezone: str | None = None
 
-    class _Message(_msgspec.Struct):
-        """The fields of a Segment message the contract reads, untyped: every check is ours, below."""
+    class _Message(_msgspec.Struct, kw_only=True):
+        """A Segment message, typed as strictly as the contract or stricter: whatever msgspec refuses,
+        parse_body decides."""
 
-        type: Literal["track", "identify", "group", "page", "screen"] | None = None  # else parse_body decides
-        messageId: Any = None
-        timestamp: Any = None
-        userId: Any = None
-        anonymousId: Any = None
-        context: _Context | None = None  # not an object: a DecodeError, so parse_body decides
-        event: Any = None
-        groupId: Any = None
-        name: Any = None
-        category: Any = None
-        properties: Any = _msgspec.UNSET
-        traits: Any = _msgspec.UNSET
+        type: Literal["track", "identify", "group", "page", "screen"]
+        messageId: str
+        timestamp: str
+        userId: str | None = None
+        anonymousId: str | None = None
+        context: _Context | None = None
+        event: str | None = None
+        groupId: str | None = None
+        name: str | None = None
+        category: str | None = None
+        properties: _Bag | _msgspec.UnsetType = _msgspec.UNSET  # type: ignore[valid-type]
+        traits: _Bag | _msgspec.UnsetType = _msgspec.UNSET  # type: ignore[valid-type]
 
-    class _Envelope(_msgspec.Struct):
-        detail_type: Any = _msgspec.field(name="detail-type", default=None)
+    class _Envelope(_msgspec.Struct, kw_only=True):
+        detail_type: str = _msgspec.field(name="detail-type")
         detail_type_by_name: Any = _msgspec.field(name="detail_type", default=_msgspec.UNSET)
-        source: Any = None
-        detail: _Message | None = None
-        id: Any = None
-        time: Any = None
-        account: Any = None
-        region: Any = None
+        source: str
+        detail: _Message
+        id: str | None = None
+        time: str | None = None
+        account: str | None = None
+        region: str | None = None
 
     _MESSAGE = _msgspec.json.Decoder(_Message)
     _ENVELOPE = _msgspec.json.Decoder(_Envelope)
 else:  # pragma: no cover - depends on the environment
     _UNSET = object()
     _DecodeError = ValueError
-
-
-class _DictContext:
-    def __init__(self, doc: dict[str, Any]):
-        self.groupId = doc.get("groupId")
-        self.timezone = doc.get("timezone")
-
-
-class _DictMessage:
-    """A decoded message dict with the attributes of `_Message` (the stdlib-json path)."""
-
-    def __init__(self, doc: dict[str, Any]):
-        for key in _MESSAGE_FIELDS:
-            setattr(self, key, doc.get(key))
-        context = doc.get("context")
-        if context is not None:
-            if type(context) is not dict:
-                raise ValueError("context is not an object")
-            self.context = _DictContext(context)
-        self.properties = doc.get("properties", _UNSET)
-        self.traits = doc.get("traits", _UNSET)
-
-
-class _DictEnvelope:
-    def __init__(self, doc: dict[str, Any]):
-        self.detail_type = doc.get("detail-type")
-        self.detail_type_by_name = doc.get("detail_type", _UNSET)
-        self.source = doc.get("source")
-        detail = doc.get("detail")
-        if detail is not None and type(detail) is not dict:
-            raise ValueError("detail is not an object")
-        self.detail = _DictMessage(detail) if detail is not None else None
-        for key in ("id", "time", "account", "region"):
-            setattr(self, key, doc.get(key))
 
 
 def decode_history(
@@ -551,7 +497,10 @@ def decode_history(
     retention_days: int = HISTORY_RETENTION_DAYS,
     keep_properties: frozenset[str] | None = None,
 ) -> History:
-    """Read, validate, deduplicate (by messageId) and time-sort the events of JSON Lines files.
+    """Read, validate, deduplicate and time-sort the events of JSON Lines files.
+
+    Deduplication is by messageId within an account, as ingest's is (each account's usage item remembers
+    the messageIds it counted): the first copy in file order wins.
 
     A missing or unreadable file is a `UsageError`; a bad line is recorded in `History.bad` and skipped;
     a blank line is ignored. With `keep_properties`, only those events keep their properties (the ones
@@ -562,13 +511,11 @@ def decode_history(
     groups: dict[str, list[tuple[Any, ...]]] = {}
     files: list[tuple[str, int]] = []
     bad: list[BadLine] = []
-    seen: set[str] = set()
     duplicates = 0
     index = 0
     blank = 0
     fast = decoder._fast
     slow = decoder.slow_record
-    add = seen.add
     gc_was = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
@@ -580,11 +527,6 @@ def decode_history(
                     result = slow(raw, index)
                 index += 1
                 if type(result) is tuple:
-                    mid = result[2]
-                    if mid in seen:
-                        duplicates += 1
-                        continue
-                    add(mid)
                     group = groups.get(result[4])
                     if group is None:
                         groups[result[4]] = [result]
@@ -598,6 +540,11 @@ def decode_history(
         start = end = None
         by_time = itemgetter(0)
         for group in groups.values():
+            if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
+                seen: set[str] = set()
+                kept = [r for r in group if not (r[2] in seen or seen.add(r[2]))]
+                duplicates += len(group) - len(kept)
+                group[:] = kept
             group.sort(key=by_time)  # stable: equal times keep file order
             count += len(group)
             if start is None or group[0][0] < start:
