@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import compress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -816,6 +817,8 @@ def run_definition(
     conversions = spec.conversions
     # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
     plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
+    read = (names | {None}).__contains__
+    name_of, by_ms = itemgetter(6), itemgetter(0)
     prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)
     encodings: dict[tuple[type, Any], str | None] = {}  # trait value → trait_json
     gc_was = gc.isenabled()
@@ -853,15 +856,15 @@ def run_definition(
                 # before, read or not.
                 skipping = not active and (events[-1][0] - events[0][0]) // DAY_MS < retention - 1
                 if skipping:
-                    order: Iterable[int] = (
-                        [
-                            i
-                            for i, r in enumerate(events)
-                            if r[3] != "track" or r[6] in names or not i or r[0] // DAY_MS != events[i - 1][0] // DAY_MS
-                        ]
-                        if timed
-                        else [i for i, r in enumerate(events) if r[3] != "track" or r[6] in names]
-                    )
+                    # the records read (identify and group records are the ones without a name), found in C
+                    order: Iterable[int] = list(compress(range(len(events)), map(read, map(name_of, events))))
+                    if timed:  # and the first record of each day: one bisection per day of the span
+                        order = sorted(
+                            set(order).union(
+                                bisect.bisect_left(events, d * DAY_MS, key=by_ms)
+                                for d in range(events[0][0] // DAY_MS, events[-1][0] // DAY_MS + 1)
+                            )
+                        )
                     usage.first_seen_ms = events[0][0]
                 else:
                     order = range(len(events))
