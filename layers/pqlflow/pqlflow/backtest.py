@@ -120,6 +120,7 @@ class History:
     count: int = 0  # distinct valid events
     start_ms: int | None = None
     end_ms: int | None = None
+    names: dict[str, list[str | None]] = field(default_factory=dict)  # per group: each record's event name
 
     @property
     def records(self) -> list[tuple[Any, ...]]:
@@ -510,6 +511,7 @@ def decode_history(
     started = time.perf_counter()
     decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
     groups: dict[str, list[tuple[Any, ...]]] = {}
+    names: dict[str, list[str | None]] = {}
     files: list[tuple[str, int]] = []
     bad: list[BadLine] = []
     duplicates = 0
@@ -540,13 +542,15 @@ def decode_history(
         count = 0
         start = end = None
         by_time = itemgetter(0)
-        for group in groups.values():
+        name_of = itemgetter(6)
+        for account, group in groups.items():
             if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
                 seen: set[str] = set()
                 kept = [r for r in group if not (r[2] in seen or seen.add(r[2]))]
                 duplicates += len(group) - len(kept)
                 group[:] = kept
             group.sort(key=by_time)  # stable: equal times keep file order
+            names[account] = list(map(name_of, group))  # while the group is in the CPU cache
             count += len(group)
             if start is None or group[0][0] < start:
                 start = group[0][0]
@@ -555,7 +559,8 @@ def decode_history(
     finally:
         if gc_was:
             gc.enable()
-    return History(groups, files, index - blank, duplicates, bad, time.perf_counter() - started, count, start, end)
+    seconds = time.perf_counter() - started
+    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names)
 
 
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
@@ -764,22 +769,6 @@ def _fold_traits(
                 user_traits[key] = entry
 
 
-def _exclusion_view(defn: Definition) -> Callable[[AccountUsage], AccountUsage]:
-    """What `qualification.exclusion` needs of a usage state, cheaply: with internal domains it reads each
-    user's traits for the email (decoding every trait of every user); a view whose users carry only their
-    email entry gives it the same answer for a fraction of the work."""
-    if not defn.exclusions.internal_domains:
-        return lambda usage: usage
-
-    def view(usage: AccountUsage) -> AccountUsage:
-        users = {u: {"email": t["email"]} if "email" in t else {} for u, t in usage.users.items()}
-        return AccountUsage(
-            usage.account_id, usage.user_id, traits=usage.traits, users=users, converted_at_ms=usage.converted_at_ms
-        )
-
-    return view
-
-
 def run_definition(
     history: History, defn: Definition, source: str = "", spec: TrackingSpec | None = None
 ) -> DefinitionRun:
@@ -809,7 +798,6 @@ def run_definition(
     n_targets = len(gate.targets)
     n_rows = len(gate.rows)
     excluding = _exclusion_inputs(defn)
-    excluding_view = _exclusion_view(defn)
     again = defn.requalify.again
     cooldown_ms = defn.requalify.cooldown_days * DAY_MS
     folded = gated = decided = 0
@@ -830,8 +818,10 @@ def run_definition(
                 for rec in records:
                     parts.setdefault(rec[5], []).append(rec)
                 subject_lists: Iterable[tuple[str | None, list[tuple[Any, ...]]]] = parts.items()
+                names_of = None
             else:
                 subject_lists = ((None, records),)
+                names_of = history.names.get(account)
             for user_key, events in subject_lists:
                 out = SubjectOutcome(
                     account,
@@ -857,14 +847,15 @@ def run_definition(
                 skipping = not active and (events[-1][0] - events[0][0]) // DAY_MS < retention - 1
                 if skipping:
                     # the records read (identify and group records are the ones without a name), found in C
-                    order: Iterable[int] = list(compress(range(len(events)), map(read, map(name_of, events))))
+                    # on the names alone: a pass over the records themselves would cost a cache miss each
+                    column = names_of if names_of is not None else list(map(name_of, events))
+                    order: Iterable[int] = list(compress(range(len(events)), map(read, column)))
                     if timed:  # and the first record of each day: one bisection per day of the span
-                        order = sorted(
-                            set(order).union(
-                                bisect.bisect_left(events, d * DAY_MS, key=by_ms)
-                                for d in range(events[0][0] // DAY_MS, events[-1][0] // DAY_MS + 1)
-                            )
-                        )
+                        starts = {
+                            bisect.bisect_left(events, d * DAY_MS, key=by_ms)
+                            for d in range(events[0][0] // DAY_MS, events[-1][0] // DAY_MS + 1)
+                        }
+                        order = sorted(starts.union(order))
                     usage.first_seen_ms = events[0][0]
                 else:
                     order = range(len(events))
@@ -873,17 +864,19 @@ def run_definition(
                     ms = rec[0]
                     kind = rec[3]
                     if skipping:
-                        day = events[i - 1][0] // DAY_MS if i else -1
-                    if ms // DAY_MS != day:
+                        new_day = i in starts if timed else not i or events[i - 1][0] // DAY_MS != ms // DAY_MS
+                        day = ms // DAY_MS
+                    elif ms // DAY_MS != day:
                         new_day = True
                         day = ms // DAY_MS
+                    else:
+                        new_day = False
+                    if new_day:
                         if active:
                             day_users = set()
                         if usage.first_seen_ms is not None and day - usage.first_seen_ms // DAY_MS >= retention:
                             usage.prune(ms, spec)
                             dirty = True  # capping users can change whose emails the exclusions see
-                    else:
-                        new_day = False
                     if kind != "track" or rec[6] in names or active and rec[5] not in day_users:
                         relevant = True
                     else:
@@ -949,7 +942,7 @@ def run_definition(
                         must = True
                     else:
                         if dirty:
-                            excluded = exclusion(defn, excluding_view(usage)) is not None
+                            excluded = exclusion(defn, usage) is not None
                             dirty = False
                         gated += 1
                         if counts_only:

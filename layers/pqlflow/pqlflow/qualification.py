@@ -575,7 +575,7 @@ def exclusion(defn: Definition, usage: AccountUsage) -> Reason | None:
                     code="exclusion.internal_domains", text="internal account (company domain)", kind="trait"
                 )
         users = [usage.user_id] if usage.user_id else list(usage.users)
-        emails = [usage.user_traits(u).get("email") for u in users]
+        emails = [usage.user_trait(u, "email") for u in users]
         emails = [e for e in emails if isinstance(e, str) and "@" in e]
         if emails and all(_internal(_host(e), ex.internal_domains) for e in emails):
             return Reason(

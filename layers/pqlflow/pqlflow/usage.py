@@ -222,6 +222,11 @@ class AccountUsage:
     def user_traits(self, user_id: str) -> dict[str, Any]:
         return {k: json.loads(v) for k, (_, v) in self.users.get(user_id, {}).items() if k != SEEN}
 
+    def user_trait(self, user_id: str, key: str) -> Any:
+        """One trait of a user (`user_traits(user_id).get(key)` without decoding the others)."""
+        entry = self.users.get(user_id, {}).get(key) if key != SEEN else None
+        return json.loads(entry[1]) if entry else None
+
     def user_last_seen_ms(self, user_id: str) -> int | None:
         entry = self.users.get(user_id, {}).get(SEEN)
         return entry[0] if entry else None
