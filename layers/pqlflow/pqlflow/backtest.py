@@ -26,12 +26,14 @@ import contextlib
 import gc
 import json
 import math
+import operator
 import statistics
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from itertools import compress
+from itertools import compress, islice, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +123,7 @@ class History:
     start_ms: int | None = None
     end_ms: int | None = None
     names: dict[str, list[str | None]] = field(default_factory=dict)  # per group: each record's event name
+    days: dict[str, array[int]] = field(default_factory=dict)  # per group: each record's UTC epoch day
 
     @property
     def records(self) -> list[tuple[Any, ...]]:
@@ -492,6 +495,14 @@ else:  # pragma: no cover - depends on the environment
     _DecodeError = ValueError
 
 
+def _days(records: list[tuple[Any, ...]]) -> array[int]:
+    """Each record's UTC epoch day, computed in C."""
+    return array("q", map(operator.floordiv, map(_BY_TIME, records), repeat(DAY_MS)))
+
+
+_BY_TIME = itemgetter(0)
+
+
 def decode_history(
     paths: Sequence[str | Path],
     *,
@@ -512,6 +523,7 @@ def decode_history(
     decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
     groups: dict[str, list[tuple[Any, ...]]] = {}
     names: dict[str, list[str | None]] = {}
+    days: dict[str, array[int]] = {}
     files: list[tuple[str, int]] = []
     bad: list[BadLine] = []
     duplicates = 0
@@ -551,6 +563,7 @@ def decode_history(
                 group[:] = kept
             group.sort(key=by_time)  # stable: equal times keep file order
             names[account] = list(map(name_of, group))  # while the group is in the CPU cache
+            days[account] = _days(group)
             count += len(group)
             if start is None or group[0][0] < start:
                 start = group[0][0]
@@ -565,7 +578,7 @@ def decode_history(
             gc.freeze()
             gc.enable()
     seconds = time.perf_counter() - started
-    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names)
+    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names, days)
 
 
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
@@ -811,7 +824,7 @@ def run_definition(
     # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
     plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
     read = (names | {None}).__contains__
-    name_of, by_ms = itemgetter(6), itemgetter(0)
+    name_of = itemgetter(6)
     prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)
     encodings: dict[tuple[type, Any], str | None] = {}  # trait value → trait_json
     gc_was = gc.isenabled()
@@ -823,10 +836,11 @@ def run_definition(
                 for rec in records:
                     parts.setdefault(rec[5], []).append(rec)
                 subject_lists: Iterable[tuple[str | None, list[tuple[Any, ...]]]] = parts.items()
-                names_of = None
+                names_of = days_of = None
             else:
                 subject_lists = ((None, records),)
                 names_of = history.names.get(account)
+                days_of = history.days.get(account)
             for user_key, events in subject_lists:
                 out = SubjectOutcome(
                     account,
@@ -855,11 +869,9 @@ def run_definition(
                     # on the names alone: a pass over the records themselves would cost a cache miss each
                     column = names_of if names_of is not None else list(map(name_of, events))
                     order: Iterable[int] = list(compress(range(len(events)), map(read, column)))
-                    if timed:  # and the first record of each day: one bisection per day of the span
-                        starts = {
-                            bisect.bisect_left(events, d * DAY_MS, key=by_ms)
-                            for d in range(events[0][0] // DAY_MS, events[-1][0] // DAY_MS + 1)
-                        }
+                    if timed:  # and the first record of each day
+                        days = days_of if days_of is not None else _days(events)
+                        starts = {0}.union(compress(range(1, len(days)), map(operator.ne, islice(days, 1, None), days)))
                         order = sorted(starts.union(order))
                     usage.first_seen_ms = events[0][0]
                 else:
