@@ -30,6 +30,7 @@ import operator
 import statistics
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -124,6 +125,7 @@ class History:
     end_ms: int | None = None
     names: dict[str, list[str | None]] = field(default_factory=dict)  # per group: each record's event name
     days: dict[str, array[int]] = field(default_factory=dict)  # per group: each record's UTC epoch day
+    users: dict[str, list[str]] = field(default_factory=dict)  # per group: each record's user id
 
     @property
     def records(self) -> list[tuple[Any, ...]]:
@@ -524,6 +526,7 @@ def decode_history(
     groups: dict[str, list[tuple[Any, ...]]] = {}
     names: dict[str, list[str | None]] = {}
     days: dict[str, array[int]] = {}
+    users: dict[str, list[str]] = {}
     files: list[tuple[str, int]] = []
     bad: list[BadLine] = []
     duplicates = 0
@@ -554,7 +557,7 @@ def decode_history(
         count = 0
         start = end = None
         by_time = itemgetter(0)
-        name_of = itemgetter(6)
+        name_of, user_of = itemgetter(6), itemgetter(5)
         for account, group in groups.items():
             if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
                 seen: set[str] = set()
@@ -564,6 +567,7 @@ def decode_history(
             group.sort(key=by_time)  # stable: equal times keep file order
             names[account] = list(map(name_of, group))  # while the group is in the CPU cache
             days[account] = _days(group)
+            users[account] = list(map(user_of, group))
             count += len(group)
             if start is None or group[0][0] < start:
                 start = group[0][0]
@@ -578,7 +582,7 @@ def decode_history(
             gc.freeze()
             gc.enable()
     seconds = time.perf_counter() - started
-    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names, days)
+    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names, days, users)
 
 
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
@@ -824,7 +828,7 @@ def run_definition(
     # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
     plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
     read = (names | {None}).__contains__
-    name_of = itemgetter(6)
+    name_of, user_of = itemgetter(6), itemgetter(5)
     prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)
     encodings: dict[tuple[type, Any], str | None] = {}  # trait value → trait_json
     gc_was = gc.isenabled()
@@ -836,11 +840,12 @@ def run_definition(
                 for rec in records:
                     parts.setdefault(rec[5], []).append(rec)
                 subject_lists: Iterable[tuple[str | None, list[tuple[Any, ...]]]] = parts.items()
-                names_of = days_of = None
+                names_of = days_of = users_of = None
             else:
                 subject_lists = ((None, records),)
                 names_of = history.names.get(account)
                 days_of = history.days.get(account)
+                users_of = history.users.get(account)
             for user_key, events in subject_lists:
                 out = SubjectOutcome(
                     account,
@@ -858,21 +863,32 @@ def run_definition(
                 enter = stay = excluded = False
                 dirty = True
                 maxes = [-math.inf] * n_targets
-                # Without active users, and with no pruning inside the subject's span, an event the definition
-                # does not read that is not the subject's first of a day (when time matters) only moves
-                # first/last seen (exact at every check below: first is the subject's first event, last
-                # the event being folded): skip it, and take "first event of a new day" from the event
-                # before, read or not.
-                skipping = not active and (events[-1][0] - events[0][0]) // DAY_MS < retention - 1
+                # With no pruning inside the subject's span, an event the definition does not read, that is
+                # not a user's first of the day (when it reads active users) nor the subject's first of a
+                # day (when time matters), only moves first/last seen (exact at every check below: first is
+                # the subject's first event, last the event being folded): skip it, and take "first event of
+                # a new day" from the event before, read or not (when active users are read, a day's first
+                # event is its user's first of the day: never skipped).
+                skipping = (events[-1][0] - events[0][0]) // DAY_MS < retention - 1
                 if skipping:
-                    # the records read (identify and group records are the ones without a name), found in C
-                    # on the names alone: a pass over the records themselves would cost a cache miss each
+                    # all found in C, on the columns decode_history keeps (reading the records themselves
+                    # would cost a cache miss each): the records read (identify and group records are the
+                    # ones without a name), ...
                     column = names_of if names_of is not None else list(map(name_of, events))
                     order: Iterable[int] = list(compress(range(len(events)), map(read, column)))
-                    if timed:  # and the first record of each day
+                    if active or timed:
                         days = days_of if days_of is not None else _days(events)
-                        starts = {0}.union(compress(range(1, len(days)), map(operator.ne, islice(days, 1, None), days)))
-                        order = sorted(starts.union(order))
+                        kept = set(order)
+                        if active:  # ... each user's first record of each day, ...
+                            users = users_of if users_of is not None else list(map(user_of, events))
+                            firsts: dict[tuple[str, int], int] = {}
+                            deque(map(firsts.setdefault, zip(users, days, strict=True), range(len(events))), maxlen=0)
+                            kept.update(firsts.values())
+                        if timed:  # ... and the subject's first record of each day
+                            starts = {0}
+                            starts.update(compress(range(1, len(days)), map(operator.ne, islice(days, 1, None), days)))
+                            kept |= starts
+                        order = sorted(kept)
                     usage.first_seen_ms = events[0][0]
                 else:
                     order = range(len(events))
