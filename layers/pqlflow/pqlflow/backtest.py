@@ -863,6 +863,7 @@ def run_definition(
                 enter = stay = excluded = False
                 dirty = True
                 maxes = [-math.inf] * n_targets
+                memo: dict[int, tuple[Any, ...]] = {}
                 # With no pruning inside the subject's span, an event the definition does not read, that is
                 # not a user's first of the day (when it reads active users) nor the subject's first of a
                 # day (when time matters), only moves first/last seen (exact at every check below: first is
@@ -981,7 +982,7 @@ def run_definition(
                         if counts_only:
                             now_enter, now_stay, rows, crits = gate.check_counts(usage, excluded)
                         else:
-                            now_enter, now_stay, rows, crits = gate.check(usage, ms, excluded)
+                            now_enter, now_stay, rows, crits = gate.check(usage, ms, excluded, memo)
                         must = (now_enter and not enter) or (stay and not now_stay) or (now_enter and new_day)
                         enter, stay = now_enter, now_stay
                         if True in rows:
