@@ -84,11 +84,12 @@ def test_metrics_on_a_hand_computed_history(tmp_path: Path) -> None:
     m = backtest([path], 3)["definitions"][0]
     # Then every number is the hand-computed one
     assert (m["active"], m["pqls"], m["converted"]) == (8, 3, 3)
-    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 2, 1, 4)
+    # B converted 39 days after qualifying, outside the 30-day window: a miss for precision and recall both
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (1, 2, 2, 4)
     assert m["precision"] == pytest.approx(1 / 3)
-    assert m["recall"] == pytest.approx(1 / 2)
-    assert m["base_rate"] == pytest.approx(2 / 8)
-    assert m["lift"] == pytest.approx((1 / 3) / (2 / 8))
+    assert m["recall"] == pytest.approx(1 / 3)
+    assert m["base_rate"] == pytest.approx(3 / 8)
+    assert m["lift"] == pytest.approx((1 / 3) / (3 / 8))
     assert m["pql_conversion_rate"] == pytest.approx(1 / 3)
     assert m["non_pql_conversion_rate"] == pytest.approx(1 / 5)
     # A: qualified day 0 at 10:02, converted day 10 at 10:02 → 10 days; B: day 1 → day 40 → 39 days
@@ -144,6 +145,8 @@ def test_sweep_at_given_thresholds_matches_running_each_threshold(tmp_path: Path
     for point in swept:
         real = backtest([path], int(point["threshold"]))["definitions"][0]
         assert (point["pqls"], point["converted"]) == (real["pqls"], real["tp"]), point
+        # and recall is over the same three converters at every threshold (B converts late at every one)
+        assert point["recall"] == pytest.approx(real["recall"]) == pytest.approx(point["converted"] / 3), point
     assert [p["pqls"] for p in swept] == [8, 5, 3, 0]
 
 
@@ -184,7 +187,7 @@ def test_duplicates_out_of_order_envelopes_and_bad_lines(tmp_path: Path) -> None
         "timestamp: missing"
     )
     m = data["definitions"][0]
-    assert (m["pqls"], m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 2, 1, 4)
+    assert (m["pqls"], m["tp"], m["fp"], m["fn"], m["tn"]) == (3, 1, 2, 2, 4)
     assert h["events"] == n + 1
 
 
@@ -221,7 +224,7 @@ def test_cli_text_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["backtest", str(path), "--definition", str(definition), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     # Then the text report shows the run's numbers and the speed next to bare decoding
-    assert "precision" in text and "33.3%" in text and "50.0%" in text
+    assert "precision" in text and "33.3%" in text and "37.5%" in text  # precision and recall 1/3, base rate 3/8
     assert "bare JSON decoding" in text
     assert (out / "report.html").is_file() and json.loads((out / "report.json").read_text())["definitions"]
     # And --json is machine-readable

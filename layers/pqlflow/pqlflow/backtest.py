@@ -1059,35 +1059,44 @@ def _iso(ms: int | None) -> str | None:
 
 
 def _confusion(subjects: Iterable[tuple[int | None, int | None]], window_ms: int) -> dict[str, Any]:
-    """Precision, recall and lift of "qualified" as a predictor of converting: within the window after
-    qualification for PQLs, at any time in the history for the others. (qualified_at, converted_at) pairs."""
-    tp = fp = fn = tn = 0
+    """Precision, recall and lift of "qualified" as a predictor of converting, from (qualified_at,
+    converted_at) pairs. A PQL is a hit (tp) when it converted within the window after qualifying. Recall
+    and the base rate count every subject that converted at any time in the history, so their denominators
+    are the same for every threshold and definition on one history: a PQL converting after its window is a
+    miss for both precision (fp) and recall (fn)."""
+    tp = late = idle = missed = tn = 0
     for q, c in subjects:
         if q is not None:
-            if c is not None and 0 <= c - q <= window_ms:
+            if c is None:
+                idle += 1
+            elif 0 <= c - q <= window_ms:
                 tp += 1
             else:
-                fp += 1
+                late += 1
         elif c is not None:
-            fn += 1
+            missed += 1
         else:
             tn += 1
-    n = tp + fp + fn + tn
-    precision = _ratio(tp, tp + fp)
-    base = _ratio(tp + fn, n)
+    n = tp + late + idle + missed + tn
+    pqls = tp + late + idle
+    converters = tp + late + missed
+    precision = _ratio(tp, pqls)
+    base = _ratio(converters, n)
     return {
         "subjects": n,
-        "pqls": tp + fp,
+        "pqls": pqls,
+        "converters": converters,
         "tp": tp,
-        "fp": fp,
-        "fn": fn,
+        "fp": pqls - tp,
+        "fn": converters - tp,
         "tn": tn,
+        "late": late,
         "precision": precision,
-        "recall": _ratio(tp, tp + fn),
+        "recall": _ratio(tp, converters),
         "base_rate": base,
         "lift": precision / base if precision is not None and base else None,
         "pql_conversion_rate": precision,
-        "non_pql_conversion_rate": _ratio(fn, fn + tn),
+        "non_pql_conversion_rate": _ratio(missed, missed + tn),
     }
 
 

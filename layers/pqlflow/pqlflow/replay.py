@@ -755,7 +755,7 @@ def _replay_only_metrics(
             "definition": {"name": result.definition.name, "version": result.definition.version,
                            "source": result.definition_source, "unit": getattr(result.definition, "unit", "account")},
             "window_days": window_days, "active": active, "converted": len(converted), "pqls": pqls,
-            "tp": tp, "fp": pqls - tp, "fn": non_pql_conv, "tn": max(0, non_pql - non_pql_conv),
+            "tp": tp, "fp": pqls - tp, "fn": len(converted) - tp, "tn": max(0, non_pql - non_pql_conv),
             "precision": precision, "recall": tp / len(converted) if converted else None,
             "lift": precision / base if precision is not None and base else None, "base_rate": base,
             "pql_conversion_rate": precision, "non_pql_conversion_rate": non_pql_conv / non_pql if non_pql else None,
