@@ -120,6 +120,7 @@ class History:
     duplicates: int = 0
     bad: list[BadLine] = field(default_factory=list)
     decode_seconds: float = 0.0  # reading + validating + deduplicating + sorting
+    sort_cpu_seconds: float = 0.0  # of which deduplicating, sorting and the per-account columns (CPU time)
     count: int = 0  # distinct valid events
     start_ms: int | None = None
     end_ms: int | None = None
@@ -554,6 +555,7 @@ def decode_history(
                     blank += 1
                 else:
                     bad.append(BadLine(str(path), index - files[-1][1], str(result), result.message_id))
+        sorting = time.process_time()
         count = 0
         start = end = None
         by_time = itemgetter(0)
@@ -582,7 +584,21 @@ def decode_history(
             gc.freeze()
             gc.enable()
     seconds = time.perf_counter() - started
-    return History(groups, files, index - blank, duplicates, bad, seconds, count, start, end, names, days, users)
+    return History(
+        groups,
+        files,
+        lines=index - blank,
+        duplicates=duplicates,
+        bad=bad,
+        decode_seconds=seconds,
+        sort_cpu_seconds=time.process_time() - sorting,
+        count=count,
+        start_ms=start,
+        end_ms=end,
+        names=names,
+        days=days,
+        users=users,
+    )
 
 
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
