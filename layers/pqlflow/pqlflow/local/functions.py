@@ -73,6 +73,16 @@ def lambda_environment(function: Function) -> dict[str, str]:
     }
 
 
+def serve_as(service: str) -> None:
+    """Make the shared Powertools logger and metrics speak for `service`. On Lambda each function has a
+    process of its own, where they read POWERTOOLS_SERVICE_NAME once, at import; here every function shares
+    one process and one `pqlflow.observability`, so the function about to run says who it is."""
+    from pqlflow.observability import logger, metrics
+
+    logger.append_keys(service=service)
+    metrics.service = service
+
+
 class Outcome:
     """How one invocation went: the handler's return value, or the exception it raised."""
 
@@ -104,6 +114,9 @@ class FunctionHost:
         """Call the handler with `event`; its exceptions propagate to the caller (the event source)."""
         with environment(self._env), working_directory(self.function.code_uri):
             handler = self._handler or self._load()
+            service = self._env.get("POWERTOOLS_SERVICE_NAME")
+            if service:
+                serve_as(service)
             if context is None:
                 context = LambdaContext(
                     function_name=self.function.name,
