@@ -1101,12 +1101,10 @@ def _confusion(subjects: Iterable[tuple[int | None, int | None]], window_ms: int
     return {
         "subjects": n,
         "pqls": pqls,
-        "converters": converters,
         "tp": tp,
         "fp": pqls - tp,
         "fn": converters - tp,
         "tn": tn,
-        "late": late,
         "precision": precision,
         "recall": _ratio(tp, converters),
         "base_rate": base,

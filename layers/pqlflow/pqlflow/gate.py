@@ -28,7 +28,7 @@ from pqlflow.definition import (
     TraitSignal,
     walk_rule,
 )
-from pqlflow.qualification import compare, decayed_count, fmt, number, signal_value
+from pqlflow.qualification import _plain, compare, decayed_count, fmt, number, signal_value
 from pqlflow.usage import DAY_MS, AccountUsage
 
 
@@ -441,9 +441,7 @@ def _account_trait(trait: str, decoded: dict[str, Any]) -> Reader:
         try:
             return decoded[text]
         except KeyError:
-            value = json.loads(text)
-            if not (value is None or isinstance(value, int | float | str | bool)):
-                value = str(value)
+            value = _plain(json.loads(text))
             if len(decoded) >= _MAX_CACHED:
                 decoded.clear()
             decoded[text] = value
