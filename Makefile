@@ -48,8 +48,7 @@ bench: setup
 	$(PY) bench/backtest_bench.py
 
 schemas: setup
-	$(PY) -m pqlflow.events
-	$(PY) -m pqlflow.schemas
+	$(VENV)/bin/pqlflow schemas
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) out .pytest_cache

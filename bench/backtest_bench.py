@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pqlflow.backtest import JSON_DECODER, decode_history, decode_only, properties_read, run_definition
-from pqlflow.definition import load_definition
+from pqlflow.analysis.backtest import JSON_DECODER, decode_history, decode_only, properties_read, run_definition
+from pqlflow.qualify.definition import load_definition
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEFINITIONS = ["slack-messages.yaml", "logins.yaml", "scoring.yaml"]
@@ -67,7 +67,7 @@ def floor(path: Path) -> tuple[int, float]:
     """The least any backtest of this contract must do, validating nothing and folding nothing: read each line,
     decode it into the backtest's own typed struct (msgspec, in C) and file a tuple of its fields under its
     account. Returns (lines, CPU seconds). It bounds what a pure-Python backtest can reach on this machine."""
-    from pqlflow.backtest import _MESSAGE
+    from pqlflow.analysis.backtest import _MESSAGE
 
     decode = _MESSAGE.decode
     groups: dict[str | None, list[tuple[Any, ...]]] = {}

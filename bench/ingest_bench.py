@@ -37,8 +37,8 @@ os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from pqlflow import clock  # noqa: E402
-from pqlflow.dynamo import DynamoUsageStore  # noqa: E402
-from pqlflow.ingest import IngestConfig, UsageBatchProcessor  # noqa: E402
+from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor  # noqa: E402
+from pqlflow.ingest.store import DynamoUsageStore  # noqa: E402
 
 from tests.support.events import iso, sqs_event  # noqa: E402
 from tests.support.lambda_context import LambdaContext  # noqa: E402
@@ -114,7 +114,7 @@ def pqlflow_writes(batches: list[list[dict[str, Any]]]) -> tuple[int, Counter[st
     for i in range(ACCOUNTS):
         item = client.get_item(TableName="usage", Key={"pk": {"S": f"A#acct-{i:03d}"}, "sk": {"S": "USAGE"}})
         if "Item" in item:
-            from pqlflow.usage_item import decode_image
+            from pqlflow.ingest.item import decode_image
 
             total += sum(c for n, c in decode_image(item["Item"]).lifetime.items() if "[" not in n)
     return total, calls

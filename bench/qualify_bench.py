@@ -2,7 +2,7 @@
 
 Workload: 1,000 account states built from random 30-day histories of the events scoring.yaml reads
 (10–400 events per account, 1–12 users, a few traits), each stored as the usage item ingest writes
-(`pqlflow.usage_item.encode_usage`), so decoding works on realistic images.
+(`pqlflow.ingest.item.encode_usage`), so decoding works on realistic images.
 
 Prints, measured in this run:
   - per account state: time to decode the stream record's NewImage (`decode_image`) next to the time
@@ -28,11 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pqlflow.definition import Definition, load_definition
-from pqlflow.events import UsageEvent, parse_message
-from pqlflow.qualification import evaluate, iso, needs_decision
-from pqlflow.usage import DAY_MS, AccountUsage
-from pqlflow.usage_item import decode_image, encode_usage
+from pqlflow.contracts.usage_events import UsageEvent, parse_message
+from pqlflow.ingest.item import decode_image, encode_usage
+from pqlflow.ingest.usage import DAY_MS, AccountUsage
+from pqlflow.qualify.definition import load_definition
+from pqlflow.qualify.evaluation import evaluate, iso, needs_decision
+from pqlflow.qualify.language import Definition
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORING = ROOT / "examples" / "definitions" / "scoring.yaml"
@@ -149,9 +150,9 @@ def cpu(defn: Definition, states: list[tuple[AccountUsage, AccountUsage]], round
 def reads_per_record(defn_path: Path, states: list[tuple[AccountUsage, AccountUsage]]) -> dict[str, Any]:
     import boto3
     from moto import mock_aws
-    from pqlflow.bus import EventPublisher
-    from pqlflow.definition_store import DefinitionStore
-    from pqlflow.transitions import PqlStateStore, Qualifier
+    from pqlflow.contracts.bus import EventPublisher
+    from pqlflow.qualify.store import DefinitionStore
+    from pqlflow.qualify.transitions import PqlStateStore, Qualifier
 
     with mock_aws():
         ddb = boto3.client("dynamodb")

@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pqlflow.backtest import run_backtest
-from pqlflow.definition_store import DEFAULT_PATH, bundled_default
-from pqlflow.replay import run_replay
+from pqlflow.analysis.backtest import run_backtest
+from pqlflow.local.replay import run_replay
+from pqlflow.qualify.store import DEFAULT_PATH, bundled_default
 
 ROOT = Path(__file__).resolve().parents[1]
 

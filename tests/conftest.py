@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto import mock_aws
-from pqlflow import clock
+from pqlflow.kernel import clock
 
 from tests.support.template import load_template, table_definition
 

@@ -7,12 +7,12 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pqlflow import clock
-from pqlflow.dynamo import DynamoUsageStore
-from pqlflow.ingest import IngestConfig, UsageBatchProcessor
-from pqlflow.observability import logger, metrics
-from pqlflow.settings import ingest_settings
-from pqlflow.tracking import tracking_spec
+from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics
+from pqlflow.kernel.settings import ingest_settings
+from pqlflow.qualify.tracking import tracking_spec
 
 _processor: UsageBatchProcessor | None = None
 

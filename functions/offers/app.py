@@ -9,12 +9,12 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import envelopes, parse
-from pqlflow import clock
-from pqlflow.contracts import NurtureAction
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.offer_store import OfferStore
-from pqlflow.offers import Catalog, load_catalog, make_offer, recipient_of
-from pqlflow.settings import from_environ
+from pqlflow.channels.offers.offer import Catalog, load_catalog, make_offer, recipient_of
+from pqlflow.channels.store import OfferStore
+from pqlflow.contracts.emitted import NurtureAction
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
 from pydantic import BaseModel, ConfigDict, Field
 
 

@@ -11,13 +11,13 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError, UnauthorizedError
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow import clock
-from pqlflow.bus import EventPublisher
-from pqlflow.contracts import OfferAccepted
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.offer_store import OfferStore
-from pqlflow.offers import Offer, decide_accept, decide_dismiss, is_visible
-from pqlflow.settings import from_environ
+from pqlflow.channels.offers.offer import Offer, decide_accept, decide_dismiss, is_visible
+from pqlflow.channels.store import OfferStore
+from pqlflow.contracts.bus import EventPublisher
+from pqlflow.contracts.emitted import OfferAccepted
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
 from pydantic import BaseModel, ConfigDict, Field
 
 _OFFER_ID = re.compile(r"^of_[0-9a-f]{24}$")

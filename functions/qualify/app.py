@@ -4,7 +4,7 @@ Trigger: the table's stream, filtered at the source to usage-state items (kind `
 `PQL` items never invoke it. Per record: decode the old and new usage images (no read), evaluate the
 active definition (cached by `DefinitionStore`, DEFINITION_CACHE_SECONDS), and for the few records
 that may change the qualification state, write the transition conditionally and publish
-`PQL Qualified` / `PQL Disqualified` / `Account Converted` (`pqlflow.transitions`). Failed records
+`PQL Qualified` / `PQL Disqualified` / `Account Converted` (`pqlflow.qualify.transitions`). Failed records
 are reported with Powertools' partial batch response; the mapping bisects and, after its retries,
 sends the record pointer to the on-failure queue.
 """
@@ -17,12 +17,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pqlflow.bus import EventPublisher
-from pqlflow.definition_store import DefinitionStore
-from pqlflow.observability import logger, metrics
-from pqlflow.settings import from_environ
-from pqlflow.transitions import PqlStateStore, Qualifier
-from pqlflow.usage_item import decode_image
+from pqlflow.contracts.bus import EventPublisher
+from pqlflow.ingest.item import decode_image
+from pqlflow.kernel.observability import logger, metrics
+from pqlflow.kernel.settings import from_environ
+from pqlflow.qualify.store import DefinitionStore
+from pqlflow.qualify.transitions import PqlStateStore, Qualifier
 from pydantic import BaseModel, ConfigDict, Field
 
 

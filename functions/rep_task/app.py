@@ -14,13 +14,8 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import envelopes, parse
-from pqlflow import clock
-from pqlflow.bus import EventPublisher
-from pqlflow.connectors import Backoff, Connector, DeliveryError, Http, build_connectors, parse_names
-from pqlflow.contracts import NurtureAction, PqlQualified
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.offer_store import RepTaskStore
-from pqlflow.rep_tasks import (
+from pqlflow.channels.rep_tasks.connectors import Backoff, Connector, DeliveryError, Http, build_connectors, parse_names
+from pqlflow.channels.rep_tasks.task import (
     Delivery,
     RepTask,
     Roster,
@@ -30,7 +25,12 @@ from pqlflow.rep_tasks import (
     pick_round_robin,
     settle,
 )
-from pqlflow.settings import from_environ
+from pqlflow.channels.store import RepTaskStore
+from pqlflow.contracts.bus import EventPublisher
+from pqlflow.contracts.emitted import NurtureAction, PqlQualified
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 

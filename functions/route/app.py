@@ -2,13 +2,13 @@
 
 Trigger: an EventBridge rule on detail-type `PQL Qualified` (source `pqlflow`), so each invocation
 carries one qualification and every trigger may be redelivered. The decision is the pure
-`pqlflow.routing.route`; this module only reads its inputs, stores the result and emits it:
+`pqlflow.nurture.routing.route`; this module only reads its inputs, stores the result and emits it:
 
 1. One consistent BatchGetItem reads the stored action (`A#<account>` / `NURTURE#<transition_id>`),
    account suppression (`A#<account>` / `SUPPRESSED`), the frequency-cap items (`A#<account>` and
    `U#<user>` / `NURTURE#CAP`) and the candidate recipients' suppression entries (`SUP#<sha256>` /
    `EMAIL`). A stored action means this trigger is a redelivery: go to step 4.
-2. `route(...)` decides, on `pqlflow.clock` time (replay runs on simulated time).
+2. `route(...)` decides, on `pqlflow.kernel.clock` time (replay runs on simulated time).
 3. One TransactWriteItems stores the action item (condition: not there yet) and claims the cap slots
    (condition: no nudge within the cap). Either all of it happens or none: a lost race on the action
    item means another delivery stored it (go to 4); a lost race on a cap means a concurrent
@@ -36,16 +36,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow import clock
-from pqlflow.aws import AwsClient
-from pqlflow.bus import EventPublisher
-from pqlflow.contracts import SOURCE, NurtureAction, PqlQualified
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.policy import Policy, load_policy
-from pqlflow.routing import Decision, Lookups, NurtureState, lookups, route, scheduled_delivery
-from pqlflow.settings import from_environ
-from pqlflow.suppression import SORT_KEY as SUPPRESSION_SORT_KEY
-from pqlflow.suppression import suppression_key
+from pqlflow.contracts.bus import EventPublisher
+from pqlflow.contracts.emitted import SOURCE, NurtureAction, PqlQualified
+from pqlflow.kernel import clock
+from pqlflow.kernel.aws import AwsClient
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
+from pqlflow.nurture.policy import Policy, load_policy
+from pqlflow.nurture.routing import Decision, Lookups, NurtureState, lookups, route, scheduled_delivery
+from pqlflow.nurture.suppression import SORT_KEY as SUPPRESSION_SORT_KEY
+from pqlflow.nurture.suppression import suppression_key
 from pydantic import BaseModel, ConfigDict, Field
 
 ACTION_KIND = "nurture_action"

@@ -4,12 +4,12 @@ Trigger: an EventBridge rule on detail-type `Nurture Action` (source `pqlflow`) 
 and `outcome: send` (deferred actions come back as `send` from their Scheduler schedule, same
 `action_id`). Every trigger may be redelivered.
 
-The work is `pqlflow.mail.EmailSender.deliver` (at-most-once per action: why, in its docstring). This
+The work is `pqlflow.channels.email.mail.EmailSender.deliver` (at-most-once per action: why, in its docstring). This
 module holds its adapters and the handler:
 
 - `DynamoDeliveryLedger`: the `A#<account>` / `EMAIL#<action_id>` marker item (kind `email`), claimed
   with a conditional put before the send, completed after it, released when SES refuses.
-- `SuppressionList` (pqlflow.suppression): the address's `SUP#<sha256>` entry, read just before sending.
+- `SuppressionList` (pqlflow.nurture.suppression): the address's `SUP#<sha256>` entry, read just before sending.
 - `SesOutbox`: SES v2 `SendEmail` with `Content.Raw` (the exact MIME bytes) and the configuration set.
 
 Environment (validated once per cold start): TABLE_NAME, SENDER, SES_CONFIGURATION_SET,
@@ -24,13 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow.aws import AwsClient
-from pqlflow.contracts import NurtureAction
-from pqlflow.mail import EmailSender, EmailTemplates, SendRejected, find_templates_dir, load_brand
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.settings import from_environ
-from pqlflow.suppression import SuppressionList
-from pqlflow.unsubscribe import SigningKeys
+from pqlflow.channels.email.mail import EmailSender, EmailTemplates, SendRejected, find_templates_dir, load_brand
+from pqlflow.channels.email.unsubscribe import SigningKeys
+from pqlflow.contracts.emitted import NurtureAction
+from pqlflow.kernel.aws import AwsClient
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
+from pqlflow.nurture.suppression import SuppressionList
 from pydantic import BaseModel, ConfigDict, Field
 
 MARKER_KIND = "email"

@@ -4,7 +4,7 @@ Trigger: an EventBridge rule on source `aws.ses` (the configuration set's EventB
 publishes to the default bus), detail-types `Email Bounced` and `Email Complaint Received` at least;
 other SES events (`Email Delivered`, `Email Opened`, `Email Clicked`...) are only counted, per
 template, for engagement. A permanent bounce or a complaint suppresses the address for good
-(`pqlflow.suppression.from_ses_event`); redelivery is harmless since the first suppression wins.
+(`pqlflow.nurture.suppression.from_ses_event`); redelivery is harmless since the first suppression wins.
 
 Environment: TABLE_NAME.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow import clock
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.settings import from_environ
-from pqlflow.suppression import SuppressionList, from_ses_event
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
+from pqlflow.nurture.suppression import SuppressionList, from_ses_event
 from pydantic import BaseModel, ConfigDict, Field
 
 

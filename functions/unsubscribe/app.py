@@ -5,7 +5,7 @@
 - `POST ?token=…` unsubscribes. Mail clients send it themselves for RFC 8058 one-click unsubscribe
   (body `List-Unsubscribe=One-Click`); the confirmation page's button posts the same way.
 
-The token (pqlflow.unsubscribe) is checked against the signing secret's current and previous versions;
+The token (pqlflow.channels.email.unsubscribe) is checked against the signing secret's current and previous versions;
 a forged token gets 400, an expired one 410, and neither changes anything. A valid one records the
 address's suppression (`SUP#<sha256>`; the first reason recorded wins) so send_email never mails it
 again. Repeating the POST is harmless.
@@ -22,12 +22,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow import clock
-from pqlflow.mail import Brand, EmailTemplates, find_templates_dir, load_brand
-from pqlflow.observability import logger, metrics, tracer
-from pqlflow.settings import from_environ
-from pqlflow.suppression import Suppression, SuppressionList
-from pqlflow.unsubscribe import ExpiredToken, InvalidToken, SigningKeys, verify
+from pqlflow.channels.email.mail import Brand, EmailTemplates, find_templates_dir, load_brand
+from pqlflow.channels.email.unsubscribe import ExpiredToken, InvalidToken, SigningKeys, verify
+from pqlflow.kernel import clock
+from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.settings import from_environ
+from pqlflow.nurture.suppression import Suppression, SuppressionList
 from pydantic import BaseModel, ConfigDict, Field
 
 PAGE = "web/unsubscribe.html"

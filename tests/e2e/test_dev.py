@@ -10,7 +10,7 @@ import urllib.request
 from datetime import UTC, datetime
 
 import boto3
-from pqlflow.commands.dev import serve
+from pqlflow.cli.dev import serve
 
 from tests.e2e.conftest import TEMPLATE
 

@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from pqlflow.local.aws import Clients
-from pqlflow.replay_emulator import emulator_speedups
+from pqlflow.local.emulator import emulator_speedups
 
 ITEM = {
     "pk": {"S": "A#acme"}, "sk": {"S": "USAGE"}, "kind": {"S": "usage"}, "n": {"N": "12.5"},

@@ -11,10 +11,10 @@ from collections import Counter
 from datetime import date
 
 import pytest
-from pqlflow.backtest import run_backtest
-from pqlflow.definition import load_definition
-from pqlflow.replay import _parse_time, run_replay, transitions_of
-from pqlflow.sample import Sample, SampleConfig
+from pqlflow.analysis.backtest import run_backtest
+from pqlflow.analysis.sample import Sample, SampleConfig
+from pqlflow.local.replay import _parse_time, run_replay, transitions_of
+from pqlflow.qualify.definition import load_definition
 
 from tests.e2e.conftest import REPO, TEMPLATE
 

@@ -104,7 +104,7 @@ def test_missing_definition_or_policy_files_are_named(tmp_path, capsys, option):
 
 
 def test_a_conversion_event_starts_a_new_step_so_a_pql_just_before_it_is_seen():
-    from pqlflow.replay import FeedEvent, steps
+    from pqlflow.local.replay import FeedEvent, steps
 
     def event(minute: int, name: str) -> FeedEvent:
         return FeedEvent(minute * 60_000, "s", "track", "{}", "f", minute, name=name)

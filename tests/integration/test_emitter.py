@@ -6,10 +6,10 @@ import json
 
 import boto3
 import pytest
-from pqlflow import clock
-from pqlflow.bus import MAX_REQUEST_BYTES, PublishError
+from pqlflow.contracts.bus import MAX_REQUEST_BYTES, PublishError
+from pqlflow.contracts.usage_events import UsageEvent, parse_body
 from pqlflow.emitter import InvalidEvent, UsageEmitter
-from pqlflow.events import UsageEvent, parse_body
+from pqlflow.kernel import clock
 
 from tests.support.aws_calls import CallRecorder
 

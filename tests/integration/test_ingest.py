@@ -7,11 +7,11 @@ from datetime import datetime
 
 import boto3
 import pytest
-from pqlflow import clock
-from pqlflow.dynamo import DynamoUsageStore
-from pqlflow.ingest import IngestConfig, UsageBatchProcessor
-from pqlflow.usage import FilterSpec, GaugeSpec, TrackingSpec
-from pqlflow.usage_item import decode_image, usage_key
+from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.item import decode_image, usage_key
+from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.ingest.usage import FilterSpec, GaugeSpec, TrackingSpec
+from pqlflow.kernel import clock
 
 from functions.ingest import app
 from tests.support.aws_calls import CallRecorder

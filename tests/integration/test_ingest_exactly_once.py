@@ -9,12 +9,12 @@ import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pqlflow import clock
-from pqlflow.dynamo import DynamoUsageStore
-from pqlflow.events import UsageEvent, parse_message
-from pqlflow.ingest import IngestBatch, IngestConfig
-from pqlflow.usage import AccountUsage, GaugeSpec, TrackingSpec
-from pqlflow.usage_item import decode_image, usage_key
+from pqlflow.contracts.usage_events import UsageEvent, parse_message
+from pqlflow.ingest.batch import IngestBatch, IngestConfig
+from pqlflow.ingest.item import decode_image, usage_key
+from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.ingest.usage import AccountUsage, GaugeSpec, TrackingSpec
+from pqlflow.kernel import clock
 
 from tests.support.aws_calls import CallRecorder, Crash
 from tests.support.events import iso

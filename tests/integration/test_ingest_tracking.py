@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from pqlflow import clock, tracking
-from pqlflow.definition_store import DefinitionStore
-from pqlflow.settings import IngestSettings
-from pqlflow.usage_item import decode_image, usage_key
+from pqlflow.ingest.item import decode_image, usage_key
+from pqlflow.kernel import clock
+from pqlflow.kernel.settings import IngestSettings
+from pqlflow.qualify import tracking
+from pqlflow.qualify.store import DefinitionStore
 
 from functions.ingest import app
 from tests.support.events import sqs_event, track

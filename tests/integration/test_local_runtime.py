@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.runtime import LocalRuntime
 
 from tests.support.local import FIXTURE, sdk_put_event

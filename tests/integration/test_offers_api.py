@@ -19,10 +19,10 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pqlflow import clock
-from pqlflow.contracts import OfferAccepted, Reason
-from pqlflow.offer_store import OfferStore
-from pqlflow.offers import load_catalog
+from pqlflow.channels.offers.offer import load_catalog
+from pqlflow.channels.store import OfferStore
+from pqlflow.contracts.emitted import OfferAccepted, Reason
+from pqlflow.kernel import clock
 
 from functions.offers.app import handler as offers_handler
 from functions.offers_api.app import handler as api_handler

@@ -8,10 +8,10 @@ from typing import Any
 
 import boto3
 import pytest
-from pqlflow import clock
-from pqlflow.errors import UsageError
-from pqlflow.offer_store import OfferStore
-from pqlflow.offers import load_catalog
+from pqlflow.channels.offers.offer import load_catalog
+from pqlflow.channels.store import OfferStore
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
 
 from functions.offers.app import handler
 from tests.support.channels import offer_action, pqlflow_event

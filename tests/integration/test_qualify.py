@@ -10,13 +10,14 @@ from typing import Any
 
 import boto3
 import pytest
-from pqlflow.bus import EventPublisher, PublishError
-from pqlflow.definition import Definition, load_definition
-from pqlflow.definition_store import DefinitionStore
-from pqlflow.events import UsageEvent, parse_message
-from pqlflow.transitions import PqlStateStore, Qualifier
-from pqlflow.usage import DAY_MS, AccountUsage
-from pqlflow.usage_item import decode_image, encode_usage
+from pqlflow.contracts.bus import EventPublisher, PublishError
+from pqlflow.contracts.usage_events import UsageEvent, parse_message
+from pqlflow.ingest.item import decode_image, encode_usage
+from pqlflow.ingest.usage import DAY_MS, AccountUsage
+from pqlflow.qualify.definition import load_definition
+from pqlflow.qualify.language import Definition
+from pqlflow.qualify.store import DefinitionStore
+from pqlflow.qualify.transitions import PqlStateStore, Qualifier
 
 from functions.qualify import app
 from tests.support.aws_calls import CallRecorder
@@ -371,7 +372,7 @@ def test_the_bundled_default_applies_until_a_definition_is_published(
     table_name: str, qualify: Any, bus_events: Any
 ) -> None:
     # Given nothing published; the default is the scoring model
-    from pqlflow.definition_store import bundled_default
+    from pqlflow.qualify.store import bundled_default
 
     stream = UsageStream(bundled_default())
     # 10 sign-ins (20 points, capped) + 3 invites (30) + 3 features (9) = 59
@@ -481,7 +482,7 @@ def test_points_decay_over_simulated_time_until_the_account_is_disqualified(
 def test_a_missing_environment_variable_fails_at_start_naming_it(
     table_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pqlflow.settings import SettingsError
+    from pqlflow.kernel.settings import SettingsError
 
     monkeypatch.delenv("EVENT_BUS_NAME", raising=False)
     app.reset()

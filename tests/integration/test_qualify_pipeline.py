@@ -9,9 +9,10 @@ from typing import Any
 
 import boto3
 import pytest
-from pqlflow import clock, tracking
-from pqlflow.definition_store import DefinitionStore
-from pqlflow.usage_item import usage_key
+from pqlflow.ingest.item import usage_key
+from pqlflow.kernel import clock
+from pqlflow.qualify import tracking
+from pqlflow.qualify.store import DefinitionStore
 
 from functions.ingest import app as ingest_app
 from functions.qualify import app as qualify_app

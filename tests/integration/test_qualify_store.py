@@ -7,7 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 from pqlflow.cli import main
-from pqlflow.definition_store import DefinitionStore, bundled_default
+from pqlflow.qualify.store import DefinitionStore, bundled_default
 
 ROOT = Path(__file__).resolve().parents[2]
 SLACK = ROOT / "examples" / "definitions" / "slack-messages.yaml"

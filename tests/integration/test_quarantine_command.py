@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import boto3
-from pqlflow import clock
 from pqlflow.cli import main
-from pqlflow.dynamo import DynamoUsageStore
-from pqlflow.ingest import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.kernel import clock
 
 from functions.ingest import app
 from tests.support.events import sqs_event, track

@@ -12,11 +12,11 @@ from typing import Any
 
 import boto3
 import pytest
-from pqlflow import clock
-from pqlflow.connectors import Backoff, Http, HubSpotConnector, SlackConnector
-from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, RepTaskCreated, UserSummary
-from pqlflow.offer_store import RepTaskStore
-from pqlflow.rep_tasks import load_roster
+from pqlflow.channels.rep_tasks.connectors import Backoff, Http, HubSpotConnector, SlackConnector
+from pqlflow.channels.rep_tasks.task import load_roster
+from pqlflow.channels.store import RepTaskStore
+from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, RepTaskCreated, UserSummary
+from pqlflow.kernel import clock
 
 import functions.rep_task.app as app
 from tests.support.channels import FakePublisher, pqlflow_event

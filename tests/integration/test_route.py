@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 from moto import mock_aws
-from pqlflow import clock
-from pqlflow.bus import EventPublisher
-from pqlflow.routing import action_id, address_hash
-from pqlflow.settings import SettingsError
+from pqlflow.contracts.bus import EventPublisher
+from pqlflow.kernel import clock
+from pqlflow.kernel.settings import SettingsError
+from pqlflow.nurture.routing import action_id, address_hash
 
 from functions.route import app
 from tests.support.channels import pqlflow_event

@@ -14,9 +14,9 @@ import boto3
 import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
-from pqlflow import unsubscribe
-from pqlflow.settings import SettingsError, from_environ
-from pqlflow.suppression import address_hash
+from pqlflow.channels.email import unsubscribe
+from pqlflow.kernel.settings import SettingsError, from_environ
+from pqlflow.nurture.suppression import address_hash
 
 from functions.send_email import app as send_email
 from functions.ses_events import app as ses_events

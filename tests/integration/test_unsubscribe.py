@@ -8,8 +8,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from pqlflow import unsubscribe
-from pqlflow.suppression import address_hash, suppression_key
+from pqlflow.channels.email import unsubscribe
+from pqlflow.nurture.suppression import address_hash, suppression_key
 
 from functions.unsubscribe import app
 from tests.support.lambda_context import LambdaContext

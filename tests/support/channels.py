@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from pqlflow.contracts import NurtureAction, Reason
+from pqlflow.contracts.emitted import NurtureAction, Reason
 
 
 def pqlflow_event(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from pqlflow import cli
-from pqlflow.backtest import metrics, run_backtest
-from pqlflow.definition import parse_definition
+from pqlflow.analysis.backtest import metrics, run_backtest
+from pqlflow.qualify.definition import parse_definition
 
 MONDAY = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # day 0 of the tiny history
 TINY = """
@@ -138,7 +138,7 @@ def test_sweep_at_given_thresholds_matches_running_each_threshold(tmp_path: Path
     path = write(tmp_path / "h.jsonl", tiny_history())
     defs = [(parse_definition(TINY % 3), "t3")]
     result = run_backtest([path], defs)
-    from pqlflow.backtest import sweep
+    from pqlflow.analysis.backtest import sweep
 
     swept = sweep(result.runs[0], 0, 30 * 86_400_000, thresholds=[1, 2, 3, 4])["points"]
     # Then each row equals a real run at that threshold (and D qualifies at 1, before converting)

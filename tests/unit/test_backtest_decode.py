@@ -1,4 +1,4 @@
-"""The backtest's fast decoder accepts and rejects exactly what `pqlflow.events.parse_body` does."""
+"""The backtest's fast decoder accepts and rejects exactly what `pqlflow.contracts.usage_events.parse_body` does."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pqlflow import backtest
-from pqlflow.backtest import HISTORY_RETENTION_DAYS, FastDecoder
-from pqlflow.events import Rejection, UsageEvent, parse_body
-from pqlflow.sample import Sample, SampleConfig
+from pqlflow.analysis import backtest
+from pqlflow.analysis.backtest import HISTORY_RETENTION_DAYS, FastDecoder
+from pqlflow.analysis.sample import Sample, SampleConfig
+from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_body
 
 NOW_S = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 

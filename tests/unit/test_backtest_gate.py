@@ -8,12 +8,13 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from pqlflow.backtest import decode_history, run_definition
-from pqlflow.definition import Definition, load_definition, parse_definition
-from pqlflow.gate import Gate
-from pqlflow.qualification import PqlState, decide, evaluate, exclusion, needs_decision
-from pqlflow.sample import Sample, SampleConfig
-from pqlflow.usage import DAY_MS, AccountUsage, TrackingSpec
+from pqlflow.analysis.backtest import decode_history, run_definition
+from pqlflow.analysis.gate import Gate
+from pqlflow.analysis.sample import Sample, SampleConfig
+from pqlflow.ingest.usage import DAY_MS, AccountUsage, TrackingSpec
+from pqlflow.qualify.definition import load_definition, parse_definition
+from pqlflow.qualify.evaluation import PqlState, decide, evaluate, exclusion, needs_decision
+from pqlflow.qualify.language import Definition
 
 EXAMPLES = sorted(Path("examples/definitions").glob("*.yaml"))
 EXTRA = {

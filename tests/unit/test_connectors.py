@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pqlflow import clock
-from pqlflow.connectors import (
+from pqlflow.channels.rep_tasks.connectors import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Backoff,
@@ -23,9 +22,10 @@ from pqlflow.connectors import (
     parse_names,
     verify,
 )
-from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
-from pqlflow.errors import UsageError
-from pqlflow.rep_tasks import RepTask, build_task, parse_roster
+from pqlflow.channels.rep_tasks.task import RepTask, build_task, parse_roster
+from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
 
 from tests.support.http_fakes import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Reply, Seen, SleepLog
 

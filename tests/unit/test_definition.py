@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 from pqlflow.cli import main
-from pqlflow.definition import DefinitionError, load_definition, parse_definition
-from pqlflow.definition_store import bundled_default
-from pqlflow.usage import FilterSpec, GaugeSpec
+from pqlflow.ingest.usage import FilterSpec, GaugeSpec
+from pqlflow.qualify.definition import load_definition, parse_definition
+from pqlflow.qualify.language import DefinitionError
+from pqlflow.qualify.store import bundled_default
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "definitions").glob("*.yaml"))
@@ -247,8 +248,8 @@ def test_explain_names_the_bad_line_of_a_state_file(tmp_path: Path, capsys: pyte
 def test_explain_reads_a_usage_item_in_dynamodb_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from pqlflow.usage import AccountUsage
-    from pqlflow.usage_item import encode_usage
+    from pqlflow.ingest.item import encode_usage
+    from pqlflow.ingest.usage import AccountUsage
 
     usage = AccountUsage(
         "acme",

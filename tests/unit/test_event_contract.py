@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from pqlflow.events import PAGE_EVENT, Rejection, UsageEvent, json_schemas, parse_body, parse_message
+from pqlflow.contracts.usage_events import PAGE_EVENT, Rejection, UsageEvent, json_schemas, parse_body, parse_message
 
 from tests.support.events import load_event
 

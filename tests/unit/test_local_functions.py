@@ -6,12 +6,12 @@ import io
 import json
 from pathlib import Path
 
+from pqlflow.kernel.observability import logger
 from pqlflow.local.functions import FunctionHost
 from pqlflow.local.model import Function
-from pqlflow.observability import logger
 
 HANDLER = '''
-from pqlflow.observability import logger, metrics
+from pqlflow.kernel.observability import logger, metrics
 
 
 def handler(event, context):

@@ -1,7 +1,7 @@
 """CloudFormation intrinsic functions as the local runtime evaluates them."""
 
 import pytest
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local.cfn_yaml import loads
 from pqlflow.local.intrinsics import NO_VALUE, Resolver
 

@@ -1,7 +1,7 @@
 """The runtime's SQS queues: receive counts, in-flight messages, redrive to the DLQ, FIFO groups and dedup."""
 
 import pytest
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.model import Queue, Redrive
 from pqlflow.local.queues import Queues
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local.cfn_yaml import loads
 from pqlflow.local.template import build_wiring, load_template
 

@@ -10,9 +10,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from pqlflow import mail, suppression, unsubscribe
-from pqlflow.contracts import NurtureAction, Reason
-from pqlflow.mail import (
+from pqlflow.channels.email import mail, unsubscribe
+from pqlflow.channels.email.mail import (
     EmailTemplates,
     MailError,
     NoRecipient,
@@ -25,6 +24,8 @@ from pqlflow.mail import (
     qualification_of,
     resolve_recipient,
 )
+from pqlflow.contracts.emitted import NurtureAction, Reason
+from pqlflow.nurture import suppression
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pqlflow import suppression
-from pqlflow.contracts import NurtureAction
-from pqlflow.mail import EmailSender, EmailTemplates, MailError, SendRejected, load_brand
+from pqlflow.channels.email.mail import EmailSender, EmailTemplates, MailError, SendRejected, load_brand
+from pqlflow.contracts.emitted import NurtureAction
+from pqlflow.nurture import suppression
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"

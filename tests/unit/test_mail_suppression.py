@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pqlflow.suppression import Suppression, address_hash, from_ses_event
+from pqlflow.nurture.suppression import Suppression, address_hash, from_ses_event
 
 NOW = 1_800_000_000.0
 

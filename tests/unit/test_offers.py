@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pqlflow.contracts import NurtureAction, Reason
-from pqlflow.errors import UsageError
-from pqlflow.offers import (
+from pqlflow.channels.offers.offer import (
     decide_accept,
     decide_dismiss,
     effective_status,
@@ -18,6 +16,8 @@ from pqlflow.offers import (
     parse_catalog,
     recipient_of,
 )
+from pqlflow.contracts.emitted import NurtureAction, Reason
+from pqlflow.kernel.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "examples" / "offers" / "catalog.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 from pqlflow.cli import main
-from pqlflow.errors import UsageError
-from pqlflow.policy import load_policy, parse_policy
+from pqlflow.kernel.errors import UsageError
+from pqlflow.nurture.policy import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "policies").glob("*.yaml"))

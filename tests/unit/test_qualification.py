@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pqlflow.contracts import PqlQualified
-from pqlflow.definition import Definition, load_definition, parse_definition
-from pqlflow.events import UsageEvent, parse_message
-from pqlflow.qualification import (
+from pqlflow.contracts.emitted import PqlQualified
+from pqlflow.contracts.usage_events import UsageEvent, parse_message
+from pqlflow.ingest.usage import DAY_MS, AccountUsage
+from pqlflow.qualify.definition import load_definition, parse_definition
+from pqlflow.qualify.evaluation import (
     PqlState,
     decide,
     evaluate,
@@ -17,7 +18,7 @@ from pqlflow.qualification import (
     qualified_event,
     transition_id,
 )
-from pqlflow.usage import DAY_MS, AccountUsage
+from pqlflow.qualify.language import Definition
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_MS = 1_793_527_200_000  # 2026-11-01T10:00:00Z

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from pqlflow import schemas
-from pqlflow.contracts import EMITTED
+from pqlflow import cli
+from pqlflow.contracts import schemas
+from pqlflow.contracts.emitted import EMITTED
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_files_are_up_to_date() -> None:
-    assert schemas.main(["--root", str(ROOT), "--check"]) == 0
+    assert cli.main(["schemas", "--root", str(ROOT), "--check"]) == 0
 
 
 @pytest.mark.parametrize("model", EMITTED, ids=lambda m: m.DETAIL_TYPE)

@@ -7,9 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pqlflow.contracts import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
-from pqlflow.errors import UsageError
-from pqlflow.rep_tasks import (
+from pqlflow.channels.rep_tasks.task import (
     BusinessHours,
     Sla,
     build_task,
@@ -21,6 +19,8 @@ from pqlflow.rep_tasks import (
     talking_points,
     usage_against_limits,
 )
+from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
+from pqlflow.kernel.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 ROSTER = ROOT / "examples" / "reps" / "roster.yaml"

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pqlflow.backtest import run_backtest
-from pqlflow.definition import parse_definition
-from pqlflow.report import pct, render_html, render_text
+from pqlflow.analysis.backtest import run_backtest
+from pqlflow.analysis.report import pct, render_html, render_text
+from pqlflow.qualify.definition import parse_definition
 
 from tests.unit.test_backtest import TINY, tiny_history, write
 

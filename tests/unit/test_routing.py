@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from pqlflow.contracts import PqlQualified
-from pqlflow.policy import parse_policy
-from pqlflow.routing import (
+from pqlflow.contracts.emitted import PqlQualified
+from pqlflow.nurture.policy import parse_policy
+from pqlflow.nurture.routing import (
     NurtureState,
     action_id,
     address_hash,

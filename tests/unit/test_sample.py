@@ -9,10 +9,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
-from pqlflow import cli, clock
-from pqlflow.errors import UsageError
-from pqlflow.events import Rejection, UsageEvent, parse_message
-from pqlflow.sample import PLANS, REP_ROSTER, Sample, SampleConfig
+from pqlflow import cli
+from pqlflow.analysis.sample import PLANS, REP_ROSTER, Sample, SampleConfig
+from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_message
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 START = date(2026, 9, 1)

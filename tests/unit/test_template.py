@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pqlflow import settings as pqlflow_settings
+from pqlflow.kernel import settings as pqlflow_settings
 from pqlflow.local.patterns import filter_criteria_match, matches
 from pqlflow.local.template import load_template as load_wiring
 from pydantic import BaseModel, ValidationError

@@ -6,8 +6,8 @@ import base64
 import json
 
 import pytest
-from pqlflow.suppression import address_hash
-from pqlflow.unsubscribe import ExpiredToken, InvalidToken, issue, secret_from_string, verify
+from pqlflow.channels.email.unsubscribe import ExpiredToken, InvalidToken, issue, secret_from_string, verify
+from pqlflow.nurture.suppression import address_hash
 
 SECRET = b"x" * 48
 OTHER = b"y" * 48

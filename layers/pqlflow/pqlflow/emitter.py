@@ -6,7 +6,7 @@
         usage.group("usr_42", "acct_7", {"plan": "free", "employees": 40, "contacts_limit": 10000})
 
 Events are buffered and sent with PutEvents in valid chunks (≤ 10 entries, ≤ 256 KB), and failed
-entries are retried (`pqlflow.bus`). Each message is validated against the contract before it is
+entries are retried (`pqlflow.contracts.bus`). Each message is validated against the contract before it is
 buffered, so a bad call fails in the product team's code, with the field named, not in ingest.
 The detail-type is the Segment `type` and the detail is the message: the same shape Segment's own
 EventBridge destination sends, so ingest treats both alike.
@@ -20,10 +20,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pqlflow import clock
-from pqlflow.aws import AwsClient
-from pqlflow.bus import PutEventsSender
-from pqlflow.events import Rejection, parse_body
+from pqlflow.contracts.bus import PutEventsSender
+from pqlflow.contracts.usage_events import Rejection, parse_body
+from pqlflow.kernel import clock
+from pqlflow.kernel.aws import AwsClient
 
 DEFAULT_SOURCE = "pqlflow.emitter"
 
@@ -96,7 +96,7 @@ class UsageEmitter:
         return message
 
     def flush(self) -> int:
-        """Send everything buffered; raises `pqlflow.bus.PublishError` if some entries never go."""
+        """Send everything buffered; raises `pqlflow.contracts.bus.PublishError` if some entries never go."""
         entries, self._buffer = self._buffer, []
         if not entries:
             return 0

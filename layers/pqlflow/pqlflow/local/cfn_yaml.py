@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 
 _FN_TAGS = (
     "And",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.names import function_arn
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local.context import LambdaContext
 from pqlflow.local.model import REGION, Function
 
@@ -76,8 +76,8 @@ def lambda_environment(function: Function) -> dict[str, str]:
 def serve_as(service: str) -> None:
     """Make the shared Powertools logger and metrics speak for `service`. On Lambda each function has a
     process of its own, where they read POWERTOOLS_SERVICE_NAME once, at import; here every function shares
-    one process and one `pqlflow.observability`, so the function about to run says who it is."""
-    from pqlflow.observability import logger, metrics
+    one process and one `pqlflow.kernel.observability`, so the function about to run says who it is."""
+    from pqlflow.kernel.observability import logger, metrics
 
     logger.append_keys(service=service)
     metrics.service = service

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.model import ACCOUNT, HttpRoute, JwtAuthorizer
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 
 __all__ = ["NO_VALUE", "Resolver"]
 

@@ -4,7 +4,7 @@ Limits and errors follow the EventBridge API: at most 10 entries and 256 KB per 
 counted as the documentation says), `Source`, `DetailType` and `Detail` required, `Detail` a JSON
 object, the bus must exist. A rejected request raises `PutEventsRejected`; a bad entry gets its own
 ErrorCode while the rest go through. Events get an id and `time` (the entry's Time, else
-`pqlflow.clock` now, as EventBridge stamps receipt time). Pure: no I/O.
+`pqlflow.kernel.clock` now, as EventBridge stamps receipt time). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.model import ACCOUNT, REGION
 from pqlflow.local.names import bus_name
 

@@ -10,7 +10,7 @@ Semantics kept from SQS: a received message is in flight until deleted or releas
 counts (`ApproximateReceiveCount`); a message received `maxReceiveCount` times moves to the
 dead-letter queue on its next receive; FIFO queues keep order within a message group, hold a group
 while one of its messages is in flight, and drop a repeated deduplication id. Timestamps follow
-`pqlflow.clock`. Pure: no I/O.
+`pqlflow.kernel.clock`. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.model import Queue
 
 SENDER_ID = "AIDAIT2UOQQY3AUEKVGXU"

@@ -12,7 +12,7 @@ nothing moves.
         runtime.run_until_idle()
         runtime.counters()   # invocations per function, AWS requests by service and operation
 
-Simulated time: pass `before_invoke(function_logical_id, event)` to set `pqlflow.clock` before each
+Simulated time: pass `before_invoke(function_logical_id, event)` to set `pqlflow.kernel.clock` before each
 delivery (replay sets it from event timestamps).
 """
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pqlflow import clock
-from pqlflow.errors import UsageError
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local import calls
 from pqlflow.local.aws import Clients, create_all
 from pqlflow.local.eventbus import EventRouter
@@ -243,7 +243,7 @@ class LocalRuntime:
     def put_events(self, entries: Iterable[Mapping[str, Any]]) -> list[str]:
         """PutEvents (boto3 entry shape; `Detail` may be a dict), in chunks of 10; returns the event ids.
 
-        Entries without `EventBusName` go to `bus_for(entry)`, without `Time` get `pqlflow.clock` time.
+        Entries without `EventBusName` go to `bus_for(entry)`, without `Time` get `pqlflow.kernel.clock` time.
         """
         ids: list[str] = []
         chunk: list[dict[str, Any]] = []
@@ -379,7 +379,7 @@ class LocalRuntime:
     def next_schedule_time(self) -> float | None:
         """When the next one-time Scheduler schedule is due (epoch seconds), or None.
 
-        A replay advances `pqlflow.clock` to it (before later events, and after the last one) so
+        A replay advances `pqlflow.kernel.clock` to it (before later events, and after the last one) so
         deferred work happens at its simulated time.
         """
         return self._scheduler.next_due() if self._scheduler is not None else None

@@ -1,7 +1,7 @@
 """EventBridge Scheduler emulation: fire the one-time `at(...)` schedules handlers create, on pqlflow's clock.
 
 Each pump lists the emulator's schedules; an enabled `at(...)` schedule whose time (in its
-ScheduleExpressionTimezone) has been reached by `pqlflow.clock` fires once: an EventBridge bus target
+ScheduleExpressionTimezone) has been reached by `pqlflow.kernel.clock` fires once: an EventBridge bus target
 becomes a PutEvents with the schedule's `Input` as detail and EventBridgeParameters' source and
 detail-type (time = the schedule's time); a Lambda target an asynchronous invocation with `Input`;
 an SQS target a message. Then the schedule is deleted when its ActionAfterCompletion is DELETE.
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.aws import Clients
 from pqlflow.local.names import parse_arn
 

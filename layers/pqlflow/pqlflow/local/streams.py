@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pqlflow import clock
+from pqlflow.kernel import clock
 from pqlflow.local.aws import Clients
 from pqlflow.local.functions import Outcome
 from pqlflow.local.model import StreamSource

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local import names
 from pqlflow.local.cfn_yaml import load_yaml
 from pqlflow.local.intrinsics import Resolver

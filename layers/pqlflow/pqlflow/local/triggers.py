@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from pqlflow.errors import UsageError
+from pqlflow.kernel.errors import UsageError
 from pqlflow.local import names as arns
 from pqlflow.local.model import (
     Function,

@@ -1,0 +1,1 @@
+"""Channels: the nurture actions delivered — email, in-app offers, rep tasks."""

@@ -1,0 +1,1 @@
+"""The in-app offer channel: the catalog, offer instances and the rules for showing and accepting them."""

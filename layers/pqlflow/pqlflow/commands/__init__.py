@@ -1,1 +1,0 @@
-"""Subcommands of the `pqlflow` CLI, one module each (see `pqlflow.cli`)."""
