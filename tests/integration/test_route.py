@@ -13,6 +13,8 @@ from pqlflow.contracts.bus import EventPublisher
 from pqlflow.kernel import clock
 from pqlflow.kernel.settings import SettingsError
 from pqlflow.nurture.routing import action_id, address_hash
+from pqlflow.nurture.service import RouteService, RouteSettings, build
+from pqlflow.nurture.store import DynamoNurtureStore
 
 from functions.route import app
 from tests.support.channels import pqlflow_event
@@ -58,7 +60,7 @@ def aws(monkeypatch):
 
 @dataclass
 class World:
-    service: app.RouteService
+    service: RouteService
     dynamodb: object
     sqs: object
     queue_url: str
@@ -103,11 +105,11 @@ def world(aws, tmp_path) -> World:
     events.put_targets(Rule="nurture-actions", EventBusName=BUS, Targets=[{"Id": "queue", "Arn": queue_arn}])
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(POLICY)
-    settings = app.RouteSettings(
+    settings = RouteSettings(
         TABLE_NAME=TABLE, EVENT_BUS_NAME=BUS, EVENT_BUS_ARN=bus_arn,
         SCHEDULER_ROLE_ARN="arn:aws:iam::123456789012:role/pqlflow-scheduler", POLICY_FILE=str(policy_file),
     )
-    return World(app.build(settings), dynamodb, sqs, queue_url, boto3.client("scheduler"))
+    return World(build(settings), dynamodb, sqs, queue_url, boto3.client("scheduler"))
 
 
 def qualified(transition_id="tr-1", account_id="acme", touch="low", users=None) -> dict:
@@ -164,8 +166,8 @@ class FailingOnce:
 
 def test_a_crash_between_store_and_emit_still_ends_with_exactly_one_event(world):
     # Given the first delivery crashes after storing the action, before emitting it
-    flaky = app.RouteService(world.service.policy, world.service.store, FailingOnce(world.service.publisher),
-                             world.service.deferrer)
+    flaky = RouteService(world.service.policy, world.service.store, FailingOnce(world.service.publisher),
+                         world.service.deferrer)
     with pytest.raises(RuntimeError):
         invoke(world, qualified(), service=flaky)
     assert world.emitted() == []
@@ -200,7 +202,7 @@ def test_a_second_qualification_within_the_account_cap_is_capped(world):
     assert outcomes == [("tr-1", "email", "send"), ("tr-2", "none", "capped")]
 
 
-class RacingStore(app.DynamoNurtureStore):
+class RacingStore(DynamoNurtureStore):
     """Lets another qualification be routed between this one's read and its write."""
 
     def __init__(self, table, client, rival):
@@ -219,9 +221,9 @@ def test_two_concurrent_qualifications_cannot_both_pass_the_cap(world):
     # Given two qualifications of the same account (different transitions, different users) in flight:
     # the second is routed completely after the first has read the caps but before it writes
     other = qualified("tr-b", users=[{"user_id": "u-2", "traits": {"email": "bo@acme.test"}}])
-    racing = app.RouteService(world.service.policy,
-                              RacingStore(TABLE, world.dynamodb, rival=lambda: invoke(world, other)),
-                              world.service.publisher, world.service.deferrer)
+    racing = RouteService(world.service.policy,
+                          RacingStore(TABLE, world.dynamodb, rival=lambda: invoke(world, other)),
+                          world.service.publisher, world.service.deferrer)
     # When the first one finishes
     result = invoke(world, qualified("tr-a"), service=racing)
     # Then only one of them was sent; the one that lost the race is capped
@@ -280,8 +282,8 @@ def test_email_outside_local_daytime_is_deferred_with_a_one_time_schedule(world)
 def test_a_crash_after_scheduling_but_before_emitting_reuses_the_schedule(world):
     # Given a deferred email whose first delivery crashed after creating its schedule
     users = [{"user_id": "u-jp", "traits": {"email": "kei@acme.test", "timezone": "Asia/Tokyo"}}]
-    flaky = app.RouteService(world.service.policy, world.service.store, FailingOnce(world.service.publisher),
-                             world.service.deferrer)
+    flaky = RouteService(world.service.policy, world.service.store, FailingOnce(world.service.publisher),
+                         world.service.deferrer)
     with pytest.raises(RuntimeError):
         invoke(world, qualified(users=users), service=flaky)
     # When the trigger is redelivered
@@ -298,4 +300,4 @@ def test_a_crash_after_scheduling_but_before_emitting_reuses_the_schedule(world)
 def test_a_missing_environment_variable_is_named(monkeypatch):
     monkeypatch.delenv("TABLE_NAME", raising=False)
     with pytest.raises(SettingsError, match="TABLE_NAME"):
-        app.build()
+        build()

@@ -1,0 +1,61 @@
+"""Deferral of quiet-hour emails: an EventBridge Scheduler one-time schedule puts the action on the bus later.
+
+Scheduler rather than an SQS delay queue: SQS delays stop at 15 minutes and quiet-hour waits last up
+to a weekend. Each schedule is `at(<send_after>)` in UTC with `ActionAfterCompletion: DELETE` and an
+EventBridge PutEvents target that puts the same action, outcome `send`, on the bus at `send_after`.
+Channel rules must therefore match `outcome: ["send"]`. Schedule names are deterministic, so a retried
+delivery finds the schedule an earlier attempt created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pqlflow.contracts.emitted import SOURCE, NurtureAction
+from pqlflow.kernel.aws import AwsClient
+
+
+class Deferrer(Protocol):
+    def schedule(self, delivery: NurtureAction, at: datetime) -> None: ...
+
+
+class SchedulerDeferrer:
+    """Puts a deferred action on the bus later through an EventBridge Scheduler one-time schedule."""
+
+    client = AwsClient("scheduler")
+
+    def __init__(
+        self, *, group: str, bus_arn: str, role_arn: str, dlq_arn: str | None = None, client: Any = None
+    ):
+        self.group, self.bus_arn, self.role_arn, self.dlq_arn = group, bus_arn, role_arn, dlq_arn
+        self.client = client
+
+    @staticmethod
+    def name(delivery: NurtureAction) -> str:
+        return f"pqlflow-{delivery.action_id}"  # deterministic: a retry finds its own schedule
+
+    def schedule(self, delivery: NurtureAction, at: datetime) -> None:
+        target: dict[str, Any] = {
+            "Arn": self.bus_arn,
+            "RoleArn": self.role_arn,
+            "EventBridgeParameters": {"DetailType": NurtureAction.DETAIL_TYPE, "Source": SOURCE},
+            "Input": json.dumps(delivery.model_dump(mode="json"), separators=(",", ":")),
+            "RetryPolicy": {"MaximumEventAgeInSeconds": 86_400, "MaximumRetryAttempts": 185},
+        }
+        if self.dlq_arn:
+            target["DeadLetterConfig"] = {"Arn": self.dlq_arn}
+        # An existing schedule was created by an earlier attempt of this same delivery.
+        with contextlib.suppress(self.client.exceptions.ConflictException):
+            self.client.create_schedule(
+                Name=self.name(delivery),
+                GroupName=self.group,
+                ScheduleExpression=f"at({at.astimezone(UTC):%Y-%m-%dT%H:%M:%S})",
+                ScheduleExpressionTimezone="UTC",
+                FlexibleTimeWindow={"Mode": "OFF"},
+                ActionAfterCompletion="DELETE",
+                Target=target,
+                Description=f"pqlflow: deliver nurture action {delivery.action_id} after quiet hours",
+            )
