@@ -28,7 +28,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/pqlflow replay events/demo/history.jsonl --out out
 
-## test: template lint (cfn-lint + serverless rules, sam validate --lint), ruff, then pytest
+## test: template lint (cfn-lint + serverless rules, sam validate --lint), ruff, import-linter, mypy, then pytest
 test: setup $(SAM_VENV)/.installed lint-template lint
 	$(VENV)/bin/pytest -q
 
@@ -39,8 +39,11 @@ lint-template: setup $(SAM_VENV)/.installed
 	$(VENV)/bin/cfn-lint -t template.yaml -a cfn_lint_serverless.rules
 	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
 
+# ruff; the architecture (import-linter: a stage never imports a later one); types (mypy, the package ships py.typed)
 lint: setup
 	$(VENV)/bin/ruff check layers functions tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) bench/ingest_bench.py

@@ -15,7 +15,7 @@ stay strings (only true/false are booleans). Nothing is ever evaluated.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import time as dtime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -146,10 +146,13 @@ class Rule(_Model):
     then: Then
 
 
+_BOTH_TOUCHES: list[Touch] = ["low", "high"]
+
+
 class Holdout(_Model):
     share: float = Field(default=0.0, ge=0.0, le=0.5)
     salt: str = Field(default="pqlflow-holdout", min_length=1)
-    touch: list[Touch] = Field(default_factory=lambda: ["low", "high"])
+    touch: list[Touch] = Field(default_factory=lambda: _BOTH_TOUCHES.copy())
 
 
 class Caps(_Model):
@@ -289,7 +292,7 @@ def _dotted(path: Sequence[str | int]) -> str:
     return dotted(path) or "(top level)"
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: Mapping[str, Any]) -> str:
     kind = error.get("type")
     if kind == "missing":
         return "missing"

@@ -351,8 +351,8 @@ class _Router:
             return None, self.nothing("suppressed", f"{why_prefix}recipient's address is suppressed "
                                       "(unsubscribed, bounced or complained)", part, template=template,
                                       recipient_user_id=recipient.user_id), ()
-        if why := self.user_capped(recipient):
-            return None, self.nothing("capped", why_prefix + why, part, template=template,
+        if capped := self.user_capped(recipient):
+            return None, self.nothing("capped", why_prefix + capped, part, template=template,
                                       recipient_user_id=recipient.user_id), ()
         zone = recipient_zone(recipient, self.policy.quiet_hours)
         send_after = next_send_time(datetime.fromtimestamp(self.now, UTC), zone, self.policy.quiet_hours)
