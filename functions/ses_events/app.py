@@ -5,6 +5,7 @@ publishes to the default bus), detail-types `Email Bounced` and `Email Complaint
 other SES events (`Email Delivered`, `Email Opened`, `Email Clicked`...) are only counted, per
 template, for engagement. A permanent bounce or a complaint suppresses the address for good
 (`pqlflow.nurture.suppression.from_ses_event`); redelivery is harmless since the first suppression wins.
+Reading the event and recording its suppressions is `pqlflow.channels.email.ses_events`.
 
 Environment: TABLE_NAME.
 """
@@ -14,25 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pqlflow.kernel import clock
+from pqlflow.channels.email.ses_events import build, record_ses_event
 from pqlflow.kernel.observability import logger, metrics, tracer
-from pqlflow.kernel.settings import from_environ
-from pqlflow.nurture.suppression import SuppressionList, from_ses_event
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class SesEventsSettings(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    TABLE_NAME: str = Field(min_length=1)
-
+from pqlflow.nurture.suppression import SuppressionList
 
 _suppressions: SuppressionList | None = None
-
-
-def build(settings: SesEventsSettings | None = None, client: Any = None) -> SuppressionList:
-    settings = settings or from_environ(SesEventsSettings)
-    return SuppressionList(settings.TABLE_NAME, client)
 
 
 @logger.inject_lambda_context
@@ -45,23 +32,17 @@ def handler(
     if suppressions is None:
         _suppressions = _suppressions or build()
         suppressions = _suppressions
-    detail = event.get("detail") or {}
-    event_type = str(detail.get("eventType") or detail.get("notificationType") or "Unknown")
-    tags = (detail.get("mail") or {}).get("tags") or {}
-    template = (tags.get("pqlflow_template") or ["unknown"])[0]
-    added = 0
-    for entry in from_ses_event(detail, now=clock.now()):
-        added += suppressions.add(entry)
-    metrics.add_metric(name=f"Ses_{event_type}", unit=MetricUnit.Count, value=1)
-    if added:
-        metrics.add_metric(name="AddressesSuppressed", unit=MetricUnit.Count, value=added)
+    seen = record_ses_event(event.get("detail") or {}, suppressions)
+    metrics.add_metric(name=f"Ses_{seen.event_type}", unit=MetricUnit.Count, value=1)
+    if seen.suppressed:
+        metrics.add_metric(name="AddressesSuppressed", unit=MetricUnit.Count, value=seen.suppressed)
     logger.info(
         "ses event",
         extra={
-            "event_type": event_type,
-            "template": template,
-            "suppressed": added,
-            "ses_message_id": (detail.get("mail") or {}).get("messageId"),
+            "event_type": seen.event_type,
+            "template": seen.template,
+            "suppressed": seen.suppressed,
+            "ses_message_id": seen.ses_message_id,
         },
     )
-    return {"event_type": event_type, "suppressed": added}
+    return {"event_type": seen.event_type, "suppressed": seen.suppressed}

@@ -15,6 +15,11 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 from pqlflow.channels.email import unsubscribe
+from pqlflow.channels.email.errors import SendRejected
+from pqlflow.channels.email.sender import SendEmailSettings
+from pqlflow.channels.email.sender import build as build_sender
+from pqlflow.channels.email.ses_events import build as build_suppressions
+from pqlflow.channels.email.unsubscribe_endpoint import build as build_unsubscribe
 from pqlflow.kernel.settings import SettingsError, from_environ
 from pqlflow.nurture.suppression import address_hash
 
@@ -87,7 +92,7 @@ def sent_count() -> int:
 
 
 def send(event: dict[str, Any], sender=None) -> dict[str, Any]:
-    return send_email.handler(event, LambdaContext(), sender=sender or send_email.build())
+    return send_email.handler(event, LambdaContext(), sender=sender or build_sender())
 
 
 def marker(table: str, account_id: str, action_id: str) -> dict[str, Any] | None:
@@ -129,7 +134,7 @@ def test_a_redelivered_trigger_sends_one_message(email_env):
     event = nurture_event(example_action())
     # When each delivery is handled
     outcomes = [send(event)["outcome"] for _ in range(2)] + [
-        send(event, send_email.build())["outcome"] for _ in range(2)
+        send(event, build_sender())["outcome"] for _ in range(2)
     ]
     # Then SES sent exactly one message
     assert outcomes == ["sent", "duplicate", "duplicate", "duplicate"]
@@ -144,7 +149,7 @@ def test_unsubscribing_by_one_click_stops_the_next_email(email_env):
     response = unsubscribe_fn.handler(
         http_event("POST", token, "List-Unsubscribe=One-Click"),
         LambdaContext(),
-        service=unsubscribe_fn.build(),
+        service=build_unsubscribe(),
     )
     assert response["statusCode"] == 200 and "unsubscribed" in response["body"]
     # Then the next nudge for her address (a new action) is not sent
@@ -157,7 +162,7 @@ def test_a_get_only_shows_the_confirmation_page(email_env):
     # Given a valid unsubscribe link
     send(nurture_event(example_action()))
     token = token_of(sent_messages()[-1].raw_data)
-    service = unsubscribe_fn.build()
+    service = build_unsubscribe()
     # When it is opened (GET), as link scanners do too
     page = unsubscribe_fn.handler(http_event("GET", token), LambdaContext(), service=service)
     # Then a page asks to confirm with a POST form, and nothing is suppressed yet
@@ -185,7 +190,7 @@ def test_a_forged_token_is_rejected_and_suppresses_nothing(email_env):
     response = unsubscribe_fn.handler(
         http_event("POST", forged, "List-Unsubscribe=One-Click"),
         LambdaContext(),
-        service=unsubscribe_fn.build(),
+        service=build_unsubscribe(),
     )
     # Then it is refused and Priya still gets email
     assert response["statusCode"] == 400
@@ -206,7 +211,7 @@ def test_an_expired_token_is_rejected_and_suppresses_nothing(email_env):
     response = unsubscribe_fn.handler(
         http_event("POST", expired, "List-Unsubscribe=One-Click"),
         LambdaContext(),
-        service=unsubscribe_fn.build(),
+        service=build_unsubscribe(),
     )
     # Then it is refused as expired and Priya still gets email
     assert response["statusCode"] == 410 and "expired" in response["body"]
@@ -231,7 +236,7 @@ def test_a_permanent_bounce_suppresses_the_address(email_env):
         },
     }
     # When ses_events handles it (twice: redelivery is harmless)
-    results = [ses_events.handler(bounce, LambdaContext(), suppressions=ses_events.build()) for _ in range(2)]
+    results = [ses_events.handler(bounce, LambdaContext(), suppressions=build_suppressions()) for _ in range(2)]
     # Then the address is suppressed once and the nudge is not sent
     assert [r["suppressed"] for r in results] == [1, 0]
     assert send(nurture_event(example_action()))["outcome"] == "suppressed"
@@ -244,7 +249,7 @@ def test_an_ses_refusal_leaves_the_action_retryable(email_env):
     boto3.client("ses").delete_identity(Identity="hello@mail.example.com")
     event = nurture_event(example_action())
     # When the trigger delivers it
-    with pytest.raises(send_email.SendRejected):
+    with pytest.raises(SendRejected):
         send(event)
     # Then no claim is left behind, so once SES accepts, the retry sends it
     assert marker(email_env["TABLE_NAME"], "acc_fieldstone", event["detail"]["action_id"]) is None
@@ -257,4 +262,4 @@ def test_a_missing_variable_names_it(monkeypatch):
     monkeypatch.delenv("UNSUBSCRIBE_SECRET_ARN", raising=False)
     monkeypatch.setenv("TABLE_NAME", "t")
     with pytest.raises(SettingsError, match="UNSUBSCRIBE_SECRET_ARN"):
-        from_environ(send_email.SendEmailSettings)
+        from_environ(SendEmailSettings)

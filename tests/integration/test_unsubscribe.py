@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 from pqlflow.channels.email import unsubscribe
+from pqlflow.channels.email.unsubscribe_endpoint import UnsubscribeSettings, build
 from pqlflow.nurture.suppression import address_hash, suppression_key
 
 from functions.unsubscribe import app
@@ -29,10 +30,10 @@ def secret_arn(aws):
 def service(table_name, secret_arn):
     unsubscribe.clear_cache()
     arn = secret_arn
-    settings = app.UnsubscribeSettings(
+    settings = UnsubscribeSettings(
         TABLE_NAME=table_name, UNSUBSCRIBE_SECRET_ARN=arn, TEMPLATES_DIR=str(ROOT / "templates")
     )
-    yield app.build(settings)
+    yield build(settings)
     unsubscribe.clear_cache()
 
 

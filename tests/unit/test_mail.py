@@ -10,20 +10,12 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from pqlflow.channels.email import mail, unsubscribe
-from pqlflow.channels.email.mail import (
-    EmailTemplates,
-    MailError,
-    NoRecipient,
-    TemplateError,
-    build_context,
-    choose_template,
-    compose,
-    load_brand,
-    message_bytes,
-    qualification_of,
-    resolve_recipient,
-)
+from pqlflow.channels.email import unsubscribe
+from pqlflow.channels.email.brand import Brand, Feature, load_brand
+from pqlflow.channels.email.context import build_context, choose_template, qualification_of, resolve_recipient
+from pqlflow.channels.email.errors import MailError, NoRecipient, TemplateError
+from pqlflow.channels.email.message import Composed, compose, message_bytes
+from pqlflow.channels.email.render import EmailTemplates
 from pqlflow.contracts.emitted import NurtureAction, Reason
 from pqlflow.nurture import suppression
 
@@ -42,13 +34,13 @@ def example(name: str) -> NurtureAction:
 
 
 @cache
-def shipped(root: Path) -> tuple[EmailTemplates, mail.Brand]:
+def shipped(root: Path) -> tuple[EmailTemplates, Brand]:
     return EmailTemplates(root), load_brand(root)
 
 
 def render(
     action: NurtureAction, template: str | None = None, templates_root: Path = TEMPLATES
-) -> mail.Composed:
+) -> Composed:
     templates, brand = shipped(templates_root)
     return compose(
         action,
@@ -61,7 +53,7 @@ def render(
     )
 
 
-def parse(composed: mail.Composed):
+def parse(composed: Composed):
     return BytesParser(policy=policy.default).parsebytes(message_bytes(composed.message))
 
 
@@ -312,7 +304,7 @@ def test_the_unsubscribe_page_renders_every_state(state):
     assert ('action="/unsubscribe?token=a&amp;b"' in page) == (state == "confirm")
 
 
-def limit_of(action: NurtureAction, brand: mail.Brand | None = None) -> dict:
+def limit_of(action: NurtureAction, brand: Brand | None = None) -> dict:
     q = qualification_of(action)
     ctx = build_context(
         action,
@@ -356,7 +348,7 @@ def test_brand_yaml_can_name_the_parts_of_a_ratio():
     action.context["signals"]["seats_used"] = 40.0
     action.context["account_traits"]["seat_cap"] = 50
     brand = shipped(TEMPLATES)[1].model_copy(deep=True)
-    brand.features["contact_use"] = mail.Feature(label="seats", of="seats_used", limit_trait="seat_cap")
+    brand.features["contact_use"] = Feature(label="seats", of="seats_used", limit_trait="seat_cap")
     # Then those are used, not the guess
     limit = limit_of(action, brand)
     assert (limit["used"], limit["limit"], limit["percent"]) == (40, 50, 80)

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pqlflow.channels.email.mail import EmailSender, EmailTemplates, MailError, SendRejected, load_brand
+from pqlflow.channels.email.brand import load_brand
+from pqlflow.channels.email.errors import MailError, SendRejected
+from pqlflow.channels.email.render import EmailTemplates
+from pqlflow.channels.email.sender import EmailSender
 from pqlflow.contracts.emitted import NurtureAction
 from pqlflow.nurture import suppression
 

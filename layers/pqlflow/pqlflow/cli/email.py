@@ -18,15 +18,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pqlflow.channels.email.mail import (
-    Composed,
-    EmailTemplates,
-    MailError,
-    compose,
-    find_templates_dir,
-    load_brand,
-    message_bytes,
-)
+from pqlflow.channels.email.brand import load_brand
+from pqlflow.channels.email.errors import MailError
+from pqlflow.channels.email.message import Composed, compose, message_bytes
+from pqlflow.channels.email.render import EmailTemplates, find_templates_dir
 from pqlflow.contracts.emitted import NurtureAction
 from pqlflow.kernel.errors import UsageError
 
@@ -34,7 +29,7 @@ PREVIEW_KEY = b"pqlflow-preview-key-not-for-sending-0000"
 DEFAULT_CONTEXTS = Path("examples/email-contexts")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("email", help="preview and check the nurture email templates")
     sub = parser.add_subparsers(dest="email_command", metavar="ACTION", required=True)
 

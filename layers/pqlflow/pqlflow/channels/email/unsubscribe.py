@@ -118,9 +118,10 @@ def secret_from_string(value: str, where: str = "secret") -> bytes:
             data = json.loads(value)
         except ValueError as exc:
             raise ValueError(f"{where}: looks like JSON but does not parse") from exc
-        text = data.get("secret") if isinstance(data, dict) else None
-        if not isinstance(text, str):
+        field = data.get("secret") if isinstance(data, dict) else None
+        if not isinstance(field, str):
             raise ValueError(f"{where}: JSON secret needs a string field 'secret'")
+        text = field
     if len(text) < MIN_SECRET_CHARS:
         raise ValueError(f"{where}: signing secret must be at least {MIN_SECRET_CHARS} characters")
     return text.encode("utf-8")
