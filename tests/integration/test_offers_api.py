@@ -20,7 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pqlflow.channels.offers.offer import load_catalog
-from pqlflow.channels.store import OfferStore
+from pqlflow.channels.offers.store import OfferStore
 from pqlflow.contracts.emitted import OfferAccepted, Reason
 from pqlflow.kernel import clock
 

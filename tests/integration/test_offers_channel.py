@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import pytest
 from pqlflow.channels.offers.offer import load_catalog
-from pqlflow.channels.store import OfferStore
+from pqlflow.channels.offers.store import OfferStore
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 

@@ -12,9 +12,12 @@ from typing import Any
 
 import boto3
 import pytest
-from pqlflow.channels.rep_tasks.connectors import Backoff, Http, HubSpotConnector, SlackConnector
+from pqlflow.channels.rep_tasks import service
+from pqlflow.channels.rep_tasks.http import Backoff, Http
+from pqlflow.channels.rep_tasks.hubspot import HubSpotConnector
+from pqlflow.channels.rep_tasks.slack import SlackConnector
+from pqlflow.channels.rep_tasks.store import RepTaskStore
 from pqlflow.channels.rep_tasks.task import load_roster
-from pqlflow.channels.store import RepTaskStore
 from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, RepTaskCreated, UserSummary
 from pqlflow.kernel import clock
 
@@ -164,7 +167,7 @@ def test_round_robin_stays_balanced_across_invocations_and_redeliveries(store):
 @pytest.mark.slow
 def test_round_robin_stays_balanced_over_1000_tasks(store):
     # Given 1,000 qualifications across two territories, every tenth delivered twice
-    c = app.Collaborators(store=store, publisher=FakePublisher(), roster=ROSTER, connectors=[])
+    c = service.Collaborators(store=store, publisher=FakePublisher(), roster=ROSTER, connectors=[])
     owners: dict[str, str] = {}
 
     # When each is processed
@@ -174,7 +177,7 @@ def test_round_robin_stays_balanced_over_1000_tasks(store):
             action_event(f"tr-{n}", account=f"acct-{n}", territory=territory)["detail"]
         )
         for _ in range(2 if n % 10 == 0 else 1):
-            owners[f"tr-{n}"] = app.process(action, c)["owner"]
+            owners[f"tr-{n}"] = service.process(action, c)["owner"]
 
     # Then within each pool every rep's share differs by at most one, and no draw was wasted
     amer = Counter(owners[f"tr-{n}"] for n in range(1, 1000, 2))
@@ -221,7 +224,7 @@ def test_a_failing_connector_retries_and_the_task_survives(store, table_name, cr
     event = action_event("tr-1", territory="emea")
 
     # When the action is handled
-    with pytest.raises(app.TaskDeliveryFailed, match="hubspot"):
+    with pytest.raises(service.TaskDeliveryFailed, match="hubspot"):
         run(event, store, publisher, crm["connectors"])
 
     # Then HubSpot was retried with backoff, and the task is stored as delivery_failed, announced once
@@ -288,7 +291,7 @@ def test_deployed_configuration_with_secrets_manager(table_name, bus_name, monke
         monkeypatch.setenv("CONNECTOR_SECRET_ARN", secret["ARN"])
         app.settings.cache_clear()
         app._defaults.cache_clear()
-        app._secrets.clear()
+        service._secrets.clear()
         clock.set_source(lambda: NOW)
         try:
             # When it handles an action with no injected collaborators
@@ -296,7 +299,7 @@ def test_deployed_configuration_with_secrets_manager(table_name, bus_name, monke
         finally:
             app.settings.cache_clear()
             app._defaults.cache_clear()
-            app._secrets.clear()
+            service._secrets.clear()
 
     # Then the task went to HubSpot with the secret's token, and is stored as delivered
     assert result["outcome"] == "delivered"

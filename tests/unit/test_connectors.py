@@ -9,20 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pqlflow.channels.rep_tasks.connectors import (
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    Backoff,
-    DeliveryError,
-    Http,
-    HubSpotConnector,
-    SlackConnector,
-    WebhookConnector,
-    build_connectors,
-    parse_names,
-    verify,
-)
+from pqlflow.channels.rep_tasks.connectors import build_connectors, parse_names
+from pqlflow.channels.rep_tasks.http import Backoff, DeliveryError, Http
+from pqlflow.channels.rep_tasks.hubspot import HubSpotConnector
+from pqlflow.channels.rep_tasks.slack import SlackConnector
 from pqlflow.channels.rep_tasks.task import RepTask, build_task, parse_roster
+from pqlflow.channels.rep_tasks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConnector, verify
 from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError

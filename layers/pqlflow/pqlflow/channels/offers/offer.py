@@ -1,5 +1,5 @@
 """In-app incentive offers: the catalog (YAML), offer instances, and the pure rules for showing,
-accepting and dismissing them. No I/O here; `pqlflow.channels.store` persists what these rules decide."""
+accepting and dismissing them. No I/O here; `pqlflow.channels.offers.store` persists what these rules decide."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Rep follow-up tasks for high-touch PQLs: the roster (YAML), who owns the task (owner trait, else
 round-robin), what the task says (why, who is active, usage against limits, talking points) and when it
-is due (SLA, optionally in business hours). Pure: `pqlflow.channels.store` keeps the counters and tasks."""
+is due (SLA, optionally in business hours). Pure: `pqlflow.channels.rep_tasks.store` keeps the counters and tasks."""
 
 from __future__ import annotations
 
@@ -44,13 +44,17 @@ def _matches(allowed: list[str], value: str | None) -> bool:
     return value is not None and value.lower() in {a.lower() for a in allowed}
 
 
+def _weekdays() -> list[Weekday]:
+    return ["mon", "tue", "wed", "thu", "fri"]
+
+
 class BusinessHours(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     timezone: str = "UTC"
     start: str = "09:00"
     end: str = "17:00"
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], min_length=1)
+    days: list[Weekday] = Field(default_factory=_weekdays, min_length=1)
 
     @field_validator("start", "end")
     @classmethod

@@ -1,0 +1,70 @@
+"""The Slack connector: the task as a Block Kit message on an incoming webhook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pqlflow.channels.rep_tasks.http import Http
+from pqlflow.channels.rep_tasks.task import RepTask
+
+
+def _mrkdwn(text: str, limit: int = 2900) -> str:
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+
+
+@dataclass
+class SlackConnector:
+    """A Slack incoming webhook (Block Kit message). Slack has no idempotency key: pqlflow's stored
+    delivery record is what keeps a redelivered task from posting twice."""
+
+    webhook_url: str
+    http: Http = field(default_factory=Http)
+    name: str = "slack"
+
+    def payload(self, task: RepTask) -> dict[str, Any]:
+        owner = f"<@{task.slack_user_id}>" if task.slack_user_id else f"`{task.owner}`"
+        why = "\n".join(f"• {_mrkdwn(r.text, 300)}" for r in task.reasons) or "• qualified on product usage"
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": task.title[:150], "emoji": False}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why now*\n{why}"}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*Owner*\n{owner}"},
+                    {"type": "mrkdwn", "text": f"*Due*\n{task.due_at}"},
+                    {"type": "mrkdwn", "text": f"*Priority*\n{task.priority}"},
+                    {"type": "mrkdwn", "text": f"*Score*\n{task.score if task.score is not None else '—'}"},
+                ],
+            },
+        ]
+        if task.usage:
+            usage = "\n".join(f"• {_mrkdwn(u.text, 200)}" for u in task.usage)
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Usage against limits*\n{usage}"}})
+        points = "\n".join(f"• {_mrkdwn(p, 400)}" for p in task.talking_points)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Talking points*\n{points}"}})
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": f"account `{task.account_id}` · task `{task.task_id}`"}],
+            }
+        )
+        return {"text": _mrkdwn(task.title), "blocks": blocks}
+
+    def deliver(self, task: RepTask) -> tuple[str | None, int]:
+        _, attempts = self.http.request("POST", self.webhook_url, body=self.payload(task), headers={})
+        return None, attempts
+
+
+class SlackConfig(BaseModel):
+    """The `slack` object of the connector secret."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhook_url: str = Field(pattern=r"^https?://")
+
+
+def connect(cfg: SlackConfig, http: Http) -> SlackConnector:
+    return SlackConnector(cfg.webhook_url, http)
