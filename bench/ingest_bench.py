@@ -36,9 +36,9 @@ os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_
 
 import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
-from pqlflow import clock  # noqa: E402
 from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor  # noqa: E402
 from pqlflow.ingest.store import DynamoUsageStore  # noqa: E402
+from pqlflow.kernel import clock  # noqa: E402
 
 from tests.support.events import iso, sqs_event  # noqa: E402
 from tests.support.lambda_context import LambdaContext  # noqa: E402

@@ -6,6 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
 from pqlflow.ingest.store import DynamoUsageStore
@@ -37,7 +38,9 @@ def _config() -> IngestConfig:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext, processor: UsageBatchProcessor | None = None) -> dict:
+def handler(
+    event: dict[str, Any], context: LambdaContext, processor: UsageBatchProcessor | None = None
+) -> PartialItemFailureResponse:
     processor = processor or _default_processor()
     response = process_partial_response(event=event, record_handler=processor.record_handler,
                                         processor=processor, context=context)

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import compress, islice, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pqlflow.analysis.gate import Gate, SignalRow, SweepTarget, rule_conditions
 from pqlflow.contracts.usage_events import (
@@ -78,10 +78,13 @@ from pqlflow.qualify.language import (
     VelocitySignal,
 )
 
-try:  # msgspec decodes straight into typed structs in C; the stdlib fallback gives the same answers, slower
+if TYPE_CHECKING:  # msgspec is a dependency: the type checker reads it as installed
     import msgspec as _msgspec
-except ImportError:  # pragma: no cover - depends on the environment
-    _msgspec = None
+else:
+    try:  # msgspec decodes straight into typed structs in C; the stdlib fallback gives the same answers, slower
+        import msgspec as _msgspec
+    except ImportError:  # pragma: no cover - depends on the environment
+        _msgspec = None
 
 JSON_DECODER = "msgspec" if _msgspec is not None else "json"
 HISTORY_RETENTION_DAYS = 36_500  # an export is history on purpose: no retention window in a backtest
@@ -225,7 +228,11 @@ class FastDecoder:
 
     def decode(self, raw: bytes) -> UsageEvent | Rejection:
         result = self.record(raw, 0)
-        return to_event(result) if type(result) is tuple else result
+        if type(result) is tuple:
+            return to_event(result)
+        if TYPE_CHECKING:  # `type(...) is` narrows only the branch it holds in
+            assert isinstance(result, Rejection)
+        return result
 
     def record(self, raw: bytes, line: int) -> tuple[Any, ...] | Rejection:
         """The record of a line (see `RECORD`), or the Rejection `parse_body` gives it."""
@@ -243,7 +250,11 @@ class FastDecoder:
         except UnicodeDecodeError as exc:
             return Rejection("", f"line is not valid UTF-8 (byte {exc.start + 1})")
         result = parse_body(body, self.now_s, self.retention_days)
-        return _record(result, line) if type(result) is UsageEvent else result
+        if type(result) is UsageEvent:
+            return _record(result, line)
+        if TYPE_CHECKING:
+            assert isinstance(result, Rejection)
+        return result
 
     def _ident(self, value: Any) -> str | None:
         """The shared copy of a valid identifier, or None when not certainly valid."""
@@ -262,7 +273,7 @@ class FastDecoder:
         than attributes (this runs once per line of the history). Without msgspec there is no fast path."""
         if _msgspec is None:
             return lambda raw, line: None
-        ok = self._ok
+        ok: dict[Any, str] = self._ok  # also looked up by names that may be None (never a key)
         hours = self._hours  # small tables: they stay in the CPU cache (a per-minute one would not)
         lo_s, hi_s, keep = self.lo_s, self.hi_s, self.keep
         ident, hour_of, time_of = self._ident, self._hour, self._time
@@ -448,15 +459,15 @@ class FastDecoder:
 _DROPPED: dict[str, Any] = {}  # shared, never mutated: properties no gauge or filter of the run reads
 
 if _msgspec is not None:
-    _UNSET: Any = _msgspec.UNSET
+    _UNSET = _msgspec.UNSET
     _DecodeError: type[Exception] = _msgspec.MsgspecError
 
     # A JSON value nested at most `depth` levels, as a type: msgspec refuses deeper ones while decoding (in C),
     # which is parse_body's nesting limit on properties and traits without a second pass over the line.
     _Value: Any = str | int | float | bool | None
     for _ in range(MAX_NESTING_DEPTH - 1):
-        _Value = str | int | float | bool | None | list[_Value] | dict[str, _Value]  # type: ignore[valid-type]
-    _Bag = dict[str, _Value]  # type: ignore[valid-type]
+        _Value = str | int | float | bool | None | list[_Value] | dict[str, _Value]
+    _Bag = dict[str, _Value]
 
     class _Context(_msgspec.Struct):
         """The parts of `context` the contract reads; the rest is skipped without being built."""
@@ -478,8 +489,8 @@ if _msgspec is not None:
         groupId: str | None = None
         name: str | None = None
         category: str | None = None
-        properties: _Bag | _msgspec.UnsetType = _msgspec.UNSET  # type: ignore[valid-type]
-        traits: _Bag | _msgspec.UnsetType = _msgspec.UNSET  # type: ignore[valid-type]
+        properties: _Bag | _msgspec.UnsetType = _msgspec.UNSET
+        traits: _Bag | _msgspec.UnsetType = _msgspec.UNSET
 
     class _Envelope(_msgspec.Struct, kw_only=True):
         detail_type: str = _msgspec.field(name="detail-type")
@@ -535,6 +546,7 @@ def decode_history(
     blank = 0
     fast = decoder._fast
     slow = decoder.slow_record
+    result: tuple[Any, ...] | Rejection | None
     gc_was = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
@@ -554,6 +566,8 @@ def decode_history(
                 elif not raw.strip():
                     blank += 1
                 else:
+                    if TYPE_CHECKING:
+                        assert isinstance(result, Rejection)
                     bad.append(BadLine(str(path), index - files[-1][1], str(result), result.message_id))
         sorting = time.process_time()
         count = 0
@@ -563,7 +577,8 @@ def decode_history(
         for account, group in groups.items():
             if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
                 seen: set[str] = set()
-                kept = [r for r in group if not (r[2] in seen or seen.add(r[2]))]
+                remember: Callable[[str], object] = seen.add  # its None result is only a step of the `or`
+                kept = [r for r in group if not (r[2] in seen or remember(r[2]))]
                 duplicates += len(group) - len(kept)
                 group[:] = kept
             group.sort(key=by_time)  # stable: equal times keep file order
@@ -751,7 +766,7 @@ def _exclusion_inputs(defn: Definition) -> Callable[[AccountUsage, str], tuple[A
     return inputs
 
 
-_MISSING = object()
+_MISSING: Any = object()  # Any: `is _MISSING` does not narrow for the type checker
 
 
 def _fold_traits(
@@ -1230,10 +1245,10 @@ def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = No
     for s in subjects:
         week(s.first_ms)["new_subjects"] += 1
         if s.qualified_at_ms is not None:
-            row = week(s.qualified_at_ms)
-            row["pqls"] += 1
+            counts = week(s.qualified_at_ms)
+            counts["pqls"] += 1
             if s.converted_at_ms is not None and 0 <= s.converted_at_ms - s.qualified_at_ms <= window_ms:
-                row["pqls_converted"] += 1
+                counts["pqls_converted"] += 1
         if s.converted_at_ms is not None:
             week(s.converted_at_ms)["converted"] += 1
     for kind, at in run.transitions:
@@ -1323,12 +1338,15 @@ def overlap(a: DefinitionRun, b: DefinitionRun, window_days: float = 30) -> dict
         return out
 
     sa, sb = by_account(a), by_account(b)
-    groups = {"both": [], "only_a": [], "only_b": [], "neither": []}
+    groups: dict[str, list[bool]] = {"both": [], "only_a": [], "only_b": [], "neither": []}
     for account in sorted(set(sa) | set(sb)):
         x, y = sa.get(account), sb.get(account)
         qa = x is not None and x.qualified_at_ms is not None
         qb = y is not None and y.qualified_at_ms is not None
-        conv = (x or y).converted_at_ms  # type: ignore[union-attr]
+        subject = x or y
+        if TYPE_CHECKING:
+            assert subject is not None  # the account is in sa or in sb
+        conv = subject.converted_at_ms
         group = "both" if qa and qb else "only_a" if qa else "only_b" if qb else "neither"
         groups[group].append(conv is not None)
     rows = [

@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pqlflow.ingest.usage import DAY_MS, AccountUsage
 from pqlflow.qualify.evaluation import _plain, compare, decayed_count, fmt, number, signal_value
@@ -191,16 +191,18 @@ class Gate:
     def check_counts(self, usage: AccountUsage, excluded: bool) -> tuple[bool, bool, list[bool], list[float]]:
         """`check` for a definition whose conditions are all lifetime counts against numbers (count_keys)."""
         lifetime = usage.lifetime
+        if TYPE_CHECKING:  # only called for a gate with count_keys, which implies a qualify rule
+            assert self.count_keys is not None and self.qualify is not None
         if self.one_leaf:  # qualify is one condition: it is the one row and the one sweep target
-            value = float(lifetime.get(self.count_keys[0], 0))  # type: ignore[index]
+            value = float(lifetime.get(self.count_keys[0], 0))
             test, threshold = self.count_tests[0]
             holds = test(value, threshold)
             if excluded:
                 return False, False, [holds], [-math.inf]
             return holds, holds, [holds], [value if self.targets[0].op in ("gte", "gt") else -value]
-        values = [float(lifetime.get(key, 0)) for key in self.count_keys]  # type: ignore[union-attr]
+        values = [float(lifetime.get(key, 0)) for key in self.count_keys]
         ok = [test(v, threshold) for v, (test, threshold) in zip(values, self.count_tests, strict=True)]
-        rule_ok = _eval(self.qualify, ok)  # type: ignore[arg-type]
+        rule_ok = _eval(self.qualify, ok)
         enter = stay = rule_ok and not excluded
         rows = [ok[i] for i in self.row_leaves]
         crits: list[float] = []
@@ -210,11 +212,11 @@ class Gate:
                 continue
             saved = ok[leaf]
             ok[leaf] = False
-            if _eval(self.qualify, ok):  # type: ignore[arg-type]
+            if _eval(self.qualify, ok):
                 crits.append(math.inf)
             else:
                 ok[leaf] = True
-                if _eval(self.qualify, ok):  # type: ignore[arg-type]
+                if _eval(self.qualify, ok):
                     crits.append(values[leaf] if t.op in ("gte", "gt") else -values[leaf])
                 else:
                     crits.append(-math.inf)
@@ -665,13 +667,13 @@ def _compile_check(gate: Gate) -> Callable[[AccountUsage, int, bool, Memo | None
     line("if excluded:")
     line(f"    return enter, stay, rows, [{', '.join('neg_inf' for _ in gate.targets)}]")
     crits: list[str] = []
-    for target, leaf in zip(gate.targets, gate.forced, strict=True):
-        if leaf == -1:
+    for target, forced in zip(gate.targets, gate.forced, strict=True):
+        if forced == -1:
             crits.append("(score if rule_ok else neg_inf)")
             continue
         assert gate.qualify is not None
-        without = _expr(gate.qualify, [*qualify_names[:leaf], "False", *qualify_names[leaf + 1 :]])
-        within = _expr(gate.qualify, [*qualify_names[:leaf], "True", *qualify_names[leaf + 1 :]])
+        without = _expr(gate.qualify, [*qualify_names[:forced], "False", *qualify_names[forced + 1 :]])
+        within = _expr(gate.qualify, [*qualify_names[:forced], "True", *qualify_names[forced + 1 :]])
         critical = src.name(_critical_up if target.op in ("gte", "gt") else _critical_down)
         crit = f"(inf if {without} else {critical}({value[target.signal]}) if {within} else neg_inf)"
         crits.append(f"(neg_inf if not points_enter else {crit})" if pm is not None else crit)

@@ -295,6 +295,21 @@ def _poisson(rng: random.Random, lam: float) -> int:
 class _User:
     __slots__ = ("id", "first", "last", "email", "tz", "offset_ms", "role", "level", "joined_day",
                  "last_active", "friends", "friend_target", "admin", "created_at", "joined_ms")
+    id: str
+    first: str
+    last: str
+    email: str
+    tz: str
+    offset_ms: int
+    role: str
+    level: float
+    joined_day: int
+    last_active: int
+    friends: int
+    friend_target: int
+    admin: bool
+    created_at: str
+    joined_ms: int
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
@@ -310,6 +325,52 @@ class _Account:
         "aff_conv", "aff_contacts", "aff_files", "file_mult", "velocity", "paid_interest", "video_share",
         "created_at", "emails", "seats", "pricing_views", "storage_ms", "contacts_ms",
     )
+    index: int
+    id: str
+    name: str
+    domain: str
+    industry: str
+    employees: int
+    tz: str
+    offset_ms: int
+    p: float  # the hidden propensity to convert
+    rng: random.Random
+    noise: random.Random
+    owner: str | None
+    plan: str
+    plan_at_signup: str
+    signup_day: int
+    trial_end_day: int
+    team_target: int
+    users: list[_User]
+    pending: list[tuple[int, int]]
+    blocked: int
+    contacts: int
+    contacts_goal: float
+    storage: int
+    integrations: list[str]
+    shared: int
+    paid_days: int
+    milestones: dict[str, int]
+    converted_ms: int | None
+    converted_plan: str | None
+    mrr: int
+    churn_day: int
+    dormant: bool
+    aff_msg: float
+    aff_conv: float
+    aff_contacts: float
+    aff_files: float
+    file_mult: float
+    velocity: float
+    paid_interest: float
+    video_share: float
+    created_at: str
+    emails: set[str]
+    seats: int
+    pricing_views: int
+    storage_ms: int
+    contacts_ms: int
 
     def __init__(self) -> None:
         self.users: list[_User] = []
@@ -483,8 +544,9 @@ class _Simulation:
         self.count += 1
         if scaled:
             self.scaled += 1
-        label = name if kind == _TRACK else ("page" if kind == _PAGE else ("identify" if kind == _IDENTIFY
-                                                                             else "group"))
+        # Every track event has a name; the check only tells the type checker so.
+        label = name if kind == _TRACK and name is not None else (
+            "page" if kind == _PAGE else ("identify" if kind == _IDENTIFY else "group"))
         self.by_type[label] = self.by_type.get(label, 0) + 1
         return True
 
@@ -708,17 +770,17 @@ class _Simulation:
         # Invitees join (if a seat is free); a full plan blocks them, which is a limit the team feels.
         if a.pending:
             still: list[tuple[int, int]] = []
-            for join_day, inviter in a.pending:
+            for join_day, inviter_i in a.pending:
                 if join_day > d:
-                    still.append((join_day, inviter))
+                    still.append((join_day, inviter_i))
                 elif len(a.users) < a.seats or a.converted_ms is not None:
                     if a.converted_ms is not None and len(a.users) >= a.seats:
                         a.seats = len(a.users) + 1  # paying teams buy the seat
-                    self._join(a, d, inviter)
+                    self._join(a, d, inviter_i)
                 else:
                     a.blocked += 1
                     if rng.random() < 0.6:
-                        still.append((d + 1 + int(rng.random() * 5), inviter))
+                        still.append((d + 1 + int(rng.random() * 5), inviter_i))
             a.pending = still
         if a.dormant or (a.churn_day >= 0 and d >= a.churn_day):
             return

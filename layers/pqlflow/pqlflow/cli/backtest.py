@@ -26,7 +26,7 @@ Examples:
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "backtest",
         help="test a PQL definition against exported usage history (volume, conversion, lift, sweeps)",

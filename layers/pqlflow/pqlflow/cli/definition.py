@@ -27,7 +27,7 @@ from pqlflow.qualify.evaluation import evaluate, iso
 from pqlflow.qualify.language import Definition, DefinitionError
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "definition",
         help="validate, explain and publish PQL definitions",

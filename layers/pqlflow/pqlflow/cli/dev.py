@@ -25,7 +25,7 @@ from pqlflow.kernel.errors import UsageError
 POLL_SECONDS = 0.2
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "dev",
         help="run the whole system as a live local stack (AWS endpoint + HTTP API on 127.0.0.1)",
@@ -145,7 +145,7 @@ class DevStack:
         )
 
 
-class _Printer(list):  # type: ignore[type-arg]
+class _Printer(list[dict[str, Any]]):
     """Where the runtime records pqlflow's events: printed as one line each as they pass."""
 
     def __init__(self, out: TextIO) -> None:

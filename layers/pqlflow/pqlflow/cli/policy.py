@@ -8,7 +8,7 @@ from pqlflow.kernel.errors import UsageError
 from pqlflow.nurture.policy import load_policy
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("policy", help="work with nurture policies (YAML)")
     actions = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     validate = actions.add_parser(

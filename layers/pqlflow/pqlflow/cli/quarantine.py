@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pqlflow.kernel.errors import UsageError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("quarantine", help="inspect usage events that ingest rejected")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     ls = actions.add_parser("list", help="list quarantined events, newest first")

@@ -22,7 +22,7 @@ changing the set of distinct messages: compare a damaged file's results with the
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "sample",
         help="generate a synthetic usage history (freemium B2B SaaS) as Segment JSON Lines",

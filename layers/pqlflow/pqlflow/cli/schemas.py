@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pqlflow.contracts.emitted import EMITTED, NurtureAction, OfferAccepted, RepTaskCreated, _Detail
+from pqlflow.contracts.emitted import EMITTED, NurtureAction, OfferAccepted, PqlQualified, RepTaskCreated, _Detail
 from pqlflow.contracts.schemas import envelope, schema, slug
 from pqlflow.contracts.usage_events import UsageEvent, parse_message, write_schemas
 from pqlflow.ingest.usage import DAY_MS, AccountUsage
@@ -80,17 +80,18 @@ def _qualification_samples() -> list[_Detail]:
 
 def samples() -> dict[str, _Detail]:
     qualified, disqualified, converted = _qualification_samples()
+    assert isinstance(qualified, PqlQualified), qualified
     context = qualified.model_dump(mode="json")
     others: list[_Detail] = [
         NurtureAction(
             action_id="0c2b8f7e5d1a4c3b9e8f7a6b5c4d3e2f",
-            transition_id=qualified.transition_id,  # type: ignore[attr-defined]
+            transition_id=qualified.transition_id,
             account_id="acct_42",
             channel="rep_task",
             outcome="send",
             touch="high",
             reasons=qualified.reasons,
-            context=context,  # type: ignore[attr-defined]
+            context=context,
         ),
         OfferAccepted(
             offer_id="of_7d2c1e",
@@ -108,7 +109,7 @@ def samples() -> dict[str, _Detail]:
             body="Why now: 10 sign-ins, 2 invites, pricing "
             "page viewed. Suggested talk track: team workflows on the Pro plan.",
             transition_id=qualified.transition_id,
-        ),  # type: ignore[attr-defined]
+        ),
     ]
     by_type = {d.DETAIL_TYPE: d for d in [qualified, disqualified, converted, *others]}
     return {m.DETAIL_TYPE: by_type[m.DETAIL_TYPE] for m in EMITTED}
@@ -126,7 +127,7 @@ def files() -> dict[str, str]:
     return out
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "schemas",
         help="write (or --check) the JSON Schemas and samples of the events in and out",

@@ -34,7 +34,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pqlflow.contracts.usage_events import UsageEvent
 from pqlflow.ingest.usage import (
@@ -118,6 +118,8 @@ class SubjectDelta:
         if seen is None or ms > seen[0]:
             self.user_traits[(event.user_id, SEEN)] = (ms, "null")
         if kind == "track":
+            if TYPE_CHECKING:
+                assert event.name is not None  # parse_message gives every track event a name
             fp = fp or fingerprint(event.message_id)
             hour = ms // HOUR_MS
             slots = self.slots
@@ -253,7 +255,7 @@ def _identity(delta: SubjectDelta) -> _Expression:
 # ---- decoding ----------------------------------------------------------------------------------
 
 
-def _binary(value: Any) -> bytes:
+def _binary(value: bytes | str) -> bytes:
     """Binary values are bytes from boto3 and base64 text in stream events delivered to Lambda."""
     return value if isinstance(value, bytes | bytearray) else base64.b64decode(value)
 
@@ -516,6 +518,7 @@ def _hours_to_fold(stored: StoredUsage, now_ms: int, window_ms: int) -> list[int
                 due.append(h)
             size -= sum(len(f"p{h}|{n}") + 8 * len(fps) for (hh, n), fps in stored.pending.items() if hh == h)
     # Each hour costs a DELETE per slot; keep the request well inside DynamoDB's expression limits.
+    limited: list[int]
     limited, clauses = [], 0
     for h in due:
         slots = sum(1 for hh, _ in stored.pending if hh == h)

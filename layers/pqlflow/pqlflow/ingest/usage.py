@@ -9,6 +9,7 @@ Times are epoch milliseconds (event time, from the Segment `timestamp`); days ar
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import math
@@ -53,7 +54,7 @@ class GaugeSpec:
     event: str
     property: str
 
-    @property
+    @builtins.property  # the field above shadows the builtin in this class body, for the type checker
     def key(self) -> str:
         return f"{self.event}.{self.property}"
 
@@ -66,7 +67,7 @@ class FilterSpec:
     property: str
     values: tuple[str | int | float | bool, ...]
 
-    @property
+    @builtins.property  # as in GaugeSpec
     def key(self) -> str:
         shown = "|".join(json.dumps(v) if not isinstance(v, str) else v for v in self.values)
         return f"{self.event}[{self.property}={shown}]"

@@ -121,6 +121,7 @@ class LocatedYaml:
                 self.lines[child] = item.start_mark.line + 1
                 items.append(self.value(item, child))
             return items
+        assert isinstance(node, yaml.ScalarNode), node  # the composer makes only mappings, sequences, scalars
         raw = node.value
         if node.tag == "tag:yaml.org,2002:bool" and raw.lower() not in ("true", "false"):
             return raw  # YAML 1.2: `no`, `on`, `yes` are words (NO is Norway)

@@ -109,13 +109,14 @@ def create_all(clients: Clients, wiring: Wiring) -> tuple[dict[str, str], dict[s
     ordered = sorted(wiring.queues.values(), key=lambda q: (queue_arn(q.name) not in dead_letters, q.name))
     for queue in ordered:
         urls[queue.name] = create_queue(clients, queue)
-    scheduler = clients.client("scheduler") if wiring.schedule_groups else None
-    for group in wiring.schedule_groups:
-        try:
-            scheduler.create_schedule_group(Name=group)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] not in _EXISTS | {"ConflictException"}:
-                raise
+    if wiring.schedule_groups:
+        scheduler = clients.client("scheduler")
+        for group in wiring.schedule_groups:
+            try:
+                scheduler.create_schedule_group(Name=group)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in _EXISTS | {"ConflictException"}:
+                    raise
     for bus in wiring.buses.values():
         if bus.name != "default":
             create_bus(clients, bus.name)

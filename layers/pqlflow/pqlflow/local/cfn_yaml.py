@@ -44,7 +44,8 @@ def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
         return loader.construct_scalar(node)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    return loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    assert isinstance(node, yaml.MappingNode), node  # the composer makes only scalars, sequences, mappings
+    return loader.construct_mapping(node, deep=True)
 
 
 def _fn(name: str):

@@ -39,8 +39,12 @@ LOCAL_SECRET = hashlib.sha256(b"pqlflow local replay signing secret").hexdigest(
 @contextmanager
 def emulator_speedups() -> Iterator[None]:
     """TransactWriteItems in moto without its whole-table deep copy (same results); restored afterwards."""
-    import moto.dynamodb.models as ddb
+    import moto.dynamodb.models
+    from moto.core import serialize
 
+    # moto's module and classes are patched on purpose: handled untyped here, as they are not meant to be.
+    ddb: Any = moto.dynamodb.models
+    serializer: Any = serialize.BaseJSONSerializer
     original = ddb.DynamoDBBackend.transact_write_items
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
@@ -59,9 +63,7 @@ def emulator_speedups() -> Iterator[None]:
         finally:
             ddb.copy = real_copy
 
-    from moto.core import serialize
-
-    original_structure = serialize.BaseJSONSerializer._serialize_type_structure
+    original_structure = serializer._serialize_type_structure
 
     def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
         if getattr(shape, "name", None) == "AttributeValue":
@@ -72,12 +74,12 @@ def emulator_speedups() -> Iterator[None]:
         original_structure(self, serialized, value, shape, key)
 
     ddb.DynamoDBBackend.transact_write_items = transact_write_items
-    serialize.BaseJSONSerializer._serialize_type_structure = serialize_structure
+    serializer._serialize_type_structure = serialize_structure
     try:
         yield
     finally:
         ddb.DynamoDBBackend.transact_write_items = original
-        serialize.BaseJSONSerializer._serialize_type_structure = original_structure
+        serializer._serialize_type_structure = original_structure
 
 
 def _attribute_value(value: Any) -> dict[str, Any] | None:

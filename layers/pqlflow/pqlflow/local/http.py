@@ -167,7 +167,7 @@ def http_event(
     if match.path_parameters:
         event["pathParameters"] = match.path_parameters
     if body is not None:
-        event["body"] = base64.b64encode(body).decode() if is_binary else body
+        event["body"] = base64.b64encode(body).decode() if isinstance(body, bytes) else body
     return event
 
 

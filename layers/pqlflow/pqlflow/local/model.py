@@ -63,13 +63,16 @@ class InputTransformer:
     template: str
 
 
+TargetKind = Literal["sqs", "function", "unsupported"]
+
+
 @dataclass(frozen=True)
 class RuleTarget:
     """Where a matching event goes: an SQS queue or a function of the template (others are skipped)."""
 
     id: str
     arn: str
-    kind: Literal["sqs", "function", "unsupported"]
+    kind: TargetKind
     name: str
     input: str | None = None
     input_path: str | None = None
@@ -161,7 +164,7 @@ class Schedule:
 
     name: str
     expression: str
-    target_kind: Literal["sqs", "function", "unsupported"]
+    target_kind: TargetKind
     target_name: str
     input: str | None = None
     enabled: bool = True

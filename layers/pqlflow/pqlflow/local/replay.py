@@ -237,7 +237,7 @@ class ReplayResult:
 def _runtime_class() -> type:
     from pqlflow.local.runtime import LocalRuntime
 
-    class TimedRuntime(LocalRuntime):  # type: ignore[misc, valid-type]
+    class TimedRuntime(LocalRuntime):
         """The runtime, plus the wall time each function's handler took (for the Lambda GB-s estimate)."""
 
         handler_seconds: defaultdict[str, float]
@@ -246,15 +246,16 @@ def _runtime_class() -> type:
 
         def _create(self) -> None:
             super()._create()
-            router = self._router
-            route = router.route
+            router = self._started_router()
+            on_event = router.on_event
 
-            def observed_route(bus: str, event: dict[str, Any]) -> int:
+            def observe(bus: str, event: dict[str, Any]) -> None:
                 if event.get("source") in self.observe_sources:
                     self.observed.append(event)
-                return route(bus, event)
+                if on_event is not None:
+                    on_event(bus, event)
 
-            router.route = observed_route  # every event routed on any bus, whether a rule takes it or not
+            router.on_event = observe  # every event routed on any bus, whether a rule takes it or not
 
         def _invoke(self, function: str, event: Any) -> Any:
             started = time.perf_counter()
@@ -580,7 +581,7 @@ def _safe(text: str) -> str:
 
 
 def _conversions(transitions: list[dict[str, Any]]) -> dict[str, int]:
-    out = {}
+    out: dict[str, int] = {}
     for t in transitions:
         if t["type"] == "Account Converted" and t.get("at"):
             ms = _parse_time(t["at"])

@@ -43,9 +43,9 @@ class ScheduleRunner:
         self,
         clients: Clients,
         *,
-        put_event: Callable[[dict[str, Any]], None],
+        put_event: Callable[[dict[str, Any]], object],  # return values are not used
         invoke_async: Callable[[str, Any], None],
-        send_message: Callable[[str, str], None],
+        send_message: Callable[[str, str], object],
         function_by_name: Callable[[str], str | None],
     ) -> None:
         self.client = clients.client("scheduler")

@@ -26,6 +26,7 @@ from pqlflow.local.model import (
     Schedule,
     SqsSource,
     StreamSource,
+    TargetKind,
 )
 from pqlflow.local.naming import ResourceNames
 from pqlflow.local.patterns import PatternError, parse_pattern
@@ -88,6 +89,7 @@ class TriggerReader:
     def _target(self, target: Mapping[str, Any], where: str) -> RuleTarget:
         arn = str(target.get("Arn", ""))
         parsed = arns.parse_arn(arn)
+        kind: TargetKind
         kind, name = "unsupported", arn
         if parsed and parsed.service == "sqs":
             kind, name = "sqs", parsed.name
@@ -101,7 +103,7 @@ class TriggerReader:
         return RuleTarget(
             id=str(target.get("Id", name)),
             arn=arn,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             name=name,
             input=_json_text(target.get("Input")),
             input_path=target.get("InputPath"),

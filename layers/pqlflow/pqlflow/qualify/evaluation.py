@@ -39,6 +39,7 @@ from pqlflow.qualify.language import (
     NotRule,
     PointsRule,
     RatioSignal,
+    ReasonKind,
     TraitSignal,
     VelocitySignal,
 )
@@ -190,12 +191,12 @@ def signal_value(
     """One signal's value (`trait.<name>` reads an account trait directly)."""
     if name in cache:
         return cache[name]
+    value: Value
     if name.startswith("trait.") and name not in defn.signals:
         value = _trait(usage, TraitSignal(trait=name[len("trait.") :]))
         cache[name] = value
         return value
     signal = defn.signals[name]
-    value: Value
     if isinstance(signal, CountSignal):
         value = _count_for(usage, signal.key, now_ms, signal.last_days)
     elif isinstance(signal, ActiveUsersSignal):
@@ -241,8 +242,8 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
             if not signal.where
             else " with " + ", ".join(f"{k} = {fmt(v)}" for k, v in signal.where.items())
         )
-        window = f" in the last {signal.last_days} days" if signal.last_days and not label else ""
-        return f"{fmt(value)} {what}{window}"
+        period = f" in the last {signal.last_days} days" if signal.last_days and not label else ""
+        return f"{fmt(value)} {what}{period}"
     if isinstance(signal, ActiveUsersSignal):
         who = label or "teammates"
         window = signal.active_users
@@ -270,7 +271,7 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
     return f"{label or signal.trait} is {fmt(value)}"
 
 
-_DEFAULT_KIND = {
+_DEFAULT_KIND: dict[type, ReasonKind] = {
     CountSignal: "usage",
     ActiveUsersSignal: "team",
     GaugeSignal: "usage",
@@ -281,7 +282,7 @@ _DEFAULT_KIND = {
 }
 
 
-def _kind_of(defn: Definition, name: str) -> str:
+def _kind_of(defn: Definition, name: str) -> ReasonKind:
     if name == "score":
         return "score"
     signal = defn.signals.get(name)
@@ -400,7 +401,7 @@ class _Context:
         return Reason(
             code=cond.code or code,
             text=text,
-            kind=cond.kind or _kind_of(self.defn, name),  # type: ignore[arg-type]
+            kind=cond.kind or _kind_of(self.defn, name),
             signal=name,
             value=_plain(value),
             threshold=_plain(threshold)
@@ -525,7 +526,7 @@ def _points(ctx: _Context, rule: PointsRule, i: int, half_life: float | None) ->
     return pts, Reason(
         code=code,
         text=text,
-        kind=rule.kind or _kind_of(defn, name),  # type: ignore[arg-type]
+        kind=rule.kind or _kind_of(defn, name),
         signal=name,
         value=_plain(value),
         threshold=None,
@@ -616,6 +617,8 @@ def evaluate(
                 point_reasons.append(reason)
         score = round(score, 2)
         ctx.cache["score"] = score
+    rule_reasons: list[Reason]
+    rule_unmet: list[Reason]
     rule_ok, rule_reasons, rule_unmet = True, [], []
     if defn.qualify is not None:
         if explain:
@@ -682,7 +685,7 @@ def evaluate(
         score=score,
         signals=signals,
         reasons=found if qualified else [],
-        touch=touch,  # type: ignore[arg-type]
+        touch=touch,
         explain=lines,
         would_enter=enter,
         would_stay=stay,
@@ -855,7 +858,9 @@ def converted_event(defn: Definition, usage: AccountUsage, transition: Transitio
     )
 
 
-def transition_event(defn: Definition, usage: AccountUsage, transition: Transition) -> Any:
+def transition_event(
+    defn: Definition, usage: AccountUsage, transition: Transition
+) -> PqlQualified | PqlDisqualified | AccountConverted:
     """The event a transition emits: PQL Qualified, PQL Disqualified or Account Converted."""
     if transition.kind == "qualified":
         return qualified_event(defn, usage, transition)

@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from pqlflow.ingest.usage import FilterSpec, GaugeSpec, TrackingSpec
 from pqlflow.kernel.errors import UsageError
@@ -532,7 +533,7 @@ def _got(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _message(error: dict[str, Any]) -> str:
+def _message(error: ErrorDetails) -> str:
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":

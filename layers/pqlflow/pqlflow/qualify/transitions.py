@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pqlflow.contracts.emitted import EMITTED, _Detail
 from pqlflow.ingest.usage import AccountUsage
@@ -32,6 +32,7 @@ from pqlflow.qualify.language import Definition
 KIND = "pql"
 MAX_ATTEMPTS = 4
 _DETAILS = {model.DETAIL_TYPE: model for model in EMITTED}
+_D = TypeVar("_D", bound=_Detail)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def decode_state(item: dict[str, dict[str, Any]]) -> StoredPql:
         return int(item[name]["N"]) if name in item else None
 
     state = PqlState(
-        status=item.get("status", {}).get("S", "never"),  # type: ignore[arg-type]
+        status=item.get("status", {}).get("S", "never"),
         since_ms=num("since_ms"),
         version=num("version"),
         qualified_at_ms=num("qualified_at_ms"),
@@ -289,7 +290,7 @@ class Qualifier:
         current.pending = current.pending_type = None
 
 
-def with_transition_id(detail: _Detail, usage: AccountUsage, seq: int) -> _Detail:
+def with_transition_id(detail: _D, usage: AccountUsage, seq: int) -> _D:
     """The detail with the id of transition `seq` (a disqualification learns its seq only from its write)."""
     if "transition_id" not in type(detail).model_fields:
         return detail
