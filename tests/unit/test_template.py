@@ -311,9 +311,12 @@ def _settings_models(
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while loading
     spec.loader.exec_module(module)
-    models = [v for k, v in vars(module).items()
+    # The handler's own module, and the package modules it calls into (its settings live beside its service)
+    homes = [module] + [sys.modules[m] for m in {getattr(v, "__module__", "") for v in vars(module).values()}
+                        if m.startswith("pqlflow.") and m != pqlflow_settings.__name__ and m in sys.modules]
+    models = [v for home in homes for k, v in vars(home).items()
               if isinstance(v, type) and issubclass(v, BaseModel) and k.endswith("Settings")
-              and v.__module__ == module.__name__]
+              and v.__module__ == home.__name__]
     shared = getattr(pqlflow_settings, "".join(p.title() for p in function_dir.split("_")) + "Settings", None)
     return models + ([shared] if shared is not None else [])
 

@@ -9,7 +9,7 @@ order wins), sorted by event time (stable: ties keep file order), and folded per
 
 Speed comes from three honest shortcuts, each tested against the slow path:
 - decoding: a fast validator accepts only messages it can prove `parse_body` accepts, and produces the
-  same `UsageEvent`; anything else goes through `parse_body` itself (tests/unit/test_backtest_decode.py);
+  same `UsageEvent`; anything else goes through `parse_body` itself (tests/unit/analysis/test_backtest_decode.py);
 - folding: an event whose name, traits and user cannot change any signal the definition reads only marks
   the subject active; it is not folded (it could only change counters the definition never reads);
 - evaluation: `decide` runs only after an event that changed something the definition reads, at the first
@@ -211,7 +211,7 @@ class FastDecoder:
 
     The fast path covers the shapes exports actually have (ASCII identifiers, `YYYY-MM-DDTHH:MM:SS[.f]Z`
     or `±HH:MM` times, objects where objects belong); whenever it is not certain, it calls `parse_body`
-    itself. tests/unit/test_backtest_decode.py holds it to that.
+    itself. tests/unit/analysis/test_backtest_decode.py holds it to that.
     """
 
     def __init__(self, now_s: float, retention_days: int = HISTORY_RETENTION_DAYS, keep: frozenset[str] | None = None):

@@ -1,6 +1,6 @@
 """The decision gate: `evaluate`'s would_enter / would_stay (and the backtest's per-signal rows and sweep
 critical values) for one usage state, without building reasons. The backtest asks it after nearly every
-event it folds, so it is compiled once per definition; tests/unit/test_backtest_gate.py holds it to
+event it folds, so it is compiled once per definition; tests/unit/analysis/test_backtest_gate.py holds it to
 `qualification.evaluate`."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ _NUMERIC_FN: dict[str, Callable[[float, Any], bool]] = {
 class Gate:
     """`evaluate`'s would_enter/would_stay without building reasons: `check_reference` with qualification's
     own signal and comparison functions, `check` with a function compiled for the definition that returns
-    exactly the same (tests/unit/test_backtest_gate.py proves they agree)."""
+    exactly the same (tests/unit/analysis/test_backtest_gate.py proves they agree)."""
 
     def __init__(self, defn: Definition):
         self.defn = defn
@@ -227,7 +227,7 @@ class Gate:
         self, usage: AccountUsage, now_ms: int, excluded: bool
     ) -> tuple[bool, bool, list[bool], list[float]]:
         """`check` computed with qualification's generic signal and comparison functions: the reference the
-        compiled `check` is held to (tests/unit/test_backtest_gate.py), and what `check` runs for the
+        compiled `check` is held to (tests/unit/analysis/test_backtest_gate.py), and what `check` runs for the
         definitions `_compile_check` leaves alone.
 
         A target's critical value is the largest threshold (smallest, for lte/lt, negated) at which the

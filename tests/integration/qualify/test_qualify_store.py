@@ -9,7 +9,7 @@ import pytest
 from pqlflow.cli import main
 from pqlflow.qualify.store import DefinitionStore, bundled_default
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SLACK = ROOT / "examples" / "definitions" / "slack-messages.yaml"
 
 

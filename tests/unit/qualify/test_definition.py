@@ -11,7 +11,7 @@ from pqlflow.qualify.definition import load_definition, parse_definition
 from pqlflow.qualify.language import DefinitionError
 from pqlflow.qualify.store import bundled_default
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples" / "definitions").glob("*.yaml"))
 
 HEAD = "name: t\nversion: 1\n"

@@ -22,7 +22,7 @@ from pqlflow.channels.rep_tasks.task import (
 from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
 from pqlflow.kernel.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROSTER = ROOT / "examples" / "reps" / "roster.yaml"
 
 

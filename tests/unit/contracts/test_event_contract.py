@@ -11,7 +11,7 @@ from pqlflow.contracts.usage_events import PAGE_EVENT, Rejection, UsageEvent, js
 
 from tests.support.events import load_event
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_committed_schemas_are_the_ones_the_models_generate():

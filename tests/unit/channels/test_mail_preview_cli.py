@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pqlflow.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONTEXTS = ROOT / "examples" / "email-contexts"
 CONTEXT = CONTEXTS / "crm_contacts_80pct.json"
 TEMPLATES = ROOT / "templates"

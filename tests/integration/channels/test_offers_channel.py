@@ -19,7 +19,7 @@ from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 NOW = 1_800_000_000.0
 DAY = 86_400

@@ -31,7 +31,7 @@ from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CATALOG = load_catalog(ROOT / "examples" / "offers" / "catalog.yaml")
 ISSUER = "https://auth.example.test/"
 AUDIENCE = "pqlflow-app"

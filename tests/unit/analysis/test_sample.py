@@ -15,7 +15,7 @@ from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_message
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 START = date(2026, 9, 1)
 
 

@@ -29,7 +29,7 @@ from functions.unsubscribe import app as unsubscribe_fn
 from tests.support.channels import pqlflow_event
 from tests.support.lambda_context import LambdaContext
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SENDER = "Northwind <hello@mail.example.com>"
 UNSUBSCRIBE_URL = "https://api.example.com/unsubscribe"
 PRIYA = "priya@fieldstone.example"

@@ -15,7 +15,7 @@ from pqlflow.nurture.suppression import address_hash, suppression_key
 from functions.unsubscribe import app
 from tests.support.lambda_context import LambdaContext
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ANA = "ana@example.com"
 
 

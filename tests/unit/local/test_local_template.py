@@ -207,7 +207,7 @@ def test_http_routes_get_the_authorizer_in_effect():
     assert (jwt.issuer, jwt.audience) == ("https://issuer.test", ("fixture-app",))
 
 
-REPO_TEMPLATE = Path(__file__).parents[2] / "template.yaml"
+REPO_TEMPLATE = Path(__file__).parents[3] / "template.yaml"
 
 
 @pytest.mark.skipif(not REPO_TEMPLATE.is_file(), reason="the repository has no template.yaml yet")

@@ -20,7 +20,7 @@ from pqlflow.qualify.evaluation import (
 )
 from pqlflow.qualify.language import Definition
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BASE_MS = 1_793_527_200_000  # 2026-11-01T10:00:00Z
 
 

@@ -15,7 +15,7 @@ from pqlflow.channels.email.sender import EmailSender
 from pqlflow.contracts.emitted import NurtureAction
 from pqlflow.nurture import suppression
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = ROOT / "templates"
 
 

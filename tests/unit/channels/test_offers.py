@@ -19,7 +19,7 @@ from pqlflow.channels.offers.offer import (
 from pqlflow.contracts.emitted import NurtureAction, Reason
 from pqlflow.kernel.errors import UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CATALOG = ROOT / "examples" / "offers" / "catalog.yaml"
 NOW = 1_800_000_000.0
 DAY = 86_400

@@ -10,7 +10,7 @@ from pqlflow.cli import main
 from pqlflow.kernel.errors import UsageError
 from pqlflow.nurture.policy import load_policy, parse_policy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples" / "policies").glob("*.yaml"))
 
 MINIMAL = """\

@@ -11,7 +11,7 @@ from pqlflow import cli
 from pqlflow.contracts import schemas
 from pqlflow.contracts.emitted import EMITTED
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_generated_files_are_up_to_date() -> None:

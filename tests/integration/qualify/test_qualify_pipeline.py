@@ -20,7 +20,7 @@ from tests.support.events import sqs_event, track
 from tests.support.lambda_context import LambdaContext
 from tests.support.template import load_template
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOW_MS = 1_795_341_600_000  # 2026-11-22T10:00:00Z
 
 

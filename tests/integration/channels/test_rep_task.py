@@ -28,7 +28,7 @@ from tests.support.lambda_context import LambdaContext
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROSTER_FILE = ROOT / "examples" / "reps" / "roster.yaml"
 ROSTER = load_roster(ROSTER_FILE)
 NOW = 1_795_705_200.0  # Friday 2026-11-27 15:00 UTC, 10:00 in New York

@@ -13,7 +13,7 @@ from pqlflow.analysis.backtest import run_backtest
 from pqlflow.analysis.report import pct, render_html, render_text
 from pqlflow.qualify.definition import parse_definition
 
-from tests.unit.test_backtest import TINY, tiny_history, write
+from tests.unit.analysis.test_backtest import TINY, tiny_history, write
 
 
 class Page(HTMLParser):

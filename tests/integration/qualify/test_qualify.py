@@ -24,7 +24,7 @@ from tests.support.aws_calls import CallRecorder
 from tests.support.events import iso
 from tests.support.lambda_context import LambdaContext
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples" / "definitions"
 BASE_MS = 1_793_527_200_000  # 2026-11-01T10:00:00Z
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/pqlflow/stream/2026-11-01T00:00:00.000"

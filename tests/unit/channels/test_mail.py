@@ -19,7 +19,7 @@ from pqlflow.channels.email.render import EmailTemplates
 from pqlflow.contracts.emitted import NurtureAction, Reason
 from pqlflow.nurture import suppression
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = ROOT / "templates"
 CONTEXTS = sorted((ROOT / "examples" / "email-contexts").glob("*.json"))
 KEY = b"k" * 40
