@@ -50,10 +50,17 @@ def handler(
     metrics.add_metric(name="EventsQuarantined", unit=MetricUnit.Count, value=sum(outcome.quarantined.values()))
     metrics.add_metric(name="UsageWrites", unit=MetricUnit.Count, value=outcome.write_requests)
     metrics.add_metric(name="Compactions", unit=MetricUnit.Count, value=outcome.compactions)
+    if outcome.validation_errors:  # never bad input: a pqlflow bug some body met (see docs/ingest.md)
+        metrics.add_metric(name="IngestValidationErrors", unit=MetricUnit.Count, value=outcome.validation_errors)
     logger.info("batch ingested", extra={
         "records": len(event.get("Records", [])), "accepted": outcome.accepted,
-        "duplicates_in_batch": outcome.duplicates_in_batch, "quarantined_by_field": dict(outcome.quarantined),
+        "duplicates_in_batch": outcome.duplicates_in_batch, "quarantined_by_field": outcome.quarantined_by_field(),
         "subjects": outcome.subjects_written, "failed_subjects": outcome.failed_subjects,
         "write_requests": outcome.write_requests, "compactions": outcome.compactions,
+        "quarantine_reduced": outcome.quarantine_reduced,
     })
+    if outcome.validation_errors or outcome.quarantine_dropped:  # a pqlflow bug, never bad input: say so
+        logger.error("ingest could not judge or keep some records", extra={
+            "validation_errors": outcome.validation_errors, "quarantine_dropped": outcome.quarantine_dropped,
+        })
     return response

@@ -303,6 +303,19 @@ EDGE_CASES = {
     "non-ASCII identifiers": _with(userId="Zoë", event="Café Opened"),
     "offset with minutes": _with(timestamp="2026-05-31T10:00:00.5+05:45"),
     "seven fraction digits": _with(timestamp="2026-05-31T10:00:00.1234567Z"),
+    # issue 14: bodies past every parser's nesting limit, lone surrogates, envelopes of the wrong shape
+    "nesting 3,000 deep": _with(properties={"a": 0}).replace(b'{"a": 0}', b"[" * 3000 + b"]" * 3000),
+    "nesting 3,000 deep in an unread envelope field": json.dumps(
+        {"detail-type": "track", "source": "s", "detail": VALID, "resources": 0}).encode().replace(
+        b'"resources": 0', b'"resources": ' + b"[" * 3000 + b"]" * 3000),
+    "body nesting 3,000 deep": b"[" * 3000 + b"]" * 3000,
+    "lone surrogate messageId": json.dumps({"detail-type": "track", "source": "s",
+                                            "detail": {**VALID, "messageId": "\ud800"}}).encode(),
+    "detail a string": json.dumps({"detail-type": "track", "source": "s", "detail": "x"}).encode(),
+    "detail null": json.dumps({"detail-type": "track", "source": "s", "detail": None}).encode(),
+    "no detail-type": json.dumps({"source": "s", "detail": VALID}).encode(),
+    "detail-type as a property key": _with(properties={"detail-type": "x"}),
+    "5,000-digit integer": _with(properties={"n": 0}).replace(b'{"n": 0}', b'{"n": ' + b"9" * 5000 + b"}"),
 }
 
 

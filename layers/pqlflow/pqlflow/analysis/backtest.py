@@ -294,7 +294,7 @@ class FastDecoder:
                         return None
                 else:
                     message = decode_message(raw)
-            except (_DecodeError, UnicodeDecodeError):
+            except (_DecodeError, UnicodeDecodeError, RecursionError):  # msgspec nests ~1,000 deep, then raises
                 return None
             mid = message.messageId
             if not (0 < len(mid) <= MAX_IDENTIFIER_CHARS and mid.isascii() and mid.isprintable() and not mid.isspace()):
@@ -629,7 +629,7 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
         for path in paths:
             for raw in _open_lines(path):
                 if raw.strip():
-                    with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
                         loads(raw)
                     n += 1
     finally:

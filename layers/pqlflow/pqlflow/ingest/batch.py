@@ -1,34 +1,38 @@
 """Ingest: one SQS batch of usage events → validated events → one idempotent write per account.
 
-Bad events are quarantined (raw body + a reason naming the field) and never retried; the rest of the
-batch goes through. Only records whose account write failed (a transient AWS error) are reported
-back to SQS for retry, through Powertools' partial batch response. See docs/ingest.md for the design.
+Every record is judged alone. Bad events are quarantined (a storable copy of the body + a reason naming the
+field) and never retried, whatever the body holds; the rest of the batch goes through. Only records whose
+write failed with an AWS error (their account's state, or their own quarantine item) are reported back to
+SQS for retry, through Powertools' partial batch response. See docs/ingest.md for the design.
 """
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from pqlflow.contracts.usage_events import MAX_MESSAGE_BYTES, Rejection, parse_body
+from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_body
 from pqlflow.ingest.item import (
     DEFAULT_DEDUPE_WINDOW_MS,
     SubjectDelta,
     compaction_request,
     update_requests,
+    usage_key,
 )
+from pqlflow.ingest.quarantine import QuarantineWrite, item_key, quarantine_item
 from pqlflow.ingest.usage import GaugeError, TrackingSpec, fingerprint
 
-QUARANTINE_KIND = "quarantine"
-RAW_LIMIT = MAX_MESSAGE_BYTES + 4096  # what a quarantine item keeps of an oversized body
+SORT_KEY_MAX_BYTES = 1024  # DynamoDB's limit; per-user state keys the user id in the sort key
+_USER_KEY_ROOM = SORT_KEY_MAX_BYTES - len(usage_key("", "")["sk"]["S"])  # bytes of UTF-8 left for the user id
+# Fields named in log lines: the contract's own, so that a sender's keys (`properties.<anything>`) never are
+_LOGGED_FIELDS = frozenset({"body", "detail", "detail-type", "source", "type", "messageId", "timestamp", "userId",
+                            "anonymousId", "groupId", "context", "event", "name", "category", "properties", "traits"})
 
 
 class UsageStore(Protocol):
@@ -40,7 +44,7 @@ class UsageStore(Protocol):
 
     def compact(self, request: dict[str, Any]) -> bool: ...
 
-    def quarantine(self, items: list[dict[str, Any]]) -> None: ...
+    def quarantine(self, items: list[dict[str, Any]]) -> QuarantineWrite: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,17 @@ class BatchOutcome:
     write_requests: int = 0
     compactions: int = 0
     failed_subjects: int = 0
+    quarantine_reduced: int = 0  # quarantine items DynamoDB refused whole, stored in their reduced form
+    quarantine_dropped: int = 0  # refused even reduced (never expected): logged, not retried
+    validation_errors: int = 0  # records parse_body raised on (a bug): quarantined with the exception's name
+
+    def quarantined_by_field(self) -> dict[str, int]:
+        """Quarantined records by top-level field (`properties.total` → `properties`), for the log line."""
+        counts: Counter[str] = Counter()
+        for name, n in self.quarantined.items():
+            top = name.split(".", 1)[0]
+            counts[top if top in _LOGGED_FIELDS else "other"] += n
+        return dict(counts)
 
 
 class IngestBatch:
@@ -79,7 +94,14 @@ class IngestBatch:
 
     def add(self, record: Any, body: str) -> None:
         """Validate and fold one record; a bad one is set aside for the quarantine, never raised."""
-        parsed = parse_body(body, self.now_ms / 1000, self.config.spec.retention_days)
+        try:
+            parsed = parse_body(body, self.now_ms / 1000, self.config.spec.retention_days)
+        except Exception as exc:  # noqa: BLE001 - a bug met by this body: retrying the body cannot fix it, so
+            # it is quarantined under the exception's name (counted in validation_errors) and kept to replay
+            self.outcome.validation_errors += 1
+            parsed = Rejection("", f"body could not be validated ({type(exc).__name__}: a pqlflow bug)")
+        if not isinstance(parsed, Rejection) and self._per_user:
+            parsed = _per_user_key_fits(parsed)
         if isinstance(parsed, Rejection):
             self.rejected.append((record, body, parsed))
             return
@@ -107,15 +129,7 @@ class IngestBatch:
     def commit(self, store: UsageStore, on_failure: Callable[[Any, BaseException], None]) -> BatchOutcome:
         """Quarantine the bad, write each subject once, compact when due; failures go to `on_failure`."""
         if self.rejected:
-            items = [quarantine_item(body, rejection, self.now_ms, self.config.quarantine_days)
-                     for _, body, rejection in self.rejected]
-            try:
-                store.quarantine(items)
-                for _, _, rejection in self.rejected:
-                    self.outcome.quarantined[rejection.field or "body"] += 1
-            except Exception as exc:  # noqa: BLE001 - any failure to quarantine means: retry these records
-                for record, _, _ in self.rejected:
-                    on_failure(record, exc)
+            self._quarantine(store, on_failure)
         for key, delta in self.deltas.items():
             try:
                 item = None
@@ -132,6 +146,28 @@ class IngestBatch:
                 self._compact(store, item)
         return self.outcome
 
+    def _quarantine(self, store: UsageStore, on_failure: Callable[[Any, BaseException], None]) -> None:
+        """Write every rejected record's quarantine item; retry only the records whose item an AWS failure
+        left unwritten (what they hold never fails the write: the store reduces what DynamoDB refuses)."""
+        items: dict[tuple[str, str], dict[str, Any]] = {}
+        keys = []
+        for _, body, rejection in self.rejected:
+            item = quarantine_item(body, rejection, self.now_ms, self.config.quarantine_days)
+            keys.append(item_key(item))
+            items[keys[-1]] = item  # identical bodies share one item (the key is the body's hash)
+        try:
+            written = store.quarantine(list(items.values()))
+        except Exception as exc:  # noqa: BLE001 - the store itself broke: retry every rejected record
+            written = QuarantineWrite(failed=dict.fromkeys(items, exc))
+        self.outcome.quarantine_reduced += len(written.reduced)
+        self.outcome.quarantine_dropped += len(written.dropped)
+        for (record, _, rejection), key in zip(self.rejected, keys, strict=True):
+            failure = written.failed.get(key)
+            if failure is not None:
+                on_failure(record, failure)
+            else:
+                self.outcome.quarantined[rejection.field or "body"] += 1
+
     def _compact(self, store: UsageStore, item: dict[str, Any]) -> None:
         request = compaction_request(store.table, item, self.config.spec, self.now_ms, self.config.dedupe_window_ms)
         if request is None:
@@ -143,25 +179,16 @@ class IngestBatch:
             pass
 
 
-def quarantine_item(body: str, rejection: Rejection, now_ms: int, days: int) -> dict[str, Any]:
-    """The quarantine record of a rejected event. Keyed by the body's hash, so redelivery rewrites it."""
-    digest = hashlib.sha256(body.encode(errors="replace")).hexdigest()[:32]
-    received = datetime.fromtimestamp(now_ms / 1000, UTC)
-    raw = body if len(body) <= RAW_LIMIT else body[:RAW_LIMIT]
-    item: dict[str, Any] = {
-        "pk": {"S": f"Q#{received:%Y-%m-%d}"},
-        "sk": {"S": digest},
-        "kind": {"S": QUARANTINE_KIND},
-        "field": {"S": rejection.field or "body"},
-        "reason": {"S": str(rejection)},
-        "received_at": {"S": received.isoformat().replace("+00:00", "Z")},
-        "raw": {"S": raw},
-        "truncated": {"BOOL": len(body) > RAW_LIMIT},
-        "expires_at": {"N": str(now_ms // 1000 + days * 86400)},
-    }
-    if rejection.message_id:
-        item["message_id"] = {"S": rejection.message_id}
-    return item
+def _per_user_key_fits(event: UsageEvent) -> UsageEvent | Rejection:
+    """Per-user state keys the user id in the item's sort key, which DynamoDB caps at 1,024 bytes: a user id
+    longer than that (256 four-byte characters) could never be written, so it is refused like a bad field."""
+    if len(event.user_id) * 4 <= _USER_KEY_ROOM:  # no character takes more than 4 bytes: no need to measure
+        return event
+    size = len(event.user_id.encode())
+    if size <= _USER_KEY_ROOM:
+        return event
+    return Rejection("userId", f"is {size:,} bytes of UTF-8; a per-user state key holds {_USER_KEY_ROOM:,}",
+                     event.message_id)
 
 
 class UsageBatchProcessor(BatchProcessor):

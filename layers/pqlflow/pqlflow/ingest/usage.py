@@ -117,6 +117,8 @@ class GaugeError(ValueError):
             what = "is NaN"
         elif isinstance(value, float) and math.isinf(value):
             what = "is infinite"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            what = "is out of range"  # an integer no float can hold (10**400): valid JSON, not a reading
         else:
             what = f"is not a number ({_clip_repr(value)})"
         super().__init__(f"gauge value {what}")
@@ -131,7 +133,10 @@ def gauge_value(value: Any, prop: str) -> float:
     """A gauge reading as a float, or `GaugeError` (bools, strings, NaN and infinities are refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise GaugeError(prop, value)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise GaugeError(prop, value) from None
     if not math.isfinite(number):
         raise GaugeError(prop, value)
     return number
