@@ -13,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from pqlflow.contracts.emitted import PqlQualified
-from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.observability import log_id, logger, metrics, tracer
 from pqlflow.nurture.service import RouteService, build
 
 _service: RouteService | None = None
@@ -33,7 +33,7 @@ def handler(event: dict[str, Any], context: Any, *, service: RouteService | None
     for action in stored.actions:
         logger.info("nurture action", extra={
             "action_id": action.action_id, "transition_id": action.transition_id,
-            "account_id": action.account_id, "channel": action.channel, "outcome": action.outcome,
+            "account_id": log_id(action.account_id), "channel": action.channel, "outcome": action.outcome,
             "replayed": replayed,
         })
         if not replayed:

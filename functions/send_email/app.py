@@ -23,7 +23,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pqlflow.channels.email.errors import SendRejected
 from pqlflow.channels.email.sender import EmailSender, build
 from pqlflow.contracts.emitted import NurtureAction
-from pqlflow.kernel.observability import logger, metrics, tracer
+from pqlflow.kernel.observability import error_type, log_id, logger, metrics, tracer
 
 _sender: EmailSender | None = None
 
@@ -37,18 +37,21 @@ def handler(event: dict[str, Any], context: Any, *, sender: EmailSender | None =
         _sender = _sender or build()
         sender = _sender
     action = NurtureAction.model_validate(event["detail"])
-    log = {"action_id": action.action_id, "account_id": action.account_id, "template": action.template}
+    # Ids only (`log_id`: a B2C account id can hold the address); never the recipient, never a message.
+    log = {"action_id": action.action_id, "account_id": log_id(action.account_id), "template": action.template}
     try:
         delivery = sender.deliver(action)
     except SendRejected as exc:
         logger.warning(
             "SES refused the email; the claim is released and the trigger retries",
-            extra=log | {"error": str(exc)},
+            extra=log | {"error_code": str(exc)},  # SES's error code only (SendRejected carries nothing else)
         )
         metrics.add_metric(name="EmailRefused", unit=MetricUnit.Count, value=1)
         raise
-    except Exception:
-        logger.exception("email not sent", extra=log)
+    except Exception as exc:
+        # The type, not the message or traceback: they can quote the context's traits (Lambda logs the
+        # traceback's frames of the error it raises).
+        logger.error("email not sent", extra=log | {"error_type": error_type(exc)})
         metrics.add_metric(name="EmailFailed", unit=MetricUnit.Count, value=1)
         raise
     logger.info(

@@ -2,14 +2,16 @@
 
 - `GET ?token=…` shows a confirmation page and changes nothing: mail scanners and link previews fetch
   links, and a GET must not unsubscribe anyone.
-- `POST ?token=…` unsubscribes. Mail clients send it themselves for RFC 8058 one-click unsubscribe
-  (body `List-Unsubscribe=One-Click`); the confirmation page's button posts the same way.
+- `POST ?token=…` with the body `List-Unsubscribe=One-Click` unsubscribes: mail clients send it
+  themselves for RFC 8058 one-click unsubscribe, and the confirmation page's button posts the same way.
+  A POST without that body gets the confirmation page and changes nothing (RFC 8058's rule: why, in
+  `pqlflow.channels.email.unsubscribe_endpoint`).
 
-The token (pqlflow.channels.email.unsubscribe) is checked against the signing secret's current and previous versions;
-a forged token gets 400, an expired one 410, and neither changes anything. A valid one records the
-address's suppression (`SUP#<sha256>`; the first reason recorded wins) so send_email never mails it
-again. Repeating the POST is harmless. The request, the decision and the page are
-`pqlflow.channels.email.unsubscribe_endpoint`.
+The token (pqlflow.channels.email.unsubscribe) is checked against the signing secret's current and previous
+versions; a forged or malformed token gets 400 (never a 500), an expired one 410, and neither changes
+anything. A valid one records the address's suppression (`SUP#<sha256>`; the first reason recorded
+wins) so send_email never mails it again. Repeating the POST is harmless. The request, the decision
+and the page are `pqlflow.channels.email.unsubscribe_endpoint`.
 
 Environment: TABLE_NAME, UNSUBSCRIBE_SECRET_ARN; optional TEMPLATES_DIR, POSTAL_ADDRESS.
 """

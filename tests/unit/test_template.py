@@ -373,3 +373,148 @@ def test_ingest_writes_usage_and_reads_only_the_definition_in_force(template: di
     assert actions == {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem"}
     (read,) = [s for s in statements if "dynamodb:GetItem" in _as_list(s["Action"])]
     assert read["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == ["DEF"]
+
+
+# --- least privilege on the table: each function only the key prefixes and actions its code uses ------
+
+TABLE = {"Fn::GetAtt": ["PqlflowTable", "Arn"]}
+
+
+def _pattern(key: dict[str, Any]) -> str:
+    """The `dynamodb:LeadingKeys` pattern of a key function's keys: `A#<account>` → `A#*`; `DEF` stays."""
+    pk = key["pk"]["S"] if isinstance(key["pk"], dict) else key["pk"]
+    head, sep, _ = pk.partition("#")
+    return f"{head}#*" if sep else pk
+
+
+def _expected_table_access() -> dict[str, dict[str, set[str]]]:
+    """Per function, IAM action → the partition-key patterns its adapters use, from their own key functions."""
+    from pqlflow.channels.email.ledger import marker_key
+    from pqlflow.channels.offers.store import OfferStore
+    from pqlflow.channels.rep_tasks.store import RepTaskStore
+    from pqlflow.contracts.usage_events import Rejection
+    from pqlflow.ingest.item import usage_key
+    from pqlflow.ingest.quarantine import quarantine_item
+    from pqlflow.nurture.store import action_key, cap_key
+    from pqlflow.nurture.suppression import suppression_key
+    from pqlflow.qualify import store as definitions
+    from pqlflow.qualify.transitions import state_key
+
+    usage, quarantine = _pattern(usage_key("acct")), _pattern(quarantine_item("{}", Rejection("body", "x"), 0, 1))
+    definition = _pattern({"pk": definitions.PK})
+    pql = _pattern(state_key("acct", None))
+    action, account_cap, user_cap = (_pattern(action_key("acct", "t")), _pattern(cap_key("account", "acct")),
+                                     _pattern(cap_key("user", "u")))
+    suppression = _pattern(suppression_key("0" * 64))
+    offer, lock = _pattern(OfferStore._key("u", "of_1")), _pattern(OfferStore.lock_key("acct", "discount"))
+    task, counter = _pattern(RepTaskStore._key("acct", "t")), _pattern(RepTaskStore.counter_key("any:any"))
+    marker = _pattern(marker_key("acct", "a"))
+    return {
+        # ingest: the usage write per account, quarantined events, the definition in force (read only)
+        "IngestFunction": {"dynamodb:UpdateItem": {usage}, "dynamodb:BatchWriteItem": {quarantine},
+                           "dynamodb:GetItem": {definition}},
+        # qualify: transition state (conditional put/update), the published definition (read only)
+        "QualifyFunction": {"dynamodb:PutItem": {pql}, "dynamodb:UpdateItem": {pql}, "dynamodb:GetItem": {definition}},
+        # route: one BatchGetItem of action, caps and suppressions; the transaction; the emitted mark
+        "RouteFunction": {"dynamodb:BatchGetItem": {action, account_cap, user_cap, suppression},
+                          "dynamodb:PutItem": {action}, "dynamodb:UpdateItem": {action, account_cap, user_cap}},
+        # offers: the offer and its account lock, in one transaction
+        "OffersFunction": {"dynamodb:PutItem": {offer, lock}},
+        # offers API: the caller's offers; dismissing frees the account's lock
+        "OffersApiFunction": {"dynamodb:GetItem": {offer}, "dynamodb:Query": {offer}, "dynamodb:UpdateItem": {offer},
+                              "dynamodb:DeleteItem": {lock}},
+        # rep_task: the task item and the round-robin counters
+        "RepTaskFunction": {"dynamodb:GetItem": {task, counter}, "dynamodb:PutItem": {task},
+                            "dynamodb:UpdateItem": {task, counter}},
+        # send_email: the delivery marker (claim, finish, release) and the suppression check
+        "SendEmailFunction": {"dynamodb:PutItem": {marker}, "dynamodb:UpdateItem": {marker},
+                              "dynamodb:DeleteItem": {marker}, "dynamodb:GetItem": {suppression}},
+        # the public unsubscribe endpoint and SES feedback: suppression entries, nothing else
+        "UnsubscribeFunction": {"dynamodb:GetItem": {suppression}, "dynamodb:PutItem": {suppression}},
+        "SesEventsFunction": {"dynamodb:PutItem": {suppression}},
+    }
+
+
+def _table_statements(fn: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for p in fn["Properties"].get("Policies", []) for s in p.get("Statement", [])
+            if any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
+
+
+def _leading_keys(statement: dict[str, Any]) -> set[str]:
+    condition = statement.get("Condition") or {}
+    like = condition.get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys", [])
+    equals = condition.get("ForAllValues:StringEquals", {}).get("dynamodb:LeadingKeys", [])
+    assert not [p for p in equals if "*" in p], "a wildcard needs StringLike"
+    return set(_as_list(like)) | set(_as_list(equals))
+
+
+def _granted(fn: dict[str, Any]) -> dict[str, set[str]]:
+    granted: dict[str, set[str]] = {}
+    for statement in _table_statements(fn):
+        for action in _as_list(statement["Action"]):
+            granted.setdefault(action, set()).update(_leading_keys(statement))
+    return granted
+
+
+def test_every_table_statement_is_scoped_to_partition_key_prefixes(template: dict[str, Any]) -> None:
+    for name, fn in _resources(template, FUNCTION).items():
+        for statement in _table_statements(fn):
+            # Given a statement that grants table actions / Then it names the table and its key prefixes
+            assert statement["Resource"] == TABLE, f"{name}: {statement['Resource']}"
+            assert _leading_keys(statement), f"{name}: {statement['Action']} without a dynamodb:LeadingKeys condition"
+            assert set(statement["Condition"]) <= {"ForAllValues:StringLike", "ForAllValues:StringEquals"}, name
+
+
+@pytest.mark.parametrize("function", sorted(_expected_table_access()))
+def test_each_function_may_touch_only_the_keys_and_actions_its_code_uses(
+    template: dict[str, Any], function: str
+) -> None:
+    # Given the key prefixes the function's adapters build (their own key functions) and the calls they make
+    expected = _expected_table_access()[function]
+    # When its policy is read / Then it grants exactly those actions on exactly those prefixes
+    assert _granted(template["Resources"][function]) == expected
+
+
+def test_every_function_with_table_access_is_checked(template: dict[str, Any]) -> None:
+    with_table = {name for name, fn in _resources(template, FUNCTION).items() if _table_statements(fn)}
+    assert with_table == set(_expected_table_access())
+
+
+def test_the_public_unsubscribe_endpoint_can_write_suppression_entries_only(template: dict[str, Any]) -> None:
+    from pqlflow.nurture.suppression import suppression_key
+
+    # Given the internet-facing function (its only credential is a signed token)
+    granted = _granted(template["Resources"]["UnsubscribeFunction"])
+    # Then it may put items only under the suppression list's partition keys (SUP#<sha256>), and read them
+    assert granted == {"dynamodb:PutItem": {"SUP#*"}, "dynamodb:GetItem": {"SUP#*"}}
+    assert suppression_key("0" * 64)["pk"].startswith("SUP#")
+
+
+# --- the HTTP API: throttling and payload limits ----------------------------------------------------
+
+
+def test_the_http_api_throttles_every_route_with_parameters(template: dict[str, Any]) -> None:
+    settings = template["Resources"]["HttpApi"]["Properties"]["DefaultRouteSettings"]
+    params = template["Parameters"]
+    # Given the API's default route settings / Then burst and rate come from parameters with bounds
+    assert settings["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+    assert settings["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+    burst, rate = params["ApiThrottlingBurstLimit"], params["ApiThrottlingRateLimit"]
+    assert burst["Type"] == rate["Type"] == "Number"
+    assert 1 <= burst["MinValue"] <= burst["Default"] <= burst["MaxValue"]
+    assert 1 <= rate["MinValue"] <= rate["Default"] <= rate["MaxValue"]
+    # And no route is left out: per-route settings would replace the defaults, and there are none
+    assert "RouteSettings" not in template["Resources"]["HttpApi"]["Properties"]
+
+
+def test_the_deploy_guide_states_the_http_api_limits_the_template_sets(template: dict[str, Any]) -> None:
+    from pqlflow.channels.email.unsubscribe import MAX_TOKEN_CHARS
+    from pqlflow.channels.email.unsubscribe_endpoint import MAX_BODY_BYTES
+
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    params = template["Parameters"]
+    # Then the operator reads the same defaults and limits the template and the handlers apply
+    for name in ("ApiThrottlingBurstLimit", "ApiThrottlingRateLimit"):
+        assert f"| `{name}` | {params[name]['Default']} |" in guide, name
+    for limit in ("10 MB", "6 MB", f"{MAX_BODY_BYTES:,} bytes", f"{MAX_TOKEN_CHARS:,} characters"):
+        assert limit in guide, limit

@@ -54,7 +54,7 @@ def action_event(transition_id: str, account: str = "acct-1", **traits: Any) -> 
             )
         ],
         signals={"messages": 2000, "active_users": 9},
-        account_traits={"name": "Initech", "hubspot_company_id": "5150"} | traits,
+        account_traits={"name": "Initech", "hubspot_company_id": "6666"} | traits,
         users=[UserSummary(user_id="u1", traits={"name": "Peter", "email": "peter@initech.test"})],
     )
     detail = NurtureAction(
@@ -85,7 +85,11 @@ def crm() -> Iterator[dict[str, Any]]:
             "hubspot": hubspot,
             "slack": slack,
             "sleeps": sleeps,
-            "connectors": [HubSpotConnector(TOKEN, hs.url, http=http), SlackConnector(sl.url + SLACK_PATH, http=http)],
+            "connectors": [
+                # The operator's mapping (connector secret): the account's `hubspot_company_id` trait is not trusted.
+                HubSpotConnector(TOKEN, hs.url, http=http, companies={"acct-1": "5150"}),
+                SlackConnector(sl.url + SLACK_PATH, http=http),
+            ],
         }
 
 
@@ -330,3 +334,19 @@ def test_the_deployed_roster_is_the_one_next_to_the_function(monkeypatch):
     app.settings.cache_clear()
     assert path == ROOT / "functions" / "rep_task" / "roster.yaml"
     assert load_roster(path).reps
+
+
+def test_a_task_stored_by_an_older_version_still_loads_without_its_trait_company(store, crm):
+    # Given a task stored before the company stopped coming from a trait (it carries `crm_company_id`)
+    publisher = FakePublisher()
+    run(action_event("tr-old"), store, publisher, [])
+    boto3.client("dynamodb").update_item(
+        TableName=store.table, Key={"pk": {"S": "A#acct-1"}, "sk": {"S": "TASK#tr-old"}},
+        UpdateExpression="SET crm_company_id = :c", ExpressionAttributeValues={":c": {"S": "6666"}},
+    )
+    # When its delivery is retried with HubSpot configured
+    run(action_event("tr-old"), store, publisher, crm["connectors"])
+    # Then it loads and goes to the mapped company, not the stored trait value
+    (created,) = crm["hubspot"].tasks.values()
+    assert created["associations"][0]["to"] == {"id": "5150"}
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from email import policy
@@ -127,6 +128,22 @@ def test_a_nurture_action_sends_one_personalized_multipart_email(email_env):
     assert item["status"]["S"] == "sent" and item["kind"]["S"] == "email"
     assert item["address_hash"]["S"] == address_hash(PRIYA)
     assert PRIYA not in json.dumps(item)
+
+
+def test_ses_is_given_only_the_recipient_whatever_the_name_says(email_env):
+    # Given a recipient whose name is RFC 2047 syntax for "Bcc: <someone else>", with a NUL in it
+    bcc = "=?utf-8?b?" + base64.b64encode(b"Bcc: attacker@example.net").decode() + "?="
+    action = example_action()
+    action["context"]["users"][0]["traits"] |= {"name": bcc + "\x00", "first_name": bcc}
+    # When send_email sends it
+    assert send(nurture_event(action))["outcome"] == "sent"
+    # Then SES's destination is Priya alone, and the message names no one else in any header
+    message = sent_messages()[-1]
+    assert set(message.destinations) == {PRIYA}  # moto lists the Destination and the To header
+    msg = BytesParser(policy=policy.default).parsebytes(message.raw_data.encode())
+    assert [a.addr_spec for a in msg["To"].addresses] == [PRIYA]
+    assert msg["Cc"] is None and msg["Bcc"] is None
+    assert "attacker" not in str(msg["To"]) + str(msg["Subject"]) and "\x00" not in message.raw_data
 
 
 def test_a_redelivered_trigger_sends_one_message(email_env):

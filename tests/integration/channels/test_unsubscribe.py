@@ -125,3 +125,96 @@ def test_a_token_with_markup_is_escaped_in_the_form_action(service):
     response = request(service, "GET", '"><script>alert(1)</script>')
     # Then the page never echoes it as markup
     assert "<script>alert(1)</script>" not in response["body"]
+
+
+def _malformed_tokens() -> list[str]:
+    """Valid tokens altered the ways a link gets altered: non-ASCII letters, surrogates, NUL, cut short."""
+    good = token_for(ANA)
+    version, body, signature = good.split(".")
+    return [
+        f"{version}.{body}.{signature[:-1]}é",
+        f"{version}.{body}é.{signature}",
+        f"{version}.{body}.é",
+        f"{version}.{body}\ud800.{signature}",
+        f"{version}.{body}.{signature}\udfff",
+        f"{version}.{body}\x00.{signature}",
+        f"{version}.{body[:-3]}.{signature}",
+        "v1." + "é" * 1500 + ".x",
+        "\u202ev1.abc.def",
+    ]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_malformed_token_gets_the_invalid_page_never_a_500(service, table_name, method):
+    for bad in _malformed_tokens():
+        # Given a link altered on its way (a mail client, a copy and paste, someone trying)
+        # When it is opened or posted
+        response = request(service, method, bad, "List-Unsubscribe=One-Click" if method == "POST" else None)
+        # Then it gets the same 400 page as a forged token, and nothing is suppressed
+        assert response["statusCode"] == 400, repr(bad)
+        assert "isn&#39;t valid" in response["body"] or "isn't valid" in response["body"]
+    assert suppression_item(table_name, ANA) is None
+
+
+@pytest.mark.parametrize("body", ["%%%", "not base64!", "\udcff"])
+def test_a_body_api_gateway_could_not_have_encoded_is_ignored_not_a_500(service, table_name, body):
+    # Given a POST whose base64 body does not decode (or decodes to bytes that are not UTF-8)
+    event = {
+        "version": "2.0",
+        "rawPath": "/unsubscribe",
+        "queryStringParameters": {"token": token_for(ANA)},
+        "requestContext": {"http": {"method": "POST", "path": "/unsubscribe"}},
+        "body": body,
+        "isBase64Encoded": True,
+    }
+    # When it is handled
+    response = app.handler(event, LambdaContext(), service=service)
+    # Then there is no one-click body to honour: the confirmation page, and nothing recorded
+    assert response["statusCode"] == 200 and "<form" in response["body"]
+    assert suppression_item(table_name, ANA) is None
+
+
+@pytest.mark.parametrize("body", [None, "", "List-Unsubscribe=Yes", "source=page", "List-Unsubscribe", "One-Click"])
+def test_a_post_without_the_one_click_body_asks_to_confirm_and_changes_nothing(service, table_name, body):
+    # Given a POST to a valid link without RFC 8058's `List-Unsubscribe=One-Click` body (a scanner, a
+    # preview, a proxy replaying the request without its body)
+    response = request(service, "POST", token_for(ANA), body)
+    # Then it gets the confirmation page, whose button posts the one-click body, and Ana stays subscribed
+    assert response["statusCode"] == 200
+    assert 'name="List-Unsubscribe" value="One-Click"' in response["body"]
+    assert suppression_item(table_name, ANA) is None
+    # And the button's POST does unsubscribe her
+    assert request(service, "POST", token_for(ANA), "List-Unsubscribe=One-Click&source=page")["statusCode"] == 200
+    assert suppression_item(table_name, ANA)["source"]["S"] == "unsubscribe:page"
+
+
+def test_a_multipart_one_click_post_unsubscribes(service, table_name):
+    # Given RFC 8058's preferred form of the one-click POST: multipart/form-data (case as some clients send it)
+    body = (
+        "--b0undary\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\n"
+        "One-Click\r\n--b0undary--\r\n"
+    )
+    event = {
+        "version": "2.0",
+        "rawPath": "/unsubscribe",
+        "queryStringParameters": {"token": token_for(ANA)},
+        "headers": {"content-type": "multipart/form-data; boundary=b0undary"},
+        "requestContext": {"http": {"method": "POST", "path": "/unsubscribe"}},
+        "body": base64.b64encode(body.encode()).decode(),
+        "isBase64Encoded": True,
+    }
+    # When the mail client posts it
+    response = app.handler(event, LambdaContext(), service=service)
+    # Then Ana is unsubscribed
+    assert response["statusCode"] == 200
+    assert suppression_item(table_name, ANA)["source"]["S"] == "unsubscribe:one-click"
+
+
+def test_only_the_start_of_a_huge_body_is_read_and_a_huge_token_is_just_invalid(service, table_name):
+    # Given a one-click POST whose body goes on for megabytes (API Gateway passes up to 6 MB to Lambda)
+    body = "List-Unsubscribe=One-Click&" + "x=" + "y" * 5_000_000
+    # When it is posted / Then only its first bytes are parsed, and the one-click field there counts
+    assert request(service, "POST", token_for(ANA), body)["statusCode"] == 200
+    assert suppression_item(table_name, ANA) is not None
+    # And a token far longer than any pqlflow issues gets the invalid page
+    assert request(service, "GET", "v1." + "A" * 100_000 + "." + "B" * 43)["statusCode"] == 400

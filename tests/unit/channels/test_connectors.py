@@ -71,12 +71,12 @@ def hubspot() -> Iterator[tuple[FakeHubSpot, LocalServer]]:
 
 
 def test_hubspot_task_has_the_documented_shape(hubspot):
-    # Given a HubSpot connector pointed at the fake
+    # Given a HubSpot connector pointed at the fake, which maps the account to its company
     fake, server = hubspot
     task = sample_task()
 
     # When the task is delivered
-    ref, _ = HubSpotConnector(TOKEN, server.url, http=http()).deliver(task)
+    ref, _ = HubSpotConnector(TOKEN, server.url, companies={"acct-42": "9001"}, http=http()).deliver(task)
 
     # Then HubSpot got one task with subject, body, due timestamp, status, priority, owner and company
     assert ref == "1000" and not fake.problems
@@ -113,13 +113,90 @@ def test_hubspot_does_not_create_a_second_copy(hubspot):
     assert first == second and len(fake.tasks) == 1
 
 
-def test_hubspot_without_company_id_sends_no_association(hubspot):
+def test_hubspot_without_a_company_mapping_sends_no_association(hubspot):
     fake, server = hubspot
-    task = sample_task().model_copy(update={"crm_company_id": None})
-    HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http()).deliver(task)
+    HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http()).deliver(sample_task())
     (created,) = fake.tasks.values()
     assert "associations" not in created and "pqlflow_task_id" not in created["properties"]
     assert all(s.path != "/crm/v3/objects/tasks/search" for s in server.seen)
+
+
+class FakeHubSpotCompanies(FakeHubSpot):
+    """FakeHubSpot that also answers the CRM companies search, over companies holding a property."""
+
+    def __init__(self, companies: dict[str, dict[str, str]], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.companies = companies
+
+    def __call__(self, req: Seen) -> Reply:
+        if req.path != "/crm/v3/objects/companies/search":
+            return super().__call__(req)
+        if req.headers.get("authorization") != f"Bearer {self.token}":
+            return 401, {"status": "error", "category": "INVALID_AUTHENTICATION"}
+        body = req.json()
+        (flt,) = body["filterGroups"][0]["filters"]
+        hits = [{"id": cid, "properties": props} for cid, props in self.companies.items()
+                if flt["operator"] == "EQ" and props.get(flt["propertyName"]) == flt["value"]]
+        return 200, {"total": len(hits), "results": hits[: body.get("limit", 10)]}
+
+
+def _associated(fake: FakeHubSpot) -> list[str]:
+    (created,) = fake.tasks.values()
+    return [a["to"]["id"] for a in created.get("associations", [])]
+
+
+def test_hubspot_never_associates_the_company_an_account_trait_names():
+    # Given an account whose users set its `hubspot_company_id` trait to another customer's company
+    fake = FakeHubSpotCompanies({"9001": {"name": "Someone else"}})
+    task = sample_task(hubspot_company_id="9001")
+    with LocalServer(fake) as server:
+        # When the task is delivered with no mapping configured
+        HubSpotConnector(TOKEN, server.url, idempotency_property=None, http=http()).deliver(task)
+    # Then the task is attached to no company: event data never chooses one
+    assert _associated(fake) == []
+
+
+def test_hubspot_associates_through_the_mapping_in_the_connector_secret():
+    # Given the operator's mapping account → company, and a trait that says otherwise
+    fake = FakeHubSpotCompanies({})
+    task = sample_task(hubspot_company_id="9001")
+    with LocalServer(fake) as server:
+        HubSpotConnector(TOKEN, server.url, idempotency_property=None, companies={"acct-42": "555"},
+                         http=http()).deliver(task)
+    # Then the task is on the mapped company
+    assert _associated(fake) == ["555"]
+
+
+@pytest.mark.parametrize(
+    ("companies", "expected"),
+    [
+        ({"777": {"pqlflow_account_id": "acct-42"}, "778": {"pqlflow_account_id": "acct-7"}}, ["777"]),
+        ({"778": {"pqlflow_account_id": "acct-7"}}, []),  # no company carries the account: none
+        ({"777": {"pqlflow_account_id": "acct-42"}, "779": {"pqlflow_account_id": "acct-42"}}, []),  # ambiguous
+    ],
+)
+def test_hubspot_finds_the_company_by_the_account_id_your_crm_recorded(companies, expected):
+    # Given companies whose `pqlflow_account_id` property was set on the CRM side, and a lying trait
+    fake = FakeHubSpotCompanies(companies | {"9001": {"pqlflow_account_id": "someone-else"}})
+    task = sample_task(hubspot_company_id="9001")
+    with LocalServer(fake) as server:
+        # When the task is delivered with that property configured
+        HubSpotConnector(TOKEN, server.url, idempotency_property=None, company_property="pqlflow_account_id",
+                         http=http()).deliver(task)
+        searches = [s.json() for s in server.seen if s.path == "/crm/v3/objects/companies/search"]
+    # Then the company is the one, and only one, recorded for the account id (searched by it, not a trait)
+    assert _associated(fake) == expected
+    assert [s["filterGroups"][0]["filters"][0]["value"] for s in searches] == ["acct-42"]
+
+
+def test_the_company_mapping_is_read_from_the_connector_secret():
+    (connector,) = build_connectors(
+        ["hubspot"], {"hubspot": {"token": "t", "companies": {"acct-42": "555"}, "company_property": "acct_id"}}
+    )
+    assert isinstance(connector, HubSpotConnector)
+    assert (connector.companies, connector.company_property) == ({"acct-42": "555"}, "acct_id")
+    with pytest.raises(UsageError, match=r"hubspot\.companies"):
+        build_connectors(["hubspot"], {"hubspot": {"token": "t", "companies": {"acct-42": "not a number"}}})
 
 
 def test_wrong_token_is_a_permanent_failure_without_retries(hubspot):
@@ -222,6 +299,54 @@ def test_slack_message_uses_blocks_and_escapes_text():
     # the header is plain text (shown literally); the mrkdwn notification text is escaped
     assert message["blocks"][0]["text"]["type"] == "plain_text"
     assert "Globex &lt;script&gt;" in message["text"]
+
+
+def _mrkdwn_texts(message: dict[str, Any]) -> list[str]:
+    """Every text Slack parses as mrkdwn: the notification text and each mrkdwn object in the blocks."""
+    found = [message["text"]]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "mrkdwn":
+                found.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(message["blocks"])
+    return found
+
+
+def test_slack_escapes_every_user_supplied_field_so_nothing_pings_or_links():
+    # Given an account whose name, id, owner trait and reasons carry Slack control sequences
+    hostile = "<!channel> <!here|x> <@U999> <https://evil.example|click> & co"
+    q = PqlQualified(
+        transition_id="tr-9", account_id="acct-<!everyone>", qualified_at="2026-11-20T15:00:00Z", touch="high",
+        definition=DefinitionRef(name="d", version=1), score=50,
+        reasons=[Reason(code="c<!here>", text=hostile, kind="limit", signal="seats<@U999>", value=9, threshold=10),
+                 Reason(code="t", text=hostile, kind="team")],
+        signals={"seats<@U999>": 9}, account_traits={"name": hostile, "owner": "<!channel>"},
+        users=[UserSummary(user_id="u<!here>", traits={"name": hostile, "email": "a@b.test", "title": hostile})],
+    )
+    action = NurtureAction(action_id="act-9", transition_id="tr-9", account_id=q.account_id, channel="rep_task",
+                           touch="high", context=q.model_dump(mode="json"))
+    roster = parse_roster({"reps": [{"id": "rep-1", "slack_user_id": "U123"}]})
+    for owner in ("<!channel>", "rep-1"):
+        task = build_task(action, q, owner, "trait", roster, datetime(2026, 11, 20, 15, tzinfo=UTC))
+        fake = FakeSlack()
+        with LocalServer(fake) as server:
+            # When the task is posted to Slack
+            SlackConnector(server.url + "/services/T000/B000/XXXX", http=http()).deliver(task)
+        (message,) = fake.messages
+        # Then the only control sequence in any mrkdwn text is the mention of the rostered rep, and every
+        # & < > of the data arrives escaped
+        for text in _mrkdwn_texts(message):
+            rest = text.replace("<@U123>", "")
+            assert "<" not in rest and ">" not in rest, text
+            assert all(rest[i:].startswith(("&amp;", "&lt;", "&gt;")) for i, ch in enumerate(rest) if ch == "&"), text
+        assert "&lt;!channel&gt;" in json.dumps(message)
 
 
 def test_slack_retries_a_5xx():

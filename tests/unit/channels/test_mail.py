@@ -379,3 +379,95 @@ def test_a_lead_score_and_pricing_page_views_are_not_quoted_back_to_the_reader()
     assert "3 integrations connected" in rendered.text
     assert "Lead score" not in rendered.text + rendered.html
     assert "pricing 4 times" not in rendered.text + rendered.html
+
+
+def _encoded_word(text: str, encoding: str = "b") -> str:
+    if encoding == "b":
+        return "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+    return "=?utf-8?q?" + "".join(f"={b:02X}" for b in text.encode()) + "?="
+
+
+def _headers(composed: Composed) -> bytes:
+    return message_bytes(composed.message).split(b"\r\n\r\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Priya\x00",
+        "Pri\x00ya Shah",
+        "Priya\x1b[31m Shah",
+        "Priya\x7f Shah",
+        "Priya\u202e hahS",  # right-to-left override: the name would read backwards
+        "Pri\u200bya\ufeff Shah",  # zero-width space and byte-order mark
+        "Priya\x85Shah",  # C1 control (NEL)
+    ],
+)
+def test_control_and_invisible_characters_never_reach_the_headers(name):
+    # Given a recipient whose name traits carry NUL, escape sequences or invisible formatting
+    action = example("crm_contacts_80pct")
+    action.context["users"][0]["traits"]["first_name"] = name
+    action.context["users"][0]["traits"]["name"] = name
+    # When the message is built
+    composed = render(action, "upgrade_nudge")
+    msg = parse(composed)
+    # Then the headers carry none of them, the name reads as letters, and the address is the recipient's
+    display = msg["To"].addresses[0].display_name
+    assert display.isprintable() and display.startswith("Pri")
+    for bad in ("\x00", "\x1b", "\x7f", "\u202e", "\u200b", "\ufeff", "\x85"):
+        assert bad not in str(msg["To"]) and bad not in str(msg["Subject"])
+    assert b"\x00" not in _headers(composed)
+    assert [a.addr_spec for a in msg["To"].addresses] == ["priya@fieldstone.example"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        _encoded_word("Bcc: attacker@example.net"),
+        _encoded_word("Bcc: attacker@example.net", "q"),
+        "Priya " + _encoded_word("Bcc: attacker@example.net"),
+        "Priya" + _encoded_word("Bcc: attacker@example.net"),  # no space before it: decoded by lenient clients
+        "=?" + _encoded_word("Bcc: attacker@example.net") + "?=",  # nested: what is left after one pass
+        "=?utf-8?b?" + base64.b64encode(b"Bcc: attacker@example.net").decode(),  # no end marker
+    ],
+)
+def test_an_encoded_word_in_a_name_is_not_decoded_by_mail_clients(name):
+    # Given a name that is RFC 2047 syntax decoding to "Bcc: ..." (mail clients decode encoded-words in
+    # display names and subjects)
+    action = example("crm_contacts_80pct")
+    action.context["users"][0]["traits"]["first_name"] = name
+    action.context["users"][0]["traits"]["name"] = name
+    action.context["account_traits"]["name"] = name
+    # When the message is built and read back as a client would
+    composed = render(action, "upgrade_nudge")
+    msg = parse(composed)
+    # Then no header decodes to the attacker's text, and the only recipient is Priya
+    for header in ("To", "Subject"):
+        assert "attacker" not in str(msg[header]) and "Bcc" not in str(msg[header]), header
+    assert b"=?utf-8?b?QmNj" not in _headers(composed) and b"=?utf-8?q?=42" not in _headers(composed)
+    assert msg["Bcc"] is None and msg["Cc"] is None
+    assert [a.addr_spec for a in msg["To"].addresses] == ["priya@fieldstone.example"]
+
+
+def test_a_name_in_any_script_is_kept():
+    # Given names with accents, other scripts and joiners (ZWJ/ZWNJ are part of some scripts and emoji)
+    action = example("crm_contacts_80pct")
+    name = "Zoë Ångström-Nguyễn می‌خواهم"
+    action.context["users"][0]["traits"]["name"] = name
+    action.context["users"][0]["traits"]["first_name"] = "Zoë"
+    # When the message is built / Then the display name reads exactly as given
+    msg = parse(render(action, "upgrade_nudge"))
+    assert msg["To"].addresses[0].display_name == name
+    assert str(msg["Subject"]).startswith("Zoë") or "Zoë" in msg.get_body(("plain",)).get_content()
+
+
+@pytest.mark.parametrize(
+    "address", ["pri\x00ya@fieldstone.example", "priya@fieldstone.example\x00", "pri\u202eya@x.example"]
+)
+def test_an_address_with_a_control_character_is_no_recipient_not_another_address(address):
+    # Given an email trait with NUL or an invisible character in it
+    action = example("crm_contacts_80pct")
+    action.context["users"][0]["traits"]["email"] = address
+    # When the recipient is resolved / Then there is none: the address is never "cleaned" into another one
+    with pytest.raises(NoRecipient):
+        resolve_recipient(action, qualification_of(action))

@@ -151,6 +151,14 @@ def test_roster_errors_name_the_field(tmp_path):
         load_roster(path)
 
 
+def test_a_roster_that_lets_an_account_trait_pick_the_crm_company_is_refused():
+    # Given a roster from before, naming the account trait that held the HubSpot company id (anyone who
+    # can set their account's traits could attach tasks, and what they say, to another company)
+    # When it is loaded / Then the error names the field and where the mapping lives now
+    with pytest.raises(UsageError, match=r"field company_id_trait: .*connector secret"):
+        parse_roster({"reps": [{"id": "a"}], "company_id_trait": "hubspot_company_id"})
+
+
 def test_due_date_without_business_hours_is_plain_hours():
     start = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
     assert due_at(start, Sla(hours=24)) == datetime(2026, 11, 21, 15, 0, tzinfo=UTC)
@@ -194,7 +202,8 @@ def test_task_says_why_who_usage_what_to_say_and_when():
     assert "Due 2026-11-23T15:00:00Z (SLA 8h in business hours)" in task.body
     assert task.priority == "HIGH"
     assert task.hubspot_owner_id == "64492918"
-    assert task.crm_company_id == "9001"
+    # the account's `hubspot_company_id` trait is not trusted: the task names no CRM company of its own
+    assert "9001" not in task.model_dump_json()
     assert task.task_id == build_task(action_for(q), q, "rep-amer-1", "round_robin", roster, now).task_id
 
 

@@ -93,3 +93,45 @@ def test_secrets_come_as_a_plain_string_or_json():
         secret_from_string("short")
     with pytest.raises(ValueError, match="'secret'"):
         secret_from_string(json.dumps({"key": "w" * 40}))
+
+
+# Anything a link can carry after `token=`: non-ASCII letters, lone surrogates, NUL and control characters,
+# padding and separators in the wrong place, and each of them in the version, payload or signature part.
+_VALID = token()
+_V, _P, _S = _VALID.split(".")
+HOSTILE_TOKENS = [
+    f"{_V}.{_P}.{_S[:-1]}é",  # the case: "é" in the signature (TypeError in compare_digest)
+    f"{_V}.{_P}é.{_S}",  # "é" in the signed part (UnicodeEncodeError when signing)
+    f"vé.{_P}.{_S}",
+    f"{_V}.{_P}.é",
+    "v1.é.é",
+    f"{_V}.{_P}.{_S}\u0301",  # a combining accent after a valid signature
+    f"{_V}.{_P}\ud800.{_S}",  # a lone surrogate (JSON "\ud800" in the event)
+    f"{_V}.{_P}.\udfff",
+    f"{_V}.{_P}\x00.{_S}",
+    f"{_V}.{_P}.{_S}\x00",
+    f"{_V}.{_P}\n.{_S}",  # (surrounding whitespace is trimmed, as a copied link may carry it)
+    f"{_V}.\x1b[31m.{_S}",
+    f"{_V}.{_P}==.{_S}",  # base64 padding (tokens never carry it)
+    f"{_V}.{_P}.{_S}=",
+    f"{_V}.{_P}+/.{_S}",  # standard-alphabet base64
+    f"{_V}..{_S}",
+    f"{_V}.{_P}.",
+    f" {_V}.{_P}.{_S[:-2]} ",
+    f"{_V}.{_P}.{_S}.{_S}",
+    f"{_V}.{_P}%2E{_S}",
+    "v1.\uff41\uff42\uff43.\uff44",  # full-width letters
+    "v1." + "é" * 1200 + ".x",  # long and non-ASCII: longer than 2,048 bytes, not characters
+    f"{_V}.{_P}.{'A' * 43}",  # well-formed, wrong signature
+    "v1." + base64.urlsafe_b64encode(b"\xff\xfe").rstrip(b"=").decode() + ".AAAA",
+]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_TOKENS, ids=range(len(HOSTILE_TOKENS)))
+def test_a_token_with_any_character_outside_its_alphabet_is_invalid_not_an_error(bad):
+    # Given a token that was altered in transit or by hand (non-ASCII, control characters, surrogates)
+    # When it is verified
+    # Then it is rejected as invalid, like a forged one, and never raises anything else
+    with pytest.raises(InvalidToken) as err:
+        verify([SECRET], bad, now=NOW)
+    assert not isinstance(err.value, ExpiredToken)

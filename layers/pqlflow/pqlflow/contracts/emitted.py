@@ -15,7 +15,8 @@ TouchLevel = Literal["high", "low"]
 
 
 class _Detail(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a refused event's error message (logged by Lambda) never quotes its traits.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     DETAIL_TYPE: ClassVar[str]
 
 

@@ -3,8 +3,9 @@
 `build_context(action, ...)` turns the action (its `context` is the `PqlQualified`) and the recipient
 into plain data for the templates: recipient, account, usage (top feature, usage against the limit,
 teammates active), reasons, offer, social proof, links. User-supplied strings are only ever values in
-this data, never template source, so a name of ``{{ 7*7 }}`` renders literally. Pure: no AWS, no
-environment reads.
+this data, never template source, so a name of ``{{ 7*7 }}`` renders literally; every trait read as
+text loses its control characters, and names (`display_text`) also any RFC 2047 encoded-word, since
+they reach mail headers. Pure: no AWS, no environment reads.
 """
 
 from __future__ import annotations
@@ -37,15 +38,15 @@ class Recipient:
 
     @property
     def name(self) -> str | None:
-        name = _text(self.traits.get("name"))
+        name = display_text(self.traits.get("name"))
         if name:
             return name
-        parts = [_text(self.traits.get("first_name")), _text(self.traits.get("last_name"))]
+        parts = [display_text(self.traits.get("first_name")), display_text(self.traits.get("last_name"))]
         return " ".join(p for p in parts if p) or None
 
     @property
     def first_name(self) -> str | None:
-        first = _text(self.traits.get("first_name") or self.traits.get("firstName"))
+        first = display_text(self.traits.get("first_name") or self.traits.get("firstName"))
         if first:
             return first
         name = self.name
@@ -77,7 +78,10 @@ def resolve_recipient(action: NurtureAction, qualification: PqlQualified) -> Rec
             f"action {action.action_id}: recipient {wanted!r} is not among the qualification's users"
         )
     email = _text(user.traits.get("email"))
-    if not email or not _EMAIL.match(email):
+    # The address as given: one with a control or invisible character is refused, never "cleaned" into
+    # some other address.
+    raw = user.traits.get("email")
+    if not email or not _EMAIL.match(email) or not isinstance(raw, str) or not raw.strip().isprintable():
         raise NoRecipient(f"action {action.action_id}: user {wanted!r} has no valid email trait")
     return Recipient(user_id=user.user_id, email=email, traits=dict(user.traits))
 
@@ -116,7 +120,7 @@ def build_context(
     feature = _top_feature(recipient, reasons, q, brand, limit)
     team = _team(recipient, q)
     offer = brand.incentive(action.offer)
-    account_name = _text(traits.get("name")) or _text(traits.get("company"))
+    account_name = display_text(traits.get("name")) or display_text(traits.get("company"))
     first_name = recipient.first_name
     links = {
         "app": _link(brand.app_url, template, brand),
@@ -167,9 +171,32 @@ def build_context(
 
 
 def _text(value: Any) -> str | None:
+    """A trait as one line of visible text: whitespace collapsed, control and invisible formatting
+    characters (NUL, ESC, DEL, bidi overrides, zero-width spaces) removed."""
     if value is None or isinstance(value, (dict, list)):
         return None
-    text = " ".join(str(value).split())
+    text = "".join(ch for ch in " ".join(str(value).split()) if ch.isprintable() or ch in _JOINERS)
+    text = " ".join(text.split())
+    return text or None
+
+
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: part of how some scripts and emoji are written
+# RFC 2047 encoded-word, =?charset?encoding?text?=, which mail clients decode in display names and
+# subjects (lenient ones even inside a word): a name must never be one.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[A-Za-z]\?[^?]*\?=")
+
+
+def display_text(value: Any, limit: int | None = None) -> str | None:
+    """A person's or a company's name as it may appear in a mail header (display name, subject) and a
+    greeting: `_text`, with RFC 2047 encoded-word syntax taken out (whole encoded-words, then any `=?`
+    or `?=` left, so no pass leaves a new one behind), cut to `limit` characters."""
+    text = _text(value)
+    if text is None:
+        return None
+    text = _ENCODED_WORD.sub(" ", text)
+    while "=?" in text or "?=" in text:
+        text = text.replace("=?", "").replace("?=", "")
+    text = " ".join(text.split())[:limit].strip()
     return text or None
 
 

@@ -3,6 +3,11 @@
 `compose(action, ...)` is the whole way from a `Nurture Action` to that message: recipient, signed
 unsubscribe link, template context, render, then `build_message` (RFC 5322 multipart/alternative).
 `message_bytes` gives the exact bytes handed to SES (`Content.Raw`). Pure: no AWS, no environment reads.
+
+The recipient's display name and the subject come from traits anyone can set, so both go through
+`context.display_text`: no control or invisible characters (a NUL would reach the To header) and no
+RFC 2047 encoded-word syntax (a name "=?utf-8?b?...?=" would read "Bcc: ..." in mail clients). SES's
+destination is the recipient's address alone, whatever the headers say.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pqlflow.channels.email.context import (
     Recipient,
     build_context,
     choose_template,
+    display_text,
     qualification_of,
     resolve_recipient,
 )
@@ -50,14 +56,15 @@ def build_message(
     """
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = sender
-    display = " ".join((recipient.name or "").split())[:78] or ""
+    # Names come from traits anyone can set: no control characters, no encoded-words (`display_text`).
+    display = display_text(recipient.name, limit=78) or ""
     try:
         msg["To"] = Address(display_name=display, addr_spec=recipient.email)
     except (ValueError, IndexError) as exc:
         raise NoRecipient(
             f"recipient {recipient.user_id!r}: address is not valid for an email header"
         ) from exc
-    msg["Subject"] = rendered.subject
+    msg["Subject"] = display_text(rendered.subject) or rendered.subject
     msg["Date"] = format_datetime(datetime.fromtimestamp(sent_at, UTC))
     domain = sender.rsplit("@", 1)[-1].strip(" >") or "pqlflow.invalid"
     msg["Message-ID"] = f"<{hashlib.sha256(message_key.encode()).hexdigest()[:32]}@{domain}>"

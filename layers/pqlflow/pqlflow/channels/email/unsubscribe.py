@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,10 @@ from pqlflow.kernel.aws import AwsClient
 VERSION = "v1"
 DEFAULT_TTL_DAYS = 90  # CAN-SPAM wants the mechanism to work for 30 days after sending; links live longer.
 MIN_SECRET_CHARS = 32
+MAX_TOKEN_CHARS = 2048
 _PURPOSE = b"pqlflow/unsubscribe/v1"
+# v1.<base64url payload>.<base64url HMAC-SHA256: 32 bytes, 43 characters unpadded>
+_TOKEN = re.compile(r"v1\.(?P<body>[A-Za-z0-9_-]+)\.(?P<signature>[A-Za-z0-9_-]{43})")
 
 
 class InvalidToken(Exception):
@@ -87,17 +91,24 @@ def issue(
 
 
 def verify(secrets: Sequence[bytes], token: str, now: float | None = None) -> Subscriber:
-    """The subscriber a token names; raises `InvalidToken` (forged, malformed) or `ExpiredToken`."""
+    """The subscriber a token names; raises `InvalidToken` (forged, malformed) or `ExpiredToken`.
+
+    Anything outside the token's own alphabet (base64url and the two dots: a non-ASCII letter, a lone
+    surrogate, NUL, padding) makes it malformed before any decoding or signing, so an altered link is
+    always `InvalidToken`, never another error. Surrounding whitespace is trimmed (copied links carry it).
+    """
     if not secrets:
         raise InvalidToken("no signing secret to verify with")
-    parts = (token or "").strip().split(".")
-    if len(parts) != 3 or parts[0] != VERSION or len(token) > 2048:
+    text = token.strip() if isinstance(token, str) else ""
+    match = _TOKEN.fullmatch(text) if len(text) <= MAX_TOKEN_CHARS else None
+    if match is None:
         raise InvalidToken("malformed token")
-    signed = f"{parts[0]}.{parts[1]}"
-    if not any(hmac.compare_digest(_sign(secret, signed), parts[2]) for secret in secrets):
+    body, signature = match.group("body"), match.group("signature").encode("ascii")
+    signed = f"{VERSION}.{body}"
+    if not any(hmac.compare_digest(_sign(secret, signed).encode("ascii"), signature) for secret in secrets):
         raise InvalidToken("signature does not match")
     try:
-        payload = json.loads(_unb64(parts[1]))
+        payload = json.loads(_unb64(body))
         hashed, expires_at = payload["h"], payload["x"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidToken("malformed payload") from exc

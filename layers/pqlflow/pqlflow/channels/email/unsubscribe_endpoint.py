@@ -4,13 +4,27 @@
 checks the token (`pqlflow.channels.email.unsubscribe`) and records the suppression; `respond` renders
 the page for the outcome with headers that keep it out of caches, referrers, frames and search engines.
 `build` wires the service from the unsubscribe function's environment, `UnsubscribeSettings`.
+
+What each request gets (the token is checked first; a malformed one is as invalid as a forged one):
+
+- a forged, altered or malformed token: 400 and the "isn't valid" page; an expired one: 410. Never a 500.
+- `GET`: the confirmation page; nothing changes (mail scanners and link previews fetch links).
+- `POST` with RFC 8058's one-click body, `List-Unsubscribe=One-Click` (form-urlencoded or
+  multipart/form-data, as RFC 8058 section 3.2 allows; the page's button sends it too): unsubscribes.
+- `POST` without that body: the confirmation page, and nothing changes. RFC 8058 makes the body the
+  sign of a deliberate one-click unsubscribe; a POST without it is something else (a proxy or scanner
+  replaying the URL, a form on another site) and must not unsubscribe anyone. The person still gets the
+  page, whose button completes it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -84,7 +98,7 @@ class UnsubscribeService:
             return Response(410, "expired")
         except InvalidToken:
             return Response(400, "invalid")
-        if method == "GET":
+        if method == "GET" or not is_one_click(form):
             already = self.suppressions.is_suppressed(subscriber.address_hash)
             return Response(200, "done" if already else "confirm")
         source = "page" if form.get("source") == ["page"] else "one-click"
@@ -113,21 +127,55 @@ class UnsubscribeService:
         return {"statusCode": result.status, "headers": headers, "body": self.page(result.state, action)}
 
 
+def is_one_click(form: Mapping[str, list[str]]) -> bool:
+    """Whether a POST's form carries RFC 8058's `List-Unsubscribe=One-Click` (name and value in any case)."""
+    return any(
+        name.strip().lower() == "list-unsubscribe" and any(v.strip().lower() == "one-click" for v in values)
+        for name, values in form.items()
+    )
+
+
 def read_request(event: Mapping[str, Any]) -> UnsubscribeRequest:
     """The method, the token (query string, else form field) and the form of a payload v2 event."""
     method = (event.get("requestContext", {}).get("http", {}).get("method") or "GET").upper()
     form = _form(event) if method == "POST" else {}
     query = event.get("queryStringParameters") or {}
     token = query.get("token") or (form.get("token") or [""])[0]
-    action = f"{event.get('rawPath') or '/'}?token={quote(token, safe='')}"
+    # errors="replace": a token that is not even valid Unicode (a lone surrogate) is invalid, not a crash.
+    action = f"{event.get('rawPath') or '/'}?token={quote(token, safe='', errors='replace')}"
     return UnsubscribeRequest(method=method, token=token, form=form, action=action)
 
 
 def _form(event: Mapping[str, Any]) -> dict[str, list[str]]:
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
-        body = base64.b64decode(body).decode("utf-8", "replace")
-    return parse_qs(body[:MAX_BODY_BYTES], keep_blank_values=True)
+    """The POST body's fields: form-urlencoded, or multipart/form-data (RFC 8058 prefers it). A body
+    that does not decode has no fields."""
+    raw = event.get("body") or ""
+    try:
+        data = base64.b64decode(raw, validate=True) if event.get("isBase64Encoded") else raw.encode("utf-8")
+    except (binascii.Error, ValueError, UnicodeError):
+        return {}
+    data = data[:MAX_BODY_BYTES]
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    content_type = headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        return _multipart(content_type, data)
+    return parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def _multipart(content_type: str, data: bytes) -> dict[str, list[str]]:
+    # The stdlib's MIME parser reads form-data parts (the way the cgi module did before it was removed).
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + data
+    )
+    fields: dict[str, list[str]] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields.setdefault(name, []).append(payload.decode("utf-8", "replace").strip())
+    return fields
 
 
 def build(settings: UnsubscribeSettings | None = None, **clients: Any) -> UnsubscribeService:

@@ -25,6 +25,10 @@ class OfferStore(TableStore):
         return {"pk": {"S": f"U#{user_id}"}, "sk": {"S": f"OFFER#{offer_id}"}}
 
     @staticmethod
+    def lock_key(account_id: str, offer_kind: str) -> dict[str, Any]:
+        return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"OFFER#LOCK#{offer_kind}"}}
+
+    @staticmethod
     def _item(offer: Offer, expires_at: int) -> dict[str, Any]:
         doc = offer.model_dump(mode="json")
         doc["offer_kind"] = doc.pop("kind")
@@ -47,8 +51,7 @@ class OfferStore(TableStore):
     def create(self, offer: Offer, now: float) -> Literal["created", "duplicate", "locked"]:
         """Put the offer and take the account's lock for its kind, atomically. A redelivered action
         finds its own offer (`duplicate`); another live offer of that kind holds the lock (`locked`)."""
-        lock_key = {"pk": {"S": f"A#{offer.account_id}"}, "sk": {"S": f"OFFER#LOCK#{offer.kind}"}}
-        lock = lock_key | {
+        lock = self.lock_key(offer.account_id, offer.kind) | {
             "kind": {"S": "offer_lock"},
             "offer_id": {"S": offer.offer_id},
             "user_id": {"S": offer.user_id},
@@ -184,7 +187,7 @@ class OfferStore(TableStore):
             conditional(
                 self.client.delete_item,
                 TableName=self.table,
-                Key={"pk": {"S": f"A#{offer.account_id}"}, "sk": {"S": f"OFFER#LOCK#{offer.kind}"}},
+                Key=self.lock_key(offer.account_id, offer.kind),
                 ConditionExpression="offer_id = :id",
                 ExpressionAttributeValues={":id": {"S": offer.offer_id}},
             )

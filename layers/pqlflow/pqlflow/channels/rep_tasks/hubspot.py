@@ -1,11 +1,24 @@
 """The HubSpot connector: a CRM v3 task on the account's company, found again by its idempotency key
-rather than created twice."""
+rather than created twice.
+
+Which company a task is associated with is never read from event data: account traits are set by the
+product's own users, and a `hubspot_company_id` trait would let anyone attach tasks (and what they say
+about the account) to another customer's company record. The company comes only from what the CRM's
+side controls, in this order:
+
+1. `companies` in the connector secret: account id → HubSpot company id, written by the operator;
+2. `company_property`: a company property your CRM admins or CRM sync fill with pqlflow's account id
+   (e.g. `pqlflow_account_id`); the connector searches companies for it (CRM search API) and uses the
+   company only when exactly one carries the account id.
+
+Otherwise the task is created without a company (the owner still gets it).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,11 +48,38 @@ class HubSpotConnector:
     name: str = "hubspot"
     # HubSpot now also serves date-versioned paths (e.g. /crm/objects/2026-03/tasks) with the same body.
     tasks_path: str = "/crm/v3/objects/tasks"
+    companies: dict[str, str] = field(default_factory=dict)
+    company_property: str | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
 
-    def payload(self, task: RepTask) -> dict[str, Any]:
+    @property
+    def companies_path(self) -> str:
+        return self.tasks_path.rsplit("/", 1)[0] + "/companies"
+
+    def company_for(self, account_id: str) -> str | None:
+        """The HubSpot company of the account, from the trusted mapping only (see the module docstring)."""
+        if account_id in self.companies:
+            return self.companies[account_id]
+        if not self.company_property:
+            return None
+        query = {
+            "filterGroups": [
+                {"filters": [{"propertyName": self.company_property, "operator": "EQ", "value": account_id}]}
+            ],
+            "properties": [self.company_property],
+            "limit": 2,
+        }
+        resp, _ = self.http.request(
+            "POST", f"{self.base_url}{self.companies_path}/search", body=query, headers=self._headers(), attempts=1
+        )
+        results = (resp.json() or {}).get("results") or []
+        # Exactly one, and really this account (HubSpot's EQ on text ignores case): else no company.
+        exact = [r for r in results if str((r.get("properties") or {}).get(self.company_property)) == account_id]
+        return str(exact[0]["id"]) if len(results) == 1 and len(exact) == 1 else None
+
+    def payload(self, task: RepTask, company_id: str | None = None) -> dict[str, Any]:
         properties: dict[str, Any] = {
             "hs_timestamp": _epoch_ms(task.due_at),
             "hs_task_subject": task.title,
@@ -53,10 +93,10 @@ class HubSpotConnector:
         if self.idempotency_property:
             properties[self.idempotency_property] = task.idempotency_key
         body: dict[str, Any] = {"properties": properties}
-        if task.crm_company_id:
+        if company_id:
             body["associations"] = [
                 {
-                    "to": {"id": task.crm_company_id},
+                    "to": {"id": company_id},
                     "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": TASK_TO_COMPANY}],
                 }
             ]
@@ -93,7 +133,7 @@ class HubSpotConnector:
         resp, used = self.http.request(
             "POST",
             f"{self.base_url}{self.tasks_path}",
-            body=self.payload(task),
+            body=self.payload(task, self.company_for(task.account_id)),
             headers=self._headers(),
             attempts=attempts,
         )
@@ -129,6 +169,12 @@ class HubSpotConfig(BaseModel):
     idempotency_property: str | None = "pqlflow_task_id"
     task_type: str = "TODO"
     tasks_path: str = Field(default="/crm/v3/objects/tasks", pattern=r"^/crm/")
+    companies: dict[str, Annotated[str, Field(pattern=r"^[0-9]+$")]] = Field(
+        default_factory=dict, description="account id → HubSpot company id, set by the operator"
+    )
+    company_property: str | None = Field(
+        default=None, min_length=1, description="company property holding pqlflow's account id"
+    )
 
 
 def connect(cfg: HubSpotConfig, http: Http) -> HubSpotConnector:
@@ -139,4 +185,6 @@ def connect(cfg: HubSpotConfig, http: Http) -> HubSpotConnector:
         cfg.task_type,
         http,
         tasks_path=cfg.tasks_path,
+        companies=dict(cfg.companies),
+        company_property=cfg.company_property,
     )

@@ -32,7 +32,7 @@ from pqlflow.channels.rep_tasks.task import (
 from pqlflow.contracts.bus import EventPublisher
 from pqlflow.contracts.emitted import NurtureAction, PqlQualified
 from pqlflow.kernel import clock
-from pqlflow.kernel.observability import logger, metrics
+from pqlflow.kernel.observability import log_id, logger, metrics
 
 
 class RepTaskSettings(BaseModel):
@@ -127,7 +127,7 @@ def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
         return {"outcome": "ignored", "action_id": action.action_id}
     q = PqlQualified.model_validate(action.context)
     task = _create(action, q, c)
-    log = {"task_id": task.task_id, "account_id": task.account_id, "owner_source": task.owner_source}
+    log = {"task_id": task.task_id, "account_id": log_id(task.account_id), "owner_source": task.owner_source}
 
     if not task.created_published:
         c.publisher.publish([task.created_event()])

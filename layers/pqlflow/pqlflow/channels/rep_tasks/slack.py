@@ -1,4 +1,12 @@
-"""The Slack connector: the task as a Block Kit message on an incoming webhook."""
+"""The Slack connector: the task as a Block Kit message on an incoming webhook.
+
+Everything in the message that comes from event data (account name and id, the owner trait, reasons,
+usage, talking points, which quote the reasons) is user-supplied: the product's own users set traits.
+Slack reads `<...>` in mrkdwn as a mention, a channel ping (`<!channel>`) or a link, so every such value
+goes through `_mrkdwn`, which escapes `&`, `<` and `>` as Slack documents. The one control sequence
+pqlflow writes itself is the mention of the rostered rep, `<@U…>`, whose id the roster validates. The
+header is `plain_text`, which Slack never parses.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,18 @@ from pqlflow.channels.rep_tasks.task import RepTask
 
 def _mrkdwn(text: str, limit: int = 2900) -> str:
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return escaped if len(escaped) <= limit else escaped[: limit - 1] + "…"
+    if len(escaped) > limit:
+        escaped = escaped[: limit - 1]
+        cut = escaped.rfind("&")  # never end inside an entity: "&l" would show as text
+        if cut > limit - 6 and ";" not in escaped[cut:]:
+            escaped = escaped[:cut]
+        escaped += "…"
+    return escaped
+
+
+def _code(text: str, limit: int = 200) -> str:
+    """`text` as inline code: escaped, with no backtick to close the span early."""
+    return f"`{_mrkdwn(text.replace('`', chr(39)), limit)}`"
 
 
 @dataclass
@@ -26,7 +45,7 @@ class SlackConnector:
     name: str = "slack"
 
     def payload(self, task: RepTask) -> dict[str, Any]:
-        owner = f"<@{task.slack_user_id}>" if task.slack_user_id else f"`{task.owner}`"
+        owner = f"<@{task.slack_user_id}>" if task.slack_user_id else _code(task.owner)
         why = "\n".join(f"• {_mrkdwn(r.text, 300)}" for r in task.reasons) or "• qualified on product usage"
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": task.title[:150], "emoji": False}},
@@ -35,8 +54,8 @@ class SlackConnector:
                 "type": "section",
                 "fields": [
                     {"type": "mrkdwn", "text": f"*Owner*\n{owner}"},
-                    {"type": "mrkdwn", "text": f"*Due*\n{task.due_at}"},
-                    {"type": "mrkdwn", "text": f"*Priority*\n{task.priority}"},
+                    {"type": "mrkdwn", "text": f"*Due*\n{_mrkdwn(task.due_at)}"},
+                    {"type": "mrkdwn", "text": f"*Priority*\n{_mrkdwn(task.priority)}"},
                     {"type": "mrkdwn", "text": f"*Score*\n{task.score if task.score is not None else '—'}"},
                 ],
             },
@@ -49,7 +68,9 @@ class SlackConnector:
         blocks.append(
             {
                 "type": "context",
-                "elements": [{"type": "mrkdwn", "text": f"account `{task.account_id}` · task `{task.task_id}`"}],
+                "elements": [
+                    {"type": "mrkdwn", "text": f"account {_code(task.account_id)} · task {_code(task.task_id)}"}
+                ],
             }
         )
         return {"text": _mrkdwn(task.title), "blocks": blocks}

@@ -14,11 +14,19 @@ from typing import Any
 from pqlflow.channels.rep_tasks.task import Delivery, RepTask, TaskStatus
 from pqlflow.kernel.items import ITEM_KEYS, TableStore, conditional, from_item, to_item
 
+# Also dropped when reading: `crm_company_id`, which tasks stored by older versions carry (it came from an
+# account trait, which must not choose the CRM company; the HubSpot connector resolves the company itself).
+_DROPPED = (*ITEM_KEYS, "crm_company_id")
+
 
 class RepTaskStore(TableStore):
     @staticmethod
     def _key(account_id: str, transition_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"TASK#{transition_id}"}}
+
+    @staticmethod
+    def counter_key(pool: str) -> dict[str, Any]:
+        return {"pk": {"S": f"ROSTER#{pool}"}, "sk": {"S": "COUNTER"}}
 
     def _item(self, task: RepTask) -> dict[str, Any]:
         return to_item(
@@ -32,7 +40,7 @@ class RepTaskStore(TableStore):
         if not item:
             return None
         doc = from_item(item)
-        return RepTask.model_validate({k: v for k, v in doc.items() if k not in ITEM_KEYS})
+        return RepTask.model_validate({k: v for k, v in doc.items() if k not in _DROPPED})
 
     def create(self, task: RepTask) -> RepTask:
         """Store the task once; a redelivery gets the stored one back."""
@@ -53,7 +61,7 @@ class RepTaskStore(TableStore):
         A redelivery that finds its transition in `recent` reuses that slot instead of drawing again,
         so a crash between the draw and the task write skips no rep. `recent` keeps the last `window`
         draws (a ring), which bounds the item; later redeliveries find the stored task first."""
-        key = {"pk": {"S": f"ROSTER#{pool}"}, "sk": {"S": "COUNTER"}}
+        key = self.counter_key(pool)
         tid = transition_id
         for _ in range(max_tries):
             item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")

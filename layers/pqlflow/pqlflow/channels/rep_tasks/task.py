@@ -29,7 +29,8 @@ class Rep(BaseModel):
 
     id: str = Field(min_length=1, description="stable rep id; an account's owner trait may name it")
     hubspot_owner_id: str | None = None
-    slack_user_id: str | None = None
+    # Slack member ids (U…, W… on Enterprise Grid): the one value the Slack message mentions unescaped.
+    slack_user_id: str | None = Field(default=None, pattern=r"^[UW][A-Z0-9]{2,}$")
     territories: list[str] = Field(default_factory=list, description="empty: any territory")
     segments: list[str] = Field(default_factory=list, description="empty: any segment")
     active: bool = True
@@ -97,17 +98,30 @@ class Sla(BaseModel):
 
 
 class Roster(BaseModel):
-    """Who gets rep tasks and how: owner trait, round-robin filters, SLA, CRM mapping."""
+    """Who gets rep tasks and how: owner trait, round-robin filters, SLA. (Which CRM company a task is on is
+    the HubSpot connector's, from its trusted mapping: never from a trait.)"""
 
     model_config = ConfigDict(extra="forbid")
 
     owner_trait: str = Field(default="owner", description="account trait naming the owning rep")
     territory_trait: str = "territory"
     segment_trait: str = "segment"
-    company_id_trait: str = Field(default="hubspot_company_id", description="account trait: CRM company id")
+    # Refused (see the validator): kept only to tell a roster written for an older pqlflow what changed.
+    company_id_trait: None = Field(default=None, exclude=True)
     high_priority_score: float | None = Field(default=None, description="score at or above → HIGH priority")
     sla: Sla = Field(default_factory=Sla)
     reps: list[Rep] = Field(min_length=1)
+
+    @field_validator("company_id_trait", mode="before")
+    @classmethod
+    def _no_company_trait(cls, v: object) -> None:
+        if v is None:
+            return None
+        raise ValueError(
+            "no longer read: an account trait cannot choose the CRM company (the product's users set "
+            "traits). Map accounts to HubSpot companies in the connector secret's `hubspot` object "
+            "(companies, or company_property; see docs/deploy.md) and remove this line"
+        )
 
     @model_validator(mode="after")
     def _unique(self) -> Roster:
@@ -245,7 +259,6 @@ class RepTask(BaseModel):
     owner_source: Literal["trait", "round_robin"]
     hubspot_owner_id: str | None = None
     slack_user_id: str | None = None
-    crm_company_id: str | None = None
     title: str
     body: str
     priority: Literal["HIGH", "MEDIUM", "LOW"] = "MEDIUM"
@@ -459,7 +472,6 @@ def build_task(
         owner_source=owner_source,
         hubspot_owner_id=hubspot_owner,
         slack_user_id=rep.slack_user_id if rep else None,
-        crm_company_id=_trait(q.account_traits, roster.company_id_trait),
         title=title,
         body="\n".join(lines),
         priority="HIGH" if high else "MEDIUM",
