@@ -1,0 +1,1133 @@
+"""Cost bench: pqlflow priced the way AWS bills it, at real arrival times, next to a naive baseline and replay.
+
+Three traffic shapes go through the REAL ingest handler (functions/ingest/app.py) and the REAL qualify handler
+(functions/qualify/app.py) on in-process moto:
+
+- ingest batches are formed by `pqlflow.local.batching.sqs_batches` from the events' arrival times with the
+  template's IngestBatchSize / IngestBatchingWindowSeconds (Parameters defaults; `--batch-size`, `--window`);
+- every item write the handlers make produces the stream record DynamoDB would (NEW_AND_OLD_IMAGES, none for
+  a write that changed nothing), filtered by the qualify mapping's FilterCriteria, batched by
+  `stream_batches`' model (QualifyBatchSize, the mapping's MaximumBatchingWindowInSeconds, 6 MB) and fed to
+  qualify at the time the batch would be invoked;
+- `pqlflow.kernel.clock` is the simulated time of each invocation, so caches, dedupe and compaction windows
+  see real time;
+- `pqlflow.local.billing.Meter` prices every DynamoDB request by the item images before and after it (read
+  from moto's backend, un-metered), every PutEvents by its entries; SQS requests (EventBridge's SendMessage
+  per event, the poller's ReceiveMessage and DeleteMessageBatch per 10 messages of each batch), Lambda
+  requests per batch and billed duration (the handler's measured CPU time, without the emulator's, plus a
+  modelled wait of `--aws-latency-ms` per AWS request; the CPU time scaled by Lambda's CPU share at the
+  template's MemorySize, `--cpu-scale`; rounded up to 1 ms; GB-s at that MemorySize).
+
+Shapes (live windows are measured; histories only build realistic item state and are not priced):
+- sparse: events/demo/history.jsonl (its first `--sparse-accounts` accounts, 15 of 60 by default, for time;
+  0 = all), arrival = event timestamp, all of it measured; plus the figure `pqlflow replay` estimates for
+  the same events (`pqlflow.local.replay.run_replay` + `summarize`, i.e. summary["cost"]), and the
+  difference;
+- busy: `--accounts` (1,000) accounts with 90 days of steady history over 10 event names (folded through the
+  real handler for 12 prototype accounts, in 6-day batches, then copied to every account), then live traffic
+  of one event per account every 2–3 minutes for `--minutes` (5);
+- hot: one account at 100,000 events/day (26 hours of history in hourly batches: its item is under size
+  pressure) beside 100 ordinary accounts, live for `--minutes` (10).
+
+The naive baseline gets the same live events in the same batches: per event one UpdateItem ADD on a small
+per-account counter item, made idempotent by Powertools' idempotency utility (its record keyed by messageId:
+a conditional PutItem, then the UpdateItem that completes it), SQS and Lambda priced the same way.
+
+moto is made faster for the run (`moto_speedups`: the same results, a fraction of its CPU).
+
+Run: .venv/bin/python bench/cost_bench.py [--shape sparse|busy|hot|all] [--accounts N] [--minutes M]
+     [--window S] [--batch-size N] [--sparse-accounts N] [--aws-latency-ms MS] [--cpu-scale X] [--no-replay]
+See docs/cost-model.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "layers" / "pqlflow"), str(ROOT)]
+os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                  POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_METRICS_NAMESPACE="bench")
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_PROFILE", None)
+
+DEVNULL = io.StringIO()  # what the functions print (Powertools logs and EMF metrics) goes nowhere
+
+
+class _Null(io.TextIOBase):
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+NULL = _Null()
+
+with contextlib.redirect_stdout(NULL):  # Powertools' logger binds sys.stdout when created
+    import boto3
+    from moto import mock_aws
+    from pqlflow.kernel import clock
+    from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, BatchWindow, sqs_batches
+    from pqlflow.local.billing import Bill, Meter, MotoImages, chunks, item_size, sqs_poller_requests
+    from pqlflow.local.cfn_yaml import load_yaml
+    from pqlflow.local.cost import PRICES
+    from pqlflow.local.patterns import filter_criteria_match
+    from pqlflow.local.template import load_template
+
+    from functions.ingest import app as ingest_app
+    from functions.qualify import app as qualify_app
+    from tests.support.events import SEGMENT_SOURCE, iso, sqs_record
+    from tests.support.lambda_context import LambdaContext
+
+TEMPLATE = ROOT / "template.yaml"
+HISTORY = ROOT / "events" / "demo" / "history.jsonl"
+ACCOUNT, REGION = "123456789012", "us-east-1"
+DAY_MS, HOUR_MS, MIN_MS = 86_400_000, 3_600_000, 60_000
+LIVE_START_MS = 1_795_341_600_000  # 2026-11-22T10:00:00Z: a weekday morning
+PROTOTYPES = 12
+SPARSE_ACCOUNTS = 15
+FULL_VCPU_MB = 1769  # Lambda: one vCPU at 1,769 MB of memory, proportionally less below
+NAMES = [  # ~10 event names of a B2B SaaS, with weights
+    ("Signed In", 18), ("Message Sent", 30), ("Feature Used", 12), ("Page Viewed", 10), ("File Uploaded", 8),
+    ("Friend Added", 5), ("Contacts Updated", 6), ("Invite Sent", 3), ("Storage Updated", 5), ("Folder Shared", 3),
+]
+
+
+# ---- the template's settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    ingest_batch_size: int
+    ingest_window: float
+    qualify_batch_size: int
+    qualify_window: float
+    ingest_memory: int
+    qualify_memory: int
+    stream_filters: tuple[dict[str, Any], ...]
+    environment: dict[str, str]
+    table: str
+    bus: str
+    table_args: dict[str, Any]
+
+
+def template_settings(window: float | None, batch_size: int | None) -> Settings:
+    """Everything from template.yaml (its Parameters defaults, or --window / --batch-size)."""
+    overrides: dict[str, Any] = {"LogLevel": "INFO"}
+    if window is not None:
+        overrides["IngestBatchingWindowSeconds"] = window
+    if batch_size is not None:
+        overrides["IngestBatchSize"] = batch_size
+    wiring = load_template(TEMPLATE, overrides, root=ROOT)
+    ingest = wiring.functions["IngestFunction"]
+    qualify = wiring.functions["QualifyFunction"]
+    sqs = next(s for s in wiring.sqs_sources if s.function == "IngestFunction")
+    stream = next(s for s in wiring.stream_sources if s.function == "QualifyFunction")
+    raw = load_yaml(TEMPLATE)["Resources"]["QualifyFunction"]["Properties"]["Events"][stream.event_name]
+    q_window = raw["Properties"].get("MaximumBatchingWindowInSeconds", 0)
+    if isinstance(q_window, dict) and "Ref" in q_window:
+        q_window = wiring.parameters[q_window["Ref"]]
+    table = wiring.table_named(ingest.environment["TABLE_NAME"])
+    assert table is not None
+    table_args = {"AttributeDefinitions": table.attribute_definitions, "KeySchema": table.key_schema,
+                  "BillingMode": "PAY_PER_REQUEST"}  # no stream on moto: the meter reproduces its records
+    environment = {**qualify.environment, **ingest.environment}
+    environment.pop("POWERTOOLS_SERVICE_NAME", None)
+    return Settings(
+        ingest_batch_size=sqs.batch_size, ingest_window=float(sqs.batching_window_seconds),
+        qualify_batch_size=stream.batch_size, qualify_window=float(q_window),
+        ingest_memory=ingest.memory_size, qualify_memory=qualify.memory_size,
+        stream_filters=stream.filters, environment={k: str(v) for k, v in environment.items()},
+        table=ingest.environment["TABLE_NAME"], bus=qualify.environment["EVENT_BUS_NAME"], table_args=table_args,
+    )
+
+
+# ---- moto, faster on binaries (results unchanged) --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def moto_speedups() -> Iterator[None]:
+    """Two moto hot spots, with unchanged results, while the bench runs:
+
+    - its response serializer walks the API model for every element of a binary set (most of an UpdateItem's
+      time on a usage item of fingerprints): AttributeValues are written as plain JSON instead;
+    - its item dict re-sums the whole item's size on every attribute it sets (quadratic in the item: seconds
+      per write on a 200 KB item): the 400 KB limit is checked once per UpdateItem / PutItem instead, with
+      moto's own error (the write is then not undone: the handler reports the failure and the bench stops);
+    - copies and JSON views of AttributeValues (several per UpdateItem) go through copy.deepcopy's generic
+      machinery element by element: they are built directly (the same values).
+    """
+    from moto.core import serialize
+    from moto.dynamodb import exceptions
+    from moto.dynamodb.models import DynamoDBBackend, dynamo_type
+
+    serializer: Any = serialize.BaseJSONSerializer
+    original = serializer._serialize_type_structure
+    limited: Any = dynamo_type.LimitedSizeDict
+    original_setitem = limited.__setitem__
+    backend: Any = DynamoDBBackend
+    original_update, original_put = backend.update_item, backend.put_item
+
+    def plain(value: Any) -> Any:
+        if not isinstance(value, dict) or len(value) != 1:
+            return None
+        ((kind, inner),) = value.items()
+        if kind in ("S", "N"):
+            return {kind: str(inner)}
+        if kind in ("BOOL", "NULL"):
+            return {kind: bool(inner)}
+        if kind in ("SS", "NS"):
+            return {kind: [str(v) for v in inner]}
+        if kind == "B":
+            return {"B": _b64(inner)}
+        if kind == "BS":
+            return {"BS": [_b64(v) for v in inner]}
+        if kind == "M":
+            out = {}
+            for name, member in inner.items():
+                p = plain(member)
+                if p is None:
+                    return None
+                out[name] = p
+            return {"M": out}
+        if kind == "L":
+            items = [plain(m) for m in inner]
+            return None if any(i is None for i in items) else {"L": items}
+        return None
+
+    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
+        if getattr(shape, "name", None) == "AttributeValue":
+            p = plain(value)
+            if p is not None:
+                self._default_serialize(serialized, p, shape, key)
+                return
+        original(self, serialized, value, shape, key)
+
+    def checked(write: Any, error: type[Exception]) -> Any:
+        def run(self: Any, table_name: str, key_or_item: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            table = self.get_table(table_name)
+            hash_value = dynamo_type.DynamoType(key_or_item[table.hash_key_attr])
+            range_value = (dynamo_type.DynamoType(key_or_item[table.range_key_attr])
+                           if table.range_key_attr and table.range_key_attr in key_or_item else None)
+            del hash_value, range_value
+            item = write(self, table_name, key_or_item, *args, **kwargs)
+            if item is not None and item.size() > 405_000:  # moto's own limit (LimitedSizeDict)
+                raise error()
+            return item
+
+        return run
+
+    dynamo: Any = dynamo_type.DynamoType
+    sets = ("SS", "NS", "BS")
+    originals = (dynamo.__deepcopy__, dynamo.to_regular_json, dynamo.size)
+
+    def fast_copy(value: Any) -> Any:
+        result = dynamo.__new__(dynamo)
+        kind = result.type = value.type
+        inner = value.value
+        if kind == "L":
+            result.value = [fast_copy(v) for v in inner]
+        elif kind == "M":
+            result.value = {k: fast_copy(v) for k, v in inner.items()}
+        elif kind in sets:
+            result.value = list(inner)
+        else:
+            result.value = inner
+        return result
+
+    def regular_json(self: Any) -> dict[str, Any]:
+        kind, inner = self.type, self.value
+        if kind == "M":
+            value: Any = {k: v.to_regular_json() if isinstance(v, dynamo) else copy.deepcopy(v)
+                          for k, v in inner.items()}
+        elif kind == "L":
+            value = [v.to_regular_json() if isinstance(v, dynamo) else copy.deepcopy(v) for v in inner]
+        elif kind in sets:
+            value = list(inner)
+        else:
+            value = inner
+            if kind == "B" and isinstance(value, str):
+                value = base64.b64decode(value)
+        return {kind: value}
+
+    def size(self: Any) -> int:  # moto's own size rule, without re-wrapping every element
+        kind, inner = self.type, self.value
+        if kind in ("BS", "SS"):
+            return sum(len(v) if isinstance(v, bytes) else len(v.encode("utf-8")) for v in inner)
+        if kind == "NS":
+            return sum(len(str(v)) for v in inner)
+        if kind == "N":
+            return len(str(inner))
+        if kind == "M" and all(isinstance(v, dynamo) for v in inner.values()):
+            return sum(len(k.encode("utf-8")) + v.size() for k, v in inner.items())
+        if kind == "L" and all(isinstance(v, dynamo) for v in inner):
+            return sum(v.size() for v in inner)
+        return int(originals[2](self))
+
+    # UpdateItem copies the item twice before it runs: for the response (only ReturnValues ALL_OLD and
+    # UPDATED_* use that copy) and for the table's stream (the bench's table has none: the meter is it).
+    from moto.dynamodb import models as ddb_models
+    from moto.dynamodb import responses as ddb_responses
+
+    class _NoCopy:
+        def __init__(self, real: Any, result: Callable[[Any], Any]) -> None:
+            self.real, self.result = real, result
+
+        def deepcopy(self, value: Any, memo: Any = None) -> Any:
+            return self.result(value)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    handler_cls: Any = ddb_responses.DynamoHandler
+    original_handler_update = handler_cls.update_item
+    model_update = backend.update_item
+
+    def handler_update(self: Any) -> Any:
+        if self.body.get("ReturnValues", "NONE") not in ("NONE", "ALL_NEW"):
+            return original_handler_update(self)
+        ddb_responses.copy = _NoCopy(copy, lambda value: None)  # type: ignore[assignment]
+        try:
+            return original_handler_update(self)
+        finally:
+            ddb_responses.copy = copy  # type: ignore[assignment]
+
+    def backend_update(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
+        if self.get_table(table_name).stream_shard is not None:
+            return model_update(self, table_name, *args, **kwargs)
+        ddb_models.copy = _NoCopy(copy, lambda value: value)  # type: ignore[assignment]
+        try:
+            return model_update(self, table_name, *args, **kwargs)
+        finally:
+            ddb_models.copy = copy  # type: ignore[assignment]
+
+    handler_cls.update_item = handler_update
+    # and the response's AttributeValues are turned into plain JSON leaf by leaf through generic checks
+    original_to_dict = ddb_responses.dynamo_to_dict
+
+    def to_dict(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {k: to_dict(v) for k, v in value.items()}
+        if kind is list:
+            return [to_dict(v) for v in value]
+        if kind is str or kind is int or kind is bool or value is None:
+            return value
+        return original_to_dict(value)
+
+    ddb_responses.dynamo_to_dict = to_dict
+
+    # Two validators of UpdateExpression walk the whole tree from every node of it (quadratic in the clauses):
+    # what they check on a sub-expression is a subset of what they check on the root, so the root alone is
+    # checked (the same expressions are refused).
+    from moto.dynamodb.parsing import ast_nodes, validators
+
+    whole_tree = (validators.ActionCountValidator, validators.OverlappingPathsValidator)
+    original_traverse = [cls.traverse for cls in whole_tree]
+
+    def root_only(check: str) -> Any:
+        def traverse(self: Any, node: Any) -> Any:
+            if isinstance(node, ast_nodes.UpdateExpression):
+                return getattr(self, check)(node)
+            return node
+
+        return traverse
+
+    validators.ActionCountValidator.traverse = root_only("verify_action_counts")
+    validators.OverlappingPathsValidator.traverse = root_only("check_for_overlapping_paths")
+    dynamo.__deepcopy__ = lambda self, memo: fast_copy(self)
+    dynamo.to_regular_json = regular_json
+    dynamo.size = size
+    serializer._serialize_type_structure = serialize_structure
+    limited.__setitem__ = dict.__setitem__
+    backend.update_item = checked(backend_update, exceptions.ItemSizeToUpdateTooLarge)
+    backend.put_item = checked(original_put, exceptions.ItemSizeTooLarge)
+    try:
+        yield
+    finally:
+        serializer._serialize_type_structure = original
+        limited.__setitem__ = original_setitem
+        backend.update_item, backend.put_item = original_update, original_put
+        handler_cls.update_item = original_handler_update
+        ddb_responses.dynamo_to_dict = original_to_dict
+        dynamo.__deepcopy__, dynamo.to_regular_json, dynamo.size = originals
+        for cls, traverse in zip(whole_tree, original_traverse, strict=True):
+            cls.traverse = traverse
+
+
+def _b64(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return base64.b64encode(bytes(value)).decode()
+
+
+def wire(item: dict[str, Any]) -> dict[str, Any]:
+    """An image as Lambda delivers it in a stream event (JSON: binaries as base64 text)."""
+    return {name: _wire_value(value) for name, value in item.items()}
+
+
+def _wire_value(value: dict[str, Any]) -> dict[str, Any]:
+    ((kind, inner),) = value.items()
+    if kind == "B":
+        return {"B": _b64(inner)}
+    if kind == "BS":
+        return {"BS": [_b64(v) for v in inner]}
+    if kind == "M":
+        return {"M": {k: _wire_value(v) for k, v in inner.items()}}
+    if kind == "L":
+        return {"L": [_wire_value(v) for v in inner]}
+    return value  # S, N, SS, NS, BOOL, NULL: the same in JSON (shared, never modified)
+
+
+# ---- traffic ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    arrival_ms: int
+    message: dict[str, Any]
+    _record: dict[str, Any] | None = None
+
+    def record(self, index: int = 0) -> dict[str, Any]:
+        """The SQS record: the EventBridge event as Segment's destination sends it, as the message body."""
+        if self._record is None:
+            m = self.message
+            envelope = {
+                "version": "0", "id": hashlib.md5(m["messageId"].encode()).hexdigest(),  # noqa: S324
+                "detail-type": m.get("type", "track"), "source": SEGMENT_SOURCE, "account": ACCOUNT,
+                "time": m.get("timestamp", ""), "region": REGION, "resources": [], "detail": m,
+            }
+            self._record = sqs_record(json.dumps(envelope, separators=(",", ":")), index)
+        return self._record
+
+    @property
+    def body_bytes(self) -> int:
+        return len(self.record()["body"].encode())
+
+    @property
+    def record_bytes(self) -> int:
+        return len(json.dumps(self.record()))
+
+
+def track(rng: random.Random, ms: int, account: str, user: str, seq: str, name: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "track", "event": name, "messageId": seq, "timestamp": iso(ms),
+                               "userId": user, "context": {"groupId": account}, "properties": {}}
+    if name == "Page Viewed":
+        message.update(type="page", name=rng.choice(["Dashboard", "Inbox", "Settings", "Pricing"]))
+        message.pop("event")
+    elif name == "Contacts Updated":
+        message["properties"] = {"total": rng.randrange(100, 9_000)}
+    elif name == "Storage Updated":
+        message["properties"] = {"used_bytes": rng.randrange(10**6, 2 * 10**9)}
+    elif name == "Feature Used":
+        message["properties"] = {"feature": rng.choice(["export", "api", "sso", "reports"]),
+                                 "tier": rng.choice(["free", "paid"])}
+    return message
+
+
+def group(ms: int, account: str, user: str, seq: str, rng: random.Random) -> dict[str, Any]:
+    return {"type": "group", "messageId": seq, "timestamp": iso(ms), "userId": user, "groupId": account,
+            "traits": {"name": f"Company {account}", "plan": rng.choice(["free", "trial"]),
+                       "employees": rng.choice([5, 12, 40, 250]), "seats": rng.choice([5, 10]),
+                       "industry": rng.choice(["software", "retail", "education"])}}
+
+
+def choose_name(rng: random.Random) -> str:
+    return rng.choices([n for n, _ in NAMES], weights=[w for _, w in NAMES])[0]
+
+
+def users_of(proto: int, rng: random.Random) -> list[str]:
+    """Users of a prototype account; its copies share them (fingerprints are per account item anyway)."""
+    return [f"usr-{proto:03d}-{k}" for k in range(rng.choice([1, 2, 3, 4, 5, 8]))]
+
+
+def steady_history(protos: int, days: int, per_day: int, end_ms: int, seed: int,
+                   fold_days: int = 6) -> list[list[Event]]:
+    """Batches of `protos` accounts' steady usage, oldest first, the last 24 hours (ending at `end_ms`) in a
+    batch of their own, the days before in batches of `fold_days` days.
+
+    Accounts differ in activity (a mean of 0.25× to 2× `per_day` events a day, 1–8 users). A day older than
+    the last 24 hours is folded into per-day counts by compaction, whatever hours its events had, so its
+    events are stamped within one hour of the day (one slot per name to fold, instead of one per hour and
+    name: the same item, a fraction of the emulator's time); the last 24 hours stay pending in the item
+    and are spread over the hours as live traffic is. Compaction folds a batch's days when the next batch
+    comes (their hours untouched for the dedupe window), so the item at the end is the one daily batches
+    would leave, in a sixth of the requests.
+    """
+    rng = random.Random(seed)
+    users = {p: users_of(p, random.Random(f"users-{p}")) for p in range(protos)}
+    rates = {p: per_day * rng.uniform(0.25, 2.0) for p in range(protos)}
+    daily: list[list[Event]] = []
+    n = 0
+    for d in range(days):
+        start = end_ms - (days - d) * DAY_MS
+        last = d == days - 1
+        batch = []
+        for p in range(protos):
+            account = proto_id(p)
+            if d == 0:
+                n += 1
+                batch.append(Event(start, group(start, account, users[p][0], f"h-{seed}-{n}", rng)))
+            hour = start + rng.randrange(1, 23) * HOUR_MS
+            for _ in range(max(1, int(rng.gauss(rates[p], rates[p] / 4)))):
+                n += 1
+                ms = start + rng.randrange(DAY_MS) if last else hour + rng.randrange(HOUR_MS)
+                batch.append(Event(ms, track(rng, ms, account, rng.choice(users[p]), f"h-{seed}-{n}",
+                                             choose_name(rng))))
+        daily.append(batch)
+    out = [sum(daily[i:min(i + fold_days, days - 1)], []) for i in range(0, days - 1, fold_days)]
+    return out + daily[-1:]
+
+
+def proto_id(p: int) -> str:
+    return f"proto-{p:03d}"
+
+
+def account_id(i: int) -> str:
+    return f"acct-{i:05d}"
+
+
+def live_traffic(accounts: int, start_ms: int, minutes: float, seed: int, gap_s: tuple[float, float] = (120, 180),
+                 first: int = 0) -> list[Event]:
+    """One event per account every 2–3 minutes, random phases; account i uses prototype i % PROTOTYPES's users."""
+    rng = random.Random(seed)
+    proto_users = {p: users_of(p, random.Random(f"users-{p}")) for p in range(PROTOTYPES)}
+    end = start_ms + int(minutes * MIN_MS)
+    events = []
+    for i in range(first, first + accounts):
+        account = account_id(i)
+        users = proto_users[i % PROTOTYPES]
+        ms = start_ms + rng.randrange(int(gap_s[1] * 1000))
+        k = 0
+        while ms < end:
+            k += 1
+            events.append(Event(ms, track(rng, ms, account, rng.choice(users), f"live-{account}-{k}",
+                                          choose_name(rng))))
+            ms += int(rng.uniform(*gap_s) * 1000)
+    events.sort(key=lambda e: e.arrival_ms)
+    return events
+
+
+def hot_traffic(start_ms: int, end_ms: int, per_day: int, seed: int, prefix: str) -> list[Event]:
+    """The hot account: Poisson arrivals at `per_day`, 20 users."""
+    rng = random.Random(seed)
+    users = [f"hot-user-{k}" for k in range(20)]
+    mean_ms = DAY_MS / per_day
+    events = []
+    ms = float(start_ms)
+    k = 0
+    while True:
+        ms += rng.expovariate(1 / mean_ms)
+        if ms >= end_ms:
+            return events
+        k += 1
+        events.append(Event(int(ms), track(rng, int(ms), "hot-0001", rng.choice(users), f"{prefix}-{k}",
+                                           choose_name(rng))))
+
+
+def message_account(message: dict[str, Any]) -> str:
+    context = message.get("context") if isinstance(message.get("context"), dict) else {}
+    return str(context.get("groupId") or message.get("groupId") or message.get("userId") or "")
+
+
+def demo_history(accounts: int | None) -> tuple[list[Event], list[str]]:
+    """The demo history (arrival = timestamp, stable), or the events of its first `accounts` accounts (in order
+    of first appearance) with the JSON Lines they came from, for replay to read the same subset."""
+    from pqlflow.local.replay import _parse_time
+
+    lines = [line for line in HISTORY.read_text().splitlines() if line.strip()]
+    messages = [json.loads(line) for line in lines]
+    if accounts is not None:
+        order: dict[str, None] = {}
+        for m in messages:
+            order.setdefault(message_account(m), None)
+        keep = set(list(order)[:accounts])
+        picked = [(line, m) for line, m in zip(lines, messages, strict=True) if message_account(m) in keep]
+        lines, messages = [p[0] for p in picked], [p[1] for p in picked]
+    events = []
+    for message in messages:
+        ms = _parse_time(message.get("timestamp"))
+        events.append(Event(ms if ms is not None else 0, message))
+    events.sort(key=lambda e: e.arrival_ms)
+    return events, lines
+
+
+# ---- the systems -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """What one system cost on one live traffic."""
+
+    name: str
+    events: int
+    bill: Bill
+    meter: Meter
+    ingest_batches: int
+    qualify_batches: int = 0
+    stream_records: int = 0
+    filtered_out: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def forget_warm_state() -> None:
+    """A new run is a cold start: handlers' module-level clients, settings and caches are dropped."""
+    import pqlflow.kernel.settings
+    import pqlflow.qualify.tracking
+
+    for value in vars(pqlflow.kernel.settings).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+    pqlflow.qualify.tracking._store = None
+    ingest_app._processor = None
+    qualify_app.reset()
+
+
+def add_sqs_and_invocations(bill: Bill, events: list[Event], batches: list[Any]) -> None:
+    bill.add("SQS", "SendMessage (EventBridge target)", sum(chunks(e.body_bytes) for e in events), "requests",
+             len(events))
+    receives = deletes = 0
+    for b in batches:
+        r = sqs_poller_requests([e.body_bytes for e in events[b.start:b.stop]])
+        receives += r["ReceiveMessage"]
+        deletes += r["DeleteMessageBatch"]
+    bill.add("SQS", "ReceiveMessage (Lambda poller)", receives, "requests", receives)
+    bill.add("SQS", "DeleteMessageBatch (Lambda poller)", deletes, "requests", deletes)
+
+
+class Pqlflow:
+    """The real handlers, fed as the event source mappings would feed them, metered."""
+
+    def __init__(self, settings: Settings, latency_ms: float, cpu_scale: float | None) -> None:
+        self.s = settings
+        self.latency_ms = latency_ms
+        self.cpu_scale = cpu_scale
+        self.changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None, int]] = []
+        self.meter = Meter(MotoImages(ACCOUNT, REGION), on_change=self._changed)
+        self.sequence = 0
+        self.now_ms = 0
+        clock.set_source(lambda: self.now_ms / 1000)
+
+    def start(self) -> None:
+        os.environ.update(self.s.environment)
+        session = boto3.session.Session(region_name=REGION)
+        boto3.DEFAULT_SESSION = session
+        plain = session.client("dynamodb")  # control plane: created before the meter is attached
+        plain.create_table(TableName=self.s.table, **self.s.table_args)
+        session.client("events").create_event_bus(Name=self.s.bus)
+        self.meter.attach(session.events)
+        forget_warm_state()
+
+    def _changed(self, table: str, key: dict[str, Any], old: dict[str, Any] | None,
+                 new: dict[str, Any] | None) -> None:
+        self.changes.append((key, old, new, sum(self.meter.last_write_sizes)))
+
+    def ingest(self, events: list[Event], at_ms: int) -> None:
+        self.now_ms = at_ms
+        records = [e.record(i) for i, e in enumerate(events)]
+        with contextlib.redirect_stdout(NULL), self.meter.invocation("ingest"):
+            response = ingest_app.handler({"Records": records}, LambdaContext(function_name="ingest"))
+        if response != {"batchItemFailures": []}:
+            raise RuntimeError(f"ingest reported failures: {response['batchItemFailures'][:3]}")
+
+    def qualify(self, records: list[dict[str, Any]], at_ms: int) -> None:
+        self.now_ms = at_ms
+        with contextlib.redirect_stdout(NULL), self.meter.invocation("qualify"):
+            response = qualify_app.handler({"Records": records}, LambdaContext(function_name="qualify"))
+        if response.get("batchItemFailures"):
+            raise RuntimeError(f"qualify reported failures: {response['batchItemFailures'][:3]}")
+
+    def stream_records(self, at_ms: int) -> list[dict[str, Any]]:
+        """The stream records of the writes since the last call (what the mapping reads from the shard)."""
+        out = []
+        for key, old, new, size in self.changes:
+            self.sequence += 1
+            change: dict[str, Any] = {"ApproximateCreationDateTime": at_ms // 1000, "Keys": wire(key),
+                                      "SequenceNumber": f"{self.sequence:021d}",
+                                      "SizeBytes": item_size(key) + size,
+                                      "StreamViewType": "NEW_AND_OLD_IMAGES"}
+            if new is not None:
+                change["NewImage"] = wire(new)
+            if old is not None:
+                change["OldImage"] = wire(old)
+            out.append({"eventID": f"{self.sequence:032x}",
+                        "eventName": "INSERT" if old is None else "REMOVE" if new is None else "MODIFY",
+                        "eventVersion": "1.1", "eventSource": "aws:dynamodb", "awsRegion": REGION,
+                        "dynamodb": change,
+                        "eventSourceARN": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{self.s.table}/stream/x"})
+        self.changes.clear()
+        return out
+
+    # -- setup traffic, not priced --
+
+    def fold_history(self, batches: list[list[Event]], at: Callable[[list[Event]], int]) -> None:
+        self.meter.enabled = False
+        try:
+            for batch in batches:
+                for i in range(0, len(batch), 10_000):
+                    part = sorted(batch[i:i + 10_000], key=lambda e: e.arrival_ms)
+                    self.ingest(part, at(batch))
+                for e in batch:
+                    e._record = None  # keep memory flat
+        finally:
+            self.meter.enabled = True
+            self.changes.clear()
+
+    def copy_accounts(self, mapping: dict[str, str]) -> None:
+        """Copy each prototype's items (pk A#<proto>) to other accounts, renaming the account inside."""
+        backend = MotoImages(ACCOUNT, REGION).backend
+        table = backend.get_table(self.s.table)  # written directly: setup, not a request anyone pays
+        protos: dict[str, list[dict[str, Any]]] = {}
+        for item in table.all_items():
+            attrs = item.to_json()["Attributes"]
+            pk = attrs["pk"]["S"]
+            if pk.startswith("A#proto-"):
+                protos.setdefault(pk[2:], []).append(wire(attrs))
+        for target, proto in mapping.items():
+            for attrs in protos.get(proto, []):
+                text = json.dumps(attrs).replace(proto, target)
+                table.put_item(_bytes_item(json.loads(text)))
+
+    def settle_qualification(self, accounts: list[str], at_ms: int) -> None:
+        """Qualify every account once on its current usage item (its state before the live window)."""
+        self.meter.enabled = False
+        try:
+            images = MotoImages(ACCOUNT, REGION)
+            records = []
+            for a in accounts:
+                item = images.get(self.s.table, {"pk": {"S": f"A#{a}"}, "sk": {"S": "USAGE"}})
+                if item is not None:
+                    self.changes.append(({"pk": {"S": f"A#{a}"}, "sk": {"S": "USAGE"}}, None, item, 0))
+            records = [r for r in self.stream_records(at_ms) if filter_criteria_match(self.s.stream_filters, r)]
+            for i in range(0, len(records), 100):
+                self.qualify(records[i:i + 100], at_ms)
+        finally:
+            self.meter.enabled = True
+            self.changes.clear()
+
+    # -- the measured traffic --
+
+    def run(self, name: str, events: list[Event]) -> Measured:
+        s = self.s
+        batches = sqs_batches([e.arrival_ms for e in events], s.ingest_batch_size, s.ingest_window,
+                              [e.record_bytes for e in events])
+        window = BatchWindow(s.qualify_batch_size, s.qualify_window, PAYLOAD_LIMIT_BYTES)
+        pending: deque[dict[str, Any]] = deque()
+        qualify_batches_box = [0]
+        counts = {"stream": 0, "filtered": 0}
+
+        def run_qualify(closed: list[Any]) -> None:
+            for b in closed:
+                records = [pending.popleft() for _ in range(b.size)]
+                self.qualify(records, b.invoked_ms)
+                qualify_batches_box[0] += 1
+
+        with self.meter.emulator_excluded():
+            self._feed(batches, events, window, pending, run_qualify, counts)
+            run_qualify(window.flush())
+        stream_total, filtered = counts["stream"], counts["filtered"]
+        # qualify's own writes (PQL state) produce stream records too: filtered out, never an invocation
+        for record in self.stream_records(self.now_ms):
+            stream_total += 1
+            filtered += not filter_criteria_match(s.stream_filters, record)
+        return self._measured(name, events, batches, qualify_batches_box[0], stream_total, filtered)
+
+    def _feed(self, batches: list[Any], events: list[Event], window: BatchWindow, pending: deque[dict[str, Any]],
+              run_qualify: Callable[[list[Any]], None], counts: dict[str, int]) -> None:
+        s = self.s
+        for b in batches:
+            run_qualify(window.due(b.invoked_ms))
+            self.ingest(events[b.start:b.stop], b.invoked_ms)
+            for record in self.stream_records(b.invoked_ms):
+                counts["stream"] += 1
+                if not filter_criteria_match(s.stream_filters, record):
+                    counts["filtered"] += 1
+                    continue
+                pending.append(record)
+                run_qualify(window.add(b.invoked_ms, len(json.dumps(record))))
+            for e in events[b.start:b.stop]:
+                e._record = None
+
+    def _measured(self, name: str, events: list[Event], batches: list[Any], qualify_batches: int,
+                  stream_total: int, filtered: int) -> Measured:
+        s = self.s
+        bill = Bill()
+        add_sqs_and_invocations(bill, events, batches)
+        invs = self.meter.invocations
+        bill.add_invocations("ingest", [i for i in invs if i.function == "ingest"], s.ingest_memory, self.latency_ms,
+                             cpu_scale(s.ingest_memory, self.cpu_scale))
+        bill.add_invocations("qualify", [i for i in invs if i.function == "qualify"], s.qualify_memory,
+                             self.latency_ms, cpu_scale(s.qualify_memory, self.cpu_scale))
+        self.meter.add_to(bill)
+        return Measured(name, len(events), bill, self.meter, len(batches), qualify_batches, stream_total, filtered,
+                        {"batches": batches})
+
+
+def cpu_scale(memory_mb: int, override: float | None) -> float:
+    """How much slower than one full core of this machine a handler runs in Lambda: Lambda gives a function
+    CPU in proportion to its memory, one vCPU at 1,769 MB (`--cpu-scale` overrides)."""
+    return override if override is not None else max(1.0, FULL_VCPU_MB / memory_mb)
+
+
+def _bytes_item(item: dict[str, Any]) -> dict[str, Any]:
+    def conv(v: dict[str, Any]) -> dict[str, Any]:
+        ((kind, inner),) = v.items()
+        if kind == "B":
+            return {"B": base64.b64decode(inner)}
+        if kind == "BS":
+            return {"BS": [base64.b64decode(x) for x in inner]}
+        if kind == "M":
+            return {"M": {k: conv(x) for k, x in inner.items()}}
+        if kind == "L":
+            return {"L": [conv(x) for x in inner]}
+        return v
+
+    return {k: conv(v) for k, v in item.items()}
+
+
+class Baseline:
+    """The naive ingest: per event an idempotency record (Powertools) and an UpdateItem ADD on a counter."""
+
+    def __init__(self, settings: Settings, latency_ms: float, cpu_scale: float | None) -> None:
+        self.s = settings
+        self.latency_ms = latency_ms
+        self.cpu_scale = cpu_scale
+        self.meter = Meter(MotoImages(ACCOUNT, REGION))
+        self.now_ms = 0
+
+    def run(self, name: str, events: list[Event], batches: list[Any]) -> Measured:
+        from aws_lambda_powertools.utilities.idempotency import (
+            DynamoDBPersistenceLayer,
+            IdempotencyConfig,
+            idempotent_function,
+        )
+
+        session = boto3.session.Session(region_name=REGION)
+        plain = session.client("dynamodb")
+        plain.create_table(TableName="baseline-counters", BillingMode="PAY_PER_REQUEST",
+                           AttributeDefinitions=self.s.table_args["AttributeDefinitions"],
+                           KeySchema=self.s.table_args["KeySchema"])
+        plain.create_table(TableName="baseline-idempotency",
+                           AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+                           KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}], BillingMode="PAY_PER_REQUEST")
+        self.meter.attach(session.events)
+        client = session.client("dynamodb")
+        persistence = DynamoDBPersistenceLayer(table_name="baseline-idempotency", boto3_client=client)
+        config = IdempotencyConfig(event_key_jmespath="messageId", raise_on_no_idempotency_key=True)
+
+        @idempotent_function(data_keyword_argument="message", persistence_store=persistence, config=config)
+        def count_event(message: dict[str, Any]) -> dict[str, Any]:
+            account = (message.get("context") or {}).get("groupId") or message.get("groupId") or message["userId"]
+            client.update_item(TableName="baseline-counters", Key={"pk": {"S": f"A#{account}"}, "sk": {"S": "C"}},
+                               UpdateExpression="ADD #n :one",
+                               ExpressionAttributeNames={"#n": message.get("event") or message.get("type", "?")},
+                               ExpressionAttributeValues={":one": {"N": "1"}})
+            return {"ok": True}
+
+        def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            config.register_lambda_context(context)
+            for record in event["Records"]:
+                count_event(message=json.loads(record["body"])["detail"])
+            return {"batchItemFailures": []}
+
+        with self.meter.emulator_excluded():
+            for b in batches:
+                records = [e.record(i) for i, e in enumerate(events[b.start:b.stop])]
+                with self.meter.invocation("ingest"):
+                    handler({"Records": records}, LambdaContext(function_name="baseline"))
+                for e in events[b.start:b.stop]:
+                    e._record = None
+        bill = Bill()
+        add_sqs_and_invocations(bill, events, batches)
+        bill.add_invocations("ingest", self.meter.invocations, self.s.ingest_memory, self.latency_ms,
+                             cpu_scale(self.s.ingest_memory, self.cpu_scale))
+        self.meter.add_to(bill)
+        self.meter.detach()
+        return Measured(name, len(events), bill, self.meter, len(batches))
+
+
+# ---- replay's own estimate -------------------------------------------------------------------------------
+
+
+def replay_estimate(history: Path) -> dict[str, Any]:
+    """`pqlflow replay`'s cost estimate of the demo history (summary["cost"]), whole and restricted to what
+    the faithful measurement covers (ingest, qualify, the usage queue, transitions on the bus)."""
+    from pqlflow.local.cost import RunCounts, estimate
+    from pqlflow.local.replay import TRANSITION_TYPES, run_replay, summarize
+
+    started = time.process_time()
+    result = run_replay([history], template=TEMPLATE, root=ROOT, function_output=io.StringIO())
+    summary = summarize(result, {})
+    keep = {"IngestFunction", "QualifyFunction"}
+    wiring = load_template(TEMPLATE, {}, root=ROOT)
+    usage_queue = next(s.queue_arn for s in wiring.sqs_sources if s.function == "IngestFunction")
+    usage_rules = {r.logical_id for r in wiring.rules if any(t.arn == usage_queue for t in r.targets)}
+    c = result.counters
+    sizes = [i["_bytes"] for i in result.items if i.get("kind") == "usage"]
+    usage_kb = (sum(sizes) / len(sizes) / 1024) if sizes else 1.0
+    scoped = estimate(RunCounts(
+        usage_events=result.stats.events,
+        pqlflow_events=sum(1 for e in result.observed if e.get("detail-type") in TRANSITION_TYPES),
+        schedules_created=0,
+        sqs_messages=sum(n for rule, n in c["rule_matches"].items() if rule in usage_rules),
+        invocations={k: v for k, v in c["invocations"].items() if k in keep},
+        handler_seconds={k: v for k, v in result.handler_seconds.items() if k in keep},
+        memory_mb={k: v for k, v in result.memory_mb.items() if k in keep},
+        requests_by_function={k: v for k, v in c["requests_by_function"].items() if k in keep},
+        write_units={fn: max(1, -(-int(usage_kb * 1024) // 1024)) for fn in result.usage_writers},
+    ))
+    return {"cost": summary["cost"], "scoped": scoped, "invocations": dict(c["invocations"]),
+            "cpu_seconds": time.process_time() - started, "usage_item_bytes_mean": usage_kb * 1024}
+
+
+# ---- printing --------------------------------------------------------------------------------------------
+
+
+def pct(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def stats_of(m: Measured, kind: str | None) -> dict[str, Any]:
+    sizes = [b for (fn, k), v in m.meter.write_bytes.items() if fn == "ingest" and kind in (None, k) for b in v]
+    n = m.events
+    return {
+        "writes/event": m.meter.write_requests("ingest") / n,
+        "WRU/event (ingest)": m.meter.wru("ingest") / n,
+        "WRU/event (all)": m.meter.wru() / n,
+        "item bytes p50": pct(sizes, 0.5), "item bytes p90": pct(sizes, 0.9), "item bytes max": max(sizes, default=0),
+    }
+
+
+def print_table(title: str, ours: Measured, base: Measured, notes: list[str]) -> None:
+    n = ours.events
+    keys = list(ours.bill.lines)
+    keys += [k for k in base.bill.lines if k not in ours.bill.lines]
+    print(f"\n== {title} ==")
+    for note in notes:
+        print(f"   {note}")
+    head = (f"{'service':<12}{'operation':<40}{'pqlflow units/ev':>17}{'$/M ev':>9}"
+            f"{'baseline units/ev':>19}{'$/M ev':>9}")
+    print(head)
+    print("-" * len(head))
+
+    def cell(m: Measured, key: tuple[str, str]) -> tuple[str, str]:
+        line = m.bill.lines.get(key)
+        if line is None:
+            return "", ""
+        return f"{line.units / m.events:.4g} {line.unit}", f"{line.cost(m.bill.prices) / m.events * 1e6:.3f}"
+
+    for service in ("SQS", "Lambda", "DynamoDB", "EventBridge"):
+        rows = [k for k in keys if k[0] == service]
+        for key in rows:
+            (ou, oc), (bu, bc) = cell(ours, key), cell(base, key)
+            print(f"{service:<12}{key[1]:<40}{ou:>17}{oc:>9}{bu:>19}{bc:>9}")
+        if rows:
+            print(f"{'':<12}{service + ' total':<40}{'':>17}{ours.bill.per_million(n, service):>9.3f}"
+                  f"{'':>19}{base.bill.per_million(base.events, service):>9.3f}")
+    print("-" * len(head))
+    print(f"{'':<12}{'everything pqlflow adds, $/M events':<40}{'':>17}{ours.bill.per_million(n):>9.3f}"
+          f"{'':>19}{base.bill.per_million(base.events):>9.3f}")
+    print(f"{'':<12}{'(EventBridge ingestion itself: reference)':<40}{'':>17}"
+          f"{PRICES['eventbridge_per_million_events']:>9.3f}{'':>19}{PRICES['eventbridge_per_million_events']:>9.3f}")
+    so, sb = stats_of(ours, "usage"), stats_of(base, None)
+    for label in so:
+        fmt = (lambda v: f"{v:,.0f}") if "bytes" in label else (lambda v: f"{v:.3f}")
+        print(f"{'':<12}{label:<40}{fmt(so[label]):>17}{'':>9}{fmt(sb[label]):>19}")
+    bi = ours.extra["batches"]
+    print(f"{'':<12}{'ingest invocations (events/batch)':<40}{f'{len(bi):,} ({n / len(bi):.2f})':>17}")
+    print(f"{'':<12}{'stream records → qualify (filtered out)':<40}"
+          f"{f'{ours.stream_records - ours.filtered_out:,} ({ours.filtered_out:,})':>17}")
+    delivered = ours.stream_records - ours.filtered_out
+    per_batch = delivered / max(1, ours.qualify_batches)
+    print(f"{'':<12}{'qualify invocations (records/batch)':<40}{f'{ours.qualify_batches:,} ({per_batch:.2f})':>17}")
+
+
+# ---- shapes ----------------------------------------------------------------------------------------------
+
+
+def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
+    started = time.process_time()
+    events, lines = demo_history(args.sparse_accounts)
+    accounts = len({message_account(e.message) for e in events})
+    with mock_aws(), moto_speedups():
+        ours = Pqlflow(s, args.aws_latency_ms, args.cpu_scale)
+        ours.start()
+        measured = ours.run("sparse", events)
+        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("sparse", events, measured.extra["batches"])
+    clock.set_source(None)
+    cpu = time.process_time() - started
+    subset = "all its" if args.sparse_accounts is None else f"the first {accounts} (--sparse-accounts) of its"
+    notes = [f"events/demo/history.jsonl, {subset} accounts: {len(events):,} events, "
+             f"{events[0].message['timestamp'][:10]} .. {events[-1].message['timestamp'][:10]}, "
+             "arrival = event timestamp, all measured",
+             settings_note(s, args), f"bench CPU {cpu:.0f} s (pqlflow + baseline)"]
+    print_table("sparse (demo history)", measured, base, notes)
+    if args.no_replay:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        history = HISTORY
+        if args.sparse_accounts is not None:
+            history = Path(folder) / "history.jsonl"
+            history.write_text("\n".join(lines) + "\n")
+        rep = replay_estimate(history)
+    faithful = measured.bill.per_million(measured.events)
+    whole, scoped = rep["cost"]["pqlflow_per_million"], rep["scoped"]["pqlflow_per_million"]
+    print(f"\n   pqlflow replay's own estimate for the same history (summary['cost'], {rep['cpu_seconds']:.0f} s CPU):")
+    print(f"     all functions: ${whole:.3f}/M on top of EventBridge; "
+          f"ingest + qualify + usage queue + transitions only: ${scoped:.3f}/M")
+    print(f"     faithful figure (this bench): ${faithful:.3f}/M → replay differs by "
+          f"{(scoped - faithful) / faithful * 100:+.0f}% (same scope)")
+    lines = rep["scoped"]["lines"]
+    ours_by = {svc: measured.bill.per_million(measured.events, svc) for svc in ("SQS", "Lambda", "DynamoDB",
+                                                                                 "EventBridge")}
+    def rep(*names: str) -> float:
+        return float(sum(lines[n]["per_million_events"] for n in names))
+
+    rep_by = {"SQS": rep("sqs"), "Lambda": rep("lambda_requests", "lambda_duration"),
+              "DynamoDB": rep("dynamodb_writes", "dynamodb_reads"), "EventBridge": rep("eventbridge_pqlflow")}
+    for svc in ours_by:
+        print(f"     {svc:<12} replay ${rep_by[svc]:.3f}/M   faithful ${ours_by[svc]:.3f}/M")
+    print(f"     replay's invocations: {rep['invocations']}; its mean usage item {rep['usage_item_bytes_mean']:,.0f} B "
+          f"(billed per write as {max(1, math.ceil(rep['usage_item_bytes_mean'] / 1024))} WRU)")
+
+
+def settings_note(s: Settings, args: argparse.Namespace) -> str:
+    scale = cpu_scale(s.ingest_memory, args.cpu_scale)
+    return (f"template settings: ingest BatchSize {s.ingest_batch_size}, window {s.ingest_window:g} s, "
+            f"{s.ingest_memory} MB; qualify BatchSize {s.qualify_batch_size}, window {s.qualify_window:g} s, "
+            f"{s.qualify_memory} MB; Lambda billed ms = handler CPU measured × {scale:.2f} (CPU share at "
+            f"{s.ingest_memory} MB) + {args.aws_latency_ms:g} ms per AWS request, rounded up per invocation")
+
+
+def build_steady_accounts(ours: Pqlflow, accounts: list[str], seed: int) -> None:
+    """90 days of steady history for PROTOTYPES accounts through the real handler (day-sized batches), then
+    their items copied to `accounts`, then each account qualified once on its item."""
+    history = steady_history(PROTOTYPES, 90, 40, LIVE_START_MS, seed)
+    ours.fold_history(history, lambda batch: max(e.arrival_ms for e in batch) + 1)
+    ours.copy_accounts({a: proto_id(i % PROTOTYPES) for i, a in enumerate(accounts)})
+    ours.settle_qualification(accounts, LIVE_START_MS)
+
+
+def shape_busy(s: Settings, args: argparse.Namespace) -> None:
+    started = time.process_time()
+    accounts = [account_id(i) for i in range(args.accounts)]
+    events = live_traffic(args.accounts, LIVE_START_MS, args.minutes, seed=7)
+    with mock_aws(), moto_speedups():
+        ours = Pqlflow(s, args.aws_latency_ms, args.cpu_scale)
+        ours.start()
+        build_steady_accounts(ours, accounts, seed=1)
+        setup = time.process_time() - started
+        measured = ours.run("busy", events)
+        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("busy", events, measured.extra["batches"])
+    clock.set_source(None)
+    cpu = time.process_time() - started
+    notes = [f"{args.accounts:,} accounts, 90 days of steady history (~40 events/day over {len(NAMES)} names; "
+             f"{PROTOTYPES} prototypes folded in 6-day batches, copied), live {args.minutes:g} min: "
+             f"{len(events):,} events (one per account every 2–3 min)",
+             settings_note(s, args), f"bench CPU {cpu:.0f} s (history setup {setup:.0f} s)"]
+    print_table(f"busy ({args.accounts:,} accounts, live {args.minutes:g} min)", measured, base, notes)
+
+
+def shape_hot(s: Settings, args: argparse.Namespace) -> None:
+    started = time.process_time()
+    ordinary = [account_id(i) for i in range(100)]
+    live_end = LIVE_START_MS + int(args.minutes * MIN_MS)
+    events = live_traffic(100, LIVE_START_MS, args.minutes, seed=11)
+    events += hot_traffic(LIVE_START_MS, live_end, 100_000, seed=12, prefix="hot-live")
+    events.sort(key=lambda e: e.arrival_ms)
+    with mock_aws(), moto_speedups():
+        ours = Pqlflow(s, args.aws_latency_ms, args.cpu_scale)
+        ours.start()
+        build_steady_accounts(ours, ordinary, seed=2)
+        hot_history = hot_traffic(LIVE_START_MS - 26 * HOUR_MS, LIVE_START_MS, 100_000, seed=13, prefix="hot-h")
+        hours: dict[int, list[Event]] = {}
+        for e in hot_history:
+            hours.setdefault(e.arrival_ms // HOUR_MS, []).append(e)
+        ours.fold_history([hours[h] for h in sorted(hours)],
+                          lambda batch: (batch[0].arrival_ms // HOUR_MS + 1) * HOUR_MS)
+        ours.settle_qualification(["hot-0001"], LIVE_START_MS)
+        hot_item = MotoImages(ACCOUNT, REGION).get(s.table, {"pk": {"S": "A#hot-0001"}, "sk": {"S": "USAGE"}})
+        setup = time.process_time() - started
+        measured = ours.run("hot", events)
+        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("hot", events, measured.extra["batches"])
+    clock.set_source(None)
+    cpu = time.process_time() - started
+    hot_live = sum(1 for e in events if e.message["context"]["groupId"] == "hot-0001")
+    notes = [f"hot-0001 at 100,000 events/day (26 h of history in hourly batches: {len(hot_history):,} events, its "
+             f"item {item_size(hot_item):,} B at the start) beside 100 ordinary accounts (90 days of history)",
+             f"live {args.minutes:g} min: {len(events):,} events, {hot_live:,} of them the hot account's",
+             settings_note(s, args), f"bench CPU {cpu:.0f} s (history setup {setup:.0f} s)"]
+    print_table(f"hot (1 account at 100k/day + 100 ordinary, live {args.minutes:g} min)", measured, base, notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["sparse", "busy", "hot", "all"], default="all")
+    parser.add_argument("--accounts", type=int, default=1000, help="busy shape: accounts (default 1000)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="live window of the busy and hot shapes (default: busy 5, hot 10)")
+    parser.add_argument("--window", type=float, default=None, metavar="S",
+                        help="IngestBatchingWindowSeconds to price (default: the template's)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="IngestBatchSize to price (default: the template's)")
+    parser.add_argument("--aws-latency-ms", type=float, default=5.0, metavar="MS",
+                        help="billed wait per AWS request a handler makes (default 5; 0 = CPU time only)")
+    parser.add_argument("--sparse-accounts", type=int, default=SPARSE_ACCOUNTS, metavar="N",
+                        help=f"sparse shape: the demo history's first N accounts (default {SPARSE_ACCOUNTS}; "
+                        "0 = all 60, ~4x the time)")
+    parser.add_argument("--cpu-scale", type=float, default=None, metavar="X",
+                        help=f"Lambda CPU time per CPU second measured here (default {FULL_VCPU_MB} MB / MemorySize: "
+                        "Lambda's CPU share; 1 = as fast as this machine's core)")
+    parser.add_argument("--no-replay", action="store_true", help="sparse shape: skip replay's own estimate")
+    args = parser.parse_args(argv)
+    if args.sparse_accounts is not None and args.sparse_accounts < 0:
+        parser.error(f"--sparse-accounts {args.sparse_accounts}: must be 0 (all) or more")
+    if args.sparse_accounts == 0:
+        args.sparse_accounts = None
+    if args.accounts < PROTOTYPES:
+        parser.error(f"--accounts {args.accounts}: at least {PROTOTYPES}")
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes {args.minutes:g}: must be positive")
+    if args.cpu_scale is not None and not args.cpu_scale > 0:
+        parser.error("--cpu-scale must be positive")
+    if args.aws_latency_ms < 0:
+        parser.error("--aws-latency-ms must not be negative")
+    try:
+        settings = template_settings(args.window, args.batch_size)
+        sqs_batches([0], settings.ingest_batch_size, settings.ingest_window)  # AWS's own constraints
+    except ValueError as exc:
+        parser.error(str(exc))
+    started = time.process_time()
+    wall = time.perf_counter()
+    shapes = ["sparse", "busy", "hot"] if args.shape == "all" else [args.shape]
+    for shape in shapes:
+        shape_args = copy.copy(args)
+        if args.minutes is None:
+            shape_args.minutes = {"busy": 5.0, "hot": 10.0}.get(shape, 0.0)
+        {"sparse": shape_sparse, "busy": shape_busy, "hot": shape_hot}[shape](settings, shape_args)
+        sys.stdout.flush()
+    print(f"\ntotal: {time.process_time() - started:.0f} s CPU, {time.perf_counter() - wall:.0f} s wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
