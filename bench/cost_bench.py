@@ -998,11 +998,11 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
     lines = rep["scoped"]["lines"]
     ours_by = {svc: measured.bill.per_million(measured.events, svc) for svc in ("SQS", "Lambda", "DynamoDB",
                                                                                  "EventBridge")}
-    def rep(*names: str) -> float:
+    def line(*names: str) -> float:
         return float(sum(lines[n]["per_million_events"] for n in names))
 
-    rep_by = {"SQS": rep("sqs"), "Lambda": rep("lambda_requests", "lambda_duration"),
-              "DynamoDB": rep("dynamodb_writes", "dynamodb_reads"), "EventBridge": rep("eventbridge_pqlflow")}
+    rep_by = {"SQS": line("sqs"), "Lambda": line("lambda_requests", "lambda_duration"),
+              "DynamoDB": line("dynamodb_writes", "dynamodb_reads"), "EventBridge": line("eventbridge_pqlflow")}
     for svc in ours_by:
         print(f"     {svc:<12} replay ${rep_by[svc]:.3f}/M   faithful ${ours_by[svc]:.3f}/M")
     print(f"     replay's invocations: {rep['invocations']}; its mean usage item {rep['usage_item_bytes_mean']:,.0f} B "
