@@ -10,8 +10,11 @@ import boto3
 import pytest
 from moto import mock_aws
 from pqlflow.kernel import clock
+from pqlflow.local import moto_transactions
 
 from tests.support.template import load_template, table_definition
+
+moto_transactions.install()  # moto copies whole tables per TransactWriteItems otherwise (see the module)
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
-from pqlflow.local import calls
+from pqlflow.local import calls, moto_transactions
 from pqlflow.local.aws import Clients, create_all
 from pqlflow.local.eventbus import EventRouter
 from pqlflow.local.functions import FunctionHost, FunctionLoadError, Outcome
@@ -136,6 +136,7 @@ class LocalRuntime:
         if self._started:
             return self
         calls.install()
+        moto_transactions.install()
         if self._start_mock:
             from moto import mock_aws  # a dev dependency: imported only when running locally
 
