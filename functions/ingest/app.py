@@ -32,7 +32,7 @@ def _config() -> IngestConfig:
     return IngestConfig(
         spec=tracking_spec(settings),
         quarantine_days=settings.QUARANTINE_DAYS,
-        dedupe_window_ms=settings.DEDUPE_WINDOW_HOURS * 3_600_000,
+        pending_hours=settings.PENDING_WINDOW_HOURS,
     )
 
 

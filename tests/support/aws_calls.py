@@ -17,14 +17,26 @@ class CallRecorder:
         self.client = client
         self.calls: Counter[str] = Counter()
         self.total = 0
+        self.transact_items = 0  # items written by TransactWriteItems calls (each is billed as a write)
         self.fail_at: int | None = None
         self.failure: type[BaseException] | str = "throttle"
+        client.meta.events.register("before-parameter-build.*.*", self._params)
         client.meta.events.register("before-call.*.*", self._before)
+        client.meta.events.register("after-call.*.*", self._after)
+
+    def _params(self, params: Any, model: Any, **_: Any) -> None:
+        if model.name == "TransactWriteItems" and isinstance(params, dict):
+            self.transact_items += len(params.get("TransactItems", []))
+
+    def _after(self, model: Any, **_: Any) -> None:
+        """failure "crash_after": the call succeeded, then the process died before it saw the answer."""
+        if self.failure == "crash_after" and self.fail_at is not None and self.total == self.fail_at:
+            raise Crash(f"injected crash after call {self.total} ({model.name}) succeeded")
 
     def _before(self, model: Any, **_: Any) -> None:
         self.total += 1
         self.calls[model.name] += 1
-        if self.fail_at is not None and self.total == self.fail_at:
+        if self.fail_at is not None and self.total == self.fail_at and self.failure != "crash_after":
             if self.failure == "throttle":
                 raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException",
                                              "Message": "injected"}}, model.name)

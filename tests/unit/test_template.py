@@ -364,15 +364,19 @@ def test_dashboard_is_valid_json_and_shows_every_function_and_dead_letter_queue(
     assert set(_resources(template, FUNCTION)) | dead_letter <= refs
 
 
-def test_ingest_writes_usage_and_reads_only_the_definition_in_force(template: dict[str, Any]) -> None:
-    # Ingest never reads usage state (exactly-once without read-before-write); its one read is the
-    # definition in force (pk DEF), to know which gauges and filters to keep.
+def test_ingest_reads_usage_state_only_to_compact_it_and_otherwise_only_the_definition_in_force(
+    template: dict[str, Any],
+) -> None:
+    # Ingest never reads usage state before writing it (exactly-once without read-before-write): its reads of
+    # usage items are compaction's (the cold item, late hours' archives), on the same A#<account> prefix it
+    # writes; its only other read is the definition in force (pk DEF), to know which gauges and filters to keep.
     statements = [s for p in template["Resources"]["IngestFunction"]["Properties"]["Policies"]
                   for s in p.get("Statement", [])]
     actions = {a for s in statements for a in _as_list(s["Action"])}
-    assert actions == {"dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem"}
-    (read,) = [s for s in statements if "dynamodb:GetItem" in _as_list(s["Action"])]
-    assert read["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"] == ["DEF"]
+    assert actions == {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:BatchGetItem",
+                       "dynamodb:BatchWriteItem"}
+    reads = [s for s in statements if "dynamodb:GetItem" in _as_list(s["Action"])]
+    assert sorted(tuple(sorted(_leading_keys(s))) for s in reads) == [("A#*",), ("DEF",)]
 
 
 # --- least privilege on the table: each function only the key prefixes and actions its code uses ------
@@ -393,6 +397,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     from pqlflow.channels.offers.store import OfferStore
     from pqlflow.channels.rep_tasks.store import RepTaskStore
     from pqlflow.contracts.usage_events import Rejection
+    from pqlflow.ingest.cold import archive_key, cold_key
     from pqlflow.ingest.item import usage_key
     from pqlflow.ingest.quarantine import quarantine_item
     from pqlflow.nurture.store import action_key, cap_key
@@ -401,6 +406,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     from pqlflow.qualify.transitions import state_key
 
     usage, quarantine = _pattern(usage_key("acct")), _pattern(quarantine_item("{}", Rejection("body", "x"), 0, 1))
+    cold, archive = _pattern(cold_key("acct")), _pattern(archive_key("acct", None, 0))
     definition = _pattern({"pk": definitions.PK})
     pql = _pattern(state_key("acct", None))
     action, account_cap, user_cap = (_pattern(action_key("acct", "t")), _pattern(cap_key("account", "acct")),
@@ -410,11 +416,15 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     task, counter = _pattern(RepTaskStore._key("acct", "t")), _pattern(RepTaskStore.counter_key("any:any"))
     marker = _pattern(marker_key("acct", "a"))
     return {
-        # ingest: the usage write per account, quarantined events, the definition in force (read only)
-        "IngestFunction": {"dynamodb:UpdateItem": {usage}, "dynamodb:BatchWriteItem": {quarantine},
-                           "dynamodb:GetItem": {definition}},
-        # qualify: transition state (conditional put/update), the published definition (read only)
-        "QualifyFunction": {"dynamodb:PutItem": {pql}, "dynamodb:UpdateItem": {pql}, "dynamodb:GetItem": {definition}},
+        # ingest: the usage write per account; compaction's transaction (hot update, cold put, archive updates)
+        # and reads (cold item, archives); quarantined events; the definition in force (read only)
+        "IngestFunction": {"dynamodb:UpdateItem": {usage, cold, archive}, "dynamodb:PutItem": {cold},
+                           "dynamodb:GetItem": {usage, cold, definition}, "dynamodb:BatchGetItem": {archive},
+                           "dynamodb:BatchWriteItem": {quarantine}},
+        # qualify: transition state (conditional put/update), the cold usage item and the published definition
+        # (read only)
+        "QualifyFunction": {"dynamodb:PutItem": {pql}, "dynamodb:UpdateItem": {pql},
+                            "dynamodb:GetItem": {cold, definition}},
         # route: one BatchGetItem of action, caps and suppressions; the transaction; the emitted mark
         "RouteFunction": {"dynamodb:BatchGetItem": {action, account_cap, user_cap, suppression},
                           "dynamodb:PutItem": {action}, "dynamodb:UpdateItem": {action, account_cap, user_cap}},

@@ -8,8 +8,7 @@ from datetime import datetime
 import boto3
 import pytest
 from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
-from pqlflow.ingest.item import decode_image, usage_key
-from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.ingest.usage import FilterSpec, GaugeSpec, TrackingSpec
 from pqlflow.kernel import clock
 
@@ -49,8 +48,7 @@ def ingest(table_name, ddb, recorder):
 
 
 def usage(ddb, table_name, account="acme", user=None):
-    item = ddb.get_item(TableName=table_name, Key=usage_key(account, user), ConsistentRead=True).get("Item")
-    return decode_image(item) if item else None
+    return read_usage(ddb, table_name, account, user)
 
 
 def quarantine(ddb, table_name):

@@ -7,12 +7,13 @@ import uuid
 
 import boto3
 import pytest
+import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pqlflow.contracts.usage_events import UsageEvent, parse_message
+from pqlflow.ingest import compaction
 from pqlflow.ingest.batch import IngestBatch, IngestConfig
-from pqlflow.ingest.item import decode_image, usage_key
-from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.ingest.usage import AccountUsage, GaugeSpec, TrackingSpec
 from pqlflow.kernel import clock
 
@@ -83,9 +84,9 @@ def _body(message: dict | str) -> str:
 def _state(client, table: str) -> dict[str, AccountUsage]:
     states = {}
     for account in ACCOUNTS:
-        item = client.get_item(TableName=table, Key=usage_key(account), ConsistentRead=True).get("Item")
-        if item:
-            states[account] = decode_image(item)
+        usage = read_usage(client, table, account)
+        if usage is not None:
+            states[account] = usage
     return states
 
 
@@ -137,5 +138,115 @@ def test_a_failure_at_any_aws_call_then_redelivery_gives_the_clean_state(aws, fa
             retry = FAULT_BATCH  # nothing was acknowledged: the whole batch comes back
         recorder.fail_at = None
         _ingest(store, retry)
+        # Then the state is the clean run's
+        assert _state(client, table) == expected, f"differs after failing call {n} ({failure})"
+
+
+# ---- with the clock moving: lateness up to weeks, compaction between batches, size pressure --------------
+
+DAY = 24 * HOUR
+LATE_NOW_MS = NOW_MS + 40 * DAY  # the clock at the last batch
+
+
+def _late_message(i: int, kind: str, account: str, user: str, age_h: int, value: int) -> dict:
+    message = _message(i, kind, account, user, 0, value)
+    message["timestamp"] = iso(LATE_NOW_MS - age_h * HOUR - i)
+    return message
+
+
+late_strategy = st.lists(
+    st.tuples(st.sampled_from(["Message Sent", "Invite Sent", "gauge", "group", "identify"]),
+              st.sampled_from(ACCOUNTS), st.sampled_from(["u1", "u2", "u3"]),
+              st.integers(0, 30 * 24), st.integers(0, 50)),
+    min_size=1, max_size=30,
+).map(lambda rows: [_late_message(i, *row) for i, row in enumerate(rows)])
+
+
+def _ms(message: dict) -> int:
+    event = parse_message(message, LATE_NOW_MS / 1000)
+    assert isinstance(event, UsageEvent)
+    return event.ms
+
+
+def _ingest_at(store: DynamoUsageStore, messages: list[dict], now_ms: int) -> list[dict]:
+    """One batch processed at wall-clock time `now_ms` (time-machine moves the real clock)."""
+    with time_machine.travel(now_ms / 1000, tick=False):
+        batch = IngestBatch(IngestConfig(spec=SPEC), clock.now_ms())
+        for i, message in enumerate(messages):
+            batch.add(i, _body(message))
+        failed: list[int] = []
+        batch.commit(store, lambda record, exc: failed.append(record))
+    return [messages[i] for i in sorted(set(failed))]
+
+
+def _expected_late(messages: list[dict]) -> dict[str, AccountUsage]:
+    states: dict[str, AccountUsage] = {}
+    for message in {m["messageId"]: m for m in reversed(messages)}.values():  # the first copy of each
+        event = parse_message(message, LATE_NOW_MS / 1000)
+        assert isinstance(event, UsageEvent)
+        states.setdefault(event.account_id, AccountUsage(event.account_id)).apply(event, SPEC)
+    return states
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=late_strategy, data=st.data())
+def test_any_lateness_up_to_weeks_with_the_clock_moving_gives_the_state_of_one_clean_pass(aws, monkeypatch,
+                                                                                         messages, data):
+    # Given any multiset of events over 30 days, each copy arriving any time between its event and the last
+    # batch (a copy weeks after its hour was folded: a Segment replay or a re-import), in any batching
+    copies = messages + data.draw(st.lists(st.sampled_from(messages), max_size=2 * len(messages)), label="dups")
+    arrivals = sorted((_ms(m) + data.draw(st.integers(0, LATE_NOW_MS - _ms(m)), label="delay"), n, m)
+                      for n, m in enumerate(copies))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(arrivals)), max_size=6), label="cuts"))
+    batches = [arrivals[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrivals)], strict=True) if b > a]
+    # ...with the items of some runs pushed past the size limits (the thresholds made tiny)
+    if data.draw(st.booleans(), label="size pressure"):
+        monkeypatch.setattr(compaction, "SIZE_SOFT_LIMIT", 400)
+        monkeypatch.setattr(compaction, "BUSY_BYTES", 200)
+    client, table = _fresh_table()
+    store = DynamoUsageStore(table, client)
+    # When each batch is processed at the wall-clock time its last event arrived
+    for batch in batches:
+        assert _ingest_at(store, [m for _, _, m in batch], batch[-1][0]) == []
+    # Then the state is exactly one in-order pass over the unique events
+    assert _state(client, table) == _expected_late(messages)
+
+
+# A batch that does everything at once: the happy-path writes, a compaction reading the cold item and the
+# archive of a late hour, and a transaction; after a first batch whose hours were folded long ago.
+EARLIER = [_late_message(100 + i, "Message Sent", ACCOUNTS[i % 2], f"u{i % 3}", 20 * 24 + i, i) for i in range(6)]
+COMPACTING_BATCH = EARLIER[:3] + [_late_message(i, kind, ACCOUNTS[i % 2], f"u{i % 3}", [0, 3, 50, 20 * 24][i % 4], i)
+                                  for i, kind in enumerate(["Message Sent", "group", "gauge", "Invite Sent",
+                                                            "identify", "Message Sent", "Message Sent"])]
+
+
+def _prepared(recorder_client: object | None = None) -> tuple[object, str, DynamoUsageStore]:
+    client, table = _fresh_table()
+    store = DynamoUsageStore(table, client)
+    assert _ingest_at(store, EARLIER, LATE_NOW_MS - 20 * DAY + HOUR) == []
+    assert _ingest_at(store, EARLIER[3:4], LATE_NOW_MS - 10 * DAY) == []  # its compaction folds EARLIER's hours
+    return client, table, store
+
+
+@pytest.mark.parametrize("failure", ["throttle", "crash", "crash_after"])
+def test_a_failure_at_any_aws_call_of_a_batch_and_its_compaction_then_redelivery_gives_the_clean_state(aws, failure):
+    client, table, store = _prepared()
+    recorder = CallRecorder(client)
+    assert _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS) == []
+    expected, calls = _state(client, table), recorder.total
+    assert expected == _expected_late(EARLIER + COMPACTING_BATCH)
+    assert {"TransactWriteItems", "BatchGetItem", "GetItem"} <= set(recorder.calls)
+    for n in range(1, calls + 1):
+        # Given the Nth AWS call of the batch fails: an AWS error, the process dying before it, or after it
+        client, table, store = _prepared()
+        recorder = CallRecorder(client)
+        recorder.fail_at, recorder.failure = n, failure
+        # When the batch runs, and SQS redelivers what was not acknowledged (a minute later)
+        try:
+            retry = _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS)
+        except Crash:
+            retry = COMPACTING_BATCH  # nothing was acknowledged: the whole batch comes back
+        recorder.fail_at = None
+        assert _ingest_at(store, retry, LATE_NOW_MS + 60_000) == []
         # Then the state is the clean run's
         assert _state(client, table) == expected, f"differs after failing call {n} ({failure})"

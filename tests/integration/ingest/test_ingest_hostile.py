@@ -17,9 +17,8 @@ from typing import Any
 import boto3
 import pytest
 from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
-from pqlflow.ingest.item import decode_image, usage_key
 from pqlflow.ingest.quarantine import RAW_LIMIT, list_quarantine, quarantine_item
-from pqlflow.ingest.store import DynamoUsageStore
+from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.ingest.usage import GaugeSpec, TrackingSpec
 from pqlflow.kernel import clock
 
@@ -253,8 +252,7 @@ def sqs_event_of(bodies: list[str]) -> dict[str, Any]:
 
 
 def usage(ddb, table_name, account="acme", user=None):
-    item = ddb.get_item(TableName=table_name, Key=usage_key(account, user), ConsistentRead=True).get("Item")
-    return decode_image(item) if item else None
+    return read_usage(ddb, table_name, account, user)
 
 
 def quarantined(ddb, table_name) -> dict[str, dict[str, Any]]:

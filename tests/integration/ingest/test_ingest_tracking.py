@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from pqlflow.ingest.item import decode_image, usage_key
+from pqlflow.ingest.store import read_usage
 from pqlflow.kernel import clock
 from pqlflow.kernel.settings import IngestSettings
 from pqlflow.qualify import tracking
@@ -45,6 +45,5 @@ def test_a_published_definitions_gauge_is_kept_by_ingest(table_name, monkeypatch
     # When a Contacts Updated event arrives through the real handler
     app.handler(sqs_event([track("Contacts Updated", NOW_MS - 1000, "c1", total=8123)]), LambdaContext())
     # Then the gauge the definition names is in the usage state
-    item = client.get_item(TableName=table_name, Key=usage_key("acme"))["Item"]
-    assert decode_image(item).gauge("Contacts Updated.total") == 8123
+    assert read_usage(client, table_name, "acme").gauge("Contacts Updated.total") == 8123
     assert IngestSettings(TABLE_NAME=table_name).DEFINITION_CACHE_SECONDS == 60

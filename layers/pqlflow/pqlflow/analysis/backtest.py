@@ -53,6 +53,7 @@ from pqlflow.contracts.usage_events import (
     parse_body,
 )
 from pqlflow.ingest.usage import (
+    HOUR_MS,
     MAX_USERS_PER_DAY,
     SEEN,
     AccountUsage,
@@ -792,8 +793,9 @@ def _fold_traits(
         day_set.add(fp)
     user_traits = usage.users.setdefault(user, {})
     seen_at = user_traits.get(SEEN)
-    if seen_at is None or (ms, "null") > seen_at:
-        user_traits[SEEN] = (ms, "null")
+    stamp = ms - ms % HOUR_MS  # pqlflow.ingest.usage.seen_stamp, inlined on this hot path
+    if seen_at is None or (stamp, "null") > seen_at:
+        user_traits[SEEN] = (stamp, "null")
     account_traits = kind == "group" or (kind == "identify" and usage.account_id.startswith("user:"))
     if not account_traits and kind != "identify":
         return
@@ -968,8 +970,9 @@ def run_definition(
                             if user_traits is None:
                                 user_traits = usage.users[user] = {}
                             seen_at = user_traits.get(SEEN)
-                            if seen_at is None or (ms, "null") > seen_at:
-                                user_traits[SEEN] = (ms, "null")
+                            stamp = ms - ms % HOUR_MS
+                            if seen_at is None or (stamp, "null") > seen_at:
+                                user_traits[SEEN] = (stamp, "null")
                             name = rec[6]
                             lifetime = usage.lifetime
                             lifetime[name] = lifetime.get(name, 0) + 1

@@ -142,6 +142,8 @@ def load_state(path: str, defn: Definition) -> list[AccountUsage]:
         except json.JSONDecodeError:
             whole = None
         if isinstance(whole, dict):
+            if isinstance(whole.get("Items"), list):  # `aws dynamodb query` of the account: hot + cold items
+                return [_decode_items(whole["Items"], path)]
             image = (
                 whole.get("Item")
                 or whole.get("NewImage")
@@ -149,9 +151,7 @@ def load_state(path: str, defn: Definition) -> list[AccountUsage]:
                 or whole
             )
             if "pk" in image and isinstance(image["pk"], dict):
-                from pqlflow.ingest.item import decode_image
-
-                return [decode_image(image)]
+                return [_decode_items([image], path)]
             records = [(1, whole)]
         else:
             records = []
@@ -162,6 +162,24 @@ def load_state(path: str, defn: Definition) -> list[AccountUsage]:
                     except json.JSONDecodeError as exc:
                         raise UsageError(f"{path}:{n}: not valid JSON: {exc.msg}") from None
     return fold(records, defn, path)
+
+
+def _decode_items(items: list[Any], path: str) -> AccountUsage:
+    """An account's usage from its DynamoDB items: the usage item and, once compacted, its cold item."""
+    from pqlflow.ingest.cold import COLD_KIND, ColdUsage, StaleCold
+    from pqlflow.ingest.item import KIND, decode_image
+
+    hot = [i for i in items if isinstance(i, dict) and i.get("kind", {}).get("S", KIND) == KIND]
+    cold = [i for i in items if isinstance(i, dict) and i.get("kind", {}).get("S") == COLD_KIND]
+    if not hot:
+        raise UsageError(f"{path}: no usage item (kind usage) in the file")
+    try:
+        return decode_image(hot[0], ColdUsage.parse(cold[0]) if cold else None)
+    except StaleCold:
+        raise UsageError(f"{path}: the usage item has been compacted and its cold item is not in the file "
+                         "(or is of another version); export both with: aws dynamodb query --table-name T "
+                         "--key-condition-expression 'pk = :a AND begins_with(sk, :u)' --expression-attribute-values "
+                         "'{\":a\": {\"S\": \"A#<account>\"}, \":u\": {\"S\": \"USAGE\"}}'") from None
 
 
 def fold(records: list[tuple[int, Any]], defn: Definition, path: str) -> list[AccountUsage]:

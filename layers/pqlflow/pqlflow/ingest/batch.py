@@ -18,13 +18,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_body
-from pqlflow.ingest.item import (
-    DEFAULT_DEDUPE_WINDOW_MS,
-    SubjectDelta,
-    compaction_request,
-    update_requests,
-    usage_key,
-)
+from pqlflow.ingest import compaction
+from pqlflow.ingest.cold import ColdUsage
+from pqlflow.ingest.item import StoredUsage, SubjectDelta, update_requests, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, quarantine_item
 from pqlflow.ingest.usage import GaugeError, TrackingSpec, fingerprint
 
@@ -42,7 +38,13 @@ class UsageStore(Protocol):
 
     def update(self, request: dict[str, Any]) -> dict[str, Any] | None: ...
 
-    def compact(self, request: dict[str, Any]) -> bool: ...
+    def read_usage_item(self, account_id: str, user_id: str | None) -> dict[str, Any] | None: ...
+
+    def read_cold(self, account_id: str, user_id: str | None) -> ColdUsage | None: ...
+
+    def read_archives(self, account_id: str, user_id: str | None, hours: list[int]) -> dict[int, set[bytes]]: ...
+
+    def transact(self, items: list[dict[str, Any]]) -> bool: ...
 
     def quarantine(self, items: list[dict[str, Any]]) -> QuarantineWrite: ...
 
@@ -51,7 +53,7 @@ class UsageStore(Protocol):
 class IngestConfig:
     spec: TrackingSpec = field(default_factory=TrackingSpec)
     quarantine_days: int = 14
-    dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS
+    pending_hours: int = compaction.DEFAULT_PENDING_HOURS
 
 
 @dataclass
@@ -64,6 +66,7 @@ class BatchOutcome:
     subjects_written: int = 0
     write_requests: int = 0
     compactions: int = 0
+    late_duplicates: int = 0  # copies recognized by the archive of an hour folded before
     failed_subjects: int = 0
     quarantine_reduced: int = 0  # quarantine items DynamoDB refused whole, stored in their reduced form
     quarantine_dropped: int = 0  # refused even reduced (never expected): logged, not retried
@@ -133,7 +136,7 @@ class IngestBatch:
         for key, delta in self.deltas.items():
             try:
                 item = None
-                for request in update_requests(store.table, delta, self.now_ms):
+                for request in update_requests(store.table, delta, self.now_ms, self.config.spec.active_user_days):
                     item = store.update(request)
                     self.outcome.write_requests += 1
                 self.outcome.subjects_written += 1
@@ -142,8 +145,10 @@ class IngestBatch:
                 for record in self.records.get(key, []):
                     on_failure(record, exc)
                 continue
-            if item:
-                self._compact(store, item)
+            if item and not self._compact(store, item):
+                late = RuntimeError("late events of this subject await a compaction: retried to count them")
+                for record in self.records.get(key, []):
+                    on_failure(record, late)
         return self.outcome
 
     def _quarantine(self, store: UsageStore, on_failure: Callable[[Any, BaseException], None]) -> None:
@@ -168,15 +173,43 @@ class IngestBatch:
             else:
                 self.outcome.quarantined[rejection.field or "body"] += 1
 
-    def _compact(self, store: UsageStore, item: dict[str, Any]) -> None:
-        request = compaction_request(store.table, item, self.config.spec, self.now_ms, self.config.dedupe_window_ms)
-        if request is None:
-            return
+    def _compact(self, store: UsageStore, item: dict[str, Any]) -> bool:
+        """Compact while the item says it is due (a backfill may need several rounds); False when events this
+        batch wrote are left uncounted: late slots (hours folded before) still awaiting their archive check.
+
+        A failed compaction leaves the state as it was (the transaction is all or nothing). That is correct as
+        it stands unless late slots remain: then the subject's records are reported for retry, and their
+        redelivery compacts again. A compaction that lost a race re-reads the item and goes on."""
+        stored = StoredUsage.parse(item)
+        hours = self.config.pending_hours
         try:
-            if store.compact(request):
+            for _ in range(MAX_COMPACTION_ROUNDS):
+                if not compaction.is_due(stored, self.now_ms, hours):
+                    return True
+                cold = store.read_cold(stored.account_id, stored.user_id) if stored.needs_cold else None
+                if stored.needs_cold and (cold is None or cold.version != stored.cver):
+                    stored = self._reread(store, stored)  # another instance compacted since: start from its item
+                    continue
+                late = compaction.late_hours(stored, self.now_ms, hours)
+                archives = store.read_archives(stored.account_id, stored.user_id, late) if late else {}
+                plan = compaction.plan(store.table, stored, cold, archives, self.config.spec, self.now_ms, hours)
+                if not store.transact(plan.transact_items):
+                    stored = self._reread(store, stored)
+                    continue
                 self.outcome.compactions += 1
-        except Exception:  # noqa: BLE001, S110 - state is already correct; the next batch compacts again
+                self.outcome.late_duplicates += plan.late_duplicates
+                stored = plan.after
+        except Exception:  # noqa: BLE001, S110 - the state is as before; only uncounted late slots need a retry
             pass
+        return not any(stored.is_late(h) for h, _ in stored.pending)
+
+    @staticmethod
+    def _reread(store: UsageStore, stored: StoredUsage) -> StoredUsage:
+        item = store.read_usage_item(stored.account_id, stored.user_id)
+        return StoredUsage.parse(item) if item else stored
+
+
+MAX_COMPACTION_ROUNDS = 20  # each folds up to 98 event hours: a backfill batch spanning ~80 days at most
 
 
 def _per_user_key_fits(event: UsageEvent) -> UsageEvent | Rejection:

@@ -32,11 +32,12 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any
 
 from pqlflow.contracts.usage_events import UsageEvent
+from pqlflow.ingest.cold import ColdUsage, StaleCold
 from pqlflow.ingest.usage import (
     DAY_MS,
     HOUR_MS,
@@ -44,23 +45,21 @@ from pqlflow.ingest.usage import (
     SEEN,
     AccountUsage,
     TrackingSpec,
-    cap_names,
-    cap_users,
     counter_names,
     fingerprint,
     gauge_readings,
     newer,
+    seen_stamp,
     trait_json,
 )
 
 KIND = "usage"
 MAX_CLAUSES = 80  # set clauses per UpdateItem; a batch spanning more slots is split (each part idempotent)
-SIZE_SOFT_LIMIT = 200_000  # bytes: compaction folds pending fingerprints early above this
+SIZE_SOFT_LIMIT = 200_000  # bytes: compaction folds even the current hour's fingerprints above this
 SIZE_TARGET = 120_000
 # Superseded gauge/trait/time elements tolerated before compaction tidies them. Writes are billed per KB
 # of item size, so tidying pays off once it saves a few KB on every later write.
 REDUNDANT_BYTES_LIMIT = 4096
-DEFAULT_DEDUPE_WINDOW_MS = 24 * 3_600_000
 
 
 def usage_key(account_id: str, user_id: str | None = None) -> dict[str, dict[str, str]]:
@@ -115,8 +114,9 @@ class SubjectDelta:
         if len(day_users) < MAX_USERS_PER_DAY:
             day_users.add(user_fp or fingerprint(event.user_id))
         seen = self.user_traits.get((event.user_id, SEEN))
-        if seen is None or ms > seen[0]:
-            self.user_traits[(event.user_id, SEEN)] = (ms, "null")
+        stamp = seen_stamp(ms)
+        if seen is None or stamp > seen[0]:
+            self.user_traits[(event.user_id, SEEN)] = (stamp, "null")
         if kind == "track":
             if TYPE_CHECKING:
                 assert event.name is not None  # parse_message gives every track event a name
@@ -203,17 +203,17 @@ class _Expression:
         return request
 
 
-def _set_clauses(delta: SubjectDelta, now_ms: int) -> Iterable[tuple[str, str, Any]]:
-    """(verb, attribute, value) for every change of a delta; all idempotent."""
-    hours = set()
+def _set_clauses(delta: SubjectDelta, now_ms: int, active_user_days: int) -> Iterable[tuple[str, str, Any]]:
+    """(verb, attribute, value) for every change of a delta; all idempotent (set unions and constants).
+
+    Active users of a day older than the window they are kept for are not written at all: compaction would
+    only remove them again (a backfill would pay a write for nothing)."""
     for (hour, name), fps in delta.slots.items():
-        hours.add(hour)
         yield "ADD", f"p{hour}|{name}", {"BS": list(fps)}
-    now = {"N": str(now_ms)}
-    for hour in hours:
-        yield "SET", f"t{hour}", now
+    oldest_user_day = now_ms // DAY_MS - active_user_days + 1
     for day, users in delta.users.items():
-        yield "ADD", f"u{day}", {"BS": list(users)}
+        if day >= oldest_user_day:
+            yield "ADD", f"u{day}", {"BS": list(users)}
     for key, (ms, value) in sorted(delta.gauges.items()):
         yield "ADD", f"g|{key}", {"SS": [_stamp(ms) + repr(value)]}
     if delta.traits:
@@ -227,13 +227,13 @@ def _set_clauses(delta: SubjectDelta, now_ms: int) -> Iterable[tuple[str, str, A
         yield "ADD", "cv", {"NS": [str(delta.converted_ms)]}
 
 
-def update_requests(table: str, delta: SubjectDelta, now_ms: int) -> list[dict[str, Any]]:
+def update_requests(table: str, delta: SubjectDelta, now_ms: int, active_user_days: int = 35) -> list[dict[str, Any]]:
     """UpdateItem requests (usually exactly one) that apply a delta; the last one returns ALL_NEW."""
     key = usage_key(delta.account_id, delta.user_id)
     requests: list[dict[str, Any]] = []
     expr = _identity(delta)
     clauses = 0
-    for verb, attr, value in _set_clauses(delta, now_ms):
+    for verb, attr, value in _set_clauses(delta, now_ms, active_user_days):
         if clauses >= MAX_CLAUSES:
             requests.append(expr.request(table, key))
             expr, clauses = _identity(delta), 0
@@ -304,6 +304,8 @@ class StoredUsage:
     times: set[int]
     conversions: set[int]
     size: int
+    fw: int | None = None  # fold watermark: the last event hour compaction folded into the cold item
+    legacy_totals: bool = False  # `lc`/`dc` on the hot item: the layout before the cold item (read, migrated)
 
     @classmethod
     def parse(cls, item: dict[str, dict[str, Any]]) -> StoredUsage:
@@ -326,10 +328,14 @@ class StoredUsage:
                 stored.gauges[attr[2:]] = set(value["SS"])
             elif attr == "lc":
                 stored.lifetime = {k: int(v["N"]) for k, v in value["M"].items()}
+                stored.legacy_totals = True
             elif attr == "dc":
                 stored.daily = {k: {int(d): int(n["N"]) for d, n in v["M"].items()} for k, v in value["M"].items()}
+                stored.legacy_totals = True
             elif attr == "cver":
                 stored.cver = int(value["N"])
+            elif attr == "fw":
+                stored.fw = int(value["N"])
             elif attr == "ta":
                 stored.traits = set(value["SS"])
             elif attr == "tu":
@@ -341,28 +347,59 @@ class StoredUsage:
         stored.size = size
         return stored
 
-    def to_usage(self) -> AccountUsage:
+    @property
+    def needs_cold(self) -> bool:
+        """True once a compaction of this layout has run: the folded part is in the cold item."""
+        return self.fw is not None
+
+    def is_late(self, hour: int) -> bool:
+        """A pending slot of an hour already folded: a copy, or an event arriving after its hour was folded.
+        It is not counted until compaction has checked it against that hour's archive."""
+        return self.fw is not None and hour <= self.fw
+
+    def with_cold(self, cold: ColdUsage | None) -> StoredUsage:
+        """This hot image with the cold item of its compaction version folded in (as one logical item)."""
+        if not self.needs_cold:
+            return self
+        if cold is None or cold.version != self.cver:
+            raise StaleCold(self.cver, cold.version if cold else None)
+        users = {d: set(u) for d, u in cold.users.items()}
+        for day, fps in self.users.items():
+            users.setdefault(day, set()).update(fps)
+        gauges = {k: set(v) for k, v in self.gauges.items()}
+        for key, element in cold.gauges.items():
+            gauges.setdefault(key, set()).add(element)
+        return replace(self, lifetime=dict(cold.lifetime), daily={n: dict(d) for n, d in cold.daily.items()},
+                       users=users, gauges=gauges, traits=self.traits | set(cold.traits),
+                       user_traits=self.user_traits | set(cold.user_traits), times=self.times | set(cold.times),
+                       conversions=self.conversions | set(cold.conversions))
+
+    def to_usage(self, cold: ColdUsage | None = None) -> AccountUsage:
+        """The logical state: folded totals plus every pending slot not awaiting its late check."""
+        merged = self.with_cold(cold)
         usage = AccountUsage(self.account_id, self.user_id)
-        lifetime = dict(self.lifetime)
-        daily = {name: dict(days) for name, days in self.daily.items()}
-        for (hour, name), fps in self.pending.items():
+        lifetime = dict(merged.lifetime)
+        daily = {name: dict(days) for name, days in merged.daily.items()}
+        for (hour, name), fps in merged.pending.items():
+            if merged.is_late(hour):
+                continue
             lifetime[name] = lifetime.get(name, 0) + len(fps)
             per_day = daily.setdefault(name, {})
             day = hour // 24
             per_day[day] = per_day.get(day, 0) + len(fps)
         usage.lifetime, usage.daily = lifetime, daily
-        usage.active_users = {day: set(users) for day, users in self.users.items()}
-        for key, elements in self.gauges.items():
+        usage.active_users = {day: set(users) for day, users in merged.users.items()}
+        for key, elements in merged.gauges.items():
             best = max(elements, key=_gauge_order)
             usage.gauges[key] = (int(best[:13]), float(best[14:]))
-        for key, (ms, enc) in _latest_traits(self.traits).items():
+        for key, (ms, enc) in _latest_traits(merged.traits).items():
             usage.traits[key] = (ms, enc)
-        for (user, key), (ms, enc) in _latest_user_traits(self.user_traits).items():
+        for (user, key), (ms, enc) in _latest_user_traits(merged.user_traits).items():
             usage.users.setdefault(user, {})[key] = (ms, enc)
-        if self.times:
-            usage.first_seen_ms, usage.last_seen_ms = min(self.times), max(self.times)
-        if self.conversions:
-            usage.converted_at_ms = min(self.conversions)
+        if merged.times:
+            usage.first_seen_ms, usage.last_seen_ms = min(merged.times), max(merged.times)
+        if merged.conversions:
+            usage.converted_at_ms = min(merged.conversions)
         return usage
 
 
@@ -405,9 +442,10 @@ def _value_size(value: dict[str, Any]) -> int:
     return 1
 
 
-def decode_image(image: dict[str, dict[str, Any]]) -> AccountUsage:
-    """The AccountUsage of a usage item: a GetItem/UpdateItem result or a stream record's NewImage."""
-    return StoredUsage.parse(image).to_usage()
+def decode_image(image: dict[str, dict[str, Any]], cold: ColdUsage | None = None) -> AccountUsage:
+    """The AccountUsage of a usage item (a GetItem/UpdateItem result or a stream record's NewImage) and, once
+    it has been compacted, the cold item of the same compaction version (`StaleCold` otherwise)."""
+    return StoredUsage.parse(image).to_usage(cold)
 
 
 def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
@@ -434,127 +472,4 @@ def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
         item["ts"] = {"NS": sorted({str(usage.first_seen_ms), str(usage.last_seen_ms)})}
     if usage.converted_at_ms is not None:
         item["cv"] = {"NS": [str(usage.converted_at_ms)]}
-    item["t0"] = {"N": str(now_ms)}
     return item
-
-
-# ---- compaction --------------------------------------------------------------------------------
-
-
-def compaction_request(
-    table: str,
-    item: dict[str, dict[str, Any]],
-    spec: TrackingSpec,
-    now_ms: int,
-    dedupe_window_ms: int = DEFAULT_DEDUPE_WINDOW_MS,
-) -> dict[str, Any] | None:
-    """The conditional UpdateItem that compacts a usage item, or None when it does not need it yet.
-
-    Folds pending slots whose hour no batch has touched for the dedupe window (and, above
-    SIZE_SOFT_LIMIT, the least recently touched ones until SIZE_TARGET), prunes daily buckets and
-    active-user days past retention, applies the caps, and deletes superseded gauge/trait/time
-    elements. The logical usage (decode_image) is unchanged except for retention and caps.
-    """
-    stored = StoredUsage.parse(item)
-    expr = _Expression()
-    heal = [h for h in {h for h, _ in stored.pending} if h not in stored.touched]
-    fold_hours = _hours_to_fold(stored, now_ms, dedupe_window_ms)
-    redundant = _redundant_elements(stored)
-    today = now_ms // 86_400_000
-    old_user_days = [d for d in stored.users if d < today - spec.active_user_days + 1]
-    oldest_day = today - spec.retention_days + 1
-    stale_daily = any(d < oldest_day for days in stored.daily.values() for d in days)
-    oversized_days = [d for d, users in stored.users.items() if len(users) > MAX_USERS_PER_DAY]
-    if not (fold_hours or heal or _bytes(redundant) > REDUNDANT_BYTES_LIMIT
-            or old_user_days or stale_daily or oversized_days):
-        return None
-
-    lifetime = dict(stored.lifetime)
-    daily = {n: dict(d) for n, d in stored.daily.items()}
-    for hour in heal:
-        expr.set.append(f"{expr.name(f't{hour}')} = {expr.value({'N': str(now_ms)})}")
-    for hour in fold_hours:
-        for (h, name), fps in stored.pending.items():
-            if h != hour:
-                continue
-            lifetime[name] = lifetime.get(name, 0) + len(fps)
-            per_day = daily.setdefault(name, {})
-            per_day[hour // 24] = per_day.get(hour // 24, 0) + len(fps)
-            expr.delete.append(f"{expr.name(f'p{hour}|{name}')} {expr.value({'BS': sorted(fps)})}")
-        expr.remove.append(expr.name(f"t{hour}"))
-    daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
-    lifetime, daily = cap_names(lifetime, daily, spec)
-    version = expr.value({"N": str(stored.cver)})
-    expr.set.append(f"{expr.name('lc')} = {expr.value({'M': {n: {'N': str(c)} for n, c in lifetime.items()}})}")
-    expr.set.append(f"{expr.name('dc')} = " + expr.value(
-        {"M": {n: {"M": {str(d): {"N": str(c)} for d, c in days.items()}} for n, days in daily.items()}}))
-    expr.set.append(f"{expr.name('cver')} = {expr.value({'N': str(stored.cver + 1)})}")
-    for day in old_user_days:
-        expr.remove.append(expr.name(f"u{day}"))
-    for day in oversized_days:
-        if day not in old_user_days:
-            excess = sorted(stored.users[day])[MAX_USERS_PER_DAY:]
-            expr.delete.append(f"{expr.name(f'u{day}')} {expr.value({'BS': excess})}")
-    for attr, elements in redundant.items():
-        if elements:
-            tag = "NS" if attr in ("ts", "cv") else "SS"
-            expr.delete.append(f"{expr.name(attr)} {expr.value({tag: sorted(elements)})}")
-    cver = expr.name("cver")
-    condition = f"attribute_not_exists({cver})" if stored.cver == 0 else f"{cver} = {version}"
-    if stored.cver == 0:
-        expr.values.pop(version)
-    return expr.request(table, usage_key(stored.account_id, stored.user_id), ConditionExpression=condition)
-
-
-def _hours_to_fold(stored: StoredUsage, now_ms: int, window_ms: int) -> list[int]:
-    hours = sorted({h for h, _ in stored.pending if h in stored.touched}, key=lambda h: (stored.touched[h], h))
-    due = [h for h in hours if stored.touched[h] < now_ms - window_ms]
-    if stored.size > SIZE_SOFT_LIMIT:
-        size = stored.size
-        for h in hours:
-            if size <= SIZE_TARGET:
-                break
-            if h not in due:
-                due.append(h)
-            size -= sum(len(f"p{h}|{n}") + 8 * len(fps) for (hh, n), fps in stored.pending.items() if hh == h)
-    # Each hour costs a DELETE per slot; keep the request well inside DynamoDB's expression limits.
-    limited: list[int]
-    limited, clauses = [], 0
-    for h in due:
-        slots = sum(1 for hh, _ in stored.pending if hh == h)
-        if limited and clauses + slots > MAX_CLAUSES - 10:
-            break
-        limited.append(h)
-        clauses += slots + 1
-    return limited
-
-
-def _redundant_elements(stored: StoredUsage) -> dict[str, list[Any]]:
-    """Elements superseded by a newer one (LWW sets) or inside the min/max (time sets)."""
-    redundant: dict[str, list[Any]] = {}
-    for key, elements in stored.gauges.items():
-        if len(elements) > 1:
-            best = max(elements, key=_gauge_order)
-            redundant[f"g|{key}"] = [e for e in elements if e != best]
-    keep = {_trait_element(ms, k, enc) for k, (ms, enc) in _latest_traits(stored.traits).items()}
-    redundant["ta"] = [e for e in stored.traits if e not in keep]
-    latest = _latest_user_traits(stored.user_traits)
-    kept_users = cap_users(_users_of(latest))
-    keep_u = {_user_trait_element(ms, u, k, enc) for (u, k), (ms, enc) in latest.items() if u in kept_users}
-    redundant["tu"] = [e for e in stored.user_traits if e not in keep_u]
-    if len(stored.times) > 2:
-        redundant["ts"] = [str(t) for t in stored.times if t not in (min(stored.times), max(stored.times))]
-    if len(stored.conversions) > 1:
-        redundant["cv"] = [str(t) for t in stored.conversions if t != min(stored.conversions)]
-    return {k: v for k, v in redundant.items() if v}
-
-
-def _bytes(elements: dict[str, list[Any]]) -> int:
-    return sum(len(str(e)) for values in elements.values() for e in values)
-
-
-def _users_of(latest: dict[tuple[str, str], tuple[int, str]]) -> dict[str, dict[str, tuple[int, str]]]:
-    users: dict[str, dict[str, tuple[int, str]]] = {}
-    for (user, key), entry in latest.items():
-        users.setdefault(user, {})[key] = entry
-    return users

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
+from pqlflow.ingest.cold import ColdUsage, archive_fingerprints, archive_key, cold_key
+from pqlflow.ingest.item import StoredUsage, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, reduced_item
+from pqlflow.ingest.usage import AccountUsage
 from pqlflow.kernel.aws import AwsClient
 
 BATCH_WRITE_MAX = 25
+BATCH_GET_MAX = 100
 UNPROCESSED_RETRIES = 6
 
 
@@ -21,6 +26,68 @@ def refused(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         return exc.response.get("Error", {}).get("Code") == "ValidationException"
     return isinstance(exc, UnicodeError | ParamValidationError)
+
+
+def read_usage(client: Any, table: str, account_id: str, user_id: str | None = None) -> AccountUsage | None:
+    """An account's (or user's) usage state, read consistently: the usage item and, once compacted, its cold
+    item. For tools and tests; qualification decodes stream images with `UsageReader`."""
+    item = client.get_item(TableName=table, Key=usage_key(account_id, user_id), ConsistentRead=True).get("Item")
+    if not item:
+        return None
+    stored = StoredUsage.parse(item)
+    cold = None
+    if stored.needs_cold:
+        response = client.get_item(TableName=table, Key=cold_key(account_id, user_id), ConsistentRead=True)
+        cold = ColdUsage.parse(response.get("Item"))
+    return stored.to_usage(cold)
+
+
+class UsageReader:
+    """Decodes usage images for qualification: a hot image (a stream record's) with its cold item.
+
+    A cold item never changes once written (each compaction writes a new version), so it is read once per
+    (subject, compaction version) and kept: between two compactions every image of an account shares it.
+    The read is eventually consistent (0.5 RRU up to 4 KB), and consistent only when that one was older.
+    """
+
+    client = AwsClient("dynamodb")
+
+    def __init__(self, table: str, client: Any = None, cache_size: int = 4096):
+        self.table = table
+        self.client = client
+        self.reads = 0
+        self._cache: OrderedDict[tuple[str, str | None, int], ColdUsage] = OrderedDict()
+        self._latest: dict[tuple[str, str | None], int] = {}
+        self._cache_size = cache_size
+
+    def decode(self, image: dict[str, dict[str, Any]]) -> AccountUsage:
+        """The AccountUsage of an image; `StaleCold` when its cold item has moved on (a newer image follows)."""
+        stored = StoredUsage.parse(image)
+        return stored.to_usage(self.cold(stored) if stored.needs_cold else None)
+
+    def cold(self, stored: StoredUsage) -> ColdUsage | None:
+        subject = (stored.account_id, stored.user_id)
+        newest = self._latest.get(subject)
+        if newest is not None and newest > stored.cver:
+            return self._cache.get((*subject, newest))  # an older image: StaleCold, without a read
+        key = (*subject, stored.cver)
+        cold = self._cache.get(key)
+        if cold is not None:
+            self._cache.move_to_end(key)
+            return cold
+        for consistent in (False, True):
+            self.reads += 1
+            response = self.client.get_item(TableName=self.table, Key=cold_key(*subject), ConsistentRead=consistent)
+            cold = ColdUsage.parse(response.get("Item"))
+            if cold is not None and cold.version >= stored.cver:
+                break
+        if cold is not None:
+            self._cache[(*subject, cold.version)] = cold
+            self._latest[subject] = max(cold.version, self._latest.get(subject, 0))
+            while len(self._cache) > self._cache_size:
+                (account, user, _), _ = self._cache.popitem(last=False)
+                self._latest.pop((account, user), None)
+        return cold
 
 
 class DynamoUsageStore:
@@ -36,11 +103,44 @@ class DynamoUsageStore:
     def update(self, request: dict[str, Any]) -> dict[str, Any] | None:
         return self.client.update_item(**request).get("Attributes")
 
-    def compact(self, request: dict[str, Any]) -> bool:
-        """Apply a compaction; False when another writer compacted first (its condition failed)."""
+    def read_usage_item(self, account_id: str, user_id: str | None) -> dict[str, Any] | None:
+        """The hot usage item, read consistently (after a compaction lost a race)."""
+        key = usage_key(account_id, user_id)
+        response = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)
+        item: dict[str, Any] | None = response.get("Item")
+        return item
+
+    def read_cold(self, account_id: str, user_id: str | None) -> ColdUsage | None:
+        """The cold item, read consistently (compaction must build on the latest one)."""
+        response = self.client.get_item(TableName=self.table, Key=cold_key(account_id, user_id), ConsistentRead=True)
+        return ColdUsage.parse(response.get("Item"))
+
+    def read_archives(self, account_id: str, user_id: str | None, hours: list[int]) -> dict[int, set[bytes]]:
+        """Fingerprints already archived for each of `hours` (consistent reads, 100 keys per request)."""
+        found: dict[int, set[bytes]] = {h: set() for h in hours}
+        by_sk = {archive_key(account_id, user_id, h)["sk"]["S"]: h for h in hours}
+        keys = [archive_key(account_id, user_id, h) for h in hours]
+        for start in range(0, len(keys), BATCH_GET_MAX):
+            chunk = keys[start : start + BATCH_GET_MAX]
+            pending: dict[str, Any] = {self.table: {"Keys": chunk, "ConsistentRead": True}}
+            for attempt in range(UNPROCESSED_RETRIES + 1):
+                response = self.client.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self.table, []):
+                    found[by_sk[item["sk"]["S"]]] = archive_fingerprints(item)
+                pending = response.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                if attempt == UNPROCESSED_RETRIES:
+                    raise RuntimeError("archive reads left unprocessed by DynamoDB")
+                self._sleep(0.05 * 2**attempt)
+        return found
+
+    def transact(self, items: list[dict[str, Any]]) -> bool:
+        """Apply a compaction transaction; False when another compaction won (its condition failed) or a
+        concurrent write conflicted: the state is unchanged and the next batch compacts again."""
         try:
-            self.client.update_item(**request)
-        except self.client.exceptions.ConditionalCheckFailedException:
+            self.client.transact_write_items(TransactItems=items)
+        except self.client.exceptions.TransactionCanceledException:
             return False
         return True
 

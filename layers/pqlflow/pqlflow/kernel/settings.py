@@ -33,7 +33,7 @@ class IngestSettings(BaseModel):
     TABLE_NAME: str = Field(min_length=1)
     RETENTION_DAYS: int = Field(default=90, ge=7, le=365)
     QUARANTINE_DAYS: int = Field(default=14, ge=1, le=90)
-    DEDUPE_WINDOW_HOURS: int = Field(default=24, ge=1, le=24 * 14)
+    PENDING_WINDOW_HOURS: int = Field(default=1, ge=1, le=24)
     CONVERSION_EVENTS: str = "Subscription Started,Plan Upgraded,Order Completed"
     DEFINITION_CACHE_SECONDS: float = Field(default=60, ge=0)
 

@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pqlflow.contracts.bus import EventPublisher
-from pqlflow.ingest.item import decode_image
+from pqlflow.ingest.store import UsageReader
 from pqlflow.kernel.observability import logger
 from pqlflow.kernel.settings import from_environ
 from pqlflow.qualify.store import DefinitionStore
@@ -45,7 +45,7 @@ def build(settings: QualifySettings | None = None) -> Qualifier:
         definitions=DefinitionStore(settings.TABLE_NAME, cache_seconds=settings.DEFINITION_CACHE_SECONDS),
         states=PqlStateStore(settings.TABLE_NAME),
         publisher=EventPublisher(settings.EVENT_BUS_NAME),
-        decode=decode_image,
+        decode=UsageReader(settings.TABLE_NAME).decode,
     )
 
 

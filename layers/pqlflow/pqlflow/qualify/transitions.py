@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from pqlflow.contracts.emitted import EMITTED, _Detail
+from pqlflow.ingest.cold import StaleCold
 from pqlflow.ingest.usage import AccountUsage
 from pqlflow.kernel import clock
 from pqlflow.kernel.aws import AwsClient
@@ -220,10 +221,17 @@ class Qualifier:
         if not new_image:
             return RecordOutcome("removed")
         defn = self.definitions.active()
-        new = self.decode(new_image)
+        try:
+            new = self.decode(new_image)
+        except StaleCold:
+            # Compacted since this image: a newer image of the account follows on the stream and is judged.
+            return RecordOutcome("stale", defn.version)
         if (new.user_id is not None) != (defn.unit == "user"):
             return RecordOutcome("other_unit", defn.version)  # state kept for another unit (before a switch)
-        old = self.decode(change["OldImage"]) if change.get("OldImage") else None
+        try:
+            old = self.decode(change["OldImage"]) if change.get("OldImage") else None
+        except StaleCold:
+            old = None  # the image before a compaction: judge the new one on its own
         hint = needs_decision(defn, old, new) if new.last_seen_ms is not None else None
         if hint is None:
             return RecordOutcome("unchanged", defn.version)

@@ -1,0 +1,116 @@
+"""The cold half of an account's usage state, and the fingerprint archive that makes late copies count once.
+
+The hot usage item (`pqlflow.ingest.item`) is written by every batch, and every write is billed on its
+whole size; so it holds only what arrived since the last compaction. Everything compaction has folded lives
+in two kinds of item that no happy-path write touches:
+
+* the **cold item** (`sk` `USAGE#C`, or `USAGE#C#U#<user>` for `unit: user`): lifetime and daily counts,
+  active users per day, and the winning gauge / trait / time elements, as one zlib-compressed JSON document
+  in the binary attribute `b`, with the compaction version `v` it belongs to (the hot item's `cver`). It is
+  rewritten, whole, only by compaction, in the same transaction that removes what it folded from the hot
+  item; qualification reads it (one eventually consistent GetItem, 0.5 RRU up to 4 KB);
+* **archive items** (`sk` `USAGE#F#<event hour>`, `…#U#<user>` for `unit: user`): the fingerprints of the
+  events folded for one event hour (binary set `f`), expiring with the retention window (`expires_at`, the
+  table's TTL). A copy of an event whose hour was already folded is checked against its hour's archive by
+  the compaction that folds it (a consistent read, only for such late hours), so it counts once at any
+  lateness within retention.
+
+Sort keys cannot collide with a hot item's: `USAGE#C…` and `USAGE#F…` are never `USAGE` or `USAGE#U#…`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+COLD_KIND = "usage-cold"
+ARCHIVE_KIND = "usage-fp"
+
+
+def cold_key(account_id: str, user_id: str | None = None) -> dict[str, dict[str, str]]:
+    sk = "USAGE#C" if user_id is None else f"USAGE#C#U#{user_id}"
+    return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": sk}}
+
+
+def archive_key(account_id: str, user_id: str | None, hour: int) -> dict[str, dict[str, str]]:
+    sk = f"USAGE#F#{hour:08d}" + ("" if user_id is None else f"#U#{user_id}")
+    return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": sk}}
+
+
+@dataclass
+class ColdUsage:
+    """What compaction has folded, at compaction version `version`. Elements are the hot item's own text
+    (`"<ms13>|<repr>"` gauges, trait elements, event times), so merging is a set union."""
+
+    version: int = 0
+    lifetime: dict[str, int] = field(default_factory=dict)
+    daily: dict[str, dict[int, int]] = field(default_factory=dict)
+    users: dict[int, set[bytes]] = field(default_factory=dict)
+    gauges: dict[str, str] = field(default_factory=dict)  # gauge key → winning element
+    traits: list[str] = field(default_factory=list)
+    user_traits: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)  # [first seen, last seen]
+    conversions: list[int] = field(default_factory=list)  # [first conversion]
+
+    def document(self) -> bytes:
+        """The compressed document stored in `b`: daily series dense from their first day; user
+        fingerprints listed once and referenced by index from each day."""
+        order = sorted({u for users in self.users.values() for u in users})
+        index = {u: i for i, u in enumerate(order)}
+        daily = {}
+        for name, days in self.daily.items():
+            if days:
+                first, last = min(days), max(days)
+                daily[name] = [first, [days.get(d, 0) for d in range(first, last + 1)]]
+        doc = {"lc": self.lifetime, "dc": daily,
+               "ul": base64.b64encode(b"".join(order)).decode() if order else "",
+               "ud": {str(d): sorted(index[u] for u in users) for d, users in self.users.items() if users},
+               "g": self.gauges, "ta": sorted(self.traits), "tu": sorted(self.user_traits),
+               "ts": sorted(self.times), "cv": sorted(self.conversions)}
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        return zlib.compress(text.encode(), 9)
+
+    @classmethod
+    def from_document(cls, version: int, blob: bytes) -> ColdUsage:
+        doc = json.loads(zlib.decompress(blob))
+        raw = base64.b64decode(doc.get("ul", ""))
+        order = [raw[i : i + 8] for i in range(0, len(raw), 8)]
+        daily = {name: {first + i: n for i, n in enumerate(counts) if n}
+                 for name, (first, counts) in doc.get("dc", {}).items()}
+        return cls(version=version, lifetime={k: int(v) for k, v in doc.get("lc", {}).items()},
+                   daily={k: v for k, v in daily.items() if v},
+                   users={int(d): {order[i] for i in idx} for d, idx in doc.get("ud", {}).items()},
+                   gauges=dict(doc.get("g", {})), traits=list(doc.get("ta", [])),
+                   user_traits=list(doc.get("tu", [])), times=list(doc.get("ts", [])),
+                   conversions=list(doc.get("cv", [])))
+
+    def item(self, account_id: str, user_id: str | None) -> dict[str, dict[str, Any]]:
+        item: dict[str, dict[str, Any]] = {**cold_key(account_id, user_id), "kind": {"S": COLD_KIND},
+                                           "v": {"N": str(self.version)}, "b": {"B": self.document()}}
+        return item
+
+    @classmethod
+    def parse(cls, item: dict[str, dict[str, Any]] | None) -> ColdUsage | None:
+        if not item or "b" not in item:
+            return None
+        blob = item["b"]["B"]
+        if not isinstance(blob, bytes | bytearray):
+            blob = base64.b64decode(blob)
+        return cls.from_document(int(item["v"]["N"]), bytes(blob))
+
+
+class StaleCold(Exception):
+    """A hot image and a cold item of different compaction versions: they cannot be combined."""
+
+    def __init__(self, hot_version: int, cold_version: int | None):
+        self.hot_version, self.cold_version = hot_version, cold_version
+        super().__init__(f"usage image at compaction version {hot_version}, cold item at {cold_version}")
+
+
+def archive_fingerprints(item: dict[str, dict[str, Any]] | None) -> set[bytes]:
+    if not item or "f" not in item:
+        return set()
+    return {bytes(b) if isinstance(b, bytes | bytearray) else base64.b64decode(b) for b in item["f"]["BS"]}

@@ -1,0 +1,216 @@
+"""Compaction: what the hot usage item has gathered moves to the cold item, in one transaction.
+
+Every batch's write to the hot item is billed on the item's whole size, so the hot item keeps only what
+arrived since the last compaction. Compaction runs when the item a batch's write returned
+(ReturnValues=ALL_NEW, no extra read) says it is due:
+
+* an event hour ended more than the pending window ago (`PENDING_WINDOW_HOURS`, 1 by default: the hot item
+  holds one to two hours of events); past BUSY_BYTES every completed hour, past SIZE_SOFT_LIMIT the current
+  hour too;
+* a pending slot is *late*: its hour was folded already (a copy, or an event that arrived after its hour);
+* gauge / trait / time / active-user elements pass HOT_CLUTTER_BYTES and a quarter of the item;
+* the item still has the layout before the cold item (`lc`/`dc`/`t<hour>`): it is migrated.
+
+One TransactWriteItems, conditional on the hot item's compaction version `cver`, then (1) DELETEs from the
+hot item exactly the elements it folded (never a whole attribute: a concurrent batch's additions stay),
+sets `cver` + 1 and the fold watermark `fw`; (2) puts the cold item at that version; (3) ADDs the folded
+events' fingerprints to their hours' archive items. Late slots are checked against their hour's archive
+first (one consistent read of only those hours): a fingerprint already there was counted, and is dropped.
+All or nothing, so a crash anywhere leaves either the state before or the state after; if the condition
+fails another compaction won, and this one is simply dropped. See docs/ingest.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pqlflow.ingest.cold import ARCHIVE_KIND, ColdUsage, archive_key, cold_key
+from pqlflow.ingest.item import (
+    MAX_CLAUSES,
+    SIZE_SOFT_LIMIT,
+    StoredUsage,
+    _Expression,
+    _gauge_order,
+    _latest_traits,
+    _latest_user_traits,
+    _trait_element,
+    _user_trait_element,
+    usage_key,
+)
+from pqlflow.ingest.usage import DAY_MS, HOUR_MS, MAX_USERS_PER_DAY, TrackingSpec, cap_names, cap_users
+
+DEFAULT_PENDING_HOURS = 1
+BUSY_BYTES = 16 * 1024  # past this, completed hours fold at once (every write is billed per KB of the item)
+HOT_CLUTTER_BYTES = 1024  # gauge/trait/time/user elements tolerated on the hot item before they move
+MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit: the hot item, the cold item and up to 98 archive hours
+_ARCHIVE_HOURS = MAX_TRANSACTION_ITEMS - 2
+_ARCHIVE_GRACE_DAYS = 2  # archive items outlive the retention window by this much before TTL removes them
+
+
+def fold_to(stored: StoredUsage, now_ms: int, pending_hours: int) -> int:
+    """The last event hour a compaction now may fold."""
+    current = now_ms // HOUR_MS
+    if stored.size > SIZE_SOFT_LIMIT:
+        last = current  # under size pressure, the current hour too
+    elif stored.size > BUSY_BYTES:
+        last = current - 1  # a busy account: every completed hour
+    else:
+        last = current - pending_hours - 1  # an hour is folded once it ended `pending_hours` ago
+    return max(last, stored.fw if stored.fw is not None else last)
+
+
+def clutter_bytes(stored: StoredUsage) -> int:
+    """Bytes of hot elements that only compaction removes (users, gauges, traits, times)."""
+    return (sum(8 * len(u) for u in stored.users.values()) + sum(len(e) for g in stored.gauges.values() for e in g)
+            + sum(map(len, stored.traits)) + sum(map(len, stored.user_traits))
+            + 14 * (len(stored.times) + len(stored.conversions)))
+
+
+def is_due(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> bool:
+    last = fold_to(stored, now_ms, pending_hours)
+    return (any(h <= last for h, _ in stored.pending) or stored.legacy_totals or bool(stored.touched)
+            or _cluttered(stored))
+
+
+def _cluttered(stored: StoredUsage) -> bool:
+    """Enough gauge/trait/time elements that moving them pays: over HOT_CLUTTER_BYTES and a quarter of the
+    item (a compaction rewrites the whole hot item, twice billed in a transaction)."""
+    clutter = clutter_bytes(stored)
+    return clutter > HOT_CLUTTER_BYTES and clutter * 4 > stored.size
+
+
+def hours_to_fold(stored: StoredUsage, now_ms: int, pending_hours: int) -> tuple[list[int], bool]:
+    """The hours this round folds, oldest first, within one request's limits; and whether that is all."""
+    last = fold_to(stored, now_ms, pending_hours)
+    due = sorted({h for h, _ in stored.pending if h <= last})
+    chosen: list[int] = []
+    clauses = 0
+    for hour in due:
+        slots = sum(1 for h, _ in stored.pending if h == hour)
+        if chosen and (len(chosen) >= _ARCHIVE_HOURS or clauses + slots > MAX_CLAUSES - 20):
+            return chosen, False
+        chosen.append(hour)
+        clauses += slots
+    return chosen, True
+
+
+def late_hours(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> list[int]:
+    """Hours this round folds whose archive must be read first (only hours folded before)."""
+    hours, _ = hours_to_fold(stored, now_ms, pending_hours)
+    return [h for h in hours if stored.is_late(h)]
+
+
+@dataclass
+class CompactionPlan:
+    transact_items: list[dict[str, Any]]
+    after: StoredUsage  # the hot item as this compaction leaves it (without concurrent additions)
+    folded_events: int = 0
+    late_duplicates: int = 0  # late copies the archive recognized
+    hours: list[int] = field(default_factory=list)
+
+
+def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict[int, set[bytes]],
+         spec: TrackingSpec, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> CompactionPlan:
+    """The transaction of one compaction round. `cold` is the cold item at the hot item's version (None
+    before the first compaction of this layout); `archives` the fingerprints of each late hour's archive."""
+    merged = stored.with_cold(cold)
+    hours, complete = hours_to_fold(stored, now_ms, pending_hours)
+    new_fw = fold_to(stored, now_ms, pending_hours) if complete else max([stored.fw or -1, *hours])
+    if stored.fw is not None:
+        new_fw = max(new_fw, stored.fw)
+    hot = _Expression()
+    lifetime, daily = dict(merged.lifetime), {n: dict(d) for n, d in merged.daily.items()}
+    archive_items: list[dict[str, Any]] = []
+    folded = duplicates = 0
+    remaining = dict(stored.pending)
+    expires = (now_ms // 1000) + (spec.retention_days + _ARCHIVE_GRACE_DAYS) * 86_400
+    for hour in hours:
+        seen = archives.get(hour, set()) if stored.is_late(hour) else set()
+        new_fps: set[bytes] = set()
+        for (h, name), fps in stored.pending.items():
+            if h != hour:
+                continue
+            fresh = fps - seen
+            duplicates += len(fps) - len(fresh)
+            new_fps |= fresh
+            if fresh:
+                lifetime[name] = lifetime.get(name, 0) + len(fresh)
+                per_day = daily.setdefault(name, {})
+                per_day[hour // 24] = per_day.get(hour // 24, 0) + len(fresh)
+            hot.delete.append(f"{hot.name(f'p{hour}|{name}')} {hot.value({'BS': sorted(fps)})}")
+            del remaining[(h, name)]
+        folded += len(new_fps)
+        if new_fps:
+            archive_items.append(_archive_update(table, stored, hour, new_fps, expires))
+    today = now_ms // DAY_MS
+    oldest_day = today - spec.retention_days + 1
+    daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
+    lifetime, daily = cap_names(lifetime, daily, spec)
+    new_cold = ColdUsage(version=stored.cver + 1, lifetime=lifetime, daily=daily,
+                         users=_kept_users(merged.users, today - spec.active_user_days + 1),
+                         gauges={k: max(v, key=_gauge_order) for k, v in merged.gauges.items() if v},
+                         traits=[_trait_element(ms, k, enc) for k, (ms, enc) in _latest_traits(merged.traits).items()],
+                         user_traits=_kept_user_traits(merged.user_traits),
+                         times=sorted({min(merged.times), max(merged.times)}) if merged.times else [],
+                         conversions=[min(merged.conversions)] if merged.conversions else [])
+    # Everything else the hot item holds is now in the cold item: delete exactly those elements.
+    for day, users in stored.users.items():
+        hot.delete.append(f"{hot.name(f'u{day}')} {hot.value({'BS': sorted(users)})}")
+    for key, elements in stored.gauges.items():
+        hot.delete.append(f"{hot.name(f'g|{key}')} {hot.value({'SS': sorted(elements)})}")
+    lww: dict[str, tuple[str, list[str]]] = {
+        "ta": ("SS", sorted(stored.traits)), "tu": ("SS", sorted(stored.user_traits)),
+        "ts": ("NS", sorted(map(str, stored.times))), "cv": ("NS", sorted(map(str, stored.conversions)))}
+    for attr, (tag, values) in lww.items():
+        if values:
+            hot.delete.append(f"{hot.name(attr)} {hot.value({tag: values})}")
+    if stored.legacy_totals:
+        hot.remove.extend([hot.name("lc"), hot.name("dc")])
+    hot.remove.extend(hot.name(f"t{hour}") for hour in stored.touched)
+    hot.set.append(f"{hot.name('cver')} = {hot.value({'N': str(stored.cver + 1)})}")
+    hot.set.append(f"{hot.name('fw')} = {hot.value({'N': str(new_fw)})}")
+    cver = hot.name("cver")
+    condition = f"{cver} = {hot.value({'N': str(stored.cver)})}" if stored.cver else f"attribute_not_exists({cver})"
+    update = hot.request(table, usage_key(stored.account_id, stored.user_id), ConditionExpression=condition)
+    update.pop("ReturnValues", None)
+    items = [{"Update": update},
+             {"Put": {"TableName": table, "Item": new_cold.item(stored.account_id, stored.user_id)}},
+             *({"Update": a} for a in archive_items)]
+    after = replace(stored, pending=remaining, touched={}, lifetime={}, daily={}, cver=stored.cver + 1, users={},
+                    gauges={}, traits=set(), user_traits=set(), times=set(), conversions=set(), fw=new_fw,
+                    legacy_totals=False, size=_pending_size(remaining))
+    return CompactionPlan(items, after, folded, duplicates, hours)
+
+
+def _archive_update(table: str, stored: StoredUsage, hour: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
+    return {"TableName": table, "Key": archive_key(stored.account_id, stored.user_id, hour),
+            "UpdateExpression": "SET #k = :k, #e = :e ADD #f :f",
+            "ExpressionAttributeNames": {"#k": "kind", "#e": "expires_at", "#f": "f"},
+            "ExpressionAttributeValues": {":k": {"S": ARCHIVE_KIND}, ":e": {"N": str(expires)},
+                                          ":f": {"BS": sorted(fps)}}}
+
+
+def _kept_users(users: dict[int, set[bytes]], oldest_day: int) -> dict[int, set[bytes]]:
+    return {d: set(sorted(u)[:MAX_USERS_PER_DAY]) for d, u in users.items() if d >= oldest_day and u}
+
+
+def _kept_user_traits(elements: set[str]) -> list[str]:
+    latest = _latest_user_traits(elements)
+    kept = cap_users(_users_of(latest))
+    return [_user_trait_element(ms, u, k, enc) for (u, k), (ms, enc) in latest.items() if u in kept]
+
+
+def _users_of(latest: dict[tuple[str, str], tuple[int, str]]) -> dict[str, dict[str, tuple[int, str]]]:
+    users: dict[str, dict[str, tuple[int, str]]] = {}
+    for (user, key), entry in latest.items():
+        users.setdefault(user, {})[key] = entry
+    return users
+
+
+def _pending_size(pending: dict[tuple[int, str], set[bytes]]) -> int:
+    return sum(len(f"p{h}|{n}") + 8 * len(fps) for (h, n), fps in pending.items())
+
+
+__all__ = ["CompactionPlan", "cold_key", "is_due", "late_hours", "plan"]
