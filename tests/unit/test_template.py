@@ -373,7 +373,7 @@ def test_ingest_reads_usage_state_only_to_compact_it_and_otherwise_only_the_defi
     statements = [s for p in template["Resources"]["IngestFunction"]["Properties"]["Policies"]
                   for s in p.get("Statement", [])]
     actions = {a for s in statements for a in _as_list(s["Action"])}
-    assert actions == {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:BatchGetItem",
+    assert actions == {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query",
                        "dynamodb:BatchWriteItem"}
     reads = [s for s in statements if "dynamodb:GetItem" in _as_list(s["Action"])]
     assert sorted(tuple(sorted(_leading_keys(s))) for s in reads) == [("A#*",), ("DEF",)]
@@ -406,7 +406,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     from pqlflow.qualify.transitions import state_key
 
     usage, quarantine = _pattern(usage_key("acct")), _pattern(quarantine_item("{}", Rejection("body", "x"), 0, 1))
-    cold, archive = _pattern(cold_key("acct")), _pattern(archive_key("acct", None, 0))
+    cold, archive = _pattern(cold_key("acct")), _pattern(archive_key("acct", None, 0, 1))
     definition = _pattern({"pk": definitions.PK})
     pql = _pattern(state_key("acct", None))
     action, account_cap, user_cap = (_pattern(action_key("acct", "t")), _pattern(cap_key("account", "acct")),
@@ -418,8 +418,8 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     return {
         # ingest: the usage write per account; compaction's transaction (hot update, cold put, archive updates)
         # and reads (cold item, archives); quarantined events; the definition in force (read only)
-        "IngestFunction": {"dynamodb:UpdateItem": {usage, cold, archive}, "dynamodb:PutItem": {cold},
-                           "dynamodb:GetItem": {usage, cold, definition}, "dynamodb:BatchGetItem": {archive},
+        "IngestFunction": {"dynamodb:UpdateItem": {usage}, "dynamodb:PutItem": {cold, archive},
+                           "dynamodb:GetItem": {usage, cold, definition}, "dynamodb:Query": {archive},
                            "dynamodb:BatchWriteItem": {quarantine}},
         # qualify: transition state (conditional put/update), the cold usage item and the published definition
         # (read only)

@@ -199,8 +199,13 @@ def test_any_lateness_up_to_weeks_with_the_clock_moving_gives_the_state_of_one_c
                       for n, m in enumerate(copies))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(arrivals)), max_size=6), label="cuts"))
     batches = [arrivals[a:b] for a, b in zip([0, *cuts], [*cuts, len(arrivals)], strict=True) if b > a]
-    # ...with the items of some runs pushed past the size limits (the thresholds made tiny)
-    if data.draw(st.booleans(), label="size pressure"):
+    # ...with the compaction thresholds as shipped, small (a compaction every few batches), or tiny (every item
+    # past the size limits: completed hours and then the current one folded at once)
+    regime = data.draw(st.sampled_from(["shipped", "small", "tiny"]), label="thresholds")
+    if regime != "shipped":
+        monkeypatch.setattr(compaction, "FOLD_AT_BYTES", 150)
+        monkeypatch.setattr(compaction, "FOLD_DOWN_TO_BYTES", 60)
+    if regime == "tiny":
         monkeypatch.setattr(compaction, "SIZE_SOFT_LIMIT", 400)
         monkeypatch.setattr(compaction, "BUSY_BYTES", 200)
     client, table = _fresh_table()
@@ -229,13 +234,18 @@ def _prepared(recorder_client: object | None = None) -> tuple[object, str, Dynam
 
 
 @pytest.mark.parametrize("failure", ["throttle", "crash", "crash_after"])
-def test_a_failure_at_any_aws_call_of_a_batch_and_its_compaction_then_redelivery_gives_the_clean_state(aws, failure):
+def test_a_failure_at_any_aws_call_of_a_batch_and_its_compaction_then_redelivery_gives_the_clean_state(
+    aws, monkeypatch, failure
+):
+    # (items this small are compacted only with the fold threshold lowered)
+    monkeypatch.setattr(compaction, "FOLD_AT_BYTES", 150)
+    monkeypatch.setattr(compaction, "FOLD_DOWN_TO_BYTES", 60)
     client, table, store = _prepared()
     recorder = CallRecorder(client)
     assert _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS) == []
     expected, calls = _state(client, table), recorder.total
     assert expected == _expected_late(EARLIER + COMPACTING_BATCH)
-    assert {"TransactWriteItems", "BatchGetItem", "GetItem"} <= set(recorder.calls)
+    assert {"TransactWriteItems", "Query", "GetItem"} <= set(recorder.calls)
     for n in range(1, calls + 1):
         # Given the Nth AWS call of the batch fails: an AWS error, the process dying before it, or after it
         client, table, store = _prepared()

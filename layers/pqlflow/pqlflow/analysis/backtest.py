@@ -53,7 +53,6 @@ from pqlflow.contracts.usage_events import (
     parse_body,
 )
 from pqlflow.ingest.usage import (
-    HOUR_MS,
     MAX_USERS_PER_DAY,
     SEEN,
     AccountUsage,
@@ -793,7 +792,7 @@ def _fold_traits(
         day_set.add(fp)
     user_traits = usage.users.setdefault(user, {})
     seen_at = user_traits.get(SEEN)
-    stamp = ms - ms % HOUR_MS  # pqlflow.ingest.usage.seen_stamp, inlined on this hot path
+    stamp = ms - ms % DAY_MS  # pqlflow.ingest.usage.seen_stamp, inlined on this hot path
     if seen_at is None or (stamp, "null") > seen_at:
         user_traits[SEEN] = (stamp, "null")
     account_traits = kind == "group" or (kind == "identify" and usage.account_id.startswith("user:"))
@@ -970,7 +969,7 @@ def run_definition(
                             if user_traits is None:
                                 user_traits = usage.users[user] = {}
                             seen_at = user_traits.get(SEEN)
-                            stamp = ms - ms % HOUR_MS
+                            stamp = ms - ms % DAY_MS
                             if seen_at is None or (stamp, "null") > seen_at:
                                 user_traits[SEEN] = (stamp, "null")
                             name = rec[6]

@@ -42,7 +42,7 @@ class UsageStore(Protocol):
 
     def read_cold(self, account_id: str, user_id: str | None) -> ColdUsage | None: ...
 
-    def read_archives(self, account_id: str, user_id: str | None, hours: list[int]) -> dict[int, set[bytes]]: ...
+    def read_archives(self, account_id: str, user_id: str | None, days: list[int]) -> dict[int, set[bytes]]: ...
 
     def transact(self, items: list[dict[str, Any]]) -> bool: ...
 
@@ -66,7 +66,7 @@ class BatchOutcome:
     subjects_written: int = 0
     write_requests: int = 0
     compactions: int = 0
-    late_duplicates: int = 0  # copies recognized by the archive of an hour folded before
+    late_duplicates: int = 0  # copies recognized by the archive of a day folded before
     failed_subjects: int = 0
     quarantine_reduced: int = 0  # quarantine items DynamoDB refused whole, stored in their reduced form
     quarantine_dropped: int = 0  # refused even reduced (never expected): logged, not retried
@@ -190,7 +190,7 @@ class IngestBatch:
                 if stored.needs_cold and (cold is None or cold.version != stored.cver):
                     stored = self._reread(store, stored)  # another instance compacted since: start from its item
                     continue
-                late = compaction.late_hours(stored, self.now_ms, hours)
+                late = compaction.late_days(stored, self.now_ms, hours)
                 archives = store.read_archives(stored.account_id, stored.user_id, late) if late else {}
                 plan = compaction.plan(store.table, stored, cold, archives, self.config.spec, self.now_ms, hours)
                 if not store.transact(plan.transact_items):

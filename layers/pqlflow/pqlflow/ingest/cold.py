@@ -9,11 +9,12 @@ in two kinds of item that no happy-path write touches:
   in the binary attribute `b`, with the compaction version `v` it belongs to (the hot item's `cver`). It is
   rewritten, whole, only by compaction, in the same transaction that removes what it folded from the hot
   item; qualification reads it (one eventually consistent GetItem, 0.5 RRU up to 4 KB);
-* **archive items** (`sk` `USAGE#F#<event hour>`, `…#U#<user>` for `unit: user`): the fingerprints of the
-  events folded for one event hour (binary set `f`), expiring with the retention window (`expires_at`, the
-  table's TTL). A copy of an event whose hour was already folded is checked against its hour's archive by
-  the compaction that folds it (a consistent read, only for such late hours), so it counts once at any
-  lateness within retention.
+* **archive items** (`sk` `USAGE#F#<event day>#<subject>#<compaction version>`): the fingerprints of the
+  events one compaction folded for one event day (binary set `f`), expiring with the retention window
+  (`expires_at`, the table's TTL). Each compaction writes its own small items (one per event day it folds),
+  so none grows with the day. A copy of an event whose hour was already folded is checked against its day's
+  archive (one consistent Query of the day's items) by the compaction that folds it, and only then: so it
+  counts once at any lateness within retention.
 
 Sort keys cannot collide with a hot item's: `USAGE#C…` and `USAGE#F…` are never `USAGE` or `USAGE#U#…`.
 """
@@ -21,6 +22,7 @@ Sort keys cannot collide with a hot item's: `USAGE#C…` and `USAGE#F…` are ne
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -35,9 +37,21 @@ def cold_key(account_id: str, user_id: str | None = None) -> dict[str, dict[str,
     return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": sk}}
 
 
-def archive_key(account_id: str, user_id: str | None, hour: int) -> dict[str, dict[str, str]]:
-    sk = f"USAGE#F#{hour:08d}" + ("" if user_id is None else f"#U#{user_id}")
-    return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": sk}}
+def archive_scope(user_id: str | None) -> str:
+    """Fixed-width part of an archive key for the subject: `A` (the account) or a hash of the user id, so that
+    one subject's key prefix can never be a prefix of another's, whatever the user ids hold."""
+    return "A" if user_id is None else hashlib.blake2b(user_id.encode(), digest_size=8).hexdigest()
+
+
+def archive_prefix(account_id: str, user_id: str | None, day: int) -> tuple[str, str]:
+    """(pk, sk prefix) of every archive item of one subject's event day."""
+    return f"A#{account_id}", f"USAGE#F#{day:06d}#{archive_scope(user_id)}#"
+
+
+def archive_key(account_id: str, user_id: str | None, day: int, version: int) -> dict[str, dict[str, str]]:
+    """The archive item compaction `version` writes for one event day: only the fingerprints it folded."""
+    pk, prefix = archive_prefix(account_id, user_id, day)
+    return {"pk": {"S": pk}, "sk": {"S": f"{prefix}{version:010d}"}}
 
 
 @dataclass

@@ -1,21 +1,21 @@
 """Compaction: what the hot usage item has gathered moves to the cold item, in one transaction.
 
-Every batch's write to the hot item is billed on the item's whole size, so the hot item keeps only what
-arrived since the last compaction. Compaction runs when the item a batch's write returned
-(ReturnValues=ALL_NEW, no extra read) says it is due:
+Every batch's write to the hot item is billed on the item's whole size, and a compaction is a transaction
+of about 6 WRU, so compaction runs only when it pays, decided from the item a batch's write returned
+(ReturnValues=ALL_NEW, no extra read):
 
-* an event hour ended more than the pending window ago (`PENDING_WINDOW_HOURS`, 1 by default: the hot item
-  holds one to two hours of events); past BUSY_BYTES every completed hour, past SIZE_SOFT_LIMIT the current
-  hour too;
+* the item is past FOLD_AT_BYTES (900 B: one more write would cost 2 WRU): its oldest hours that ended more
+  than `PENDING_WINDOW_HOURS` ago (1 by default) are folded until it is under FOLD_DOWN_TO_BYTES (200 B). A sparse
+  account's item can so hold days of events and be compacted every few days; a busy one about hourly;
+* past BUSY_BYTES (16 KB) every completed hour, past SIZE_SOFT_LIMIT (200 KB) the current hour too;
 * a pending slot is *late*: its hour was folded already (a copy, or an event that arrived after its hour);
-* gauge / trait / time / active-user elements pass HOT_CLUTTER_BYTES and a quarter of the item;
 * the item still has the layout before the cold item (`lc`/`dc`/`t<hour>`): it is migrated.
 
 One TransactWriteItems, conditional on the hot item's compaction version `cver`, then (1) DELETEs from the
 hot item exactly the elements it folded (never a whole attribute: a concurrent batch's additions stay),
-sets `cver` + 1 and the fold watermark `fw`; (2) puts the cold item at that version; (3) ADDs the folded
-events' fingerprints to their hours' archive items. Late slots are checked against their hour's archive
-first (one consistent read of only those hours): a fingerprint already there was counted, and is dropped.
+sets `cver` + 1 and the fold watermark `fw`; (2) puts the cold item at that version; (3) puts, per event day it
+folded, an archive item of the fingerprints it folded. Late slots are checked against their day's archive
+first (one consistent Query per late day, only then): a fingerprint already there was counted, and is dropped.
 All or nothing, so a crash anywhere leaves either the state before or the state after; if the condition
 fails another compaction won, and this one is simply dropped. See docs/ingest.md.
 """
@@ -43,9 +43,12 @@ from pqlflow.ingest.usage import DAY_MS, HOUR_MS, MAX_USERS_PER_DAY, TrackingSpe
 
 DEFAULT_PENDING_HOURS = 1
 BUSY_BYTES = 16 * 1024  # past this, completed hours fold at once (every write is billed per KB of the item)
+FOLD_AT_BYTES = 900  # a hot item past this is compacted: a write of more than 1 KB is billed 2 WRU
+FOLD_DOWN_TO_BYTES = 200  # ...folding its oldest hours until it is back under this
+MIN_CLUTTER_MOVED = 256  # or, with no hour old enough, moving at least this much of its other elements
 HOT_CLUTTER_BYTES = 1024  # gauge/trait/time/user elements tolerated on the hot item before they move
-MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit: the hot item, the cold item and up to 98 archive hours
-_ARCHIVE_HOURS = MAX_TRANSACTION_ITEMS - 2
+MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit: the hot item, the cold item and up to 98 archive items
+_ARCHIVE_HOURS = MAX_TRANSACTION_ITEMS - 2  # hours folded per round: at most that many event days
 _ARCHIVE_GRACE_DAYS = 2  # archive items outlive the retention window by this much before TTL removes them
 
 
@@ -69,37 +72,65 @@ def clutter_bytes(stored: StoredUsage) -> int:
 
 
 def is_due(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> bool:
+    """Whether the item a batch's write returned needs a compaction now. Folding costs a transaction (about 6
+    WRU), carrying costs nothing while the item stays under 1 KB: so a small item is left alone, however old
+    its hours, unless a late slot awaits its check or it still has the layout before the cold item."""
+    if stored.legacy_totals or stored.touched or any(stored.is_late(h) for h, _ in stored.pending):
+        return True
     last = fold_to(stored, now_ms, pending_hours)
-    return (any(h <= last for h, _ in stored.pending) or stored.legacy_totals or bool(stored.touched)
-            or _cluttered(stored))
+    eligible = any(h <= last for h, _ in stored.pending)
+    if stored.size > BUSY_BYTES:
+        return eligible or _cluttered(stored)
+    if stored.size > FOLD_AT_BYTES:
+        return eligible or clutter_bytes(stored) >= MIN_CLUTTER_MOVED
+    return False
 
 
 def _cluttered(stored: StoredUsage) -> bool:
-    """Enough gauge/trait/time elements that moving them pays: over HOT_CLUTTER_BYTES and a quarter of the
-    item (a compaction rewrites the whole hot item, twice billed in a transaction)."""
+    """Enough gauge/trait/time elements that moving them pays on a big item: over HOT_CLUTTER_BYTES and a
+    quarter of the item (a compaction rewrites the whole hot item, twice billed in a transaction)."""
     clutter = clutter_bytes(stored)
     return clutter > HOT_CLUTTER_BYTES and clutter * 4 > stored.size
 
 
+def _hour_bytes(stored: StoredUsage, hour: int) -> int:
+    return sum(len(f"p{h}|{n}") + 8 * len(fps) for (h, n), fps in stored.pending.items() if h == hour)
+
+
 def hours_to_fold(stored: StoredUsage, now_ms: int, pending_hours: int) -> tuple[list[int], bool]:
-    """The hours this round folds, oldest first, within one request's limits; and whether that is all."""
+    """The hours this round folds, oldest first, within one request's limits; and whether that is every hour
+    old enough to fold. Late hours always; the others all when the item is big or migrating, else the oldest
+    until the item is back under FOLD_DOWN_TO_BYTES (recent hours stay: folding them now would only mean
+    folding again sooner)."""
     last = fold_to(stored, now_ms, pending_hours)
-    due = sorted({h for h, _ in stored.pending if h <= last})
+    eligible = sorted({h for h, _ in stored.pending if h <= last})
+    if stored.size > BUSY_BYTES or stored.legacy_totals or stored.touched:
+        wanted = eligible
+    else:
+        wanted = [h for h in eligible if stored.is_late(h)]
+        size = stored.size - clutter_bytes(stored) - sum(_hour_bytes(stored, h) for h in wanted)
+        for hour in eligible:
+            if size <= FOLD_DOWN_TO_BYTES:
+                break
+            if not stored.is_late(hour):
+                wanted.append(hour)
+                size -= _hour_bytes(stored, hour)
+        wanted.sort()
     chosen: list[int] = []
     clauses = 0
-    for hour in due:
+    for hour in wanted:
         slots = sum(1 for h, _ in stored.pending if h == hour)
         if chosen and (len(chosen) >= _ARCHIVE_HOURS or clauses + slots > MAX_CLAUSES - 20):
             return chosen, False
         chosen.append(hour)
         clauses += slots
-    return chosen, True
+    return chosen, chosen == eligible
 
 
-def late_hours(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> list[int]:
-    """Hours this round folds whose archive must be read first (only hours folded before)."""
+def late_days(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> list[int]:
+    """Event days whose archive this round must read first: those of the late hours it folds (only those)."""
     hours, _ = hours_to_fold(stored, now_ms, pending_hours)
-    return [h for h in hours if stored.is_late(h)]
+    return sorted({h // 24 for h in hours if stored.is_late(h)})
 
 
 @dataclass
@@ -114,7 +145,7 @@ class CompactionPlan:
 def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict[int, set[bytes]],
          spec: TrackingSpec, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> CompactionPlan:
     """The transaction of one compaction round. `cold` is the cold item at the hot item's version (None
-    before the first compaction of this layout); `archives` the fingerprints of each late hour's archive."""
+    before the first compaction of this layout); `archives` the fingerprints archived for each late day."""
     merged = stored.with_cold(cold)
     hours, complete = hours_to_fold(stored, now_ms, pending_hours)
     new_fw = fold_to(stored, now_ms, pending_hours) if complete else max([stored.fw or -1, *hours])
@@ -122,12 +153,12 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         new_fw = max(new_fw, stored.fw)
     hot = _Expression()
     lifetime, daily = dict(merged.lifetime), {n: dict(d) for n, d in merged.daily.items()}
-    archive_items: list[dict[str, Any]] = []
+    new_by_day: dict[int, set[bytes]] = {}
     folded = duplicates = 0
     remaining = dict(stored.pending)
     expires = (now_ms // 1000) + (spec.retention_days + _ARCHIVE_GRACE_DAYS) * 86_400
     for hour in hours:
-        seen = archives.get(hour, set()) if stored.is_late(hour) else set()
+        seen = archives.get(hour // 24, set()) if stored.is_late(hour) else set()
         new_fps: set[bytes] = set()
         for (h, name), fps in stored.pending.items():
             if h != hour:
@@ -143,7 +174,8 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
             del remaining[(h, name)]
         folded += len(new_fps)
         if new_fps:
-            archive_items.append(_archive_update(table, stored, hour, new_fps, expires))
+            new_by_day.setdefault(hour // 24, set()).update(new_fps)
+    archive_items = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())]
     today = now_ms // DAY_MS
     oldest_day = today - spec.retention_days + 1
     daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
@@ -177,19 +209,17 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
     update.pop("ReturnValues", None)
     items = [{"Update": update},
              {"Put": {"TableName": table, "Item": new_cold.item(stored.account_id, stored.user_id)}},
-             *({"Update": a} for a in archive_items)]
+             *({"Put": a} for a in archive_items)]
     after = replace(stored, pending=remaining, touched={}, lifetime={}, daily={}, cver=stored.cver + 1, users={},
                     gauges={}, traits=set(), user_traits=set(), times=set(), conversions=set(), fw=new_fw,
                     legacy_totals=False, size=_pending_size(remaining))
     return CompactionPlan(items, after, folded, duplicates, hours)
 
 
-def _archive_update(table: str, stored: StoredUsage, hour: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
-    return {"TableName": table, "Key": archive_key(stored.account_id, stored.user_id, hour),
-            "UpdateExpression": "SET #k = :k, #e = :e ADD #f :f",
-            "ExpressionAttributeNames": {"#k": "kind", "#e": "expires_at", "#f": "f"},
-            "ExpressionAttributeValues": {":k": {"S": ARCHIVE_KIND}, ":e": {"N": str(expires)},
-                                          ":f": {"BS": sorted(fps)}}}
+def _archive_item(table: str, stored: StoredUsage, day: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
+    key = archive_key(stored.account_id, stored.user_id, day, stored.cver + 1)
+    return {"TableName": table, "Item": {**key, "kind": {"S": ARCHIVE_KIND}, "expires_at": {"N": str(expires)},
+                                         "f": {"BS": sorted(fps)}}}
 
 
 def _kept_users(users: dict[int, set[bytes]], oldest_day: int) -> dict[int, set[bytes]]:
@@ -213,4 +243,4 @@ def _pending_size(pending: dict[tuple[int, str], set[bytes]]) -> int:
     return sum(len(f"p{h}|{n}") + 8 * len(fps) for (h, n), fps in pending.items())
 
 
-__all__ = ["CompactionPlan", "cold_key", "is_due", "late_hours", "plan"]
+__all__ = ["CompactionPlan", "cold_key", "is_due", "late_days", "plan"]

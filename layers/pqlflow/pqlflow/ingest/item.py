@@ -1,31 +1,29 @@
-"""The usage-state item in DynamoDB: one idempotent UpdateItem per account per batch, its decoding, its compaction.
+"""The hot usage item in DynamoDB: one idempotent UpdateItem per account per batch, and its decoding.
 
 Exactly-once without a read: every change a batch makes is a *set union* (DynamoDB `ADD` on a set),
 which is idempotent and commutative. An event is recorded as its 8-byte messageId fingerprint in the
-set of its (event hour, counter name) slot; a count is the size of those sets plus a compacted total.
+set of its (event hour, counter name) slot; a count is the size of those sets plus the cold item's total.
 Redelivered, reordered or re-batched events therefore leave the item exactly as one clean delivery
 would, and a crash between any two writes is repaired by redelivery. Last-writer-wins values
 (gauges, traits) are sets of "<event ms>|<value>" elements whose maximum wins; first/last seen and
 conversion time are number sets whose min/max win.
 
-Compaction folds fingerprint sets into plain counters once no batch has touched their hour for the
-dedupe window (default 24 h), or sooner when the item grows past SIZE_SOFT_LIMIT. It is decided from
-the item the happy-path write returns (ReturnValues=ALL_NEW: no extra read) and written with one
-conditional UpdateItem guarded by the compaction version `cver`; it only DELETEs the exact elements it
-folded, so concurrent batches never lose an event. See docs/ingest.md.
+Every write is billed on the whole item, so it holds only what arrived since the last compaction
+(`pqlflow.ingest.compaction`), which moves the rest to the cold item (`pqlflow.ingest.cold`). A slot of an
+hour at or before the fold watermark `fw` is *late* (a copy, or an event that arrived after its hour was
+folded): it is not counted until compaction has checked it against the archive. See docs/ingest.md.
 
 Attributes (all names short; item size is money):
   pk "A#<account>"  sk "USAGE" | "USAGE#U#<user>"   kind "usage"   aid, uid
   p<hour>|<name>  BS  fingerprints of events counted under <name> in that event hour (pending)
-  t<hour>         N   processing time (ms) of the last batch that added to hour <hour>
-  lc              M   name → lifetime count folded so far;  dc  M  name → {epoch day → count}
-  cver            N   compaction version
+  cver            N   compaction version (the cold item's `v`);  fw  N  fold watermark (an event hour)
   u<day>          BS  fingerprints of users active that day
   g|<key>         SS  "<ms13>|<repr(value)>" gauge readings
   ta              SS  "<ms13>|<json [trait, value-json]>"        account traits
-  tu              SS  "<ms13>|<json [user, trait, value-json]>"  user traits ($seen = last seen)
+  tu              SS  "<ms13>|<json [user, trait, value-json]>"  user traits ($seen = last seen, to the day)
   ts              NS  event times (min = first seen, max = last seen);  cv  NS  conversion times
-"""
+The layout before the cold item also had (read, and removed by the next compaction):
+  lc  M  name → lifetime count folded so far;  dc  M  name → {epoch day → count};  t<hour>  N  last touch"""
 
 from __future__ import annotations
 

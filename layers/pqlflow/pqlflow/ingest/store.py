@@ -9,14 +9,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
-from pqlflow.ingest.cold import ColdUsage, archive_fingerprints, archive_key, cold_key
+from pqlflow.ingest.cold import ColdUsage, archive_fingerprints, archive_prefix, cold_key
 from pqlflow.ingest.item import StoredUsage, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, reduced_item
 from pqlflow.ingest.usage import AccountUsage
 from pqlflow.kernel.aws import AwsClient
 
 BATCH_WRITE_MAX = 25
-BATCH_GET_MAX = 100
 UNPROCESSED_RETRIES = 6
 
 
@@ -115,24 +114,24 @@ class DynamoUsageStore:
         response = self.client.get_item(TableName=self.table, Key=cold_key(account_id, user_id), ConsistentRead=True)
         return ColdUsage.parse(response.get("Item"))
 
-    def read_archives(self, account_id: str, user_id: str | None, hours: list[int]) -> dict[int, set[bytes]]:
-        """Fingerprints already archived for each of `hours` (consistent reads, 100 keys per request)."""
-        found: dict[int, set[bytes]] = {h: set() for h in hours}
-        by_sk = {archive_key(account_id, user_id, h)["sk"]["S"]: h for h in hours}
-        keys = [archive_key(account_id, user_id, h) for h in hours]
-        for start in range(0, len(keys), BATCH_GET_MAX):
-            chunk = keys[start : start + BATCH_GET_MAX]
-            pending: dict[str, Any] = {self.table: {"Keys": chunk, "ConsistentRead": True}}
-            for attempt in range(UNPROCESSED_RETRIES + 1):
-                response = self.client.batch_get_item(RequestItems=pending)
-                for item in response.get("Responses", {}).get(self.table, []):
-                    found[by_sk[item["sk"]["S"]]] = archive_fingerprints(item)
-                pending = response.get("UnprocessedKeys") or {}
-                if not pending:
+    def read_archives(self, account_id: str, user_id: str | None, days: list[int]) -> dict[int, set[bytes]]:
+        """Fingerprints already archived for each event day of `days` (one consistent Query per day)."""
+        found: dict[int, set[bytes]] = {}
+        for day in days:
+            pk, prefix = archive_prefix(account_id, user_id, day)
+            request: dict[str, Any] = {
+                "TableName": self.table, "ConsistentRead": True, "ProjectionExpression": "f",
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+                "ExpressionAttributeValues": {":pk": {"S": pk}, ":prefix": {"S": prefix}}}
+            fps: set[bytes] = set()
+            while True:
+                response = self.client.query(**request)
+                for item in response.get("Items", []):
+                    fps |= archive_fingerprints(item)
+                if "LastEvaluatedKey" not in response:
                     break
-                if attempt == UNPROCESSED_RETRIES:
-                    raise RuntimeError("archive reads left unprocessed by DynamoDB")
-                self._sleep(0.05 * 2**attempt)
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            found[day] = fps
         return found
 
     def transact(self, items: list[dict[str, Any]]) -> bool:

@@ -40,9 +40,9 @@ def fingerprint(text: str) -> bytes:
 
 
 def seen_stamp(ms: int) -> int:
-    """When a user was last seen, kept to the hour: every batch of the hour then adds the same element to
+    """When a user was last seen, kept to the day (UTC): every batch of the day then adds the same element to
     the usage item (a set union adds nothing), where an exact time would add one per batch, billed per KB."""
-    return ms - ms % HOUR_MS
+    return ms - ms % DAY_MS
 
 
 def day_of(ms: int) -> int:
