@@ -101,7 +101,11 @@ def count_writes(client: Any) -> Counter[str]:
 
 
 def pqlflow_writes(batches: list[list[dict[str, Any]]]) -> tuple[int, Counter[str]]:
+    from pqlflow.local import moto_transactions
+
     from functions.ingest import app
+
+    moto_transactions.install()  # compaction's transactions: moto would copy the whole table for each
 
     client = boto3.client("dynamodb")
     client.create_table(TableName="usage", **table_definition())
@@ -110,13 +114,13 @@ def pqlflow_writes(batches: list[list[dict[str, Any]]]) -> tuple[int, Counter[st
     for batch in batches:
         response = app.handler(sqs_event(batch), LambdaContext(), processor=processor)
         assert response == {"batchItemFailures": []}
+    from pqlflow.ingest.store import read_usage
+
     total = 0
     for i in range(ACCOUNTS):
-        item = client.get_item(TableName="usage", Key={"pk": {"S": f"A#acct-{i:03d}"}, "sk": {"S": "USAGE"}})
-        if "Item" in item:
-            from pqlflow.ingest.item import decode_image
-
-            total += sum(c for n, c in decode_image(item["Item"]).lifetime.items() if "[" not in n)
+        usage = read_usage(client, "usage", f"acct-{i:03d}")
+        if usage is not None:
+            total += sum(c for n, c in usage.lifetime.items() if "[" not in n)
     return total, calls
 
 

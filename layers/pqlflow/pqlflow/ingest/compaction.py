@@ -46,7 +46,6 @@ BUSY_BYTES = 16 * 1024  # past this, completed hours fold at once (every write i
 FOLD_AT_BYTES = 900  # a hot item past this is compacted: a write of more than 1 KB is billed 2 WRU
 FOLD_DOWN_TO_BYTES = 200  # ...folding its oldest hours until it is back under this
 MIN_CLUTTER_MOVED = 256  # or, with no hour old enough, moving at least this much of its other elements
-HOT_CLUTTER_BYTES = 1024  # gauge/trait/time/user elements tolerated on the hot item before they move
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit: the hot item, the cold item and up to 98 archive items
 _ARCHIVE_HOURS = MAX_TRANSACTION_ITEMS - 2  # hours folded per round: at most that many event days
 _ARCHIVE_GRACE_DAYS = 2  # archive items outlive the retention window by this much before TTL removes them
@@ -79,18 +78,15 @@ def is_due(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDIN
         return True
     last = fold_to(stored, now_ms, pending_hours)
     eligible = any(h <= last for h, _ in stored.pending)
-    if stored.size > BUSY_BYTES:
-        return eligible or _cluttered(stored)
-    if stored.size > FOLD_AT_BYTES:
-        return eligible or clutter_bytes(stored) >= MIN_CLUTTER_MOVED
-    return False
+    return stored.size > FOLD_AT_BYTES and (eligible or _cluttered(stored))
 
 
 def _cluttered(stored: StoredUsage) -> bool:
-    """Enough gauge/trait/time elements that moving them pays on a big item: over HOT_CLUTTER_BYTES and a
-    quarter of the item (a compaction rewrites the whole hot item, twice billed in a transaction)."""
+    """Enough gauge/trait/time/user elements that moving them pays: at least MIN_CLUTTER_MOVED and a quarter
+    of the item (a compaction rewrites the whole hot item, twice billed in a transaction; an item that is
+    mostly the current hour's events would otherwise be compacted by every batch, for a few elements each)."""
     clutter = clutter_bytes(stored)
-    return clutter > HOT_CLUTTER_BYTES and clutter * 4 > stored.size
+    return clutter >= MIN_CLUTTER_MOVED and clutter * 4 > stored.size
 
 
 def _hour_bytes(stored: StoredUsage, hour: int) -> int:
