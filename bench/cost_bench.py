@@ -25,9 +25,10 @@ Shapes (live windows are measured; histories only build realistic item state and
   difference;
 - busy: `--accounts` (1,000) accounts with 90 days of steady history over 10 event names (folded through the
   real handler for 12 prototype accounts, in 6-day batches, then copied to every account), then live traffic
-  of one event per account every 2–3 minutes for `--minutes` (5);
+  of one event per account every 2–3 minutes for `--minutes` (60: an hour holds each account's compaction
+  once, at its real rate);
 - hot: one account at 100,000 events/day (26 hours of history in hourly batches: its item is under size
-  pressure) beside 100 ordinary accounts, live for `--minutes` (10).
+  pressure) beside 100 ordinary accounts, live for `--minutes` (60).
 
 The naive baseline gets the same live events in the same batches: per event one UpdateItem ADD on a small
 per-account counter item, made idempotent by Powertools' idempotency utility (its record keyed by messageId:
@@ -174,6 +175,9 @@ def moto_speedups() -> Iterator[None]:
     """
     from moto.core import serialize
     from moto.dynamodb import exceptions
+    from pqlflow.local import moto_transactions
+
+    moto_transactions.install()  # compaction's TransactWriteItems: snapshots of its items, not of the table
     from moto.dynamodb.models import DynamoDBBackend, dynamo_type
 
     serializer: Any = serialize.BaseJSONSerializer
@@ -310,11 +314,12 @@ def moto_speedups() -> Iterator[None]:
     def backend_update(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
         if self.get_table(table_name).stream_shard is not None:
             return model_update(self, table_name, *args, **kwargs)
-        ddb_models.copy = _NoCopy(copy, lambda value: value)  # type: ignore[assignment]
+        before = ddb_models.copy  # moto's, or pqlflow.local.moto_transactions' stand-in: put back as found
+        ddb_models.copy = _NoCopy(before, lambda value: value)  # type: ignore[assignment]
         try:
             return model_update(self, table_name, *args, **kwargs)
         finally:
-            ddb_models.copy = copy  # type: ignore[assignment]
+            ddb_models.copy = before  # type: ignore[assignment]
 
     handler_cls.update_item = handler_update
     # and the response's AttributeValues are turned into plain JSON leaf by leaf through generic checks
@@ -689,14 +694,16 @@ class Pqlflow:
             self.changes.clear()
 
     def copy_accounts(self, mapping: dict[str, str]) -> None:
-        """Copy each prototype's items (pk A#<proto>) to other accounts, renaming the account inside."""
+        """Copy each prototype's items (pk A#<proto>) to other accounts, renaming the account inside. Archive
+        items (fingerprints of folded hours) are not copied: only a late copy reads them, and live traffic has
+        none (a prototype's ~2,000 of them, copied to 1,000 accounts, would only fill the emulator)."""
         backend = MotoImages(ACCOUNT, REGION).backend
         table = backend.get_table(self.s.table)  # written directly: setup, not a request anyone pays
         protos: dict[str, list[dict[str, Any]]] = {}
         for item in table.all_items():
             attrs = item.to_json()["Attributes"]
             pk = attrs["pk"]["S"]
-            if pk.startswith("A#proto-"):
+            if pk.startswith("A#proto-") and not attrs["sk"]["S"].startswith("USAGE#F#"):
                 protos.setdefault(pk[2:], []).append(wire(attrs))
         for target, proto in mapping.items():
             for attrs in protos.get(proto, []):
@@ -1084,7 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=["sparse", "busy", "hot", "all"], default="all")
     parser.add_argument("--accounts", type=int, default=1000, help="busy shape: accounts (default 1000)")
     parser.add_argument("--minutes", type=float, default=None,
-                        help="live window of the busy and hot shapes (default: busy 5, hot 10)")
+                        help="live window of the busy and hot shapes (default 60: an hour holds each account's "
+                             "compaction once)")
     parser.add_argument("--window", type=float, default=None, metavar="S",
                         help="IngestBatchingWindowSeconds to price (default: the template's)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -1122,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         shape_args = copy.copy(args)
         if args.minutes is None:
-            shape_args.minutes = {"busy": 5.0, "hot": 10.0}.get(shape, 0.0)
+            shape_args.minutes = {"busy": 60.0, "hot": 60.0}.get(shape, 0.0)
         {"sparse": shape_sparse, "busy": shape_busy, "hot": shape_hot}[shape](settings, shape_args)
         sys.stdout.flush()
     print(f"\ntotal: {time.process_time() - started:.0f} s CPU, {time.perf_counter() - wall:.0f} s wall")
