@@ -47,7 +47,6 @@ import argparse
 import base64
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import math
@@ -56,9 +55,6 @@ import random
 import sys
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,26 +79,33 @@ with contextlib.redirect_stdout(NULL):  # Powertools' logger binds sys.stdout wh
     import boto3
     from moto import mock_aws
     from pqlflow.kernel import clock
-    from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, BatchWindow, sqs_batches
-    from pqlflow.local.billing import Bill, Meter, MotoImages, chunks, item_size, sqs_poller_requests
-    from pqlflow.local.cfn_yaml import load_yaml
+    from pqlflow.local import pricing
+    from pqlflow.local.billing import Bill, Meter, MotoImages, item_size
     from pqlflow.local.cost import PRICES
-    from pqlflow.local.patterns import filter_criteria_match
-    from pqlflow.local.template import load_template
+    from pqlflow.local.pricing import (
+        ACCOUNT,
+        REGION,
+        Event,
+        Faithful,
+        Measured,
+        Settings,
+        add_sqs_and_invocations,
+        cpu_scale,
+        message_account,
+        moto_speedups,
+        sqs_batches,
+        wire,
+    )
 
-    from functions.ingest import app as ingest_app
-    from functions.qualify import app as qualify_app
-    from tests.support.events import SEGMENT_SOURCE, iso, sqs_record
+    from tests.support.events import iso
     from tests.support.lambda_context import LambdaContext
 
 TEMPLATE = ROOT / "template.yaml"
 HISTORY = ROOT / "events" / "demo" / "history.jsonl"
-ACCOUNT, REGION = "123456789012", "us-east-1"
 DAY_MS, HOUR_MS, MIN_MS = 86_400_000, 3_600_000, 60_000
 LIVE_START_MS = 1_795_341_600_000  # 2026-11-22T10:00:00Z: a weekday morning
 PROTOTYPES = 12
 SPARSE_ACCOUNTS = 15
-FULL_VCPU_MB = 1769  # Lambda: one vCPU at 1,769 MB of memory, proportionally less below
 NAMES = [  # ~10 event names of a B2B SaaS, with weights
     ("Signed In", 18), ("Message Sent", 30), ("Feature Used", 12), ("Page Viewed", 10), ("File Uploaded", 8),
     ("Friend Added", 5), ("Contacts Updated", 6), ("Invite Sent", 3), ("Storage Updated", 5), ("Folder Shared", 3),
@@ -112,321 +115,17 @@ NAMES = [  # ~10 event names of a B2B SaaS, with weights
 # ---- the template's settings ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Settings:
-    ingest_batch_size: int
-    ingest_window: float
-    qualify_batch_size: int
-    qualify_window: float
-    ingest_memory: int
-    qualify_memory: int
-    stream_filters: tuple[dict[str, Any], ...]
-    environment: dict[str, str]
-    table: str
-    bus: str
-    table_args: dict[str, Any]
-
-
 def template_settings(window: float | None, batch_size: int | None) -> Settings:
     """Everything from template.yaml (its Parameters defaults, or --window / --batch-size)."""
-    overrides: dict[str, Any] = {"LogLevel": "INFO"}
+    overrides: dict[str, Any] = {}
     if window is not None:
         overrides["IngestBatchingWindowSeconds"] = window
     if batch_size is not None:
         overrides["IngestBatchSize"] = batch_size
-    wiring = load_template(TEMPLATE, overrides, root=ROOT)
-    ingest = wiring.functions["IngestFunction"]
-    qualify = wiring.functions["QualifyFunction"]
-    sqs = next(s for s in wiring.sqs_sources if s.function == "IngestFunction")
-    stream = next(s for s in wiring.stream_sources if s.function == "QualifyFunction")
-    raw = load_yaml(TEMPLATE)["Resources"]["QualifyFunction"]["Properties"]["Events"][stream.event_name]
-    q_window = raw["Properties"].get("MaximumBatchingWindowInSeconds", 0)
-    if isinstance(q_window, dict) and "Ref" in q_window:
-        q_window = wiring.parameters[q_window["Ref"]]
-    table = wiring.table_named(ingest.environment["TABLE_NAME"])
-    assert table is not None
-    table_args = {"AttributeDefinitions": table.attribute_definitions, "KeySchema": table.key_schema,
-                  "BillingMode": "PAY_PER_REQUEST"}  # no stream on moto: the meter reproduces its records
-    environment = {**qualify.environment, **ingest.environment}
-    environment.pop("POWERTOOLS_SERVICE_NAME", None)
-    return Settings(
-        ingest_batch_size=sqs.batch_size, ingest_window=float(sqs.batching_window_seconds),
-        qualify_batch_size=stream.batch_size, qualify_window=float(q_window),
-        ingest_memory=ingest.memory_size, qualify_memory=qualify.memory_size,
-        stream_filters=stream.filters, environment={k: str(v) for k, v in environment.items()},
-        table=ingest.environment["TABLE_NAME"], bus=qualify.environment["EVENT_BUS_NAME"], table_args=table_args,
-    )
-
-
-# ---- moto, faster on binaries (results unchanged) --------------------------------------------------------
-
-
-@contextlib.contextmanager
-def moto_speedups() -> Iterator[None]:
-    """Two moto hot spots, with unchanged results, while the bench runs:
-
-    - its response serializer walks the API model for every element of a binary set (most of an UpdateItem's
-      time on a usage item of fingerprints): AttributeValues are written as plain JSON instead;
-    - its item dict re-sums the whole item's size on every attribute it sets (quadratic in the item: seconds
-      per write on a 200 KB item): the 400 KB limit is checked once per UpdateItem / PutItem instead, with
-      moto's own error (the write is then not undone: the handler reports the failure and the bench stops);
-    - copies and JSON views of AttributeValues (several per UpdateItem) go through copy.deepcopy's generic
-      machinery element by element: they are built directly (the same values).
-    """
-    from moto.core import serialize
-    from moto.dynamodb import exceptions
-    from pqlflow.local import moto_transactions
-
-    moto_transactions.install()  # compaction's TransactWriteItems: snapshots of its items, not of the table
-    from moto.dynamodb.models import DynamoDBBackend, dynamo_type
-
-    serializer: Any = serialize.BaseJSONSerializer
-    original = serializer._serialize_type_structure
-    limited: Any = dynamo_type.LimitedSizeDict
-    original_setitem = limited.__setitem__
-    backend: Any = DynamoDBBackend
-    original_update, original_put = backend.update_item, backend.put_item
-
-    def plain(value: Any) -> Any:
-        if not isinstance(value, dict) or len(value) != 1:
-            return None
-        ((kind, inner),) = value.items()
-        if kind in ("S", "N"):
-            return {kind: str(inner)}
-        if kind in ("BOOL", "NULL"):
-            return {kind: bool(inner)}
-        if kind in ("SS", "NS"):
-            return {kind: [str(v) for v in inner]}
-        if kind == "B":
-            return {"B": _b64(inner)}
-        if kind == "BS":
-            return {"BS": [_b64(v) for v in inner]}
-        if kind == "M":
-            out = {}
-            for name, member in inner.items():
-                p = plain(member)
-                if p is None:
-                    return None
-                out[name] = p
-            return {"M": out}
-        if kind == "L":
-            items = [plain(m) for m in inner]
-            return None if any(i is None for i in items) else {"L": items}
-        return None
-
-    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
-        if getattr(shape, "name", None) == "AttributeValue":
-            p = plain(value)
-            if p is not None:
-                self._default_serialize(serialized, p, shape, key)
-                return
-        original(self, serialized, value, shape, key)
-
-    def checked(write: Any, error: type[Exception]) -> Any:
-        def run(self: Any, table_name: str, key_or_item: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-            table = self.get_table(table_name)
-            hash_value = dynamo_type.DynamoType(key_or_item[table.hash_key_attr])
-            range_value = (dynamo_type.DynamoType(key_or_item[table.range_key_attr])
-                           if table.range_key_attr and table.range_key_attr in key_or_item else None)
-            del hash_value, range_value
-            item = write(self, table_name, key_or_item, *args, **kwargs)
-            if item is not None and item.size() > 405_000:  # moto's own limit (LimitedSizeDict)
-                raise error()
-            return item
-
-        return run
-
-    dynamo: Any = dynamo_type.DynamoType
-    sets = ("SS", "NS", "BS")
-    originals = (dynamo.__deepcopy__, dynamo.to_regular_json, dynamo.size)
-
-    def fast_copy(value: Any) -> Any:
-        result = dynamo.__new__(dynamo)
-        kind = result.type = value.type
-        inner = value.value
-        if kind == "L":
-            result.value = [fast_copy(v) for v in inner]
-        elif kind == "M":
-            result.value = {k: fast_copy(v) for k, v in inner.items()}
-        elif kind in sets:
-            result.value = list(inner)
-        else:
-            result.value = inner
-        return result
-
-    def regular_json(self: Any) -> dict[str, Any]:
-        kind, inner = self.type, self.value
-        if kind == "M":
-            value: Any = {k: v.to_regular_json() if isinstance(v, dynamo) else copy.deepcopy(v)
-                          for k, v in inner.items()}
-        elif kind == "L":
-            value = [v.to_regular_json() if isinstance(v, dynamo) else copy.deepcopy(v) for v in inner]
-        elif kind in sets:
-            value = list(inner)
-        else:
-            value = inner
-            if kind == "B" and isinstance(value, str):
-                value = base64.b64decode(value)
-        return {kind: value}
-
-    def size(self: Any) -> int:  # moto's own size rule, without re-wrapping every element
-        kind, inner = self.type, self.value
-        if kind in ("BS", "SS"):
-            return sum(len(v) if isinstance(v, bytes) else len(v.encode("utf-8")) for v in inner)
-        if kind == "NS":
-            return sum(len(str(v)) for v in inner)
-        if kind == "N":
-            return len(str(inner))
-        if kind == "M" and all(isinstance(v, dynamo) for v in inner.values()):
-            return sum(len(k.encode("utf-8")) + v.size() for k, v in inner.items())
-        if kind == "L" and all(isinstance(v, dynamo) for v in inner):
-            return sum(v.size() for v in inner)
-        return int(originals[2](self))
-
-    # UpdateItem copies the item twice before it runs: for the response (only ReturnValues ALL_OLD and
-    # UPDATED_* use that copy) and for the table's stream (the bench's table has none: the meter is it).
-    from moto.dynamodb import models as ddb_models
-    from moto.dynamodb import responses as ddb_responses
-
-    class _NoCopy:
-        def __init__(self, real: Any, result: Callable[[Any], Any]) -> None:
-            self.real, self.result = real, result
-
-        def deepcopy(self, value: Any, memo: Any = None) -> Any:
-            return self.result(value)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.real, name)
-
-    handler_cls: Any = ddb_responses.DynamoHandler
-    original_handler_update = handler_cls.update_item
-    model_update = backend.update_item
-
-    def handler_update(self: Any) -> Any:
-        if self.body.get("ReturnValues", "NONE") not in ("NONE", "ALL_NEW"):
-            return original_handler_update(self)
-        ddb_responses.copy = _NoCopy(copy, lambda value: None)  # type: ignore[assignment]
-        try:
-            return original_handler_update(self)
-        finally:
-            ddb_responses.copy = copy  # type: ignore[assignment]
-
-    def backend_update(self: Any, table_name: str, *args: Any, **kwargs: Any) -> Any:
-        if self.get_table(table_name).stream_shard is not None:
-            return model_update(self, table_name, *args, **kwargs)
-        before = ddb_models.copy  # moto's, or pqlflow.local.moto_transactions' stand-in: put back as found
-        ddb_models.copy = _NoCopy(before, lambda value: value)  # type: ignore[assignment]
-        try:
-            return model_update(self, table_name, *args, **kwargs)
-        finally:
-            ddb_models.copy = before  # type: ignore[assignment]
-
-    handler_cls.update_item = handler_update
-    # and the response's AttributeValues are turned into plain JSON leaf by leaf through generic checks
-    original_to_dict = ddb_responses.dynamo_to_dict
-
-    def to_dict(value: Any) -> Any:
-        kind = type(value)
-        if kind is dict:
-            return {k: to_dict(v) for k, v in value.items()}
-        if kind is list:
-            return [to_dict(v) for v in value]
-        if kind is str or kind is int or kind is bool or value is None:
-            return value
-        return original_to_dict(value)
-
-    ddb_responses.dynamo_to_dict = to_dict
-
-    # Two validators of UpdateExpression walk the whole tree from every node of it (quadratic in the clauses):
-    # what they check on a sub-expression is a subset of what they check on the root, so the root alone is
-    # checked (the same expressions are refused).
-    from moto.dynamodb.parsing import ast_nodes, validators
-
-    whole_tree = (validators.ActionCountValidator, validators.OverlappingPathsValidator)
-    original_traverse = [cls.traverse for cls in whole_tree]
-
-    def root_only(check: str) -> Any:
-        def traverse(self: Any, node: Any) -> Any:
-            if isinstance(node, ast_nodes.UpdateExpression):
-                return getattr(self, check)(node)
-            return node
-
-        return traverse
-
-    validators.ActionCountValidator.traverse = root_only("verify_action_counts")
-    validators.OverlappingPathsValidator.traverse = root_only("check_for_overlapping_paths")
-    dynamo.__deepcopy__ = lambda self, memo: fast_copy(self)
-    dynamo.to_regular_json = regular_json
-    dynamo.size = size
-    serializer._serialize_type_structure = serialize_structure
-    limited.__setitem__ = dict.__setitem__
-    backend.update_item = checked(backend_update, exceptions.ItemSizeToUpdateTooLarge)
-    backend.put_item = checked(original_put, exceptions.ItemSizeTooLarge)
-    try:
-        yield
-    finally:
-        serializer._serialize_type_structure = original
-        limited.__setitem__ = original_setitem
-        backend.update_item, backend.put_item = original_update, original_put
-        handler_cls.update_item = original_handler_update
-        ddb_responses.dynamo_to_dict = original_to_dict
-        dynamo.__deepcopy__, dynamo.to_regular_json, dynamo.size = originals
-        for cls, traverse in zip(whole_tree, original_traverse, strict=True):
-            cls.traverse = traverse
-
-
-def _b64(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return base64.b64encode(bytes(value)).decode()
-
-
-def wire(item: dict[str, Any]) -> dict[str, Any]:
-    """An image as Lambda delivers it in a stream event (JSON: binaries as base64 text)."""
-    return {name: _wire_value(value) for name, value in item.items()}
-
-
-def _wire_value(value: dict[str, Any]) -> dict[str, Any]:
-    ((kind, inner),) = value.items()
-    if kind == "B":
-        return {"B": _b64(inner)}
-    if kind == "BS":
-        return {"BS": [_b64(v) for v in inner]}
-    if kind == "M":
-        return {"M": {k: _wire_value(v) for k, v in inner.items()}}
-    if kind == "L":
-        return {"L": [_wire_value(v) for v in inner]}
-    return value  # S, N, SS, NS, BOOL, NULL: the same in JSON (shared, never modified)
+    return pricing.template_settings(TEMPLATE, ROOT, overrides)
 
 
 # ---- traffic ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Event:
-    arrival_ms: int
-    message: dict[str, Any]
-    _record: dict[str, Any] | None = None
-
-    def record(self, index: int = 0) -> dict[str, Any]:
-        """The SQS record: the EventBridge event as Segment's destination sends it, as the message body."""
-        if self._record is None:
-            m = self.message
-            envelope = {
-                "version": "0", "id": hashlib.md5(m["messageId"].encode()).hexdigest(),  # noqa: S324
-                "detail-type": m.get("type", "track"), "source": SEGMENT_SOURCE, "account": ACCOUNT,
-                "time": m.get("timestamp", ""), "region": REGION, "resources": [], "detail": m,
-            }
-            self._record = sqs_record(json.dumps(envelope, separators=(",", ":")), index)
-        return self._record
-
-    @property
-    def body_bytes(self) -> int:
-        return len(self.record()["body"].encode())
-
-    @property
-    def record_bytes(self) -> int:
-        return len(json.dumps(self.record()))
 
 
 def track(rng: random.Random, ms: int, account: str, user: str, seq: str, name: str) -> dict[str, Any]:
@@ -545,11 +244,6 @@ def hot_traffic(start_ms: int, end_ms: int, per_day: int, seed: int, prefix: str
                                            choose_name(rng))))
 
 
-def message_account(message: dict[str, Any]) -> str:
-    context = message.get("context") if isinstance(message.get("context"), dict) else {}
-    return str(context.get("groupId") or message.get("groupId") or message.get("userId") or "")
-
-
 def demo_history(accounts: int | None) -> tuple[list[Event], list[str]]:
     """The demo history (arrival = timestamp, stable), or the events of its first `accounts` accounts (in order
     of first appearance) with the JSON Lines they came from, for replay to read the same subset."""
@@ -575,123 +269,8 @@ def demo_history(accounts: int | None) -> tuple[list[Event], list[str]]:
 # ---- the systems -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class Measured:
-    """What one system cost on one live traffic."""
-
-    name: str
-    events: int
-    bill: Bill
-    meter: Meter
-    ingest_batches: int
-    qualify_batches: int = 0
-    stream_records: int = 0
-    filtered_out: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def forget_warm_state() -> None:
-    """A new run is a cold start: handlers' module-level clients, settings and caches are dropped."""
-    import pqlflow.kernel.settings
-    import pqlflow.qualify.tracking
-
-    for value in vars(pqlflow.kernel.settings).values():
-        if callable(getattr(value, "cache_clear", None)):
-            value.cache_clear()
-    pqlflow.qualify.tracking._store = None
-    ingest_app._processor = None
-    qualify_app.reset()
-
-
-def add_sqs_and_invocations(bill: Bill, events: list[Event], batches: list[Any]) -> None:
-    bill.add("SQS", "SendMessage (EventBridge target)", sum(chunks(e.body_bytes) for e in events), "requests",
-             len(events))
-    receives = deletes = 0
-    for b in batches:
-        r = sqs_poller_requests([e.body_bytes for e in events[b.start:b.stop]])
-        receives += r["ReceiveMessage"]
-        deletes += r["DeleteMessageBatch"]
-    bill.add("SQS", "ReceiveMessage (Lambda poller)", receives, "requests", receives)
-    bill.add("SQS", "DeleteMessageBatch (Lambda poller)", deletes, "requests", deletes)
-
-
-class Pqlflow:
-    """The real handlers, fed as the event source mappings would feed them, metered."""
-
-    def __init__(self, settings: Settings, latency_ms: float, cpu_scale: float | None) -> None:
-        self.s = settings
-        self.latency_ms = latency_ms
-        self.cpu_scale = cpu_scale
-        self.changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None, int]] = []
-        self.meter = Meter(MotoImages(ACCOUNT, REGION), on_change=self._changed)
-        self.sequence = 0
-        self.now_ms = 0
-        clock.set_source(lambda: self.now_ms / 1000)
-
-    def start(self) -> None:
-        os.environ.update(self.s.environment)
-        session = boto3.session.Session(region_name=REGION)
-        boto3.DEFAULT_SESSION = session
-        plain = session.client("dynamodb")  # control plane: created before the meter is attached
-        plain.create_table(TableName=self.s.table, **self.s.table_args)
-        session.client("events").create_event_bus(Name=self.s.bus)
-        self.meter.attach(session.events)
-        forget_warm_state()
-
-    def _changed(self, table: str, key: dict[str, Any], old: dict[str, Any] | None,
-                 new: dict[str, Any] | None) -> None:
-        self.changes.append((key, old, new, sum(self.meter.last_write_sizes)))
-
-    def ingest(self, events: list[Event], at_ms: int) -> None:
-        self.now_ms = at_ms
-        records = [e.record(i) for i, e in enumerate(events)]
-        with contextlib.redirect_stdout(NULL), self.meter.invocation("ingest"):
-            response = ingest_app.handler({"Records": records}, LambdaContext(function_name="ingest"))
-        if response != {"batchItemFailures": []}:
-            raise RuntimeError(f"ingest reported failures: {response['batchItemFailures'][:3]}")
-
-    def qualify(self, records: list[dict[str, Any]], at_ms: int) -> None:
-        self.now_ms = at_ms
-        with contextlib.redirect_stdout(NULL), self.meter.invocation("qualify"):
-            response = qualify_app.handler({"Records": records}, LambdaContext(function_name="qualify"))
-        if response.get("batchItemFailures"):
-            raise RuntimeError(f"qualify reported failures: {response['batchItemFailures'][:3]}")
-
-    def stream_records(self, at_ms: int) -> list[dict[str, Any]]:
-        """The stream records of the writes since the last call (what the mapping reads from the shard)."""
-        out = []
-        for key, old, new, size in self.changes:
-            self.sequence += 1
-            change: dict[str, Any] = {"ApproximateCreationDateTime": at_ms // 1000, "Keys": wire(key),
-                                      "SequenceNumber": f"{self.sequence:021d}",
-                                      "SizeBytes": item_size(key) + size,
-                                      "StreamViewType": "NEW_AND_OLD_IMAGES"}
-            if new is not None:
-                change["NewImage"] = wire(new)
-            if old is not None:
-                change["OldImage"] = wire(old)
-            out.append({"eventID": f"{self.sequence:032x}",
-                        "eventName": "INSERT" if old is None else "REMOVE" if new is None else "MODIFY",
-                        "eventVersion": "1.1", "eventSource": "aws:dynamodb", "awsRegion": REGION,
-                        "dynamodb": change,
-                        "eventSourceARN": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{self.s.table}/stream/x"})
-        self.changes.clear()
-        return out
-
-    # -- setup traffic, not priced --
-
-    def fold_history(self, batches: list[list[Event]], at: Callable[[list[Event]], int]) -> None:
-        self.meter.enabled = False
-        try:
-            for batch in batches:
-                for i in range(0, len(batch), 10_000):
-                    part = sorted(batch[i:i + 10_000], key=lambda e: e.arrival_ms)
-                    self.ingest(part, at(batch))
-                for e in batch:
-                    e._record = None  # keep memory flat
-        finally:
-            self.meter.enabled = True
-            self.changes.clear()
+class Pqlflow(Faithful):
+    """The faithful run (`pqlflow.local.pricing.Faithful`), plus the busy shape's account copies."""
 
     def copy_accounts(self, mapping: dict[str, str]) -> None:
         """Copy each prototype's items (pk A#<proto>) to other accounts, renaming the account inside. Archive
@@ -709,86 +288,6 @@ class Pqlflow:
             for attrs in protos.get(proto, []):
                 text = json.dumps(attrs).replace(proto, target)
                 table.put_item(_bytes_item(json.loads(text)))
-
-    def settle_qualification(self, accounts: list[str], at_ms: int) -> None:
-        """Qualify every account once on its current usage item (its state before the live window)."""
-        self.meter.enabled = False
-        try:
-            images = MotoImages(ACCOUNT, REGION)
-            records = []
-            for a in accounts:
-                item = images.get(self.s.table, {"pk": {"S": f"A#{a}"}, "sk": {"S": "USAGE"}})
-                if item is not None:
-                    self.changes.append(({"pk": {"S": f"A#{a}"}, "sk": {"S": "USAGE"}}, None, item, 0))
-            records = [r for r in self.stream_records(at_ms) if filter_criteria_match(self.s.stream_filters, r)]
-            for i in range(0, len(records), 100):
-                self.qualify(records[i:i + 100], at_ms)
-        finally:
-            self.meter.enabled = True
-            self.changes.clear()
-
-    # -- the measured traffic --
-
-    def run(self, name: str, events: list[Event]) -> Measured:
-        s = self.s
-        batches = sqs_batches([e.arrival_ms for e in events], s.ingest_batch_size, s.ingest_window,
-                              [e.record_bytes for e in events])
-        window = BatchWindow(s.qualify_batch_size, s.qualify_window, PAYLOAD_LIMIT_BYTES)
-        pending: deque[dict[str, Any]] = deque()
-        qualify_batches_box = [0]
-        counts = {"stream": 0, "filtered": 0}
-
-        def run_qualify(closed: list[Any]) -> None:
-            for b in closed:
-                records = [pending.popleft() for _ in range(b.size)]
-                self.qualify(records, b.invoked_ms)
-                qualify_batches_box[0] += 1
-
-        with self.meter.emulator_excluded():
-            self._feed(batches, events, window, pending, run_qualify, counts)
-            run_qualify(window.flush())
-        stream_total, filtered = counts["stream"], counts["filtered"]
-        # qualify's own writes (PQL state) produce stream records too: filtered out, never an invocation
-        for record in self.stream_records(self.now_ms):
-            stream_total += 1
-            filtered += not filter_criteria_match(s.stream_filters, record)
-        return self._measured(name, events, batches, qualify_batches_box[0], stream_total, filtered)
-
-    def _feed(self, batches: list[Any], events: list[Event], window: BatchWindow, pending: deque[dict[str, Any]],
-              run_qualify: Callable[[list[Any]], None], counts: dict[str, int]) -> None:
-        s = self.s
-        for b in batches:
-            run_qualify(window.due(b.invoked_ms))
-            self.ingest(events[b.start:b.stop], b.invoked_ms)
-            for record in self.stream_records(b.invoked_ms):
-                counts["stream"] += 1
-                if not filter_criteria_match(s.stream_filters, record):
-                    counts["filtered"] += 1
-                    continue
-                pending.append(record)
-                run_qualify(window.add(b.invoked_ms, len(json.dumps(record))))
-            for e in events[b.start:b.stop]:
-                e._record = None
-
-    def _measured(self, name: str, events: list[Event], batches: list[Any], qualify_batches: int,
-                  stream_total: int, filtered: int) -> Measured:
-        s = self.s
-        bill = Bill()
-        add_sqs_and_invocations(bill, events, batches)
-        invs = self.meter.invocations
-        bill.add_invocations("ingest", [i for i in invs if i.function == "ingest"], s.ingest_memory, self.latency_ms,
-                             cpu_scale(s.ingest_memory, self.cpu_scale))
-        bill.add_invocations("qualify", [i for i in invs if i.function == "qualify"], s.qualify_memory,
-                             self.latency_ms, cpu_scale(s.qualify_memory, self.cpu_scale))
-        self.meter.add_to(bill)
-        return Measured(name, len(events), bill, self.meter, len(batches), qualify_batches, stream_total, filtered,
-                        {"batches": batches})
-
-
-def cpu_scale(memory_mb: int, override: float | None) -> float:
-    """How much slower than one full core of this machine a handler runs in Lambda: Lambda gives a function
-    CPU in proportion to its memory, one vCPU at 1,769 MB (`--cpu-scale` overrides)."""
-    return override if override is not None else max(1.0, FULL_VCPU_MB / memory_mb)
 
 
 def _bytes_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -871,35 +370,23 @@ class Baseline:
 # ---- replay's own estimate -------------------------------------------------------------------------------
 
 
-def replay_estimate(history: Path) -> dict[str, Any]:
-    """`pqlflow replay`'s cost estimate of the demo history (summary["cost"]), whole and restricted to what
-    the faithful measurement covers (ingest, qualify, the usage queue, transitions on the bus)."""
-    from pqlflow.local.cost import RunCounts, estimate
+def replay_estimate(history: Path, sample: int | None) -> dict[str, Any]:
+    """`pqlflow replay`'s cost estimate of a history (summary["cost"]), whole and restricted to what this
+    bench's faithful measurement covers (ingest, qualify, the usage queue, transitions on the bus)."""
     from pqlflow.local.replay import TRANSITION_TYPES, run_replay, summarize
 
     started = time.process_time()
-    result = run_replay([history], template=TEMPLATE, root=ROOT, function_output=io.StringIO())
-    summary = summarize(result, {})
-    keep = {"IngestFunction", "QualifyFunction"}
-    wiring = load_template(TEMPLATE, {}, root=ROOT)
-    usage_queue = next(s.queue_arn for s in wiring.sqs_sources if s.function == "IngestFunction")
-    usage_rules = {r.logical_id for r in wiring.rules if any(t.arn == usage_queue for t in r.targets)}
-    c = result.counters
-    sizes = [i["_bytes"] for i in result.items if i.get("kind") == "usage"]
-    usage_kb = (sum(sizes) / len(sizes) / 1024) if sizes else 1.0
-    scoped = estimate(RunCounts(
-        usage_events=result.stats.events,
-        pqlflow_events=sum(1 for e in result.observed if e.get("detail-type") in TRANSITION_TYPES),
-        schedules_created=0,
-        sqs_messages=sum(n for rule, n in c["rule_matches"].items() if rule in usage_rules),
-        invocations={k: v for k, v in c["invocations"].items() if k in keep},
-        handler_seconds={k: v for k, v in result.handler_seconds.items() if k in keep},
-        memory_mb={k: v for k, v in result.memory_mb.items() if k in keep},
-        requests_by_function={k: v for k, v in c["requests_by_function"].items() if k in keep},
-        write_units={fn: max(1, -(-int(usage_kb * 1024) // 1024)) for fn in result.usage_writers},
-    ))
-    return {"cost": summary["cost"], "scoped": scoped, "invocations": dict(c["invocations"]),
-            "cpu_seconds": time.process_time() - started, "usage_item_bytes_mean": usage_kb * 1024}
+    result = run_replay([history], template=TEMPLATE, root=ROOT, function_output=io.StringIO(),
+                        price_sample=sample)
+    cost = summarize(result, {})["cost"]
+    lines = cost["lines"]
+    transitions = sum(1 for e in result.observed if e.get("detail-type") in TRANSITION_TYPES)
+    by_service = {"SQS": lines["usage_sqs"]["per_million_events"],
+                  "Lambda": lines["usage_lambda"]["per_million_events"],
+                  "DynamoDB": lines["usage_dynamodb"]["per_million_events"],
+                  "EventBridge": transitions / result.stats.events * PRICES["eventbridge_per_million_events"]}
+    return {"cost": cost, "scoped": sum(by_service.values()), "by_service": by_service,
+            "cpu_seconds": time.process_time() - started, "pipeline": cost["usage_pipeline"]}
 
 
 # ---- printing --------------------------------------------------------------------------------------------
@@ -994,26 +481,20 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
         if args.sparse_accounts is not None:
             history = Path(folder) / "history.jsonl"
             history.write_text("\n".join(lines) + "\n")
-        rep = replay_estimate(history)
+        rep = replay_estimate(history, args.replay_sample)
     faithful = measured.bill.per_million(measured.events)
-    whole, scoped = rep["cost"]["pqlflow_per_million"], rep["scoped"]["pqlflow_per_million"]
-    print(f"\n   pqlflow replay's own estimate for the same history (summary['cost'], {rep['cpu_seconds']:.0f} s CPU):")
+    whole, scoped = rep["cost"]["pqlflow_per_million"], rep["scoped"]
+    pipe = rep["pipeline"]
+    print(f"\n   pqlflow replay's own estimate for the same history (summary['cost'], {rep['cpu_seconds']:.0f} s CPU; "
+          f"ingest and qualify priced on {pipe['sampled_accounts']} of {pipe['accounts']} accounts, "
+          f"{pipe['sampled_events']:,} of {pipe['events']:,} events, in the batches of the whole history):")
     print(f"     all functions: ${whole:.3f}/M on top of EventBridge; "
           f"ingest + qualify + usage queue + transitions only: ${scoped:.3f}/M")
-    print(f"     faithful figure (this bench): ${faithful:.3f}/M → replay differs by "
-          f"{(scoped - faithful) / faithful * 100:+.0f}% (same scope)")
-    lines = rep["scoped"]["lines"]
-    ours_by = {svc: measured.bill.per_million(measured.events, svc) for svc in ("SQS", "Lambda", "DynamoDB",
-                                                                                 "EventBridge")}
-    def line(*names: str) -> float:
-        return float(sum(lines[n]["per_million_events"] for n in names))
-
-    rep_by = {"SQS": line("sqs"), "Lambda": line("lambda_requests", "lambda_duration"),
-              "DynamoDB": line("dynamodb_writes", "dynamodb_reads"), "EventBridge": line("eventbridge_pqlflow")}
-    for svc in ours_by:
-        print(f"     {svc:<12} replay ${rep_by[svc]:.3f}/M   faithful ${ours_by[svc]:.3f}/M")
-    print(f"     replay's invocations: {rep['invocations']}; its mean usage item {rep['usage_item_bytes_mean']:,.0f} B "
-          f"(billed per write as {max(1, math.ceil(rep['usage_item_bytes_mean'] / 1024))} WRU)")
+    print(f"     faithful figure (this bench, every account): ${faithful:.3f}/M → replay differs by "
+          f"{(scoped - faithful) / faithful * 100:+.1f}% (same scope)")
+    for svc, value in rep["by_service"].items():
+        exact = measured.bill.per_million(measured.events, svc)
+        print(f"     {svc:<12} replay ${value:.3f}/M   faithful ${exact:.3f}/M")
 
 
 def settings_note(s: Settings, args: argparse.Namespace) -> str:
@@ -1103,9 +584,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"sparse shape: the demo history's first N accounts (default {SPARSE_ACCOUNTS}; "
                         "0 = all 60, ~4x the time)")
     parser.add_argument("--cpu-scale", type=float, default=None, metavar="X",
-                        help=f"Lambda CPU time per CPU second measured here (default {FULL_VCPU_MB} MB / MemorySize: "
-                        "Lambda's CPU share; 1 = as fast as this machine's core)")
+                        help=f"Lambda CPU time per CPU second measured here (default {pricing.FULL_VCPU_MB} MB / "
+                        "MemorySize: Lambda's CPU share; 1 = as fast as this machine's core)")
     parser.add_argument("--no-replay", action="store_true", help="sparse shape: skip replay's own estimate")
+    parser.add_argument("--replay-sample", type=int, default=None, metavar="N",
+                        help="sparse shape: accounts replay's estimate prices (default: replay's own default)")
     args = parser.parse_args(argv)
     if args.sparse_accounts is not None and args.sparse_accounts < 0:
         parser.error(f"--sparse-accounts {args.sparse_accounts}: must be 0 (all) or more")

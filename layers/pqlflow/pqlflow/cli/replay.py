@@ -28,6 +28,8 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS
+
     parser = subparsers.add_parser(
         "replay",
         help="replay a usage history through the whole system locally (what would pqlflow have done?)",
@@ -46,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="the SAM template to run (default ./template.yaml)")
     parser.add_argument("--step-hours", type=float, default=6.0, metavar="H",
                         help="simulated time fed per step before the system runs until idle (default 6)")
+    parser.add_argument("--price-sample", type=int, default=None, metavar="N",
+                        help="accounts whose events the cost estimate runs through ingest and qualify in the batches "
+                        f"AWS would form (default {DEFAULT_SAMPLE_ACCOUNTS}; 0 = price replay's own batches, "
+                        "which understates ingest)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(func=run)
 
@@ -55,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.step_hours > 0:
         raise UsageError(f"--step-hours {args.step_hours:g}: must be a positive number of hours")
+    if args.price_sample is not None and args.price_sample < 0:
+        raise UsageError(f"--price-sample {args.price_sample}: must be 0 (no pricing run) or more accounts")
     summary = replay(
         args.events,
         out=args.out,
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         step_seconds=args.step_hours * 3600,
         max_batch=DEFAULT_MAX_BATCH,
         progress=None if args.no_progress else ProgressBar(sys.stderr),
+        price_sample=args.price_sample,
     )
     sys.stdout.write(render_summary(summary, args.out))
     return 0
@@ -94,6 +103,13 @@ def render_summary(summary: dict[str, Any], out: Path) -> str:
          f"EventBridge ingest ${cost['eventbridge_ingest_per_million']:.2f} + pqlflow "
          f"${cost['pqlflow_per_million']:.2f} ({(cost['ratio_to_ingest'] or 0):.0%} of ingest; target ≤ 50%)"],
     ]
+    pipeline = cost.get("usage_pipeline")
+    if pipeline:
+        rows.append(["", "", f"ingest + qualify priced in the batches AWS forms: {pipeline['ingest_batches']:,} "
+                     f"ingest invocations ({pipeline['events_per_batch']:.2f} events each), run on "
+                     f"{pipeline['sampled_accounts']} of {pipeline['accounts']} accounts"])
+    else:
+        rows.append(["", "", "priced on replay's own batches (--price-sample 0): understates ingest"])
     text = table(["", "count", ""], rows, [False, True, False])
     return (
         f"\n{text}\n\nOutput in {out}/ (summary.json, report.html) · replayed in {summary['seconds']:.0f} s\n"

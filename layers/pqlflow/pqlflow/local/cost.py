@@ -53,8 +53,15 @@ def _per_million(cost: float, events: int) -> float:
     return cost / events * 1_000_000 if events else 0.0
 
 
-def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES) -> dict[str, Any]:
-    """Cost of the run and per million usage events, by service; `within_target` checks the DESIGN's bar."""
+def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES,
+             usage_pipeline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Cost of the run and per million usage events, by service; `within_target` checks the DESIGN's bar.
+
+    `usage_pipeline`: ingest and qualify priced as AWS batches them (`pqlflow.local.pricing.PricedHistory
+    .to_dict()`); `counts` then leave out those two functions and the usage queue's messages, and the
+    pipeline's SQS, Lambda and DynamoDB lines are added as `usage_sqs`, `usage_lambda`, `usage_dynamodb` (its
+    PutEvents are the transitions `counts.pqlflow_events` already has). Without it, everything is priced from
+    the run's own counts (`"usage_pricing": "replay batches"`), which understates ingest: see docs/replay.md."""
     n = counts.usage_events
     lines: dict[str, dict[str, Any]] = {}
 
@@ -99,6 +106,12 @@ def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES) -> dict[st
         n for services in counts.requests_by_function.values() for n in services.get("secretsmanager", {}).values()
     )
     add("secretsmanager", secret_calls, "API calls", prices["secretsmanager_per_10k_calls"], 1e4)
+    if usage_pipeline is not None:
+        by_service = usage_pipeline["per_million_by_service"]
+        for service, name in (("SQS", "usage_sqs"), ("Lambda", "usage_lambda"), ("DynamoDB", "usage_dynamodb")):
+            per_million = float(by_service.get(service, 0.0))
+            lines[name] = {"units": None, "unit": "as billed (pqlflow.local.pricing)",
+                           "cost": per_million * n / 1e6, "per_million_events": per_million}
     reference = lines["eventbridge_ingest"]["per_million_events"]
     on_top = sum(v["per_million_events"] for k, v in lines.items() if k != "eventbridge_ingest")
     return {
@@ -110,4 +123,6 @@ def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES) -> dict[st
         "ratio_to_ingest": on_top / reference if reference else None,
         "target_ratio": 0.5,
         "within_target": bool(reference) and on_top <= 0.5 * reference,
+        "usage_pricing": "as AWS batches" if usage_pipeline is not None else "replay batches",
+        "usage_pipeline": dict(usage_pipeline) if usage_pipeline is not None else None,
     }

@@ -232,6 +232,8 @@ class ReplayResult:
     schedule_firings: int
     seconds: float
     end_ms: int
+    usage_sqs_messages: int = 0  # of sqs_messages, those into the ingest function's queue
+    priced: dict[str, Any] | None = None  # ingest + qualify priced as AWS batches them (pqlflow.local.pricing)
 
 
 def _runtime_class() -> type:
@@ -279,11 +281,16 @@ def run_replay(
     progress: Progress | None = None,
     function_output: io.TextIOBase | None = None,
     speedups: bool = True,
+    price_sample: int | None = None,
 ) -> ReplayResult:
     """Feed the history through the template's application on simulated time and collect what it did.
 
     `root`: the folder the template's CodeUri paths are relative to (default: the template's folder).
+    `price_sample`: how many accounts (at most) the cost estimate runs through ingest and qualify in the
+    batches AWS would form (`pqlflow.local.pricing`; default `DEFAULT_SAMPLE_ACCOUNTS`); 0 = no such run, the
+    estimate then prices replay's own coarse batches and says so.
     """
+    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS, forget_process_caches
     from pqlflow.qualify.definition import parse_definition
     from pqlflow.qualify.store import DEFAULT_PATH, DefinitionStore, bundled_default
 
@@ -322,7 +329,7 @@ def run_replay(
     parameters = {"LogLevel": "WARNING"} if "LogLevel" in (load_yaml(template).get("Parameters") or {}) else {}
     sim = SimulatedClock(events[0].ms / 1000 - 60)
     clock.set_source(sim)
-    _forget_process_caches()
+    forget_process_caches()
     observed: list[dict[str, Any]] = []
     n_steps = firings = 0
     output = function_output if function_output is not None else io.StringIO()
@@ -377,27 +384,49 @@ def run_replay(
                     counters["rule_matches"].get(rule.logical_id, 0) * sum(t.kind == "sqs" for t in rule.targets)
                     for rule in runtime.wiring.rules
                 )
+                usage_queues = {s.queue_arn for s in runtime.wiring.sqs_sources if s.function == "IngestFunction"}
+                usage_sqs_messages = sum(
+                    counters["rule_matches"].get(rule.logical_id, 0) * sum(t.arn in usage_queues for t in rule.targets)
+                    for rule in runtime.wiring.rules
+                )
                 handler_seconds = dict(runtime.handler_seconds)
     finally:
         clock.set_source(None)
+    sample = DEFAULT_SAMPLE_ACCOUNTS if price_sample is None else price_sample
+    priced = _price(events, template, root, environment, sample) if sample else None
     return ReplayResult(
         stats, defn, defn_source, policy_source, observed, emails, items, counters, handler_seconds, memory,
         writers, sqs_messages, n_steps, firings, time.perf_counter() - started, int(sim.now * 1000),
+        usage_sqs_messages, priced,
     )
 
 
-def _forget_process_caches() -> None:
-    """Shared modules keep per-cold-start state at module level (settings, ingest's definition cache); in
-    one process a new runtime is a new cold start, and simulated time may run backwards between replays,
-    which a time-based cache cannot tell. (The local runtime should do this on start: see docs/replay.md.)"""
-    import pqlflow.kernel.settings
-    import pqlflow.qualify.tracking
+def _price(events: Sequence[FeedEvent], template: Path, root: str | Path | None, environment: dict[str, str],
+           sample: int) -> dict[str, Any] | None:
+    """Ingest and qualify priced as AWS would batch the history (arrival = event time), on a sample of accounts;
+    None for a template without pqlflow's IngestFunction and QualifyFunction (its run is priced as replayed)."""
+    from pqlflow.local.pricing import Event, forget_process_caches, price_history, template_settings
+    from pqlflow.local.template import load_template
 
-    for value in vars(pqlflow.kernel.settings).values():
-        if callable(getattr(value, "cache_clear", None)):
-            value.cache_clear()
-    if hasattr(pqlflow.qualify.tracking, "_store"):
-        pqlflow.qualify.tracking._store = None
+    wiring = load_template(template, {}, root=root)
+    if not ({"IngestFunction", "QualifyFunction"} <= set(wiring.functions)
+            and any(s.function == "IngestFunction" for s in wiring.sqs_sources)
+            and any(s.function == "QualifyFunction" for s in wiring.stream_sources)):
+        return None
+
+    arrivals = []
+    for e in events:
+        try:
+            message = json.loads(e.detail)
+        except ValueError:
+            message = e.detail  # ingest quarantines it, as it would in AWS
+        arrivals.append(Event(e.ms, message, e.source, e.detail_type))
+    settings = template_settings(template, root)
+    started = time.process_time()
+    priced = price_history(arrivals, settings, sample=sample).to_dict()
+    priced["cpu_seconds"] = round(time.process_time() - started, 2)
+    forget_process_caches()
+    return priced
 
 
 def _table_name(runtime: Any) -> str:
@@ -631,6 +660,11 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
     from pqlflow.local.cost import RunCounts, estimate
 
     c = result.counters
+    usage_functions = {"IngestFunction", "QualifyFunction"} if result.priced is not None else set()
+
+    def downstream(values: Any) -> dict[str, Any]:  # the functions the faithful pricing did not cover
+        return {k: v for k, v in values.items() if k not in usage_functions}
+
     transitions = transitions_of(result)
     actions = actions_of(result)
     by_type = Counter(t["type"] for t in transitions)
@@ -641,15 +675,15 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
         usage_events=result.stats.events,
         pqlflow_events=pqlflow_events,
         schedules_created=int(c["requests"].get("scheduler", {}).get("CreateSchedule", 0)),
-        sqs_messages=result.sqs_messages,
-        invocations=c["invocations"],
-        handler_seconds=result.handler_seconds,
+        sqs_messages=result.sqs_messages - (result.usage_sqs_messages if result.priced is not None else 0),
+        invocations=downstream(c["invocations"]),
+        handler_seconds=downstream(result.handler_seconds),
         memory_mb=result.memory_mb,
-        requests_by_function=c["requests_by_function"],
+        requests_by_function=downstream(c["requests_by_function"]),
         write_units={fn: max(1, -(-int(usage_kb * 1024) // 1024)) for fn in result.usage_writers},
         emails=len(result.emails),
     )
-    cost = estimate(counts)
+    cost = estimate(counts, usage_pipeline=result.priced)
     return {
         "input": {
             "files": result.stats.files,
