@@ -44,6 +44,8 @@ class UsageStore(Protocol):
 
     def read_archives(self, account_id: str, user_id: str | None, days: list[int]) -> dict[int, set[bytes]]: ...
 
+    def put(self, item: dict[str, Any]) -> None: ...
+
     def transact(self, items: list[dict[str, Any]]) -> bool: ...
 
     def quarantine(self, items: list[dict[str, Any]]) -> QuarantineWrite: ...
@@ -193,6 +195,8 @@ class IngestBatch:
                 late = compaction.late_days(stored, self.now_ms, hours)
                 archives = store.read_archives(stored.account_id, stored.user_id, late) if late else {}
                 plan = compaction.plan(store.table, stored, cold, archives, self.config.spec, self.now_ms, hours)
+                for archive in plan.archive_puts:  # first: each names only events the hot item counts already
+                    store.put(archive)
                 if not store.transact(plan.transact_items):
                     stored = self._reread(store, stored)
                     continue

@@ -11,13 +11,22 @@ of about 6 WRU, so compaction runs only when it pays, decided from the item a ba
 * a pending slot is *late*: its hour was folded already (a copy, or an event that arrived after its hour);
 * the item still has the layout before the cold item (`lc`/`dc`/`t<hour>`): it is migrated.
 
-One TransactWriteItems, conditional on the hot item's compaction version `cver`, then (1) DELETEs from the
-hot item exactly the elements it folded (never a whole attribute: a concurrent batch's additions stay),
-sets `cver` + 1 and the fold watermark `fw`; (2) puts the cold item at that version; (3) puts, per event day it
-folded, an archive item of the fingerprints it folded. Late slots are checked against their day's archive
-first (one consistent Query per late day, only then): a fingerprint already there was counted, and is dropped.
-All or nothing, so a crash anywhere leaves either the state before or the state after; if the condition
-fails another compaction won, and this one is simply dropped. See docs/ingest.md.
+Per event day it folds, an archive item of the fingerprints it folded; then one TransactWriteItems,
+conditional on the hot item's compaction version `cver`, that (1) DELETEs from the hot item exactly the
+elements it folded (never a whole attribute: a concurrent batch's additions stay), sets `cver` + 1 and the
+fold watermark `fw`; (2) puts the cold item at that version; (3) puts the archive items of the days with a
+late slot. Late slots are checked against their day's archive first (one consistent Query per late day, only
+then): a fingerprint already there was counted, and is dropped.
+
+The archive items of the other days are plain PutItems *before* the transaction (1 WRU per KB, where a
+transaction bills 2): safe whatever happens after them, because such an item only names fingerprints the hot
+item already counts (slots after the fold watermark are counted while pending) and that only a committed
+compaction removes from it, folding them into the cold item. An archive item whose transaction then failed
+or never ran is therefore still true (its events are counted, pending or folded); it only lets a later copy
+be recognized. A late slot's fingerprints are not counted until folded, so their archive item must commit
+with the fold: it stays in the transaction. All of the transaction or none of it, so a crash anywhere leaves
+either the state before or the state after (plus, at most, true archive items); if the condition fails
+another compaction won, and this one is simply dropped. See docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -136,6 +145,8 @@ class CompactionPlan:
     folded_events: int = 0
     late_duplicates: int = 0  # late copies the archive recognized
     hours: list[int] = field(default_factory=list)
+    # archive items of days without a late slot: put before the transaction, each alone (see the docstring)
+    archive_puts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict[int, set[bytes]],
@@ -171,7 +182,11 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         folded += len(new_fps)
         if new_fps:
             new_by_day.setdefault(hour // 24, set()).update(new_fps)
-    archive_items = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())]
+    late_days_folded = {hour // 24 for hour in hours if stored.is_late(hour)}
+    archive_items = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())
+                     if day in late_days_folded]
+    archive_puts = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())
+                    if day not in late_days_folded]
     today = now_ms // DAY_MS
     oldest_day = today - spec.retention_days + 1
     daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
@@ -209,7 +224,7 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
     after = replace(stored, pending=remaining, touched={}, lifetime={}, daily={}, cver=stored.cver + 1, users={},
                     gauges={}, traits=set(), user_traits=set(), times=set(), conversions=set(), fw=new_fw,
                     legacy_totals=False, size=_pending_size(remaining))
-    return CompactionPlan(items, after, folded, duplicates, hours)
+    return CompactionPlan(items, after, folded, duplicates, hours, archive_puts)
 
 
 def _archive_item(table: str, stored: StoredUsage, day: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:

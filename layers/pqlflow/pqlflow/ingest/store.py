@@ -134,6 +134,10 @@ class DynamoUsageStore:
             found[day] = fps
         return found
 
+    def put(self, item: dict[str, Any]) -> None:
+        """Put one item (a compaction's archive item: a PutItem request as `compaction.plan` built it)."""
+        self.client.put_item(**item)
+
     def transact(self, items: list[dict[str, Any]]) -> bool:
         """Apply a compaction transaction; False when another compaction won (its condition failed) or a
         concurrent write conflicted: the state is unchanged and the next batch compacts again."""
