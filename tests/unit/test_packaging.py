@@ -27,3 +27,11 @@ def test_every_documented_command_is_available():
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     for name in ["definition", "policy", "backtest", "sample", "email", "quarantine"]:
         assert name in commands
+
+
+def test_parquet_reading_is_an_extra_that_dev_installs_and_the_layer_does_not():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    layer = (ROOT / "layers/pqlflow/requirements.txt").read_text().splitlines()
+    assert _names(extras["parquet"]) == {"duckdb"}
+    assert _names(extras["parquet"]) <= _names(extras["dev"])  # `make setup` installs it
+    assert not _names(extras["parquet"]) & _names(layer)

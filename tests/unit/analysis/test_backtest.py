@@ -238,7 +238,7 @@ def test_cli_text_json_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["missing.jsonl", "--definition", "{defn}"], "missing.jsonl: no such file"),
         (["{events}", "--definition", "nope.yaml"], "nope.yaml: no such file"),
         (["{events}", "--definition", "{defn}", "--window", "0"], "--window 0"),
-        (["{dir}", "--definition", "{defn}"], "not a regular file"),
+        (["{dir}", "--definition", "{defn}"], "a directory with no *.parquet file under it"),
     ],
 )
 def test_cli_errors_exit_2_and_name_the_problem(

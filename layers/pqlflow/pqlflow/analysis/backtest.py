@@ -1,6 +1,7 @@
 """Backtest PQL definitions against an exported usage history, in memory: how well they predict upgrades.
 
-The history is JSON Lines of Segment messages (or EventBridge events whose `detail` is the message). Every
+The history is JSON Lines of Segment messages (or EventBridge events whose `detail` is the message), plain or
+gzip, or Parquet rows spelled as those lines (`pqlflow.analysis.history_files`). Every
 line is validated exactly as `usage_events.parse_body` validates an SQS body (a fast path for the common
 shape, the reference parser for everything else), deduplicated by `messageId` (the first copy in file
 order wins), sorted by event time (stable: ties keep file order), and folded per subject with
@@ -31,7 +32,7 @@ import statistics
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import compress, islice, repeat
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pqlflow.analysis.gate import Gate, SignalRow, SweepTarget, rule_conditions
+from pqlflow.analysis.history_files import expand, messages
 from pqlflow.contracts.usage_events import (
     MAX_FUTURE_SECONDS,
     MAX_IDENTIFIER_CHARS,
@@ -172,19 +174,6 @@ def _record(event: UsageEvent, line: int) -> tuple[Any, ...]:
         bag,
         event.timezone,
     )
-
-
-def _open_lines(path: str | Path) -> Iterator[bytes]:
-    """The file's lines (with their newline), read lazily so memory is reused line after line."""
-    try:
-        with open(path, "rb", buffering=1 << 20) as f:
-            yield from f
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a JSON Lines file") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the file ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def _identifier(value: Any) -> bool:
@@ -524,12 +513,15 @@ def decode_history(
     retention_days: int = HISTORY_RETENTION_DAYS,
     keep_properties: frozenset[str] | None = None,
 ) -> History:
-    """Read, validate, deduplicate and time-sort the events of JSON Lines files.
+    """Read, validate, deduplicate and time-sort the events of a history's files.
+
+    `paths` are JSON Lines files (plain or gzip), Parquet files, directories of them or globs
+    (`history_files.expand`); a Parquet row is validated as the JSON line of the same message would be.
 
     Deduplication is by messageId within an account, as ingest's is (each account's usage item remembers
     the messageIds it counted): the first copy in file order wins.
 
-    A missing or unreadable file is a `UsageError`; a bad line is recorded in `History.bad` and skipped;
+    A missing or unreadable file is a `UsageError`; a bad line (or row) is recorded in `History.bad` and skipped;
     a blank line is ignored. With `keep_properties`, only those events keep their properties (the ones
     the definitions' gauges and filters read: `properties_read`); all are still validated.
     """
@@ -550,9 +542,9 @@ def decode_history(
     gc_was = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
-        for path in paths:
+        for path in expand(paths):
             files.append((str(path), index))
-            for raw in _open_lines(path):
+            for raw in messages(path):
                 result = fast(raw, index)
                 if result is None:
                     result = slow(raw, index)
@@ -616,6 +608,20 @@ def decode_history(
     )
 
 
+def no_valid_event(history: History) -> str | None:
+    """Why a history holds no valid event at all (None when it holds one): nothing to backtest on."""
+    if history.count:
+        return None
+    files = ", ".join(path for path, _ in history.files)
+    if not history.bad:
+        return f"{files}: no event at all (only blank lines, or no rows)"
+    first = history.bad[0]
+    return (
+        f"{files}: no valid event: {len(history.bad)} bad line{'s' * (len(history.bad) != 1)} and not one event "
+        f"(is it JSON Lines, gzip JSON Lines or Parquet of Segment messages?); the first: {first}"
+    )
+
+
 def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
     """The bare-decoding baseline: read the files and JSON-decode every line, nothing else.
     Returns (lines, wall seconds, CPU seconds)."""
@@ -626,8 +632,8 @@ def decode_only(paths: Sequence[str | Path]) -> tuple[int, float, float]:
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for path in paths:
-            for raw in _open_lines(path):
+        for path in expand(paths):
+            for raw in messages(path):
                 if raw.strip():
                     with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
                         loads(raw)
@@ -1258,7 +1264,8 @@ def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = No
             week(at)["qualified_events"] += 1
     weekly = [{"week": w, **weeks[w]} for w in sorted(weeks)]
     reasons: dict[str, dict[str, Any]] = {}
-    for s in pqls:
+    # Each reason's example is the earliest PQL's, so it does not depend on the order of the input files.
+    for s in sorted(pqls, key=lambda s: (s.qualified_at_ms, s.account_id, s.user_id or "")):
         for code, kind, text in s.reasons:
             entry = reasons.setdefault(code, {"code": code, "kind": kind, "example": text, "count": 0})
             entry["count"] += 1

@@ -6,16 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from pqlflow.analysis.backtest import run_backtest
+from pqlflow.analysis.backtest import no_valid_event, run_backtest
 from pqlflow.analysis.report import render_html, render_json, render_text
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.definition import load_definition
 
 _EPILOG = """\
-EVENTS are JSON Lines files of Segment messages (track, identify, group, page, screen), or of EventBridge
-events whose `detail` is the message. Duplicates (same messageId) count once; events are sorted by their
+EVENTS are JSON Lines files (plain or gzip) of Segment messages (track, identify, group, page, screen), or
+of EventBridge events whose `detail` is the message; or Parquet files, directories of them (every *.parquet
+under it) or globs, one row per message or one table per event as Segment's warehouse and Data Lakes
+exports write them (column mapping: docs/backtest.md; needs DuckDB: pip install 'pqlflow[parquet]').
+The kind of a file is told by its first bytes. Duplicates (same messageId) count once; events are sorted by their
 timestamp before they are replayed, so an export in any order gives the same answer. A bad line is
-reported with its line number and skipped; it never stops the run.
+reported with its line (or row) number and skipped; it never stops the run. A history with no valid
+event at all is an error (exit 2), with the first bad line's reason.
 
 Conversion means a conversion event (e.g. Subscription Started) within --window days after the account
 qualified; for accounts that never qualified, at any time in the history.
@@ -23,6 +27,7 @@ qualified; for accounts that never qualified, at any time in the history.
 Examples:
   pqlflow backtest history.jsonl --definition examples/definitions/slack-messages.yaml
   pqlflow backtest a.jsonl b.jsonl --definition new.yaml --compare current.yaml --out report/
+  pqlflow backtest history.jsonl.gz 'lake/segment-data/*/*.parquet' --definition scoring.yaml
 """
 
 
@@ -37,7 +42,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("events", nargs="+", type=Path, metavar="EVENTS", help="JSON Lines file(s) of events")
+    parser.add_argument(
+        "events",
+        nargs="+",
+        type=Path,
+        metavar="EVENTS",
+        help="JSON Lines (plain or gzip) or Parquet files, directories or globs of events",
+    )
     parser.add_argument(
         "--definition", required=True, type=Path, metavar="FILE", help="the PQL definition (YAML)"
     )
@@ -72,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
     definitions = [(load_definition(args.definition), str(args.definition))]
     if args.compare is not None:
         definitions.append((load_definition(args.compare), str(args.compare)))
-    for path in args.events:
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     result = run_backtest(
         args.events, definitions, window_days=args.window, measure_decode=not args.no_decode_baseline
     )
+    reason = no_valid_event(result.history)
+    if reason is not None:
+        raise UsageError(reason)
     data = result.to_dict()
     if args.out is not None:
         try:
