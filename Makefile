@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/qualify_bench.py
 	$(PY) bench/backtest_bench.py
+	$(PY) bench/parquet_bench.py
 	$(PY) bench/cost_bench.py --shape all
 
 schemas: setup
