@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pqlflow.local.pricing import sqs_record  # the SQS record Lambda's poller delivers
+
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT_SOURCE = "aws.partner/segment.com/GdcYfPzdmsZsU9q2o9Jc7f"
 
@@ -31,21 +33,6 @@ def eventbridge(message: dict[str, Any], source: str = SEGMENT_SOURCE) -> dict[s
         "region": "us-east-1",
         "resources": [],
         "detail": message,
-    }
-
-
-def sqs_record(body: str, index: int = 0) -> dict[str, Any]:
-    digest = hashlib.sha1(f"{index}:{body}".encode()).hexdigest()  # noqa: S324
-    return {
-        "messageId": f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
-        "receiptHandle": f"rh-{digest}",
-        "body": body,
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-        "messageAttributes": {},
-        "md5OfBody": hashlib.md5(body.encode()).hexdigest(),  # noqa: S324
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:pqlflow-UsageQueue",
-        "awsRegion": "us-east-1",
     }
 
 

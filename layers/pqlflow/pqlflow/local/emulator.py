@@ -30,6 +30,7 @@ from typing import Any
 
 from pqlflow.local.cfn_yaml import load_yaml
 from pqlflow.local.model import ACCOUNT, REGION
+from pqlflow.local.moto_json import plain_attribute_values
 from pqlflow.local.naming import ResourceNames
 from pqlflow.local.runtime import LocalRuntime
 
@@ -38,13 +39,12 @@ LOCAL_SECRET = hashlib.sha256(b"pqlflow local replay signing secret").hexdigest(
 
 @contextmanager
 def emulator_speedups() -> Iterator[None]:
-    """TransactWriteItems in moto without its whole-table deep copy (same results); restored afterwards."""
+    """TransactWriteItems in moto without its whole-table deep copy, and AttributeValues serialized as plain
+    JSON (`moto_json.plain_attribute_values`); same results, restored afterwards."""
     import moto.dynamodb.models
-    from moto.core import serialize
 
     # moto's module and classes are patched on purpose: handled untyped here, as they are not meant to be.
     ddb: Any = moto.dynamodb.models
-    serializer: Any = serialize.BaseJSONSerializer
     original = ddb.DynamoDBBackend.transact_write_items
 
     def transact_write_items(self: Any, transact_items: list[dict[str, Any]]) -> None:
@@ -63,53 +63,12 @@ def emulator_speedups() -> Iterator[None]:
         finally:
             ddb.copy = real_copy
 
-    original_structure = serializer._serialize_type_structure
-
-    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
-        if getattr(shape, "name", None) == "AttributeValue":
-            plain = _attribute_value(value)
-            if plain is not None:
-                self._default_serialize(serialized, plain, shape, key)
-                return
-        original_structure(self, serialized, value, shape, key)
-
     ddb.DynamoDBBackend.transact_write_items = transact_write_items
-    serializer._serialize_type_structure = serialize_structure
     try:
-        yield
+        with plain_attribute_values():
+            yield
     finally:
         ddb.DynamoDBBackend.transact_write_items = original
-        serializer._serialize_type_structure = original_structure
-
-
-def _attribute_value(value: Any) -> dict[str, Any] | None:
-    """A DynamoDB AttributeValue as moto's JSON serializer writes it, or None to leave it to moto (binary)."""
-    if not isinstance(value, dict) or len(value) != 1:
-        return None
-    ((kind, inner),) = value.items()
-    if kind in ("S", "N"):
-        return {kind: str(inner) if inner not in (None, {}, []) else inner}
-    if kind in ("BOOL", "NULL"):
-        return {kind: bool(inner)}
-    if kind in ("SS", "NS") and isinstance(inner, list | tuple | set):
-        return {kind: [str(v) for v in inner]}
-    if kind == "M" and isinstance(inner, dict):
-        out: dict[str, Any] = {}
-        for name, member in inner.items():
-            plain = _attribute_value(member)
-            if plain is None:
-                return None
-            out[name] = plain
-        return {"M": out}
-    if kind == "L" and isinstance(inner, list | tuple):
-        items = []
-        for member in inner:
-            plain = _attribute_value(member)
-            if plain is None:
-                return None
-            items.append(plain)
-        return {"L": items}
-    return None  # B and BS: moto's own path base64-encodes them
 
 
 class _NoTableCopy:

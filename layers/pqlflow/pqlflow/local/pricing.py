@@ -45,7 +45,8 @@ from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, Batch, BatchWindow, sqs_
 from pqlflow.local.billing import Bill, Meter, MotoImages, chunks, item_size, sqs_poller_requests
 from pqlflow.local.context import LambdaContext
 from pqlflow.local.functions import FunctionHost
-from pqlflow.local.model import Function
+from pqlflow.local.model import Function, Wiring
+from pqlflow.local.moto_json import b64, plain_attribute_values
 from pqlflow.local.patterns import filter_criteria_match
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -81,6 +82,14 @@ class Settings:
     table_args: dict[str, Any]
     ingest_function: Function
     qualify_function: Function
+
+
+def covers(wiring: Wiring) -> bool:
+    """Whether a template has what pricing runs: pqlflow's IngestFunction on an SQS source and its
+    QualifyFunction on the table's stream."""
+    return ({"IngestFunction", "QualifyFunction"} <= set(wiring.functions)
+            and any(s.function == "IngestFunction" for s in wiring.sqs_sources)
+            and any(s.function == "QualifyFunction" for s in wiring.stream_sources))
 
 
 def template_settings(template: str | Path, root: str | Path | None = None,
@@ -121,17 +130,17 @@ def template_settings(template: str | Path, root: str | Path | None = None,
 
 @contextlib.contextmanager
 def moto_speedups() -> Iterator[None]:
-    """Two moto hot spots, with unchanged results, while the bench runs:
+    """moto's hot spots, with unchanged results, while the pricing run runs:
 
     - its response serializer walks the API model for every element of a binary set (most of an UpdateItem's
-      time on a usage item of fingerprints): AttributeValues are written as plain JSON instead;
+      time on a usage item of fingerprints): AttributeValues are written as plain JSON instead
+      (`moto_json.plain_attribute_values`, shared with the replay emulator);
     - its item dict re-sums the whole item's size on every attribute it sets (quadratic in the item: seconds
       per write on a 200 KB item): the 400 KB limit is checked once per UpdateItem / PutItem instead, with
       moto's own error (the write is then not undone: the handler reports the failure and the bench stops);
     - copies and JSON views of AttributeValues (several per UpdateItem) go through copy.deepcopy's generic
       machinery element by element: they are built directly (the same values).
     """
-    from moto.core import serialize
     from moto.dynamodb import exceptions
 
     from pqlflow.local import moto_transactions
@@ -139,47 +148,10 @@ def moto_speedups() -> Iterator[None]:
     moto_transactions.install()  # compaction's TransactWriteItems: snapshots of its items, not of the table
     from moto.dynamodb.models import DynamoDBBackend, dynamo_type
 
-    serializer: Any = serialize.BaseJSONSerializer
-    original = serializer._serialize_type_structure
     limited: Any = dynamo_type.LimitedSizeDict
     original_setitem = limited.__setitem__
     backend: Any = DynamoDBBackend
     original_update, original_put = backend.update_item, backend.put_item
-
-    def plain(value: Any) -> Any:
-        if not isinstance(value, dict) or len(value) != 1:
-            return None
-        ((kind, inner),) = value.items()
-        if kind in ("S", "N"):
-            return {kind: str(inner)}
-        if kind in ("BOOL", "NULL"):
-            return {kind: bool(inner)}
-        if kind in ("SS", "NS"):
-            return {kind: [str(v) for v in inner]}
-        if kind == "B":
-            return {"B": _b64(inner)}
-        if kind == "BS":
-            return {"BS": [_b64(v) for v in inner]}
-        if kind == "M":
-            out = {}
-            for name, member in inner.items():
-                p = plain(member)
-                if p is None:
-                    return None
-                out[name] = p
-            return {"M": out}
-        if kind == "L":
-            items = [plain(m) for m in inner]
-            return None if any(i is None for i in items) else {"L": items}
-        return None
-
-    def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
-        if getattr(shape, "name", None) == "AttributeValue":
-            p = plain(value)
-            if p is not None:
-                self._default_serialize(serialized, p, shape, key)
-                return
-        original(self, serialized, value, shape, key)
 
     def checked(write: Any, error: type[Exception]) -> Any:
         def run(self: Any, table_name: str, key_or_item: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -323,14 +295,13 @@ def moto_speedups() -> Iterator[None]:
     dynamo.__deepcopy__ = lambda self, memo: fast_copy(self)
     dynamo.to_regular_json = regular_json
     dynamo.size = size
-    serializer._serialize_type_structure = serialize_structure
     limited.__setitem__ = dict.__setitem__
     backend.update_item = checked(backend_update, exceptions.ItemSizeToUpdateTooLarge)
     backend.put_item = checked(original_put, exceptions.ItemSizeTooLarge)
     try:
-        yield
+        with plain_attribute_values():
+            yield
     finally:
-        serializer._serialize_type_structure = original
         limited.__setitem__ = original_setitem
         backend.update_item, backend.put_item = original_update, original_put
         handler_cls.update_item = original_handler_update
@@ -338,12 +309,6 @@ def moto_speedups() -> Iterator[None]:
         dynamo.__deepcopy__, dynamo.to_regular_json, dynamo.size = originals
         for cls, traverse in zip(whole_tree, original_traverse, strict=True):
             cls.traverse = traverse
-
-
-def _b64(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return base64.b64encode(bytes(value)).decode()
 
 
 def wire(item: dict[str, Any]) -> dict[str, Any]:
@@ -354,9 +319,9 @@ def wire(item: dict[str, Any]) -> dict[str, Any]:
 def _wire_value(value: dict[str, Any]) -> dict[str, Any]:
     ((kind, inner),) = value.items()
     if kind == "B":
-        return {"B": _b64(inner)}
+        return {"B": b64(inner)}
     if kind == "BS":
-        return {"BS": [_b64(v) for v in inner]}
+        return {"BS": [b64(v) for v in inner]}
     if kind == "M":
         return {"M": {k: _wire_value(v) for k, v in inner.items()}}
     if kind == "L":
@@ -368,7 +333,7 @@ def _wire_value(value: dict[str, Any]) -> dict[str, Any]:
 # ---- traffic ---------------------------------------------------------------------------------------------
 
 
-def _sqs_record(body: str, index: int) -> dict[str, Any]:
+def sqs_record(body: str, index: int = 0) -> dict[str, Any]:
     digest = hashlib.sha1(f"{index}:{body}".encode()).hexdigest()  # noqa: S324 - an id, not a secret
     return {
         "messageId": f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}",
@@ -402,7 +367,7 @@ class Event:
                 "detail-type": self.detail_type or m.get("type", "track"), "source": self.source,
                 "account": ACCOUNT, "time": m.get("timestamp", ""), "region": REGION, "resources": [], "detail": m,
             }
-            self._record = _sqs_record(json.dumps(envelope, separators=(",", ":")), index)
+            self._record = sqs_record(json.dumps(envelope, separators=(",", ":")), index)
         return self._record
 
     @property
@@ -684,7 +649,7 @@ def price_history(events: Sequence[Event], settings: Settings, *, sample: int | 
                        [e.record_bytes for e in events])
     accounts = [message_account(e.message) for e in events]
     distinct = set(accounts)
-    keep = distinct if sample is None or len(distinct) <= sample else sample_accounts(sorted(distinct), sample)
+    keep = distinct if sample is None or len(distinct) <= sample else sample_accounts(list(distinct), sample)
     picked: list[Event] = []
     batches: list[Batch] = []
     for b in full:

@@ -290,7 +290,7 @@ def run_replay(
     batches AWS would form (`pqlflow.local.pricing`; default `DEFAULT_SAMPLE_ACCOUNTS`); 0 = no such run, the
     estimate then prices replay's own coarse batches and says so.
     """
-    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS, forget_process_caches
+    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS, covers, forget_process_caches
     from pqlflow.qualify.definition import parse_definition
     from pqlflow.qualify.store import DEFAULT_PATH, DefinitionStore, bundled_default
 
@@ -380,20 +380,18 @@ def run_replay(
                 counters = runtime.counters()
                 memory = {lid: fn.memory_size for lid, fn in runtime.wiring.functions.items()}
                 writers = sorted({s.function for s in runtime.wiring.sqs_sources})
-                sqs_messages = sum(
-                    counters["rule_matches"].get(rule.logical_id, 0) * sum(t.kind == "sqs" for t in rule.targets)
-                    for rule in runtime.wiring.rules
-                )
                 usage_queues = {s.queue_arn for s in runtime.wiring.sqs_sources if s.function == "IngestFunction"}
-                usage_sqs_messages = sum(
-                    counters["rule_matches"].get(rule.logical_id, 0) * sum(t.arn in usage_queues for t in rule.targets)
-                    for rule in runtime.wiring.rules
-                )
+                sqs_messages = usage_sqs_messages = 0
+                for rule in runtime.wiring.rules:
+                    matched = counters["rule_matches"].get(rule.logical_id, 0)
+                    sqs_messages += matched * sum(t.kind == "sqs" for t in rule.targets)
+                    usage_sqs_messages += matched * sum(t.arn in usage_queues for t in rule.targets)
                 handler_seconds = dict(runtime.handler_seconds)
+                priceable = covers(runtime.wiring)
     finally:
         clock.set_source(None)
     sample = DEFAULT_SAMPLE_ACCOUNTS if price_sample is None else price_sample
-    priced = _price(events, template, root, environment, sample) if sample else None
+    priced = _price(events, template, root, sample) if sample and priceable else None
     return ReplayResult(
         stats, defn, defn_source, policy_source, observed, emails, items, counters, handler_seconds, memory,
         writers, sqs_messages, n_steps, firings, time.perf_counter() - started, int(sim.now * 1000),
@@ -401,18 +399,10 @@ def run_replay(
     )
 
 
-def _price(events: Sequence[FeedEvent], template: Path, root: str | Path | None, environment: dict[str, str],
-           sample: int) -> dict[str, Any] | None:
-    """Ingest and qualify priced as AWS would batch the history (arrival = event time), on a sample of accounts;
-    None for a template without pqlflow's IngestFunction and QualifyFunction (its run is priced as replayed)."""
+def _price(events: Sequence[FeedEvent], template: Path, root: str | Path | None, sample: int) -> dict[str, Any]:
+    """Ingest and qualify priced as AWS would batch the history (arrival = event time), on a sample of accounts
+    (only for a template `pricing.covers`: another one's run is priced as replayed)."""
     from pqlflow.local.pricing import Event, forget_process_caches, price_history, template_settings
-    from pqlflow.local.template import load_template
-
-    wiring = load_template(template, {}, root=root)
-    if not ({"IngestFunction", "QualifyFunction"} <= set(wiring.functions)
-            and any(s.function == "IngestFunction" for s in wiring.sqs_sources)
-            and any(s.function == "QualifyFunction" for s in wiring.stream_sources)):
-        return None
 
     arrivals = []
     for e in events:
