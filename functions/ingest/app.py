@@ -52,6 +52,8 @@ def handler(
     metrics.add_metric(name="Compactions", unit=MetricUnit.Count, value=outcome.compactions)
     if outcome.validation_errors:  # never bad input: a pqlflow bug some body met (see docs/ingest.md)
         metrics.add_metric(name="IngestValidationErrors", unit=MetricUnit.Count, value=outcome.validation_errors)
+    if outcome.quarantine_dropped:  # bad records DynamoDB refused to keep even reduced: lost, so alarmed
+        metrics.add_metric(name="QuarantineDropped", unit=MetricUnit.Count, value=outcome.quarantine_dropped)
     logger.info("batch ingested", extra={
         "records": len(event.get("Records", [])), "accepted": outcome.accepted,
         "duplicates_in_batch": outcome.duplicates_in_batch, "quarantined_by_field": outcome.quarantined_by_field(),

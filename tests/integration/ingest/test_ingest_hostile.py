@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
-from pqlflow.ingest.quarantine import RAW_LIMIT, list_quarantine, quarantine_item
+from pqlflow.ingest.quarantine import RAW_LIMIT, QuarantineWrite, item_key, list_quarantine, quarantine_item
 from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.ingest.usage import GaugeSpec, TrackingSpec
 from pqlflow.kernel import clock
@@ -26,6 +26,7 @@ from functions.ingest import app
 from tests.support.aws_calls import CallRecorder
 from tests.support.events import eventbridge, iso, sqs_record
 from tests.support.lambda_context import LambdaContext
+from tests.support.template import load_template
 
 NOW_MS = 1_795_341_600_000  # 2026-11-22T10:00:00Z
 HOUR = 3_600_000
@@ -488,6 +489,70 @@ def test_a_body_that_breaks_validation_itself_is_quarantined_not_retried(ingest,
         "body could not be validated (RecursionError: a pqlflow bug)"
     assert usage(ddb, table_name).count("Message Sent") == 1
 
+
+
+def _emitted_metrics(stdout: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Metric name → (namespace, dimensions) of the EMF documents a handler printed."""
+    found = {}
+    for line in stdout.splitlines():
+        doc = json.loads(line) if line.startswith("{") else {}
+        for directive in doc.get("_aws", {}).get("CloudWatchMetrics", []):
+            dims = {d: doc[d] for dset in directive["Dimensions"] for d in dset}
+            for metric in directive["Metrics"]:
+                if doc.get(metric["Name"]):
+                    found[metric["Name"]] = (directive["Namespace"], dims)
+    return found
+
+
+def _assert_alarmed(metric: str, emitted: tuple[str, dict[str, str]]) -> None:
+    """The deployed alarm watches exactly what the handler emits: the name, and the dimension set with the
+    values the template gives the ingest function (CloudWatch matches an alarm's dimensions exactly)."""
+    template = load_template()
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    service = template["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"][
+        "POWERTOOLS_SERVICE_NAME"]
+    alarms = [a["Properties"] for a in template["Resources"].values()
+              if a["Type"] == "AWS::CloudWatch::Alarm" and a["Properties"]["MetricName"] == metric]
+    assert len(alarms) == 1, f"no alarm on {metric}"
+    alarm = alarms[0]
+    assert alarm["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
+    assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == {**emitted[1], "service": service}
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_a_validation_bug_raises_the_alarm_deployed_for_it(ingest, monkeypatch, capsys):
+    # Given a validator bug that one body triggers
+    from pqlflow.ingest import batch
+
+    real = batch.parse_body
+    trigger = sent(message("trigger"))
+    monkeypatch.setattr(batch, "parse_body", lambda body, *a: 1 / 0 if body == trigger else real(body, *a))
+    capsys.readouterr()
+    # When it is ingested
+    ingest([trigger, sent(message("fine"))])
+    # Then the handler emits IngestValidationErrors, and the template alarms on that very metric
+    emitted = _emitted_metrics(capsys.readouterr().out)
+    assert "IngestValidationErrors" in emitted and "QuarantineDropped" not in emitted
+    _assert_alarmed("IngestValidationErrors", emitted["IngestValidationErrors"])
+
+
+def test_a_bad_record_dynamodb_will_not_keep_is_counted_and_alarmed(ingest, ddb, table_name, capsys):
+    # Given a store whose quarantine writes are refused even reduced (never expected of DynamoDB)
+    store = DynamoUsageStore(table_name, ddb)
+
+    def refuse(items):
+        return QuarantineWrite(dropped=[item_key(i) for i in items])
+
+    store.quarantine = refuse  # type: ignore[method-assign]
+    capsys.readouterr()
+    # When a bad record arrives with a good one
+    response, outcome, _ = ingest([sent(message("bad", timestamp="soon")), sent(message("fine"))], store=store)
+    # Then the good one is counted, the lost one is not retried forever, and it is counted and alarmed
+    assert response == {"batchItemFailures": []} and outcome.quarantine_dropped == 1
+    assert usage(ddb, table_name).count("Message Sent") == 1
+    emitted = _emitted_metrics(capsys.readouterr().out)
+    assert emitted.get("QuarantineDropped") is not None
+    _assert_alarmed("QuarantineDropped", emitted["QuarantineDropped"])
 
 def test_the_batch_log_line_names_only_contract_fields(ingest, monkeypatch):
     # Given bad records whose fields are paths through a sender's own keys
