@@ -5,14 +5,13 @@ offer answers 404, a decision the offer's state refuses answers 409."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError, UnauthorizedError
 from aws_lambda_powertools.metrics import MetricUnit
 
-from pqlflow.channels.offers.offer import Offer, decide_accept, decide_dismiss, is_visible
+from pqlflow.channels.offers.offer import Offer, decide_accept, decide_dismiss, is_visible, iso_time
 from pqlflow.channels.offers.store import OfferStore
 from pqlflow.contracts.bus import EventPublisher
 from pqlflow.contracts.emitted import OfferAccepted
@@ -27,10 +26,6 @@ class Conflict(ServiceError):
 
     def __init__(self, msg: str):
         super().__init__(409, msg)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def build_app(store: OfferStore, publisher: EventPublisher) -> APIGatewayHttpResolver:
@@ -59,7 +54,7 @@ def build_app(store: OfferStore, publisher: EventPublisher) -> APIGatewayHttpRes
             account_id=offer.account_id,
             user_id=offer.user_id,
             offer=offer.offer,
-            accepted_at=_iso(offer.accepted_at),
+            accepted_at=iso_time(offer.accepted_at),
         )
         try:
             publisher.publish([event])

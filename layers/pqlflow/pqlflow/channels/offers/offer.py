@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -126,8 +126,8 @@ class Offer(BaseModel):
             "description": self.description,
             "terms": self.terms,
             "status": effective_status(self, now),
-            "expires_at": _iso(self.valid_until),
-            "accepted_at": _iso(self.accepted_at) if self.accepted_at else None,
+            "expires_at": iso_time(self.valid_until),
+            "accepted_at": iso_time(self.accepted_at) if self.accepted_at else None,
             "reasons": [r.text for r in self.reasons],
         }
 
@@ -205,7 +205,7 @@ def decide_accept(offer: Offer, now: float) -> Decision:
         return Decision(outcome="conflict", message="this offer was dismissed and can no longer be accepted")
     return Decision(
         outcome="conflict",
-        message=f"this offer expired at {_iso(offer.valid_until)} and can no longer be accepted",
+        message=f"this offer expired at {iso_time(offer.valid_until)} and can no longer be accepted",
     )
 
 
@@ -223,7 +223,16 @@ def benefit_until(offer: Offer, accepted_at: float) -> int:
     return int(accepted_at) + offer.benefit_seconds
 
 
-def _iso(epoch: float | None) -> str | None:
+@overload
+def iso_time(epoch: float) -> str: ...
+
+
+@overload
+def iso_time(epoch: None) -> None: ...
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """An epoch time as the API and events show it (UTC, `Z`); None stays None."""
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
