@@ -471,3 +471,15 @@ def test_an_address_with_a_control_character_is_no_recipient_not_another_address
     # When the recipient is resolved / Then there is none: the address is never "cleaned" into another one
     with pytest.raises(NoRecipient):
         resolve_recipient(action, qualification_of(action))
+
+
+def test_buying_intent_is_never_quoted_back_to_the_reader():
+    # Given a qualification with a buying-intent reason on a signal no brand setting names
+    action = example("incentive_discount")
+    intent = Reason(code="i", text="upgrade page views: 6", kind="intent", signal="upgrade_page_views", value=6)
+    action = action.model_copy(update={"reasons": [*action.reasons, intent]})
+    # When the email renders with the default brand
+    rendered = render(action).rendered
+    # Then the reader's own usage is shown and the intent is not
+    assert "3 integrations connected" in rendered.text
+    assert "upgrade page views" not in (rendered.text + rendered.html).lower()

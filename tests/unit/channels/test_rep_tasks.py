@@ -230,3 +230,19 @@ def test_usage_lines_only_for_numeric_limits():
         ]
     )
     assert [line.text for line in lines] == ["storage_gb: 9.50 of 10 (95%)"]
+
+
+def test_a_pricing_page_visit_is_buying_intent_for_the_rep_not_a_feature_to_coach():
+    from pqlflow.cli.schemas import samples
+
+    # Given a qualification by the bundled scoring definition, whose account viewed the pricing page once
+    q = samples()["PQL Qualified"]
+    assert isinstance(q, PqlQualified)
+    pricing = [r for r in q.reasons if r.signal == "pricing_views"]
+    assert [r.kind for r in pricing] == ["intent"]
+    # When the rep task's talking points are written
+    points = talking_points(q.reasons)
+    # Then the visit reads as buying intent, with what to offer, and gets no feature coaching
+    (point,) = [p for p in points if "pricing" in p]
+    assert "weighing a purchase (pricing page views: 1)" in point and "paid plan" in point
+    assert "advanced tips" not in point and "1 times" not in point

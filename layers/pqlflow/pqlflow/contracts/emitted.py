@@ -20,6 +20,11 @@ class _Detail(BaseModel):
     DETAIL_TYPE: ClassVar[str]
 
 
+# What a reason says about the account; routing, the email and the rep task choose by it. `intent`: buying
+# intent (pricing or upgrade pages, a sales contact): never quoted back to the reader, said to the rep.
+ReasonKind = Literal["limit", "paid_feature", "usage", "intent", "team", "velocity", "score", "trait"]
+
+
 class Reason(BaseModel):
     """Why an account qualified, in words a person reads, with the signal behind it."""
 
@@ -27,7 +32,7 @@ class Reason(BaseModel):
 
     code: str = Field(description="stable id of the rule or points condition that fired")
     text: str = Field(description="human-readable, e.g. '2,000 messages sent — the free plan's limit'")
-    kind: Literal["limit", "paid_feature", "usage", "team", "velocity", "score", "trait"] = "usage"
+    kind: ReasonKind = "usage"
     signal: str | None = Field(default=None, description="name of the signal in the definition")
     value: float | str | bool | None = None
     threshold: float | str | bool | None = None

@@ -24,12 +24,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pqlflow.contracts.emitted import ReasonKind
 from pqlflow.kernel.errors import UsageError
 from pqlflow.kernel.yamlfile import Loc, LocatedYaml, dotted
 
 Channel = Literal["email", "offer", "rep_task", "none"]
 Touch = Literal["high", "low"]
-ReasonKind = Literal["limit", "paid_feature", "usage", "team", "velocity", "score", "trait"]
 Operator = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "exists", "missing"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -30,11 +30,11 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from pqlflow.contracts.emitted import ReasonKind
 from pqlflow.ingest.usage import FilterSpec, GaugeSpec, TrackingSpec
 from pqlflow.kernel.errors import UsageError
 from pqlflow.kernel.yamlfile import Loc, LocatedYaml, dotted
 
-ReasonKind = Literal["limit", "paid_feature", "usage", "team", "velocity", "score", "trait"]
 Scalar = str | int | float | bool
 
 TRIAL_EVENTS = ("Signed Up", "Trial Started")

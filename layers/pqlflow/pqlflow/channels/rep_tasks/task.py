@@ -357,6 +357,11 @@ def _point(r: Reason) -> str:
             f"They tried {name}, a paid feature: offer a short guided demo of what the paid plan adds "
             "around it and ask what they hoped it would do."
         )
+    if r.kind == "intent":
+        return (
+            f"They are weighing a purchase ({r.text}): ask what they need to decide (plan fit, price, "
+            "security review, who signs) and offer to walk them through the paid plan."
+        )
     if r.kind == "team":
         return (
             f"The team is growing ({r.text}): ask how the rollout is going and what admins need next "
