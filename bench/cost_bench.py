@@ -370,7 +370,7 @@ class Baseline:
 # ---- replay's own estimate -------------------------------------------------------------------------------
 
 
-def replay_estimate(history: Path, sample: int | None) -> dict[str, Any]:
+def replay_estimate(history: Path, sample: int) -> dict[str, Any]:
     """`pqlflow replay`'s cost estimate of a history (summary["cost"]), whole and restricted to what this
     bench's faithful measurement covers (ingest, qualify, the usage queue, transitions on the bus)."""
     from pqlflow.local.replay import TRANSITION_TYPES, run_replay, summarize
@@ -587,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Lambda CPU time per CPU second measured here (default {pricing.FULL_VCPU_MB} MB / "
                         "MemorySize: Lambda's CPU share; 1 = as fast as this machine's core)")
     parser.add_argument("--no-replay", action="store_true", help="sparse shape: skip replay's own estimate")
-    parser.add_argument("--replay-sample", type=int, default=None, metavar="N",
-                        help="sparse shape: accounts replay's estimate prices (default: replay's own default)")
+    parser.add_argument("--replay-sample", type=int, default=pricing.DEFAULT_SAMPLE_ACCOUNTS, metavar="N",
+                        help="sparse shape: accounts replay's estimate prices (default: replay's own, %(default)s)")
     args = parser.parse_args(argv)
     if args.sparse_accounts is not None and args.sparse_accounts < 0:
         parser.error(f"--sparse-accounts {args.sparse_accounts}: must be 0 (all) or more")

@@ -28,7 +28,7 @@ Examples:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS
+    from pqlflow.local import DEFAULT_SAMPLE_ACCOUNTS
 
     parser = subparsers.add_parser(
         "replay",
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="the SAM template to run (default ./template.yaml)")
     parser.add_argument("--step-hours", type=float, default=6.0, metavar="H",
                         help="simulated time fed per step before the system runs until idle (default 6)")
-    parser.add_argument("--price-sample", type=int, default=None, metavar="N",
+    parser.add_argument("--price-sample", type=int, default=DEFAULT_SAMPLE_ACCOUNTS, metavar="N",
                         help="accounts whose events the cost estimate runs through ingest and qualify in the batches "
                         f"AWS would form (default {DEFAULT_SAMPLE_ACCOUNTS}; 0 = price replay's own batches, "
                         "which understates ingest)")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.step_hours > 0:
         raise UsageError(f"--step-hours {args.step_hours:g}: must be a positive number of hours")
-    if args.price_sample is not None and args.price_sample < 0:
+    if args.price_sample < 0:
         raise UsageError(f"--price-sample {args.price_sample}: must be 0 (no pricing run) or more accounts")
     summary = replay(
         args.events,

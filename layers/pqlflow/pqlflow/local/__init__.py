@@ -13,3 +13,7 @@ Modules, from the template inwards:
 
 This package init stays import-light: import `pqlflow.local.runtime.LocalRuntime` for the runtime.
 """
+
+# Accounts replay's cost estimate runs through ingest and qualify in the batches AWS forms (`pricing`). Here, so
+# that `pqlflow replay --help` shows it without importing the pricing machinery on every command's start.
+DEFAULT_SAMPLE_ACCOUNTS = 15

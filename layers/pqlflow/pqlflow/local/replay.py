@@ -42,6 +42,7 @@ from typing import Any
 
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
+from pqlflow.local import DEFAULT_SAMPLE_ACCOUNTS
 
 SEGMENT_SOURCE = "aws.partner/segment.com/pqlflow-replay"
 MAX_ENTRY_BYTES = 256 * 1024  # PutEvents refuses bigger entries: such an event never reaches the bus
@@ -281,16 +282,16 @@ def run_replay(
     progress: Progress | None = None,
     function_output: io.TextIOBase | None = None,
     speedups: bool = True,
-    price_sample: int | None = None,
+    price_sample: int = DEFAULT_SAMPLE_ACCOUNTS,
 ) -> ReplayResult:
     """Feed the history through the template's application on simulated time and collect what it did.
 
     `root`: the folder the template's CodeUri paths are relative to (default: the template's folder).
     `price_sample`: how many accounts (at most) the cost estimate runs through ingest and qualify in the
-    batches AWS would form (`pqlflow.local.pricing`; default `DEFAULT_SAMPLE_ACCOUNTS`); 0 = no such run, the
+    batches AWS would form (`pqlflow.local.pricing`); 0 = no such run, the
     estimate then prices replay's own coarse batches and says so.
     """
-    from pqlflow.local.pricing import DEFAULT_SAMPLE_ACCOUNTS, covers, forget_process_caches
+    from pqlflow.local.pricing import covers, forget_process_caches
     from pqlflow.qualify.definition import parse_definition
     from pqlflow.qualify.store import DEFAULT_PATH, DefinitionStore, bundled_default
 
@@ -390,8 +391,7 @@ def run_replay(
                 priceable = covers(runtime.wiring)
     finally:
         clock.set_source(None)
-    sample = DEFAULT_SAMPLE_ACCOUNTS if price_sample is None else price_sample
-    priced = _price(events, template, root, sample) if sample and priceable else None
+    priced = _price(events, template, root, price_sample) if price_sample and priceable else None
     return ReplayResult(
         stats, defn, defn_source, policy_source, observed, emails, items, counters, handler_seconds, memory,
         writers, sqs_messages, n_steps, firings, time.perf_counter() - started, int(sim.now * 1000),
