@@ -183,10 +183,11 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         if new_fps:
             new_by_day.setdefault(hour // 24, set()).update(new_fps)
     late_days_folded = {hour // 24 for hour in hours if stored.is_late(hour)}
-    archive_items = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())
-                     if day in late_days_folded]
-    archive_puts = [_archive_item(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())
-                    if day not in late_days_folded]
+    archive_items: list[dict[str, Any]] = []  # late days': they commit with the fold
+    archive_puts: list[dict[str, Any]] = []
+    for day, fps in sorted(new_by_day.items()):
+        item = _archive_item(table, stored, day, fps, expires)
+        (archive_items if day in late_days_folded else archive_puts).append(item)
     today = now_ms // DAY_MS
     oldest_day = today - spec.retention_days + 1
     daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}

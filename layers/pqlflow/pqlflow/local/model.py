@@ -115,6 +115,7 @@ class StreamSource:
     event_name: str
     table_name: str
     batch_size: int = 100
+    batching_window_seconds: int = 0
     starting_position: str = "TRIM_HORIZON"
     filters: tuple[dict[str, Any], ...] = ()
     bisect_on_error: bool = False

@@ -23,7 +23,7 @@ def plain_attribute_values() -> Iterator[None]:
 
     def serialize_structure(self: Any, serialized: Any, value: Any, shape: Any, key: str) -> None:
         if getattr(shape, "name", None) == "AttributeValue":
-            plain = _attribute_value(value)
+            plain = attribute_json(value)
             if plain is not None:
                 self._default_serialize(serialized, plain, shape, key)
                 return
@@ -43,7 +43,7 @@ def b64(value: Any) -> str:
     return base64.b64encode(bytes(value)).decode()
 
 
-def _attribute_value(value: Any) -> dict[str, Any] | None:
+def attribute_json(value: Any) -> dict[str, Any] | None:
     """A DynamoDB AttributeValue as moto's JSON serializer writes it, or None to leave it to moto."""
     if not isinstance(value, dict) or len(value) != 1:
         return None
@@ -57,7 +57,7 @@ def _attribute_value(value: Any) -> dict[str, Any] | None:
     if kind == "M" and isinstance(inner, dict):
         out: dict[str, Any] = {}
         for name, member in inner.items():
-            plain = _attribute_value(member)
+            plain = attribute_json(member)
             if plain is None:
                 return None
             out[name] = plain
@@ -65,7 +65,7 @@ def _attribute_value(value: Any) -> dict[str, Any] | None:
     if kind == "L" and isinstance(inner, list | tuple):
         items = []
         for member in inner:
-            plain = _attribute_value(member)
+            plain = attribute_json(member)
             if plain is None:
                 return None
             items.append(plain)

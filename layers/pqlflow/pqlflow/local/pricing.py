@@ -41,18 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from pqlflow.kernel import clock
+from pqlflow.local import DEFAULT_SAMPLE_ACCOUNTS
 from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, Batch, BatchWindow, sqs_batches
 from pqlflow.local.billing import Bill, Meter, MotoImages, chunks, item_size, sqs_poller_requests
 from pqlflow.local.context import LambdaContext
 from pqlflow.local.functions import FunctionHost
 from pqlflow.local.model import Function, Wiring
-from pqlflow.local.moto_json import b64, plain_attribute_values
+from pqlflow.local.moto_json import attribute_json, plain_attribute_values
 from pqlflow.local.patterns import filter_criteria_match
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 FULL_VCPU_MB = 1769  # Lambda: one vCPU at 1,769 MB of memory, proportionally less below
 DEFAULT_LATENCY_MS = 5.0  # billed wait per AWS request a handler makes (a modelled network time)
-DEFAULT_SAMPLE_ACCOUNTS = 15
 SEGMENT_SOURCE = "aws.partner/segment.com/pqlflow"
 
 
@@ -95,7 +95,6 @@ def covers(wiring: Wiring) -> bool:
 def template_settings(template: str | Path, root: str | Path | None = None,
                       overrides: dict[str, Any] | None = None) -> Settings:
     """Everything pricing needs from a template (its Parameters defaults, or `overrides`)."""
-    from pqlflow.local.cfn_yaml import load_yaml
     from pqlflow.local.template import load_template
 
     parameters: dict[str, Any] = {"LogLevel": "INFO"}
@@ -105,10 +104,6 @@ def template_settings(template: str | Path, root: str | Path | None = None,
     qualify = wiring.functions["QualifyFunction"]
     sqs = next(s for s in wiring.sqs_sources if s.function == "IngestFunction")
     stream = next(s for s in wiring.stream_sources if s.function == "QualifyFunction")
-    raw = load_yaml(template)["Resources"]["QualifyFunction"]["Properties"]["Events"][stream.event_name]
-    q_window = raw["Properties"].get("MaximumBatchingWindowInSeconds", 0)
-    if isinstance(q_window, dict) and "Ref" in q_window:
-        q_window = wiring.parameters[q_window["Ref"]]
     table = wiring.table_named(ingest.environment["TABLE_NAME"])
     assert table is not None
     table_args = {"AttributeDefinitions": table.attribute_definitions, "KeySchema": table.key_schema,
@@ -117,7 +112,7 @@ def template_settings(template: str | Path, root: str | Path | None = None,
     environment.pop("POWERTOOLS_SERVICE_NAME", None)
     return Settings(
         ingest_batch_size=sqs.batch_size, ingest_window=float(sqs.batching_window_seconds),
-        qualify_batch_size=stream.batch_size, qualify_window=float(q_window),
+        qualify_batch_size=stream.batch_size, qualify_window=float(stream.batching_window_seconds),
         ingest_memory=ingest.memory_size, qualify_memory=qualify.memory_size,
         stream_filters=stream.filters, environment={k: str(v) for k, v in environment.items()},
         table=ingest.environment["TABLE_NAME"], bus=qualify.environment["EVENT_BUS_NAME"], table_args=table_args,
@@ -313,20 +308,7 @@ def moto_speedups() -> Iterator[None]:
 
 def wire(item: dict[str, Any]) -> dict[str, Any]:
     """An image as Lambda delivers it in a stream event (JSON: binaries as base64 text)."""
-    return {name: _wire_value(value) for name, value in item.items()}
-
-
-def _wire_value(value: dict[str, Any]) -> dict[str, Any]:
-    ((kind, inner),) = value.items()
-    if kind == "B":
-        return {"B": b64(inner)}
-    if kind == "BS":
-        return {"BS": [b64(v) for v in inner]}
-    if kind == "M":
-        return {"M": {k: _wire_value(v) for k, v in inner.items()}}
-    if kind == "L":
-        return {"L": [_wire_value(v) for v in inner]}
-    return value  # S, N, SS, NS, BOOL, NULL: the same in JSON (shared, never modified)
+    return {name: attribute_json(value) or value for name, value in item.items()}
 
 
 

@@ -197,6 +197,7 @@ class TriggerReader:
             event_name=event_name,
             table_name=parsed.name,
             batch_size=int(p.get("BatchSize", 100)),
+            batching_window_seconds=int(p.get("MaximumBatchingWindowInSeconds", 0)),
             starting_position=str(p.get("StartingPosition", "TRIM_HORIZON")),
             filters=self._filters(p.get("FilterCriteria"), f"{where}.Properties.FilterCriteria"),
             bisect_on_error=bool(p.get("BisectBatchOnFunctionError", False)),
