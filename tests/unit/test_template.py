@@ -295,8 +295,8 @@ def test_offers_api_requires_a_jwt_and_unsubscribe_is_public(template: dict[str,
     assert jwt == {"issuer": {"Ref": "OffersJwtIssuer"}, "audience": {"Ref": "OffersJwtAudience"}}
     for name, fn in _resources(template, FUNCTION).items():
         for event in fn["Properties"].get("Events", {}).values():
-            if event["Type"] != "HttpApi":
-                continue
+            if event["Type"] != "HttpApi" or event["Properties"]["ApiId"] != {"Ref": "HttpApi"}:
+                continue  # the collection API is its own (test_the_collection_api_...)
             path, auth = event["Properties"]["Path"], event["Properties"]["Auth"]["Authorizer"]
             expected = "NONE" if path == "/unsubscribe" else "OffersJwt"
             assert auth == expected, f"{name} {path}: {auth}"
@@ -442,6 +442,8 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
         # the public unsubscribe endpoint and SES feedback: suppression entries, nothing else
         "UnsubscribeFunction": {"dynamodb:GetItem": {suppression}, "dynamodb:PutItem": {suppression}},
         "SesEventsFunction": {"dynamodb:PutItem": {suppression}},
+        # the internet-facing collection API: the messages it rejects, in ingest's quarantine, nothing else
+        "CollectFunction": {"dynamodb:BatchWriteItem": {quarantine}},
     }
 
 
@@ -528,3 +530,54 @@ def test_the_deploy_guide_states_the_http_api_limits_the_template_sets(template:
         assert f"| `{name}` | {params[name]['Default']} |" in guide, name
     for limit in ("10 MB", "6 MB", f"{MAX_BODY_BYTES:,} bytes", f"{MAX_TOKEN_CHARS:,} characters"):
         assert limit in guide, limit
+
+
+# --- the collection API (Segment HTTP API) ---------------------------------------------------------
+
+
+def test_the_collection_api_serves_every_segment_call_and_its_preflight_on_its_own_api(
+    template: dict[str, Any],
+) -> None:
+    from pqlflow.collect.messages import CALLS
+
+    events = template["Resources"]["CollectFunction"]["Properties"]["Events"].values()
+    routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events if e["Type"] == "HttpApi"}
+    # Given the collect function's routes / Then every Segment call and the batch are POST routes, and
+    # browsers' preflights reach the function (it answers CORS per write key)
+    assert routes == {("POST", f"/v1/{c}") for c in (*CALLS, "batch")} | {("OPTIONS", "/v1/{call}")}
+    assert {e["Properties"]["ApiId"]["Ref"] for e in events} == {"CollectApi"}
+    api = template["Resources"]["CollectApi"]["Properties"]
+    # And its API has no authorizer (the write key is the credential) and no API-level CORS, which would
+    # answer preflights itself with one origin list for every key
+    assert "Auth" not in api and "CorsConfiguration" not in api
+    assert api["DefaultRouteSettings"] == {"ThrottlingBurstLimit": {"Ref": "CollectThrottlingBurstLimit"},
+                                           "ThrottlingRateLimit": {"Ref": "CollectThrottlingRateLimit"}}
+
+
+def test_the_collection_api_may_only_put_events_read_its_keys_and_quarantine(template: dict[str, Any]) -> None:
+    statements = [s for p in template["Resources"]["CollectFunction"]["Properties"]["Policies"]
+                  for s in p["Statement"]]
+    granted = {(a, json.dumps(s["Resource"], sort_keys=True)) for s in statements for a in _as_list(s["Action"])}
+    assert granted == {
+        ("events:PutEvents", json.dumps({"Fn::GetAtt": ["PqlflowBus", "Arn"]})),
+        ("secretsmanager:GetSecretValue", json.dumps({"Ref": "CollectWriteKeys"})),
+        ("dynamodb:BatchWriteItem", json.dumps(TABLE, sort_keys=True)),
+    }
+
+
+def test_the_collection_api_default_key_source_is_one_the_usage_rule_accepts(template: dict[str, Any]) -> None:
+    from pqlflow.collect.keys import DEFAULT_SOURCE, parse_keys
+
+    # Given the secret as the stack generates it (one key, its source) and the rule at default parameters
+    generated = template["Resources"]["CollectWriteKeys"]["Properties"]["GenerateSecretString"]
+    document = json.loads(generated["SecretStringTemplate"]) | {generated["GenerateStringKey"]: "k" * 40}
+    wiring = load_wiring(TEMPLATE)
+    sources = wiring.functions["CollectFunction"].environment["ALLOWED_SOURCES"].split(",")
+    [key] = parse_keys(document, sources).keys.values()
+    # Then the generated key is usable as deployed, and its events match the usage rule (to the ingest queue)
+    assert key.problem is None and key.source == DEFAULT_SOURCE
+    assert matches(_usage_rule(), _usage_event(key.source))
+    # And a source outside AllowedSources is a problem the function reports (a 5xx), not a silent loss
+    [other] = parse_keys({"writeKey": "k" * 40, "source": "com.acme.web"}, sources).keys.values()
+    assert other.problem is not None and "AllowedSources" in other.problem
+    assert not matches(_usage_rule(), _usage_event("com.acme.web"))

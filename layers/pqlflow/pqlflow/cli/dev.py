@@ -3,7 +3,8 @@
 A moto server (`moto.server.ThreadedMotoServer`) is the AWS endpoint a product team points its SDK at;
 the template's functions run in this process (`pqlflow.local.runtime.LocalRuntime` driving that server)
 and react as events arrive: the runtime is pumped a few times a second. The template's HTTP API routes
-(offers, unsubscribe) are served on a second port. Time is the wall clock. Ctrl-C stops everything.
+(offers, unsubscribe, and the Segment-compatible collection API `/v1/*` with the fixed dev write keys of
+`pqlflow.collect.keys`) are served on a second port. Time is the wall clock. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class DevStack:
             self.runtime.observed = _Printer(self.out)
             self.runtime.start()
             create_extra_resources(self.runtime)
+            self.write_keys = _dev_write_keys(self.runtime)
             if text is not None:
                 DefinitionStore(_table_name(self.runtime), client=self.runtime.client("dynamodb")).publish(
                     text, str(definition)
@@ -137,12 +139,28 @@ class DevStack:
             f"  AWS endpoint   {self.endpoint}   (region us-east-1, any credentials)\n"
             f"  usage bus      {self.usage_bus}\n"
             f"  HTTP API       {self.http_url}   (GET /offers, POST /offers/{{id}}/accept, GET|POST /unsubscribe)\n"
+            + (f"  Segment API    {self.http_url}/v1/batch, /v1/track, ...   write key {self.write_keys[0]} "
+               f"(browser: {self.write_keys[1]}); point an SDK's host or dataPlaneUrl at {self.http_url}\n"
+               if self.write_keys else "") +
             f"Send usage events with your SDK pointed at the endpoint, e.g.:\n"
             f"  AWS_ENDPOINT_URL={self.endpoint} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
             f"AWS_DEFAULT_REGION=us-east-1 \\\n    aws events put-events --entries '{example}'\n"
             f"  (Python: boto3.client('events', endpoint_url='{self.endpoint}', region_name='us-east-1'))\n"
             f"Ctrl-C stops.\n"
         )
+
+
+def _dev_write_keys(runtime: Any) -> tuple[str, str] | None:
+    """Put the fixed dev write keys in the collection API's secret (local only); None without that API."""
+    from pqlflow.collect.keys import DEV_BROWSER_KEY, DEV_WRITE_KEY, dev_keys_document
+
+    for function in runtime.wiring.functions.values():
+        secret = function.environment.get("WRITE_KEYS_SECRET_ARN")
+        if secret:
+            runtime.client("secretsmanager").put_secret_value(SecretId=secret,
+                                                              SecretString=json.dumps(dev_keys_document()))
+            return DEV_WRITE_KEY, DEV_BROWSER_KEY
+    return None
 
 
 class _Printer(list[dict[str, Any]]):
