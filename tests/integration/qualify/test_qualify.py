@@ -240,7 +240,7 @@ BOUNDARIES = {
     "drift-conversations.yaml": (_drift, "100 conversations on your website"),
     "crm-contact-limit.yaml": (_crm, "80% of your 10,000-contact tier used"),
     "logins.yaml": (_logins, "10 sign-ins"),
-    "dropbox-collaboration.yaml": (_dropbox, "connected 1 integration(s)"),
+    "dropbox-collaboration.yaml": (_dropbox, "1 integration connected"),
     "team-velocity.yaml": (_team_velocity, "3 teammates active within 14 days of signing up"),
     "scoring.yaml": (_scoring, "score 60 (60 needed)"),
     "hubspot-freemium.yaml": (_hubspot, "used paid-tier features 5 times in the last 14 days"),

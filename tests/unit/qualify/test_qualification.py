@@ -139,7 +139,9 @@ def test_default_reason_texts_say_what_happened() -> None:
     h.track("Signed In", user="bob")
     usage = h.track("Signed In", user="cy")
     texts = [(r.text, r.kind) for r in evaluate(defn, usage, usage.last_seen_ms or 0).reasons]
-    assert texts == [("3 teammates active in the last 7 days", "team"), ("1 “Invite Sent” events", "usage")]
+    # the count is named from its event ("Invite Sent" → "invite sent"), in the number it has, and an invite is
+    # team growth
+    assert texts == [("3 teammates active in the last 7 days", "team"), ("1 invite sent", "team")]
 
 
 def test_property_filters_count_only_matching_events() -> None:

@@ -36,6 +36,13 @@ class Reason(BaseModel):
     signal: str | None = Field(default=None, description="name of the signal in the definition")
     value: float | str | bool | None = None
     threshold: float | str | bool | None = None
+    # The definition's words for the signal, for copy that puts its own number in front ("3 features used").
+    label: str | None = Field(default=None, description="the signal after a number other than 1: 'features used'")
+    label_one: str | None = Field(default=None, description="the signal after 1: 'feature used'")
+    talking_point: str | None = Field(default=None, description="what the definition's author wants the rep to say")
+    previous: float | None = Field(
+        default=None, description="the signal's value 7 days before, when usage state still knows it"
+    )
 
 
 class UserSummary(BaseModel):

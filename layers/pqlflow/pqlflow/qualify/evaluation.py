@@ -43,6 +43,7 @@ from pqlflow.qualify.language import (
     TraitSignal,
     VelocitySignal,
 )
+from pqlflow.qualify.reasons import with_words
 
 Value = float | int | str | bool | None
 USER_TRAITS_SHARED = ("email", "name", "first_name", "last_name", "timezone", "title", "role")
@@ -237,15 +238,9 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
     signal = defn.signals[name]
     label = signal.label
     if isinstance(signal, CountSignal):
-        what = label or f"“{signal.count}” events" + (
-            ""
-            if not signal.where
-            else " with " + ", ".join(f"{k} = {fmt(v)}" for k, v in signal.where.items())
-        )
-        period = f" in the last {signal.last_days} days" if signal.last_days and not label else ""
-        return f"{fmt(value)} {what}{period}"
+        return f"{fmt(value)} {signal.words(value)}"
     if isinstance(signal, ActiveUsersSignal):
-        who = label or "teammates"
+        who = signal.words(value)
         window = signal.active_users
         if window.last_days:
             return f"{fmt(value)} {who} active in the last {window.last_days} days"
@@ -271,22 +266,11 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
     return f"{label or signal.trait} is {fmt(value)}"
 
 
-_DEFAULT_KIND: dict[type, ReasonKind] = {
-    CountSignal: "usage",
-    ActiveUsersSignal: "team",
-    GaugeSignal: "usage",
-    RatioSignal: "limit",
-    VelocitySignal: "velocity",
-    DaysToSignal: "velocity",
-    TraitSignal: "trait",
-}
-
-
 def _kind_of(defn: Definition, name: str) -> ReasonKind:
     if name == "score":
         return "score"
     signal = defn.signals.get(name)
-    return _DEFAULT_KIND[type(signal)] if signal is not None else "trait"
+    return signal.reason_kind if signal is not None else "trait"
 
 
 def _render(template: str, fields: dict[str, str]) -> str:
@@ -821,7 +805,7 @@ def qualified_event(defn: Definition, usage: AccountUsage, transition: Transitio
         qualified_at=iso(transition.at_ms),
         touch=ev.touch,
         score=ev.score,
-        reasons=ev.reasons,
+        reasons=with_words(defn, usage, transition.at_ms, ev.reasons),
         signals={
             k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
             for k, v in ev.signals.items()

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -34,11 +35,15 @@ from pqlflow.contracts.emitted import ReasonKind
 from pqlflow.ingest.usage import FilterSpec, GaugeSpec, TrackingSpec
 from pqlflow.kernel.errors import UsageError
 from pqlflow.kernel.yamlfile import Loc, LocatedYaml, dotted
+from pqlflow.qualify.words import event_words, singular_of
+from pqlflow.qualify.words import is_one as _is_one
 
 Scalar = str | int | float | bool
 
 TRIAL_EVENTS = ("Signed Up", "Trial Started")
 TEMPLATE_FIELDS = frozenset({"value", "threshold", "signal", "limit", "days", "percent", "points", "event"})
+# A signal's talking point: its value, its label (agreeing with the value), the change over the last 7 days.
+TALKING_POINT_FIELDS = frozenset({"value", "label", "change"})
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -70,10 +75,44 @@ class _Model(BaseModel):
 PropertyFilter = dict[str, Scalar | list[Scalar]]
 
 
+Words = Annotated[str, Field(max_length=80)]
+
+
 class _Signal(_Model):
-    label: str | None = Field(
-        default=None, description="words for the signal in reasons, e.g. 'messages sent'"
+    """What every signal may say about itself, in the author's words: plain text, never template code."""
+
+    label: Words | None = Field(
+        default=None, description="the signal in words after a number, e.g. 'messages sent' (2,000 messages sent)"
     )
+    singular: Words | None = Field(
+        default=None, description="the label after 1, e.g. 'message sent'; default: derived from the label"
+    )
+    kind: ReasonKind | None = Field(
+        default=None, description="what the signal means to the customer; default: derived (see reason_kind)"
+    )
+    talking_point: str | None = Field(
+        default=None, max_length=400, description="what the rep says about it; {value}, {label}, {change}"
+    )
+
+    @field_validator("label", "singular", "talking_point")
+    @classmethod
+    def _plain_words(cls, text: str | None) -> str | None:
+        if text is not None and (not text.strip() or not text.isprintable()):
+            raise ValueError(f"must be one line of visible text, got {_got(text)}")
+        return text
+
+    def words(self, value: Any) -> str | None:
+        """The author's label agreeing in number with `value` (1 → the singular), or None without one."""
+        if self.label is None:
+            return None
+        if _is_one(value):
+            return self.singular or singular_of(self.label)
+        return self.label
+
+    @property
+    def reason_kind(self) -> ReasonKind:
+        """The author's `kind`, else what the signal's shape says: see `derived_kind`."""
+        return self.kind or derived_kind(self)
 
 
 class CountSignal(_Signal):
@@ -102,6 +141,18 @@ class CountSignal(_Signal):
         spec = self.filter
         return spec.key if spec else self.count
 
+    def words(self, value: Any) -> str:
+        """The label agreeing with `value`; without one, words from the event name, its filter and window:
+        '1 report exported', '3 “Page Viewed” events with name = Pricing in the last 30 days'."""
+        own = super().words(value)
+        if own is not None:
+            return own
+        one, many = event_words(self.count)
+        what = one if _is_one(value) else many
+        if self.where:
+            what += " with " + ", ".join(f"{k} = {_plain_value(v)}" for k, v in self.where.items())
+        return what + (f" in the last {self.last_days} days" if self.last_days else "")
+
 
 class ActiveUsersWindow(_Model):
     last_days: int | None = Field(default=None, ge=1, le=35)
@@ -120,6 +171,10 @@ class ActiveUsersSignal(_Signal):
     """Distinct users active in the last N days, or in the first N days from the account's first_seen."""
 
     active_users: ActiveUsersWindow
+
+    def words(self, value: Any) -> str:
+        """Who is counted, agreeing with `value`: the label, else 'teammate' / 'teammates'."""
+        return super().words(value) or ("teammate" if _is_one(value) else "teammates")
 
 
 class GaugeRef(_Model):
@@ -210,6 +265,49 @@ class TraitSignal(_Signal):
 
     trait: str
     scope: Literal["account", "user"] = "account"
+
+
+def _plain_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_plain_value(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+# A property filter that marks a paid-tier feature (`where: {tier: paid}`), and words in an event or a
+# page name that mean buying intent (`Page Viewed` where name is Pricing) or team growth (`Invite Sent`).
+_PAID_PROPERTIES = frozenset({"tier", "plan", "edition", "package"})
+_PAID_VALUES = frozenset({"paid", "premium", "pro", "business", "enterprise", "plus"})
+_INTENT = re.compile(r"pricing|upgrade|billing|checkout|plans|contact sales|request demo|demo request", re.I)
+_TEAM = re.compile(r"invit|member added|teammate added|user added|seat added", re.I)
+_SIGNAL_KIND: dict[str, ReasonKind] = {
+    "ratio": "limit",
+    "active_users": "team",
+    "velocity": "velocity",
+    "days_to": "velocity",
+    "trait": "trait",
+    "gauge": "usage",
+}
+
+
+def derived_kind(signal: _Signal) -> ReasonKind:
+    """What a signal's shape says it means when its author did not say: a ratio is usage against a limit,
+    active users are the team, a count filtered to a paid tier is a paid feature, a pricing or upgrade page
+    is buying intent, invites are team growth, any other count or gauge is usage."""
+    if not isinstance(signal, CountSignal):
+        return _SIGNAL_KIND.get(_signal_tag(signal) or "", "usage")
+    wanted = list((signal.where or {}).values())
+    values = [v for w in wanted for v in (w if isinstance(w, list) else [w])]
+    props = {prop.lower() for prop in signal.where or {}}
+    if props & _PAID_PROPERTIES and any(str(v).lower() in _PAID_VALUES for v in values):
+        return "paid_feature"
+    named = " ".join([signal.count, *map(str, values)])
+    if _INTENT.search(named):
+        return "intent"
+    if _TEAM.search(signal.count):
+        return "team"
+    return "usage"
 
 
 SIGNAL_TYPES = {
@@ -630,12 +728,12 @@ def conditions(defn: Definition) -> list[tuple[Condition, Loc]]:
     return found
 
 
-def _template_problem(template: str | None) -> str | None:
+def _template_problem(template: str | None, known: frozenset[str] = TEMPLATE_FIELDS) -> str | None:
     if template is None:
         return None
     for name in _PLACEHOLDER.findall(template):
-        if name not in TEMPLATE_FIELDS:
-            return f"unknown placeholder {{{name}}} (known: {', '.join(sorted(TEMPLATE_FIELDS))})"
+        if name not in known:
+            return f"unknown placeholder {{{name}}} (known: {', '.join(sorted(known))})"
     return None
 
 
@@ -655,6 +753,11 @@ def _check_references(defn: Definition) -> list[tuple[Loc, str]]:
                 )
         if isinstance(signal, TraitSignal) and signal.scope == "user" and defn.unit != "user":
             problems.append((("signals", name, "scope"), "scope: user needs unit: user"))
+        if signal.singular is not None and signal.label is None:
+            problems.append((("signals", name, "singular"), "needs `label` (the words after any other number)"))
+        problem = _template_problem(signal.talking_point, TALKING_POINT_FIELDS)
+        if problem:
+            problems.append((("signals", name, "talking_point"), problem))
     for cond, loc in conditions(defn):
         if cond.signal is not None and cond.signal not in names and cond.signal != "score":
             known = ", ".join(sorted(names)) or "none defined"
