@@ -47,6 +47,7 @@ import argparse
 import base64
 import contextlib
 import copy
+import gzip
 import io
 import json
 import math
@@ -89,11 +90,12 @@ with contextlib.redirect_stdout(NULL):  # Powertools' logger binds sys.stdout wh
         Faithful,
         Measured,
         Settings,
-        add_sqs_and_invocations,
+        add_transport,
         cpu_scale,
         message_account,
         moto_speedups,
         sqs_batches,
+        transport_batches,
         wire,
     )
 
@@ -316,7 +318,8 @@ class Baseline:
         self.meter = Meter(MotoImages(ACCOUNT, REGION))
         self.now_ms = 0
 
-    def run(self, name: str, events: list[Event], batches: list[Any]) -> Measured:
+    def run(self, name: str, events: list[Event], batches: list[Any], transport: str = "sqs",
+            span_ms: int | None = None) -> Measured:
         from aws_lambda_powertools.utilities.idempotency import (
             DynamoDBPersistenceLayer,
             IdempotencyConfig,
@@ -345,21 +348,36 @@ class Baseline:
                                ExpressionAttributeValues={":one": {"N": "1"}})
             return {"ok": True}
 
+        s3 = session.client("s3")
+        firehose_s3 = boto3.session.Session(region_name=REGION).client("s3")  # Firehose's: not metered
+        firehose_s3.create_bucket(Bucket="baseline-objects")
+
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             config.register_lambda_context(context)
             for record in event["Records"]:
-                count_event(message=json.loads(record["body"])["detail"])
+                if record.get("eventSource") == "aws:s3":  # a Firehose object: one event per line
+                    data = s3.get_object(Bucket="baseline-objects", Key=record["s3"]["object"]["key"])["Body"].read()
+                    for line in gzip.decompress(data).decode().splitlines():
+                        count_event(message=json.loads(line)["detail"])
+                else:
+                    count_event(message=json.loads(record["body"])["detail"])
             return {"batchItemFailures": []}
 
         with self.meter.emulator_excluded():
-            for b in batches:
-                records = [e.record(i) for i, e in enumerate(events[b.start:b.stop])]
+            for n, b in enumerate(batches):
+                if transport == "firehose":
+                    key = f"o-{n}.gz"
+                    data = pricing.firehose_object([e.record()["body"] for e in events[b.start:b.stop]])
+                    firehose_s3.put_object(Bucket="baseline-objects", Key=key, Body=data)
+                    records = pricing.s3_notification("baseline-objects", key, len(data))["Records"]
+                else:
+                    records = [e.record(i) for i, e in enumerate(events[b.start:b.stop])]
                 with self.meter.invocation("ingest"):
                     handler({"Records": records}, LambdaContext(function_name="baseline"))
                 for e in events[b.start:b.stop]:
                     e._record = None
         bill = Bill()
-        add_sqs_and_invocations(bill, events, batches)
+        add_transport(bill, transport, events, batches, span_ms)
         bill.add_invocations("ingest", self.meter.invocations, self.s.ingest_memory, self.latency_ms,
                              cpu_scale(self.s.ingest_memory, self.cpu_scale))
         self.meter.add_to(bill)
@@ -428,7 +446,7 @@ def print_table(title: str, ours: Measured, base: Measured, notes: list[str]) ->
             return "", ""
         return f"{line.units / m.events:.4g} {line.unit}", f"{line.cost(m.bill.prices) / m.events * 1e6:.3f}"
 
-    for service in ("SQS", "Lambda", "DynamoDB", "EventBridge"):
+    for service in ("SQS", "Kinesis", "Firehose", "S3", "Lambda", "DynamoDB", "EventBridge"):
         rows = [k for k in keys if k[0] == service]
         for key in rows:
             (ou, oc), (bu, bc) = cell(ours, key), cell(base, key)
@@ -464,8 +482,7 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
     with mock_aws(), moto_speedups():
         ours = Pqlflow(s, args.aws_latency_ms, args.cpu_scale)
         ours.start()
-        measured = ours.run("sparse", events)
-        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("sparse", events, measured.extra["batches"])
+        measured, base = measure(ours, s, args, "sparse", events, None)
     clock.set_source(None)
     cpu = time.process_time() - started
     subset = "all its" if args.sparse_accounts is None else f"the first {accounts} (--sparse-accounts) of its"
@@ -474,8 +491,8 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
              "arrival = event timestamp, all measured",
              settings_note(s, args), f"bench CPU {cpu:.0f} s (pqlflow + baseline)"]
     print_table("sparse (demo history)", measured, base, notes)
-    if args.no_replay:
-        return
+    if args.no_replay or args.transport != "sqs":
+        return  # replay prices the template's transport
     with tempfile.TemporaryDirectory() as folder:
         history = HISTORY
         if args.sparse_accounts is not None:
@@ -497,9 +514,31 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
         print(f"     {svc:<12} replay ${value:.3f}/M   faithful ${exact:.3f}/M")
 
 
+def measure(ours: Pqlflow, s: Settings, args: argparse.Namespace, name: str, events: list[Event],
+            span_ms: int | None) -> tuple[Measured, Measured]:
+    """pqlflow and the naive baseline on the same events, in the batches `--transport` forms."""
+    batches = transport_batches(args.transport, events, s, args.firehose_interval, args.firehose_mb)
+    measured = ours.run(name, events, batches, args.transport, span_ms)
+    base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run(name, events, batches, args.transport, span_ms)
+    return measured, base
+
+
+TRANSPORT_NOTES = {
+    "sqs": "transport: EventBridge → SQS queue → ingest's event source mapping (the template's)",
+    "kinesis": "transport: EventBridge → Kinesis stream (provisioned, shards for the average rate) → ingest's "
+               "event source mapping, same BatchSize and window (NOT in the template: priced only)",
+    "firehose": "transport: EventBridge → Firehose → S3 object per buffer ({interval:g} s / {mb} MB, gzip, a line "
+                "per event) → ingest's object handler, notified per object",
+    "lambda": "transport: EventBridge → ingest as the rule's target, one asynchronous invocation per event "
+              "(NOT in the template: priced only)",
+}
+
+
 def settings_note(s: Settings, args: argparse.Namespace) -> str:
     scale = cpu_scale(s.ingest_memory, args.cpu_scale)
-    return (f"template settings: ingest BatchSize {s.ingest_batch_size}, window {s.ingest_window:g} s, "
+    transport = TRANSPORT_NOTES[args.transport].format(interval=args.firehose_interval, mb=args.firehose_mb)
+    return (f"{transport}; "
+            f"template settings: ingest BatchSize {s.ingest_batch_size}, window {s.ingest_window:g} s, "
             f"{s.ingest_memory} MB; qualify BatchSize {s.qualify_batch_size}, window {s.qualify_window:g} s, "
             f"{s.qualify_memory} MB; Lambda billed ms = handler CPU measured × {scale:.2f} (CPU share at "
             f"{s.ingest_memory} MB) + {args.aws_latency_ms:g} ms per AWS request, rounded up per invocation")
@@ -523,8 +562,7 @@ def shape_busy(s: Settings, args: argparse.Namespace) -> None:
         ours.start()
         build_steady_accounts(ours, accounts, seed=1)
         setup = time.process_time() - started
-        measured = ours.run("busy", events)
-        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("busy", events, measured.extra["batches"])
+        measured, base = measure(ours, s, args, "busy", events, int(args.minutes * MIN_MS))
     clock.set_source(None)
     cpu = time.process_time() - started
     notes = [f"{args.accounts:,} accounts, 90 days of steady history (~40 events/day over {len(NAMES)} names; "
@@ -554,8 +592,7 @@ def shape_hot(s: Settings, args: argparse.Namespace) -> None:
         ours.settle_qualification(["hot-0001"], LIVE_START_MS)
         hot_item = MotoImages(ACCOUNT, REGION).get(s.table, {"pk": {"S": "A#hot-0001"}, "sk": {"S": "USAGE"}})
         setup = time.process_time() - started
-        measured = ours.run("hot", events)
-        base = Baseline(s, args.aws_latency_ms, args.cpu_scale).run("hot", events, measured.extra["batches"])
+        measured, base = measure(ours, s, args, "hot", events, int(args.minutes * MIN_MS))
     clock.set_source(None)
     cpu = time.process_time() - started
     hot_live = sum(1 for e in events if e.message["context"]["groupId"] == "hot-0001")
@@ -586,6 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-scale", type=float, default=None, metavar="X",
                         help=f"Lambda CPU time per CPU second measured here (default {pricing.FULL_VCPU_MB} MB / "
                         "MemorySize: Lambda's CPU share; 1 = as fast as this machine's core)")
+    parser.add_argument("--transport", choices=pricing.TRANSPORTS, default="sqs",
+                        help="how events reach ingest: the template's SQS queue (default), or an alternative "
+                        "priced on the same traffic (kinesis, firehose, lambda; not deployable yet)")
+    parser.add_argument("--firehose-interval", type=float, default=60, metavar="S",
+                        help="--transport firehose: buffer interval, 0..900 s (default 60)")
+    parser.add_argument("--firehose-mb", type=int, default=5, metavar="MB",
+                        help="--transport firehose: buffer size, 1..128 MB (default 5)")
     parser.add_argument("--no-replay", action="store_true", help="sparse shape: skip replay's own estimate")
     parser.add_argument("--replay-sample", type=int, default=pricing.DEFAULT_SAMPLE_ACCOUNTS, metavar="N",
                         help="sparse shape: accounts replay's estimate prices (default: replay's own, %(default)s)")
@@ -605,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = template_settings(args.window, args.batch_size)
         sqs_batches([0], settings.ingest_batch_size, settings.ingest_window)  # AWS's own constraints
+        if args.transport == "firehose":
+            pricing.firehose_batches([0], args.firehose_interval, args.firehose_mb, [0])
     except ValueError as exc:
         parser.error(str(exc))
     started = time.process_time()

@@ -1,14 +1,22 @@
-"""Ingest function: SQS batches of Segment usage events → per-account usage state in DynamoDB."""
+"""Ingest function: batches of Segment usage events → per-account usage state in DynamoDB.
+
+`handler`: SQS batches (the template's default transport), with Powertools' partial batch response.
+`object_handler`: S3 objects a Firehose stream delivered (the low-cost transport, `IngestTransport=firehose`),
+one object per batch; a failure raises, so that Lambda's asynchronous retries deliver the object again.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.batch import BatchOutcome, IngestBatch, IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.objects import bodies, object_text
 from pqlflow.ingest.store import DynamoUsageStore
 from pqlflow.kernel import clock
 from pqlflow.kernel.observability import logger, metrics
@@ -16,6 +24,12 @@ from pqlflow.kernel.settings import ingest_settings
 from pqlflow.qualify.tracking import tracking_spec
 
 _processor: UsageBatchProcessor | None = None
+_s3: Any = None
+
+
+class ObjectNotIngested(RuntimeError):
+    """Some events of a delivered object could not be written: the invocation fails, Lambda retries it (every
+    event of the object again: the ones already counted are recognised and count once)."""
 
 
 def _default_processor() -> UsageBatchProcessor:
@@ -44,7 +58,43 @@ def handler(
     processor = processor or _default_processor()
     response = process_partial_response(event=event, record_handler=processor.record_handler,
                                         processor=processor, context=context)
-    outcome = processor.outcome
+    _report(processor.outcome, len(event.get("Records", [])), "batch ingested")
+    return response
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def object_handler(event: dict[str, Any], context: LambdaContext, s3: Any = None,
+                   processor: UsageBatchProcessor | None = None) -> dict[str, int]:
+    """Each object the notification names is one batch: read, split into events, folded, written."""
+    global _s3
+    processor = processor or _default_processor()
+    if s3 is None:
+        if _s3 is None:
+            import boto3  # on first use, as the store does: the module imports without it (cold start)
+
+            _s3 = boto3.client("s3")
+        s3 = _s3
+    totals = {"objects": 0, "events": 0}
+    for record in S3Event(event).records:
+        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
+        text = object_text(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        batch = IngestBatch(processor.config, clock.now_ms())
+        count = 0
+        for count, body in enumerate(bodies(text), start=1):
+            batch.add(count, body)
+        failed: list[BaseException] = []
+        outcome = batch.commit(processor.store, lambda _record, exc, into=failed: into.append(exc))
+        _report(outcome, count, "object ingested", {"object_bytes": record.s3.get_object.size})
+        if failed:
+            raise ObjectNotIngested(f"{len(failed)} of {count} events of s3://{bucket}/{key} were not written "
+                                    f"({type(failed[0]).__name__}); the object is retried") from failed[0]
+        totals["objects"] += 1
+        totals["events"] += count
+    return totals
+
+
+def _report(outcome: BatchOutcome, records: int, message: str, extra: dict[str, Any] | None = None) -> None:
     metrics.add_metric(name="EventsIngested", unit=MetricUnit.Count, value=outcome.accepted)
     metrics.add_metric(name="DuplicatesInBatch", unit=MetricUnit.Count, value=outcome.duplicates_in_batch)
     metrics.add_metric(name="EventsQuarantined", unit=MetricUnit.Count, value=sum(outcome.quarantined.values()))
@@ -54,15 +104,14 @@ def handler(
         metrics.add_metric(name="IngestValidationErrors", unit=MetricUnit.Count, value=outcome.validation_errors)
     if outcome.quarantine_dropped:  # bad records DynamoDB refused to keep even reduced: lost, so alarmed
         metrics.add_metric(name="QuarantineDropped", unit=MetricUnit.Count, value=outcome.quarantine_dropped)
-    logger.info("batch ingested", extra={
-        "records": len(event.get("Records", [])), "accepted": outcome.accepted,
+    logger.info(message, extra={
+        "records": records, "accepted": outcome.accepted,
         "duplicates_in_batch": outcome.duplicates_in_batch, "quarantined_by_field": outcome.quarantined_by_field(),
         "subjects": outcome.subjects_written, "failed_subjects": outcome.failed_subjects,
         "write_requests": outcome.write_requests, "compactions": outcome.compactions,
-        "quarantine_reduced": outcome.quarantine_reduced,
+        "quarantine_reduced": outcome.quarantine_reduced, **(extra or {}),
     })
     if outcome.validation_errors or outcome.quarantine_dropped:  # a pqlflow bug, never bad input: say so
         logger.error("ingest could not judge or keep some records", extra={
             "validation_errors": outcome.validation_errors, "quarantine_dropped": outcome.quarantine_dropped,
         })
-    return response

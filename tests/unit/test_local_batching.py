@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, BatchWindow, sqs_batches, stream_batches
+from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, BatchWindow, firehose_batches, sqs_batches, stream_batches
 
 MIN = 60_000
 MB = 1024 * 1024
@@ -110,3 +110,32 @@ def test_fed_one_at_a_time_the_window_forms_the_same_batches() -> None:
     assert fed == whole
     assert sizes(whole) == [3, 2, 3, 1]
     assert not window.open and window.pending == 0
+
+
+def test_a_firehose_buffer_holds_every_record_of_its_interval_across_accounts() -> None:
+    # 1,000 accounts, each sending every 150 s: 400 records a minute arrive spread over the interval
+    arrivals = sorted((a * 150) + k * 150_000 for a in range(1_000) for k in range(12))  # 30 minutes
+
+    minute = firehose_batches(arrivals, interval_seconds=60, size_mb=5, payload_bytes=[900] * len(arrivals))
+    quarter = firehose_batches(arrivals, interval_seconds=900, size_mb=128, payload_bytes=[900] * len(arrivals))
+
+    assert sum(sizes(minute)) == len(arrivals) == sum(sizes(quarter))
+    assert max(b.wait_ms for b in minute) == 60_000
+    assert len(minute) == 30 and len(quarter) == 2  # one S3 object (one ingest invocation) per buffer
+    assert all(b.closed_by == "window" for b in minute + quarter)
+
+
+def test_a_firehose_buffer_is_delivered_when_it_holds_its_size() -> None:
+    arrivals = [i * 10 for i in range(30)]  # 30 records of 400 KB within 0.3 s
+
+    batches = firehose_batches(arrivals, interval_seconds=300, size_mb=5, payload_bytes=[400 * 1024] * 30)
+
+    assert sizes(batches) == [12, 12, 6]
+    assert [b.closed_by for b in batches] == ["payload", "payload", "window"]
+
+
+def test_firehose_refuses_buffering_hints_firehose_refuses() -> None:
+    with pytest.raises(ValueError, match="between 0 and 900"):
+        firehose_batches([0], interval_seconds=901, size_mb=5, payload_bytes=[1])
+    with pytest.raises(ValueError, match="between 1 and 128"):
+        firehose_batches([0], interval_seconds=60, size_mb=129, payload_bytes=[1])

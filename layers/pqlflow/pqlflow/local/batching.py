@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024  # Lambda: 6 MB per synchronous invocation request
 MAX_WINDOW_SECONDS = 300  # MaximumBatchingWindowInSeconds: 0..300
+FIREHOSE_MAX_INTERVAL_SECONDS = 900  # BufferingHints.IntervalInSeconds: 0..900
+FIREHOSE_SIZE_MB = (1, 128)  # BufferingHints.SizeInMBs: 1..128
 SQS_MAX_BATCH_SIZE = 10_000  # standard queue
 SQS_MAX_BATCH_WITHOUT_WINDOW = 10  # above this, AWS requires a batching window of at least 1 s
 STREAM_MAX_BATCH_SIZE = 10_000
@@ -69,11 +71,12 @@ class Batch:
 class BatchWindow:
     """One poller's batching, fed one arrival at a time (in arrival order)."""
 
-    def __init__(self, batch_size: int, window_seconds: float, payload_limit: int = PAYLOAD_LIMIT_BYTES) -> None:
+    def __init__(self, batch_size: int, window_seconds: float, payload_limit: int = PAYLOAD_LIMIT_BYTES,
+                 max_window_seconds: float = MAX_WINDOW_SECONDS) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size}: must be at least 1")
-        if not 0 <= window_seconds <= MAX_WINDOW_SECONDS:
-            raise ValueError(f"batching window {window_seconds:g} s: must be between 0 and {MAX_WINDOW_SECONDS}")
+        if not 0 <= window_seconds <= max_window_seconds:
+            raise ValueError(f"batching window {window_seconds:g} s: must be between 0 and {max_window_seconds:g}")
         if payload_limit < 1:
             raise ValueError(f"payload limit {payload_limit}: must be at least 1 byte")
         self.batch_size = batch_size
@@ -186,3 +189,29 @@ def stream_batches(
         raise ValueError(f"stream batch size {batch_size}: must be between 1 and {STREAM_MAX_BATCH_SIZE}")
     limit = PAYLOAD_LIMIT_BYTES if payload_bytes is not None else 2**62
     return _batches(arrivals_ms, BatchWindow(batch_size, window_seconds, limit), payload_bytes)
+
+
+def firehose_batches(
+    arrivals_ms: Sequence[int],
+    interval_seconds: float,
+    size_mb: int,
+    payload_bytes: Sequence[int],
+) -> list[Batch]:
+    """The objects a Firehose stream delivers to S3 for records arriving at `arrivals_ms` (sorted), one
+    invocation each of the function the bucket notifies.
+
+    Firehose's buffering hints work like a batching window without a record count: a buffer opens at its
+    first record and is delivered when `interval_seconds` (BufferingHints.IntervalInSeconds, 0..900) have
+    passed or it holds `size_mb` MB (SizeInMBs, 1..128) — here a record that would take it past the size
+    opens the next buffer. One buffer per stream: Firehose's delivery time after the interval (seconds)
+    and its parallel buffers at high throughput are not modelled, so, as for SQS, this is the fullest
+    batching (the optimistic bound).
+    """
+    if not 0 <= interval_seconds <= FIREHOSE_MAX_INTERVAL_SECONDS:
+        raise ValueError(f"Firehose buffer interval {interval_seconds:g} s: must be between 0 and "
+                         f"{FIREHOSE_MAX_INTERVAL_SECONDS}")
+    low, high = FIREHOSE_SIZE_MB
+    if not low <= size_mb <= high:
+        raise ValueError(f"Firehose buffer size {size_mb} MB: must be between {low} and {high}")
+    window = BatchWindow(2**62, interval_seconds, size_mb * 1024 * 1024, FIREHOSE_MAX_INTERVAL_SECONDS)
+    return _batches(arrivals_ms, window, payload_bytes)

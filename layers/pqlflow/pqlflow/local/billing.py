@@ -404,6 +404,10 @@ class Meter:
                 self.units[key + ("events",)] += billed
             elif call.service == "sqs":
                 self.units[key + ("requests",)] += chunks(int(call.request.get("__bytes", 0)))
+            elif call.service == "s3" and call.operation in ("GetObject", "HeadObject"):
+                self.units[key + ("GETs",)] += 1
+            elif call.service == "s3" and call.operation in ("PutObject", "CopyObject", "ListObjectsV2"):
+                self.units[key + ("PUTs",)] += 1
         finally:
             self.excluded_seconds += time.thread_time() - started
 
@@ -560,7 +564,7 @@ def _wire(value: Any) -> Any:
     return value
 
 
-_SERVICE = {"dynamodb": "DynamoDB", "events": "EventBridge", "sqs": "SQS", "lambda": "Lambda"}
+_SERVICE = {"dynamodb": "DynamoDB", "events": "EventBridge", "sqs": "SQS", "lambda": "Lambda", "s3": "S3"}
 
 
 # ---- the bill -----------------------------------------------------------------------------------
@@ -575,6 +579,11 @@ def unit_price(service: str, unit: str, prices: Mapping[str, float] = PRICES) ->
         ("Lambda", "requests"): prices["lambda_per_million_requests"] / 1e6,
         ("Lambda", "GB-s"): prices["lambda_per_gb_second_arm64"],
         ("EventBridge", "events"): prices["eventbridge_per_million_events"] / 1e6,
+        ("Firehose", "GB"): prices["firehose_per_gb_ingested"],
+        ("S3", "PUTs"): prices["s3_per_thousand_put"] / 1e3,
+        ("S3", "GETs"): prices["s3_per_thousand_get"] / 1e3,
+        ("Kinesis", "shard-hours"): prices["kinesis_per_shard_hour"],
+        ("Kinesis", "PUT payload units"): prices["kinesis_per_million_put_units"] / 1e6,
     }
     if (service, unit) not in table:
         raise KeyError(f"no price for {service} {unit}")

@@ -24,6 +24,12 @@ PRICES: dict[str, float] = {
     "dynamodb_per_million_rru": 0.125,
     "ses_per_thousand_emails": 0.10,
     "secretsmanager_per_10k_calls": 0.05,
+    # transports from EventBridge to ingest other than SQS (priced by the cost bench, docs/performance.md)
+    "firehose_per_gb_ingested": 0.029,  # Direct PUT, first 500 TB/month; each record rounded up to 5 KB
+    "s3_per_thousand_put": 0.005,  # S3 Standard PUT/COPY/POST/LIST
+    "s3_per_thousand_get": 0.0004,  # S3 Standard GET/SELECT
+    "kinesis_per_shard_hour": 0.015,  # Data Streams, provisioned
+    "kinesis_per_million_put_units": 0.014,  # PUT payload units of 25 KB
 }
 SQS_MESSAGES_PER_RECEIVE = 10  # the Lambda poller receives (and deletes) in batches of 10
 LAMBDA_BILLING_MS = 1.0  # Lambda bills duration in 1 ms steps

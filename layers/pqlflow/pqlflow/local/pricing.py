@@ -31,9 +31,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import dataclasses
+import gzip
 import hashlib
 import io
 import json
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +45,7 @@ from typing import Any
 
 from pqlflow.kernel import clock
 from pqlflow.local import DEFAULT_SAMPLE_ACCOUNTS
-from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, Batch, BatchWindow, sqs_batches
+from pqlflow.local.batching import PAYLOAD_LIMIT_BYTES, Batch, BatchWindow, firehose_batches, sqs_batches
 from pqlflow.local.billing import Bill, Meter, MotoImages, chunks, item_size, sqs_poller_requests
 from pqlflow.local.context import LambdaContext
 from pqlflow.local.functions import FunctionHost
@@ -412,6 +415,87 @@ def add_sqs_and_invocations(bill: Bill, events: Sequence[Event], batches: Sequen
     bill.add("SQS", "DeleteMessageBatch (Lambda poller)", deletes, "requests", deletes)
 
 
+TRANSPORTS = ("sqs", "firehose", "kinesis", "lambda")
+FIREHOSE_RECORD_BYTES = 5 * 1024  # Firehose bills each record rounded up to 5 KB
+KINESIS_PUT_UNIT_BYTES = 25 * 1024
+KINESIS_SHARD_RECORDS_PER_S, KINESIS_SHARD_BYTES_PER_S = 1000, 1024 * 1024  # one shard's write capacity
+
+
+OBJECTS_BUCKET = "pqlflow-usage-objects"
+
+
+def objects_function(settings: Settings) -> Function:
+    """The function a Firehose transport's objects invoke: ingest's code, its object handler."""
+    module = settings.ingest_function.handler.rpartition(".")[0]
+    return dataclasses.replace(settings.ingest_function, handler=f"{module}.object_handler")
+
+
+def firehose_object(bodies: Sequence[str]) -> bytes:
+    """An object as the Firehose stream writes it: each event's JSON and a newline, gzip-compressed."""
+    return gzip.compress("".join(b + "\n" for b in bodies).encode(), compresslevel=6)
+
+
+def s3_notification(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """The event a bucket notification invokes a function with for one new object."""
+    return {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+                         "eventName": "ObjectCreated:Put", "s3": {
+                             "s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                             "object": {"key": key, "size": size}}}]}
+
+
+def transport_batches(transport: str, events: Sequence[Event], settings: Settings,
+                      firehose_interval: float = 60, firehose_mb: int = 5) -> list[Batch]:
+    """The ingest invocations a transport makes from EventBridge to the ingest function:
+
+    - ``sqs`` (the template's): the queue's event source mapping (BatchSize, MaximumBatchingWindowInSeconds);
+    - ``kinesis``: a Kinesis stream target with the same mapping settings, one shard (a shard's batches are
+      formed like a queue's);
+    - ``firehose``: a Firehose stream delivering to S3 (buffer interval and size), the bucket notifying the
+      function once per object;
+    - ``lambda``: the function as the rule's target, invoked asynchronously once per event.
+    """
+    arrivals = [e.arrival_ms for e in events]
+    if transport in ("sqs", "kinesis"):
+        return sqs_batches(arrivals, settings.ingest_batch_size, settings.ingest_window,
+                           [e.record_bytes for e in events])
+    if transport == "firehose":
+        return firehose_batches(arrivals, firehose_interval, firehose_mb, [e.body_bytes for e in events])
+    if transport == "lambda":
+        return sqs_batches(arrivals, 1, 0)
+    raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+
+
+def add_transport(bill: Bill, transport: str, events: Sequence[Event], batches: Sequence[Batch],
+                  span_ms: int | None = None) -> None:
+    """What moving `events` from EventBridge to ingest costs on `transport` (see `transport_batches`); the
+    ingest function's own requests (S3 GetObject of a Firehose object) are metered, its invocations and
+    duration added by `Bill.add_invocations`.
+
+    Kinesis is billed by the hour whatever flows: a provisioned stream has as many shards as the average
+    rate over `span_ms` (default: first to last arrival, at least an hour) needs, at least one.
+    """
+    if transport == "sqs":
+        add_sqs_and_invocations(bill, events, batches)
+    elif transport == "firehose":
+        rounded = sum(math.ceil(e.body_bytes / FIREHOSE_RECORD_BYTES) * FIREHOSE_RECORD_BYTES for e in events)
+        bill.add("Firehose", "ingestion (EventBridge target, 5 KB/record)", rounded / 1024**3, "GB", len(events))
+        bill.add("S3", "PutObject (Firehose delivery)", len(batches), "PUTs", len(batches))
+    elif transport == "kinesis":
+        if span_ms is None:
+            span_ms = max(3_600_000, events[-1].arrival_ms - events[0].arrival_ms) if events else 3_600_000
+        seconds = span_ms / 1000
+        per_s = len(events) / seconds
+        bytes_per_s = sum(e.body_bytes for e in events) / seconds
+        shards = max(1, math.ceil(per_s / KINESIS_SHARD_RECORDS_PER_S),
+                     math.ceil(bytes_per_s / KINESIS_SHARD_BYTES_PER_S))
+        bill.add("Kinesis", f"shard-hours ({shards} shard{'s' if shards > 1 else ''}, provisioned)",
+                 shards * seconds / 3600, "shard-hours")
+        units = sum(math.ceil(e.body_bytes / KINESIS_PUT_UNIT_BYTES) for e in events)
+        bill.add("Kinesis", "PUT payload units (EventBridge target)", units, "PUT payload units", len(events))
+    elif transport != "lambda":
+        raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
+
+
 def cpu_scale(memory_mb: int, override: float | None) -> float:
     """How much slower than one full core of this machine a handler runs in Lambda: Lambda gives a function
     CPU in proportion to its memory, one vCPU at 1,769 MB."""
@@ -433,7 +517,11 @@ class Faithful:
         self.now_ms = 0
         self._session_before: Any = None
         self.hosts = {"ingest": FunctionHost(settings.ingest_function),
-                      "qualify": FunctionHost(settings.qualify_function)}
+                      "qualify": FunctionHost(settings.qualify_function),
+                      "ingest-objects": FunctionHost(objects_function(settings))}
+        self.transport = "sqs"
+        self._objects: Any = None  # Firehose's own S3 client (its PutObject is priced per object, not metered)
+        self._object_count = 0
 
     def start(self) -> None:
         import boto3
@@ -444,6 +532,8 @@ class Faithful:
         plain = session.client("dynamodb")  # control plane: created before the meter is attached
         plain.create_table(TableName=self.s.table, **self.s.table_args)
         session.client("events").create_event_bus(Name=self.s.bus)
+        self._objects = boto3.session.Session(region_name=REGION).client("s3")  # not metered: Firehose's
+        self._objects.create_bucket(Bucket=OBJECTS_BUCKET)
         self.meter.attach(session.events)
         forget_process_caches()
         clock.set_source(lambda: self.now_ms / 1000)
@@ -461,17 +551,26 @@ class Faithful:
                  new: dict[str, Any] | None) -> None:
         self.changes.append((key, old, new, sum(self.meter.last_write_sizes)))
 
-    def _invoke(self, function: str, records: list[dict[str, Any]], at_ms: int) -> dict[str, Any]:
+    def _invoke(self, function: str, records: list[dict[str, Any]], at_ms: int,
+                host: str | None = None) -> dict[str, Any]:
         self.now_ms = at_ms
-        fn = self.hosts[function].function
+        fn = self.hosts[host or function].function
         context = LambdaContext(function_name=fn.name, memory_limit_in_mb=fn.memory_size, timeout_seconds=fn.timeout)
         with contextlib.redirect_stdout(NULL), self.meter.invocation(function):
-            response = self.hosts[function].invoke({"Records": records}, context)
+            response = self.hosts[host or function].invoke({"Records": records}, context)
         if (response or {}).get("batchItemFailures"):
             raise RuntimeError(f"{function} reported failures: {response['batchItemFailures'][:3]}")
         return dict(response or {})
 
     def ingest(self, events: Sequence[Event], at_ms: int) -> None:
+        if self.transport == "firehose":
+            self._object_count += 1
+            key = f"usage/{self._object_count:09d}.gz"
+            data = firehose_object([e.record()["body"] for e in events])
+            self._objects.put_object(Bucket=OBJECTS_BUCKET, Key=key, Body=data)
+            self._invoke("ingest", s3_notification(OBJECTS_BUCKET, key, len(data))["Records"], at_ms,
+                         host="ingest-objects")
+            return
         self._invoke("ingest", [e.record(i) for i, e in enumerate(events)], at_ms)
 
     def qualify(self, records: list[dict[str, Any]], at_ms: int) -> None:
@@ -532,12 +631,14 @@ class Faithful:
 
     # -- the measured traffic --
 
-    def run(self, name: str, events: list[Event], batches: list[Batch] | None = None) -> Measured:
-        """Feed `events` (sorted by arrival) in `batches` (default: those the template's mapping forms)."""
+    def run(self, name: str, events: list[Event], batches: list[Batch] | None = None,
+            transport: str = "sqs", span_ms: int | None = None) -> Measured:
+        """Feed `events` (sorted by arrival) in `batches` (default: those the template's mapping forms), priced
+        as arriving over `transport` (`add_transport`)."""
         s = self.s
         if batches is None:
-            batches = sqs_batches([e.arrival_ms for e in events], s.ingest_batch_size, s.ingest_window,
-                                  [e.record_bytes for e in events])
+            batches = transport_batches(transport, events, s)
+        self.transport = transport
         window = BatchWindow(s.qualify_batch_size, s.qualify_window, PAYLOAD_LIMIT_BYTES)
         pending: deque[dict[str, Any]] = deque()
         qualify_batches = [0]
@@ -569,7 +670,7 @@ class Faithful:
             stream_total += 1
             filtered += not filter_criteria_match(s.stream_filters, record)
         bill = Bill()
-        add_sqs_and_invocations(bill, events, batches)
+        add_transport(bill, transport, events, batches, span_ms)
         invs = self.meter.invocations
         for fn, memory in (("ingest", s.ingest_memory), ("qualify", s.qualify_memory)):
             bill.add_invocations(fn, [i for i in invs if i.function == fn], memory, self.latency_ms,
