@@ -103,6 +103,9 @@ _HOUR_WEIGHTS = (0.15, 0.08, 0.05, 0.04, 0.05, 0.12, 0.35, 0.9, 2.2, 3.3, 3.5, 3
                  2.0, 1.3, 1.0, 0.9, 0.8, 0.55, 0.3)
 _WEEKEND_FACTOR = 0.22
 
+# How much each milestone adds to an account's daily chance of converting (`_conversion_hazard`).
+MILESTONE_WEIGHTS = {"team": 1.0, "limit": 1.6, "paid_feature": 1.1, "collaboration": 0.6}
+
 _TZ_CUM = list(accumulate(w for _, _, w in TIMEZONES))
 _HOUR_CUM = list(accumulate(_HOUR_WEIGHTS))
 _INDUSTRY_CUM = list(accumulate(w for _, w in INDUSTRIES))
@@ -811,8 +814,7 @@ class _Simulation:
         self._emit(t + 700, _GROUP, a, u, None, self._group_traits(a))
 
     def _conversion_hazard(self, a: _Account, d: int) -> float:
-        weights = {"team": 1.0, "limit": 1.6, "paid_feature": 1.1, "collaboration": 0.6}
-        m = sum(w for k, w in weights.items() if k in a.milestones)
+        m = sum(w for k, w in MILESTONE_WEIGHTS.items() if k in a.milestones)
         churned = a.churn_day >= 0 and d >= a.churn_day
         return 0.016 * a.p**1.6 * (0.1 + m) * (0.1 if churned else 1.0)
 
@@ -885,8 +887,45 @@ class _Simulation:
                           "intensity_scale": round(self.scale, 6)},
             "messages": self.count,
             "converted": sum(1 for a in self.accounts if a.converted_ms is not None),
+            "drivers": drivers(),
             "accounts": accounts,
         }
+
+
+def drivers() -> dict[str, Any]:
+    """What the generator plants: which observable behaviours drive converting, for judging discovery.
+
+    The daily chance of converting is 0.016 × propensity^1.6 × (0.1 + the weights of the milestones
+    reached), and a trial's end converts with a chance that grows with propensity and milestones. The hidden
+    propensity also scales how intensely an account uses everything (sign-ins, messages, features, files),
+    so all activity correlates with converting; the milestones are what multiply the chance itself."""
+    paid = list(PAID_FEATURES)
+    return {
+        "hazard": "0.016 * propensity**1.6 * (0.1 + sum of the weights of the milestones reached) per day",
+        "milestones": [
+            {"milestone": "paid_feature", "weight": MILESTONE_WEIGHTS["paid_feature"],
+             "reached": "a paid-tier feature used on 3 different days (its use also grows with propensity²)",
+             "signals": [{"event": "Feature Used", "where": {"tier": "paid"}},
+                         {"event": "Feature Used", "where": {"feature": paid}}]},
+            {"milestone": "limit", "weight": MILESTONE_WEIGHTS["limit"],
+             "reached": "contacts at 80% of contacts_limit, storage at 90% of storage_quota_bytes, or an "
+                        "invitee blocked by a full plan (seats)",
+             "signals": [{"event": "Contacts Updated", "gauge": "total", "limit_trait": "contacts_limit"},
+                         {"event": "Storage Updated", "gauge": "used_bytes",
+                          "limit_trait": "storage_quota_bytes"},
+                         {"event": "Invite Sent", "limit_trait": "seats"}]},
+            {"milestone": "team", "weight": MILESTONE_WEIGHTS["team"],
+             "reached": "3 users active within 14 days",
+             "signals": [{"active_users": True}, {"event": "Invite Sent"}]},
+            {"milestone": "collaboration", "weight": MILESTONE_WEIGHTS["collaboration"],
+             "reached": "an integration connected and a folder shared",
+             "signals": [{"event": "Integration Connected"}, {"event": "Folder Shared"}]},
+        ],
+        "trial": "a trial's end converts with chance 0.04 + 0.55 × propensity^1.3 × (0.35 + 0.4 × min(2, "
+                 "milestones)): Trial Started and plan = trial go with converting, and are not a PQL",
+        "propensity": "scales the intensity of every behaviour: Signed In, Message Sent, Conversation Started, "
+                      "Feature Used, Page Viewed, File Uploaded, Friend Added, Invite Sent",
+    }
 
 
 _ASCII = str.maketrans({"ü": "u", "á": "a", "é": "e", "í": "i", "ó": "o", "ö": "o", "å": "a", "ø": "o"})

@@ -1,0 +1,229 @@
+"""`pqlflow discover`: which behaviours predict upgrading, mined from a history and checked on a time split.
+
+`run_discover(paths)` reads a history exactly as the backtest does (`backtest.decode_history`: JSON Lines,
+plain or gzip, or Parquet; the same validation, dedupe and time sort), then:
+
+1. **Snapshots, no look-ahead.** Every 7 days at UTC midnight from the history's first day, each account
+   that is active, not excluded (the standard exclusions: `qualify/defaults/definition.yaml`) and not yet
+   converted is one snapshot. Its signals are measured from its events strictly before that moment
+   (`pqlflow.analysis.discover_signals`); its label is whether it converts within `window_days` after it.
+   A snapshot is taken only when its whole window is inside the history, so every label is known.
+2. **A time split.** Accounts first seen before the split (the first `LEARN_SHARE` of the accounts, by
+   first-seen time) are the learn cohorts; later ones are held out. Thresholds are chosen, and signals
+   ranked, on the learn cohorts only; the held-out cohorts then measure precision, recall and lift.
+3. **A proposal.** The best expressible signals, as a definition (`pqlflow.analysis.discover_proposal`),
+   scored by the backtest's own engine (`backtest.run_definition` + `metrics`) on the held-out cohorts'
+   events.
+
+`pqlflow.analysis.discover_report` renders a `DiscoverResult` as text, JSON and one HTML page.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pqlflow.analysis.backtest import (
+    DAY_MS,
+    History,
+    _iso,
+    decode_history,
+    metrics,
+    no_valid_event,
+    run_definition,
+)
+from pqlflow.analysis.discover_proposal import DEFAULTS, propose
+from pqlflow.analysis.discover_signals import (
+    SNAPSHOT_DAYS,
+    Ranked,
+    account_columns,
+    catalog,
+    condition_text,
+    rank,
+    snapshot_rows,
+)
+from pqlflow.ingest.usage import TrackingSpec
+from pqlflow.kernel.errors import UsageError
+from pqlflow.qualify.definition import load_definition, parse_definition
+from pqlflow.qualify.language import Definition
+
+LEARN_SHARE = 0.6
+
+
+@dataclass
+class DiscoverResult:
+    history: History
+    window_days: float
+    conversions: list[str]
+    split_ms: int
+    snapshots: list[int]  # the snapshot times (ms)
+    learn: dict[str, int]  # accounts, rows, converting rows
+    heldout: dict[str, int]
+    candidates: int
+    ranked: list[Ranked]  # best variant per base, best first
+    proposal_yaml: str
+    proposal: list[Ranked]
+    backtest: dict[str, Any] | None  # the proposal's backtest metrics on the held-out cohorts
+    seconds: dict[str, float]
+    heldout_accounts: list[str]  # the accounts the proposal was backtested on
+
+    def to_dict(self, top: int = 40) -> dict[str, Any]:
+        h = self.history
+        return {
+            "source": "discover",
+            "history": {
+                "files": [p for p, _ in h.files], "lines": h.lines, "events": h.count,
+                "duplicates": h.duplicates, "bad_lines": len(h.bad),
+                "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in h.bad[:100]],
+                "start": _iso(h.start_ms), "end": _iso(h.end_ms),
+            },
+            "window_days": self.window_days,
+            "conversions": self.conversions,
+            "snapshot_every_days": SNAPSHOT_DAYS,
+            "snapshots": [_iso(t) for t in self.snapshots],
+            "split": _iso(self.split_ms),
+            "learn": self.learn,
+            "heldout": self.heldout,
+            "candidates": self.candidates,
+            "signals": [r.to_dict() for r in self.ranked[:top]],
+            "proposal": {
+                "yaml": self.proposal_yaml,
+                "conditions": [condition_text(r.candidate, r.threshold) for r in self.proposal],
+                "heldout_backtest": self.backtest,
+            },
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def standard_definition() -> Definition:
+    """The bundled default definition: its exclusions and touch rules are the standard ones."""
+    return load_definition(DEFAULTS)
+
+
+def _conversions(history: History, names: Sequence[str] | None) -> frozenset[str]:
+    default = TrackingSpec().conversions
+    if not names:
+        return default
+    wanted = [n.strip() for n in names if n.strip()]
+    if not wanted:
+        raise UsageError("--conversions: give at least one event name")
+    seen = {n for group in history.names.values() for n in group if n is not None}
+    unknown = [n for n in wanted if n not in seen]
+    if unknown:
+        raise UsageError(
+            "--conversions: no such event in the history: " + ", ".join(repr(n) for n in unknown)
+            + " (event names are case-sensitive)"
+        )
+    return frozenset(wanted)
+
+
+def run_discover(
+    paths: Sequence[str | Path],
+    *,
+    conversions: Sequence[str] | None = None,
+    window_days: float = 30,
+    now_s: float | None = None,
+    learn_share: float = LEARN_SHARE,
+) -> DiscoverResult:
+    """Mine, rank and validate candidate signals of a history; propose a definition and backtest it."""
+    if not window_days > 0 or not math.isfinite(window_days):
+        raise UsageError(f"--window {window_days:g}: must be a positive number of days")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    history = decode_history(paths, now_s=now_s)
+    reason = no_valid_event(history)
+    if reason is not None:
+        raise UsageError(reason)
+    timings["decode"] = time.perf_counter() - started
+    conv = _conversions(history, conversions)
+    standard = standard_definition()
+    window_ms = int(window_days * DAY_MS)
+    assert history.start_ms is not None and history.end_ms is not None
+    first_day = history.start_ms // DAY_MS
+    snapshots = [
+        (first_day + k * SNAPSHOT_DAYS) * DAY_MS
+        for k in range(1, 10_000)
+        if (first_day + k * SNAPSHOT_DAYS) * DAY_MS + window_ms <= history.end_ms
+    ]
+    span = (history.end_ms - history.start_ms) / DAY_MS
+    if not snapshots:
+        raise UsageError(
+            f"--window {window_days:g}: the history spans {span:.1f} days; discover needs at least "
+            f"{SNAPSHOT_DAYS} days before a window of {window_days:g} days (try a shorter --window)"
+        )
+    mark = time.perf_counter()
+    cardinality: dict[tuple[str, str], set[Any]] = {}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        accounts = [
+            account_columns(a, recs, history.days[a], conv, cardinality)
+            for a, recs in history.groups.items()
+        ]
+    finally:
+        if gc_was:
+            gc.enable()
+    accounts = [a for a in accounts if a.first_ms < snapshots[-1]]
+    accounts.sort(key=lambda a: (a.first_ms, a.id))
+    if not accounts:
+        raise UsageError("no account was active before the last snapshot: nothing to learn from")
+    if len(accounts) < 2:
+        raise UsageError("only one account was active before the last snapshot: nothing to compare")
+    cut = max(1, min(len(accounts) - 1, int(len(accounts) * learn_share)))
+    split_ms = accounts[cut].first_ms  # first seen at or after it: held out (ties by account id)
+    timings["columns"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    candidates = catalog(accounts, cardinality, conv, standard.exclusions.paying)
+    rows = snapshot_rows(accounts, snapshots, window_ms, cut, standard.exclusions, candidates)
+    timings["snapshots"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    ranked_all = rank(candidates, rows)
+    best: dict[str, Ranked] = {}
+    for r in ranked_all:
+        if r.candidate.base not in best or r.score > best[r.candidate.base].score:
+            best[r.candidate.base] = r
+    ranked = sorted(best.values(), key=lambda r: (-r.score, r.candidate.key))
+    timings["rank"] = time.perf_counter() - mark
+    learn_rows = [i for i, t in enumerate(rows.test) if not t]
+    test_rows = [i for i, t in enumerate(rows.test) if t]
+    learn_stats = {
+        "accounts": len({rows.account[i] for i in learn_rows}), "snapshots": len(learn_rows),
+        "converting_snapshots": sum(rows.label[i] for i in learn_rows),
+    }
+    test_stats = {
+        "accounts": len({rows.account[i] for i in test_rows}), "snapshots": len(test_rows),
+        "converting_snapshots": sum(rows.label[i] for i in test_rows),
+    }
+    mark = time.perf_counter()
+    chosen, text = propose(ranked, rows, window_days)
+    heldout_accounts = {a.id for a in accounts[cut:]}
+    backtest = _backtest_heldout(history, text, heldout_accounts, conv, window_days) if chosen else None
+    timings["propose_and_backtest"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+    return DiscoverResult(
+        history, window_days, sorted(conv), split_ms, snapshots, learn_stats, test_stats, len(candidates),
+        ranked, text, chosen, backtest, timings, sorted(heldout_accounts),
+    )
+
+
+
+
+def _backtest_heldout(history: History, text: str, accounts: Iterable[str], conv: frozenset[str],
+                      window_days: float) -> dict[str, Any]:
+    """The proposal through the backtest's own engine, on the held-out cohorts' events only."""
+    keep = set(accounts)
+    part = History(
+        {a: g for a, g in history.groups.items() if a in keep}, history.files,
+        names={a: v for a, v in history.names.items() if a in keep},
+        days={a: v for a, v in history.days.items() if a in keep},
+        users={a: v for a, v in history.users.items() if a in keep},
+    )
+    part.count = sum(len(g) for g in part.groups.values())
+    defn = parse_definition(text, "proposed.yaml")
+    run = run_definition(part, defn, "proposed.yaml", TrackingSpec(conversions=conv))
+    return metrics(run, window_days, history.end_ms)
