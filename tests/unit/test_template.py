@@ -542,9 +542,11 @@ def test_the_collection_api_serves_every_segment_call_and_its_preflight_on_its_o
 
     events = template["Resources"]["CollectFunction"]["Properties"]["Events"].values()
     routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events if e["Type"] == "HttpApi"}
-    # Given the collect function's routes / Then every Segment call and the batch are POST routes, and
-    # browsers' preflights reach the function (it answers CORS per write key)
-    assert routes == {("POST", f"/v1/{c}") for c in (*CALLS, "batch")} | {("OPTIONS", "/v1/{call}")}
+    # Given the collect function's routes / Then every Segment call and the batch are POST routes (also under
+    # the one-letter paths analytics.js posts to), and browsers' preflights reach the function (it answers
+    # CORS per write key)
+    calls = {*CALLS, "batch"}
+    assert routes == {("POST", f"/v1/{c}") for c in calls | {c[0] for c in calls}} | {("OPTIONS", "/v1/{call}")}
     assert {e["Properties"]["ApiId"]["Ref"] for e in events} == {"CollectApi"}
     api = template["Resources"]["CollectApi"]["Properties"]
     # And its API has no authorizer (the write key is the credential) and no API-level CORS, which would

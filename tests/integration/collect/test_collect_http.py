@@ -232,3 +232,16 @@ def test_logs_carry_neither_the_write_key_nor_personal_data(
     printed = out.out + out.err
     for secret in (SERVER_KEY, "wk_wrong_key_0000000000", "ann@acme.example", "Ann"):
         assert secret not in printed
+
+
+def test_analytics_js_calls_on_their_one_letter_paths_are_accepted(stack: CollectStack, account: str) -> None:
+    # When a browser sends as analytics.js does: /v1/t and /v1/p, text/plain, the write key in the body, its Origin
+    common = {"writeKey": WEB_KEY, "anonymousId": "anon-7", "context": {"groupId": account}, "sentAt": now_iso()}
+    headers = {"content-type": "text/plain", "origin": WEB_ORIGIN}
+    tracked = stack.post("t", {**common, "type": "track", "event": "Signed In"}, key=None, headers=headers)
+    paged = stack.post("p", {**common, "type": "page", "name": "Pricing"}, key=None, headers=headers)
+    # Then both are accepted for that origin and counted as the calls they are
+    assert (tracked.status, paged.status) == (200, 200)
+    assert tracked.headers["access-control-allow-origin"] == WEB_ORIGIN
+    usage = stack.usage(account)
+    assert usage is not None and usage.count("Signed In") == 1 and usage.count("Page Viewed") == 1

@@ -2,7 +2,8 @@
 
 Segment's rules, as its HTTP Tracking API applies them:
 
-- `/v1/track`, `/identify`, `/group`, `/page`, `/screen` carry one message, whose `type` is the call's;
+- `/v1/track`, `/identify`, `/group`, `/page`, `/screen` carry one message, whose `type` is the call's
+  (analytics.js posts to `/v1/t`, `/v1/i`, `/v1/g`, `/v1/p`, `/v1/s`, `/v1/a` and `/v1/b`: the same calls);
   `/v1/batch` carries `{"batch": [...]}`, each message naming its `type`, and the batch's top-level
   `context` and `integrations` apply to every message in it (a message's own keys win).
 - 32 KB per message, 500 KB per batch request (after gzip is undone); `writeKey` in a body is a
@@ -31,6 +32,8 @@ from pqlflow.contracts.usage_events import MAX_MESSAGE_BYTES, SEGMENT_TYPES, Rej
 
 MAX_BATCH_BYTES = 500 * 1024
 CALLS = (*SEGMENT_TYPES, "alias")
+# analytics.js (analytics-next) posts each call to its first letter (/v1/t, /v1/p, ...; /v1/b when batching).
+SHORT_PATHS = {call[0]: call for call in (*CALLS, "batch")}
 ALIAS_REASON = ("alias is not supported: pqlflow keys usage by userId and groupId and does not merge "
                 "identities (send identify with the new userId, and group for its account)")
 _SERVER_FIELDS = ("sentAt", "receivedAt", "writeKey")  # not the client's content: left out of derived ids

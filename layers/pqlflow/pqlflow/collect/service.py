@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pqlflow.collect.keys import KeyRing, WriteKey, basic_auth_user
-from pqlflow.collect.messages import CALLS, Judged, RequestRejected, body_limit, judge_request, read_json, write_key_in
+from pqlflow.collect.messages import CALLS, SHORT_PATHS, Judged, RequestRejected, body_limit, judge_request, read_json, write_key_in
 from pqlflow.contracts.bus import PublishError
 from pqlflow.ingest.quarantine import QuarantineWrite, quarantine_item
 
@@ -123,7 +123,7 @@ class CollectService:
             return _error(500, "unavailable", "write keys are unavailable right now; retry")
 
     def _post(self, request: CollectRequest, origin: str | None) -> CollectResponse:
-        call = request.call
+        call = SHORT_PATHS.get(request.call, request.call)
         if call not in (*CALLS, "batch"):
             return _error(404, "not_found", f"no such call /v1/{call[:32]} (track, identify, group, page, screen, "
                           "alias, batch)")
