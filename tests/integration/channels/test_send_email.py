@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from email import policy
 from email.parser import BytesParser
@@ -23,12 +24,16 @@ from pqlflow.channels.email.ses_events import build as build_suppressions
 from pqlflow.channels.email.unsubscribe_endpoint import build as build_unsubscribe
 from pqlflow.kernel.settings import SettingsError, from_environ
 from pqlflow.nurture.suppression import address_hash
+from pqlflow.qualify.definition import parse_definition
+from pqlflow.qualify.evaluation import PqlState, decide, qualified_event
 
 from functions.send_email import app as send_email
 from functions.ses_events import app as ses_events
 from functions.unsubscribe import app as unsubscribe_fn
 from tests.support.channels import pqlflow_event
+from tests.support.demo_account import demo_qualification, email_action
 from tests.support.lambda_context import LambdaContext
+from tests.unit.qualify.test_qualification import History
 
 ROOT = Path(__file__).resolve().parents[3]
 SENDER = "Northwind <hello@mail.example.com>"
@@ -280,3 +285,66 @@ def test_a_missing_variable_names_it(monkeypatch):
     monkeypatch.setenv("TABLE_NAME", "t")
     with pytest.raises(SettingsError, match="UNSUBSCRIBE_SECRET_ARN"):
         from_environ(SendEmailSettings)
+
+
+# ---- what the demo's email says -------------------------------------------------------------------
+
+
+def _sent_demo_email(action) -> Any:
+    """Send a Nurture Action through send_email and parse what SES was given with Python's email parser."""
+    result = send(nurture_event(action.model_dump(mode="json")))
+    assert result["outcome"] == "sent"
+    return BytesParser(policy=policy.default).parsebytes(sent_messages()[-1].raw_data.encode())
+
+
+def test_the_demo_nudge_leads_with_the_team_growing_and_counts_agree(email_env):
+    # Given the demo's kind of qualification: 10 sign-ins, 1 feature used, 5 invites, a pricing page visit,
+    # 5 teammates active (qualified by the bundled definition from the folded events)
+    action = email_action(demo_qualification())
+    # When send_email sends the upgrade nudge
+    msg = _sent_demo_email(action)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = msg.get_body(("html",)).get_content()
+    # Then it is about the team growing, not about the most frequent event (sign-ins)
+    assert msg["Subject"] == "Clara, Bold Bridge Labs is growing on Northwind"
+    assert ">Bold Bridge Labs is growing on Northwind</h1>" in " ".join(html.split()).replace("> ", ">")
+    assert "We noticed Bold Bridge Labs is growing: 5 invites sent." in text
+    # And what it noticed is in words that agree with their numbers
+    noticed = text.split("What we noticed:", 1)[1].split("\n\n", 1)[0]
+    assert [line.strip("* ").strip() for line in noticed.strip().splitlines()] == [
+        "10 sign-ins in the last 30 days",
+        "1 feature used in the last 30 days",
+        "5 invites sent",
+        "5 teammates active in the last 7 days",
+    ]
+    # And neither the pricing visit nor the lead score is quoted back; nothing reads "making the most of sign ins"
+    assert "pricing" not in text.lower() and "score" not in text.lower()
+    assert "sign ins" not in text + html and "1 features" not in text + html
+
+
+def test_a_paid_feature_label_with_template_code_renders_inert(email_env):
+    # Given a qualification on a paid-tier feature whose label looks like template code and HTML
+    label = "{{ 7*7 }} <b>reports</b> exported"
+    defn = parse_definition(
+        "name: t\nversion: 1\nsignals:\n"
+        "  reports:\n    count: Report Exported\n    where: {tier: paid}\n"
+        f"    label: \"{label}\"\n"
+        "qualify: {signal: reports, gte: 1}\n"
+    )
+    h = History(defn, account="acct_boldbridge")
+    h.group(name="Bold Bridge Labs")
+    h.identify("usr_clara", name="Clara Fischer", email="clara@boldbridge.example")
+    usage = h.track("Report Exported", times=3, user="usr_clara", tier="paid")
+    transition = decide(defn, usage, PqlState(), usage.last_seen_ms or 0)
+    assert transition is not None
+    action = email_action(qualified_event(defn, usage, transition))
+    # When it is sent
+    msg = _sent_demo_email(action)
+    text = msg.get_body(("plain",)).get_content()
+    html = msg.get_body(("html",)).get_content()
+    # Then the headline is about the paid feature, and the label is shown as typed: never evaluated, escaped
+    assert msg["Subject"] == "Clara, you've been trying Pro features"
+    assert "has been trying what Pro adds: 3 {{ 7*7 }} <b>reports</b> exported." in text
+    assert "3 {{ 7*7 }} &lt;b&gt;reports&lt;/b&gt; exported" in html
+    assert "<b>reports</b>" not in html
+    assert "49" not in re.sub(r"token=[\w.-]+", "", text + html)

@@ -16,11 +16,14 @@ from pqlflow.channels.rep_tasks.task import (
     load_roster,
     parse_roster,
     pick_round_robin,
+    since_last_week,
     talking_points,
     usage_against_limits,
 )
 from pqlflow.contracts.emitted import DefinitionRef, NurtureAction, PqlQualified, Reason, UserSummary
 from pqlflow.kernel.errors import UsageError
+
+from tests.support.demo_account import demo_qualification
 
 ROOT = Path(__file__).resolve().parents[3]
 ROSTER = ROOT / "examples" / "reps" / "roster.yaml"
@@ -242,7 +245,65 @@ def test_a_pricing_page_visit_is_buying_intent_for_the_rep_not_a_feature_to_coac
     assert [r.kind for r in pricing] == ["intent"]
     # When the rep task's talking points are written
     points = talking_points(q.reasons)
-    # Then the visit reads as buying intent, with what to offer, and gets no feature coaching
-    (point,) = [p for p in points if "pricing" in p]
-    assert "weighing a purchase (pricing page views: 1)" in point and "paid plan" in point
-    assert "advanced tips" not in point and "1 times" not in point
+    # Then the visit is the first thing to raise, in the definition author's words: a purchase being weighed,
+    # with what changed this week and what to offer, and no feature coaching
+    assert "pricing page" in points[0]
+    assert "(1 pricing page view, +1 this week): they are weighing a purchase" in points[0]
+    assert "walk them through Pro" in points[0]
+    assert not any("advanced tips" in p or "1 times" in p for p in points)
+
+
+def test_the_demo_rep_task_says_why_now_what_changed_and_what_to_offer():
+    # Given the demo's kind of qualification (10 sign-ins, 1 feature, 5 invites, a pricing page visit)
+    q = demo_qualification()
+    now = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+    # When its rep task is built
+    task = build_task(action_for(q), q, "rep-amer-2", "round_robin", load_roster(ROSTER), now)
+    body = task.body
+    # Then the title leads with the buying intent, not the most frequent event
+    assert task.title == "PQL follow-up: Bold Bridge Labs — Buying intent: 1 pricing page view"
+    # And "why now" is in the order a rep raises it: intent, team growth, then use, then the score
+    why = body.split("Why now:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert why == [
+        "- Buying intent: 1 pricing page view",
+        "- Team growing: 5 invites sent",
+        "- Team growing: 5 teammates active in the last 7 days",
+        "- Regular use: 10 sign-ins in the last 30 days",
+        "- Regular use: 1 feature used in the last 30 days",
+        "- Strong overall engagement: score 68 (60 needed)",
+    ]
+    # And it says what changed since last week (all of it happened this week) and what to offer
+    assert "- pricing page views: 1, up from 0 a week ago (+1)" in body
+    assert "- sign-ins in the last 30 days: 10, up from 0 a week ago (+10)" in body
+    offer = body.split("What to offer:\n", 1)[1].split("\n\n", 1)[0]
+    assert offer.startswith("- A walkthrough of the paid plan and a quote")
+    # And the talking points start with the purchase being weighed, in the definition author's words
+    assert task.talking_points[0].startswith("They looked at the pricing page (1 pricing page view, +1 this week)")
+    assert "who is joining next" in task.talking_points[1]  # the author's point for invites
+    # And no generic coaching for signals that are not features, no raw signal names
+    assert "advanced tips" not in body and "sign ins" not in body and "1 features" not in body
+    assert "- sign-ins in the last 30 days: 10" in body.split("Top signals:", 1)[1]
+
+
+def test_what_changed_since_last_week_reads_up_down_and_the_same():
+    lines = since_last_week(
+        [
+            Reason(code="a", text="t", kind="usage", signal="exports", value=9, previous=5, label="reports exported"),
+            Reason(code="b", text="t", kind="team", signal="team", value=3, previous=4, label="teammates"),
+            Reason(code="c", text="t", kind="usage", signal="logins", value=2, previous=2),
+            Reason(code="d", text="t", kind="limit", signal="contacts", value=8000),  # a gauge: not known
+        ]
+    )
+    assert lines == [
+        "teammates: 3, down from 4 a week ago (-1)",
+        "reports exported: 9, up from 5 a week ago (+4)",
+        "logins: 2, the same as a week ago",
+    ]
+
+
+def test_a_usage_signal_that_is_not_a_feature_gets_no_feature_coaching():
+    (point,) = talking_points(
+        [Reason(code="s", text="10 sign-ins in the last 30 days", kind="usage", signal="sign_ins", value=10)]
+    )
+    assert "advanced tips" not in point and "feature" not in point
+    assert "10 sign-ins in the last 30 days" in point

@@ -6,18 +6,10 @@ from __future__ import annotations
 import pytest
 from pqlflow.qualify.definition import parse_definition
 from pqlflow.qualify.evaluation import PqlState, decide, evaluate, qualified_event
-from pqlflow.qualify.language import DefinitionError
 from pqlflow.qualify.words import event_words, singular_of
 
+from tests.unit.qualify.test_definition import HEAD, error_of
 from tests.unit.qualify.test_qualification import History
-
-HEAD = "name: t\nversion: 1\n"
-
-
-def error_of(text: str) -> DefinitionError:
-    with pytest.raises(DefinitionError) as caught:
-        parse_definition(text, "t.yaml")
-    return caught.value
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,15 @@ from pydantic import ValidationError
 from pqlflow.channels.email.brand import Brand, ContentLink, Incentive
 from pqlflow.channels.email.errors import MailError, NoRecipient
 from pqlflow.contracts.emitted import NurtureAction, PqlQualified, Reason
+from pqlflow.qualify.words import is_one, singular_of
 
 # What send_email uses when the route left `template` empty: the strongest reason decides.
 DEFAULT_TEMPLATE_BY_REASON = {"limit": "limit_approaching", "paid_feature": "demo_invite"}
 DEFAULT_TEMPLATE = "upgrade_nudge"
+# What matters to the reader, most first: a limit they are about to hit, a paid feature they tried, their team
+# growing, adoption speeding up, then plain usage. The headline is about the first of these, never simply
+# the most frequent event (buying intent, a lead score and traits are never shown to the reader at all).
+READER_PRIORITY = ("limit", "paid_feature", "team", "velocity", "usage")
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ def build_context(
     limit = _limit(reasons, q, brand)
     feature = _top_feature(recipient, reasons, q, brand, limit)
     team = _team(recipient, q)
+    shown = brand.reasons.shown(reasons)
+    highlight = _highlight(shown, brand)
     offer = brand.incentive(action.offer)
     account_name = display_text(traits.get("name")) or display_text(traits.get("company"))
     first_name = recipient.first_name
@@ -155,17 +162,17 @@ def build_context(
             "score": q.score,
             "definition": q.definition.name,
             "reasons": [_reason(r, brand) for r in reasons],
-            "shown_reasons": [_reason(r, brand) for r in brand.reasons.shown(reasons)],
+            "shown_reasons": [_reason(r, brand) for r in shown],
             "signals": _plain(q.signals),
         },
-        "usage": {"feature": feature, "limit": limit, "team": team},
+        "usage": {"feature": feature, "limit": limit, "team": team, "highlight": highlight},
         "offer": _offer(offer, template, brand),
         "content": [
             c.model_dump(mode="json") | {"url": _link(c.url, template, brand)}
             for c in _content(feature, brand)
         ],
         "demo": _demo(feature, brand),
-        "social_proof": _social_proof(q.account_id, feature, brand),
+        "social_proof": _social_proof(q.account_id, _proof_topic(feature, highlight, brand), brand),
         "links": links,
     }
 
@@ -229,34 +236,55 @@ def _humanize(key: str) -> str:
     ).lower()
 
 
-def _feature(key: str, brand: Brand, count: float | None) -> dict[str, Any]:
+def _feature(key: str, brand: Brand, count: float | None, reason: Reason | None = None) -> dict[str, Any]:
+    """A signal as copy names it: brand.yaml's feature when it has one, else the definition's words for it
+    (the reason's label), else its name in words. `phrase` is the count with its label agreeing in number:
+    "1 HD video", "1,240 HD videos", "1.8 GB of storage", "1 feature used"."""
     known = brand.features.get(key)
-    label = known.label if known else _humanize(key)
+    many = known.label if known else (reason.label if reason and reason.label else _humanize(key))
+    one = (reason.label_one if not known and reason and reason.label_one else None) or singular_of(many)
     scale = known.scale if known else 1.0
+    shown = count / scale if count is not None else None
+    unit = known.unit if known else None
+    label = one if is_one(shown) and not unit else many
+    phrase = None
+    if shown is not None:
+        phrase = f"{_count_text(shown)} {unit} of {many}" if unit else f"{_count_text(shown)} {label}"
     return {
         "key": key,
         "label": label,
-        "title": (known.title if known and known.title else label[:1].upper() + label[1:]),
-        "unit": known.unit if known else None,
+        "known": known is not None,
+        "phrase": phrase,
+        "title": (known.title if known and known.title else many[:1].upper() + many[1:]),
+        "unit": unit,
         "scale": scale,
-        "count": count / scale if count is not None else None,
+        "count": shown,
         "premium_pitch": known.premium_pitch if known else None,
         "advanced_feature": known.advanced_feature if known else None,
         "demo_pitch": known.demo_pitch if known else None,
     }
 
 
+def _count_text(value: float) -> str:
+    return f"{int(value):,}" if value == int(value) else f"{value:,.1f}"
+
+
 def _top_feature(
     recipient: Recipient, reasons: Sequence[Reason], q: PqlQualified, brand: Brand, limit: dict | None
 ) -> dict | None:
+    """The feature the email is about: the recipient's `top_feature` trait, else a paid feature they tried,
+    else usage, a feature copy knows (brand.yaml) before one it does not, in the definition's order (not
+    by count: ten sign-ins are not a feature)."""
     key = _text(recipient.traits.get("top_feature"))
     if key:
-        return _feature(key, brand, as_number(q.signals.get(key)))
+        reason = next((r for r in reasons if r.signal == key), None)
+        return _feature(key, brand, as_number(q.signals.get(key)), reason)
     ranked = [r for r in reasons if r.signal and r.kind in ("paid_feature", "usage")]
-    ranked.sort(key=lambda r: (r.kind != "paid_feature", -(as_number(r.value) or 0.0)))
+    ranked.sort(key=lambda r: (r.kind != "paid_feature", r.signal not in brand.features))
     if ranked:
         key = ranked[0].signal or ""
-        return _feature(key, brand, as_number(ranked[0].value) or as_number(q.signals.get(key)))
+        count = as_number(ranked[0].value)
+        return _feature(key, brand, count if count is not None else as_number(q.signals.get(key)), ranked[0])
     if limit is not None and limit["used"] is not None:
         known = brand.features.get(limit["key"])
         return _feature(limit["key"], brand, limit["used"] * (known.scale if known else 1.0))
@@ -354,7 +382,7 @@ def _team(recipient: Recipient, q: PqlQualified) -> dict[str, Any]:
 
 
 def _reason(reason: Reason, brand: Brand) -> dict[str, Any]:
-    feature = _feature(reason.signal, brand, as_number(reason.value)) if reason.signal else None
+    feature = _feature(reason.signal, brand, as_number(reason.value), reason) if reason.signal else None
     return {
         "code": reason.code,
         "text": reason.text,
@@ -364,6 +392,25 @@ def _reason(reason: Reason, brand: Brand) -> dict[str, Any]:
         "value": _plain(reason.value),
         "threshold": _plain(reason.threshold),
     }
+
+
+def _highlight(shown: Sequence[Reason], brand: Brand) -> dict[str, Any] | None:
+    """The one reason the headline is about: the first of the reader's reasons by `READER_PRIORITY`, in the
+    definition's order within a kind. Its `text` is the definition's words ("5 invites sent")."""
+    ranked = [r for r in shown if r.kind in READER_PRIORITY]
+    if not ranked:
+        return None
+    best = min(ranked, key=lambda r: READER_PRIORITY.index(r.kind))
+    return _reason(best, brand)
+
+
+def _proof_topic(feature: dict | None, highlight: dict | None, brand: Brand) -> str | None:
+    """What the testimonial should be about: the feature copy knows, else the team when the team grew."""
+    if feature is not None and feature["key"] in brand.features:
+        return str(feature["key"])
+    if highlight is not None and highlight["kind"] == "team" and "active_users" in brand.features:
+        return "active_users"
+    return feature["key"] if feature else None
 
 
 def _offer(chosen: tuple[str, Incentive] | None, template: str, brand: Brand) -> dict[str, Any] | None:
@@ -392,11 +439,10 @@ def _demo(feature: dict | None, brand: Brand) -> dict[str, Any]:
     }
 
 
-def _social_proof(account_id: str, feature: dict | None, brand: Brand) -> dict[str, Any] | None:
-    """One testimonial about the feature when there is one, the same for the same account every time."""
+def _social_proof(account_id: str, key: str | None, brand: Brand) -> dict[str, Any] | None:
+    """One testimonial about `key` (a feature) when there is one, the same for the same account every time."""
     if not brand.social_proof:
         return None
-    key = feature["key"] if feature else None
     pool = [t for t in brand.social_proof if key in t.features] or brand.social_proof
     digest = hashlib.sha256(account_id.encode("utf-8")).digest()
     chosen = pool[int.from_bytes(digest[:4], "big") % len(pool)]

@@ -344,8 +344,79 @@ def top_signals(q: PqlQualified, limit: int = 5) -> dict[str, float | str | bool
     return dict(list(picked.items())[:limit])
 
 
+# What a rep should hear first: a limit about to bite, a purchase being weighed, a paid feature tried, the
+# team growing, adoption speeding up, then plain use, fit and score. Titles, "why now" and talking points
+# follow this order, not the order (or the size) of the definition's counts.
+REP_PRIORITY = ("limit", "intent", "paid_feature", "team", "velocity", "usage", "trait", "score")
+_WHY_NOW = {
+    "limit": "Near a plan limit",
+    "intent": "Buying intent",
+    "paid_feature": "Trying a paid feature",
+    "team": "Team growing",
+    "velocity": "Adoption accelerating",
+    "usage": "Regular use",
+    "trait": "Fits the customer profile",
+    "score": "Strong overall engagement",
+}
+_OFFER = {
+    "limit": "the next tier's headroom, before the limit blocks them (talk capacity, not price)",
+    "intent": "a walkthrough of the paid plan and a quote: answer plan fit, price and security questions directly",
+    "paid_feature": "a short guided demo of what the paid plan adds around the feature they tried",
+    "team": "what admins need as the team grows: roles, SSO, central billing",
+    "velocity": "a rollout plan for the rest of the team",
+    "usage": "a review of how they use the product today and where the paid plan takes it further",
+}
+
+
+def ranked(reasons: list[Reason]) -> list[Reason]:
+    """The reasons in the order a rep should hear them (`REP_PRIORITY`), the definition's order within a kind."""
+    order = {kind: i for i, kind in enumerate(REP_PRIORITY)}
+    return sorted(reasons, key=lambda r: order.get(r.kind, len(order)))
+
+
+def _name(r: Reason) -> str:
+    """The signal in the definition's words ('sign-ins in the last 30 days'), else its name in words."""
+    return r.label or (r.signal or r.code).replace("_", " ")
+
+
+def why_now(r: Reason) -> str:
+    return f"{_WHY_NOW.get(r.kind, 'Qualified')}: {r.text}"
+
+
+def since_last_week(reasons: list[Reason]) -> list[str]:
+    """'sign-ins in the last 30 days: 9, up from 5 a week ago (+4)' for each signal whose value a week before
+    is known (counts and active users; a gauge or a trait keeps only its latest value)."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for r in ranked(reasons):
+        now = _number(r.value)
+        if r.previous is None or now is None or (r.signal or r.code) in seen:
+            continue
+        seen.add(r.signal or r.code)
+        delta = now - r.previous
+        if delta == 0:
+            lines.append(f"{_name(r)}: {_fmt(now)}, the same as a week ago")
+        else:
+            way = "up" if delta > 0 else "down"
+            lines.append(
+                f"{_name(r)}: {_fmt(now)}, {way} from {_fmt(r.previous)} a week ago ({'+' if delta > 0 else '-'}"
+                f"{_fmt(abs(delta))})"
+            )
+    return lines
+
+
+def what_to_offer(reasons: list[Reason], offer: str | None = None, limit: int = 2) -> list[str]:
+    """What to put in front of them, from the strongest reasons' kinds (and the incentive routing chose)."""
+    lines = [f"The incentive chosen for this account: {offer}"] if offer else []
+    kinds = [k for k in dict.fromkeys(r.kind for r in ranked(reasons)) if k in _OFFER]
+    lines += [_OFFER[k][:1].upper() + _OFFER[k][1:] for k in kinds[:limit]]
+    return lines or ["Ask what they are trying to get done and whether the current plan still fits."]
+
+
 def _point(r: Reason) -> str:
-    name = (r.signal or r.code).replace("_", " ")
+    if r.talking_point:
+        return r.talking_point  # the definition's author knows the product: their words win
+    name = _name(r)
     if r.kind == "limit":
         where = f" ({_fmt(r.value)} of {_fmt(r.threshold)})" if r.value is not None and r.threshold else ""
         return (
@@ -359,8 +430,8 @@ def _point(r: Reason) -> str:
         )
     if r.kind == "intent":
         return (
-            f"They are weighing a purchase ({r.text}): ask what they need to decide (plan fit, price, "
-            "security review, who signs) and offer to walk them through the paid plan."
+            f"Buying intent: they are weighing a purchase ({r.text}). Ask what they need to decide (plan fit, "
+            "price, security review, who signs) and offer to walk them through the paid plan."
         )
     if r.kind == "team":
         return (
@@ -380,15 +451,16 @@ def _point(r: Reason) -> str:
             f"They fit the ideal customer profile ({r.text}): reference similar customers and their results."
         )
     return (
-        f"Heavy use of {name} ({r.text}): share advanced tips for it and ask what would make it "
-        "indispensable for the whole team."
+        f"They use the product regularly ({r.text}): ask what they rely on it for and what the whole team "
+        "would need to depend on it."
     )
 
 
 def talking_points(reasons: list[Reason], limit: int = 5) -> list[str]:
+    """One point per signal, in the order a rep should raise them (`REP_PRIORITY`)."""
     points: list[str] = []
     seen: set[tuple[str, str | None]] = set()
-    for r in reasons:
+    for r in ranked(reasons):
         key = (r.kind, r.signal or r.code)
         if key in seen:
             continue
@@ -443,19 +515,25 @@ def build_task(
         and q.score is not None
         and q.score >= roster.high_priority_score
     )
-    headline = q.reasons[0].text if q.reasons else "qualified on product usage"
+    reasons = ranked(q.reasons)
+    headline = why_now(reasons[0]) if reasons else "qualified on product usage"
     title = f"PQL follow-up: {company} — {headline}"[:250]
+    labels = {r.signal: r.label for r in q.reasons if r.signal and r.label}
 
     lines = [
         f"{company} became a product-qualified lead on {q.qualified_at} "
         f"(definition {q.definition.name} v{q.definition.version}"
         + (f", score {_fmt(q.score)})." if q.score is not None else ")."),
         "",
-        "Why:",
-        *[f"- {r.text}" for r in q.reasons],
+        "Why now:",
+        *[f"- {why_now(r)}" for r in reasons],
     ]
+    changed = since_last_week(reasons)
+    if changed:
+        lines += ["", "Since last week:", *[f"- {line}" for line in changed]]
+    lines += ["", "What to offer:", *[f"- {line}" for line in what_to_offer(reasons, action.offer)]]
     if signals:
-        lines += ["", "Top signals:", *[f"- {k}: {_fmt(v)}" for k, v in signals.items()]]
+        lines += ["", "Top signals:", *[f"- {labels.get(k, k)}: {_fmt(v)}" for k, v in signals.items()]]
     if usage:
         lines += ["", "Usage against limits:", *[f"- {u.text}" for u in usage]]
     if users:
