@@ -72,7 +72,7 @@ class DiscoverResult:
     seconds: dict[str, float]
     heldout_accounts: list[str]  # the accounts the proposal was backtested on
 
-    def to_dict(self, top: int = 40) -> dict[str, Any]:
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
         h = self.history
         return {
             "source": "discover",
@@ -187,7 +187,7 @@ def run_discover(
     for r in ranked_all:
         if r.candidate.base not in best or r.score > best[r.candidate.base].score:
             best[r.candidate.base] = r
-    ranked = sorted(best.values(), key=lambda r: (-r.score, r.candidate.key))
+    ranked = _distinct(sorted(best.values(), key=lambda r: (-r.score, r.candidate.key)))
     timings["rank"] = time.perf_counter() - mark
     learn_rows = [i for i, t in enumerate(rows.test) if not t]
     test_rows = [i for i, t in enumerate(rows.test) if t]
@@ -211,6 +211,19 @@ def run_discover(
     )
 
 
+
+
+def _distinct(ranked: list[Ranked]) -> list[Ranked]:
+    """Without signals that flag exactly the same snapshots as a better-ranked one (Pricing pages by
+    `name` and by `path`, say): one line per behaviour."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for r in ranked:
+        same = (r.learn_with, r.learn_hits, r.test_with, r.test_hits, r.rows)
+        if same not in seen:
+            seen.add(same)
+            out.append(r)
+    return out
 
 
 def _backtest_heldout(history: History, text: str, accounts: Iterable[str], conv: frozenset[str],

@@ -146,10 +146,11 @@ def render_html(data: dict[str, Any]) -> str:
     else:
         body.append("<section><h2>Proposed definition</h2><p class=na>None: no expressible signal beat the "
                     "base rate with confidence.</p></section>")
-    return (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{_e(heading)}</title><style>{CSS}</style></head><body><main>"
-        + "".join(body)
-        + "</main></body></html>\n"
-    )
+    return _PAGE.format(title=_e(heading), css=CSS, body="".join(body))
+
+
+_PAGE = (
+    "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+    '<meta name=viewport content="width=device-width,initial-scale=1">'
+    "<title>{title}</title><style>{css}</style></head><body><main>{body}</main></body></html>\n"
+)

@@ -475,6 +475,8 @@ def rank(catalog: list[Candidate], rows: Rows) -> list[Ranked]:
             learn_vals = [v for v, r in entries if not test_of[r]]
             whole = c.family in ("count", "active_users", "age") or all(float(v).is_integer() for v in learn_vals)
             thresholds = _thresholds(learn_vals, whole)
+            if c.family == "velocity":  # adoption speeding up: below 1 it would only mean "some use lately"
+                thresholds = [t for t in thresholds if t > 1]
         if not thresholds:
             continue
         # suffix sums: from entry i on, how many learn / test rows, and how many of them convert
