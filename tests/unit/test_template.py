@@ -583,3 +583,12 @@ def test_the_collection_api_default_key_source_is_one_the_usage_rule_accepts(tem
     [other] = parse_keys({"writeKey": "k" * 40, "source": "com.acme.web"}, sources).keys.values()
     assert other.problem is not None and "AllowedSources" in other.problem
     assert not matches(_usage_rule(), _usage_event("com.acme.web"))
+
+
+def test_the_deploy_guide_states_the_collection_api_defaults(template: dict[str, Any]) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    params = template["Parameters"]
+    # Then the operator reads the defaults the template applies, AllowedSources included (it must list the key's)
+    for name in ("CollectWriteKeysCacheSeconds", "CollectThrottlingBurstLimit", "CollectThrottlingRateLimit"):
+        assert f"| `{name}` | {params[name]['Default']} |" in guide, name
+    assert f"| `AllowedSources` | `{params['AllowedSources']['Default']}` |" in guide
