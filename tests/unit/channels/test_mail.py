@@ -488,3 +488,51 @@ def test_buying_intent_is_never_quoted_back_to_the_reader():
     # Then the reader's own usage is shown and the intent is not
     assert "3 integrations connected" in rendered.text
     assert "upgrade page views" not in (rendered.text + rendered.html).lower()
+
+
+# ---- headlines by what matters to the reader, counts that agree ----------------------------------------
+
+
+def _nudge_with(reasons: list[Reason]) -> Composed:
+    """The demo-shaped upgrade nudge, with its reasons replaced, composed and parsed back."""
+    from tests.support.demo_account import demo_qualification, email_action
+
+    q = demo_qualification()
+    q = q.model_copy(update={"reasons": reasons})
+    return render(email_action(q))
+
+
+def test_the_headline_is_about_a_paid_feature_before_a_bigger_count():
+    # Given 400 sign-ins and 2 uses of a paid feature
+    composed = _nudge_with(
+        [
+            Reason(code="s", text="400 sign-ins", kind="usage", signal="sign_ins", value=400, label="sign-ins"),
+            Reason(code="p", text="2 custom reports built", kind="paid_feature", signal="custom_reports", value=2),
+        ]
+    )
+    msg = parse(composed)
+    # Then the subject and the lead are about the paid feature
+    assert msg["Subject"] == "Clara, you've been trying Pro features"
+    text = msg.get_body(("plain",)).get_content()
+    assert "We noticed Bold Bridge Labs has been trying what Pro adds: 2 custom reports built." in text
+
+
+def test_a_limit_beats_the_team_and_the_team_beats_usage():
+    team = Reason(code="t", text="6 invites sent", kind="team", signal="invites", value=6)
+    usage = Reason(code="u", text="90 sign-ins", kind="usage", signal="sign_ins", value=90)
+    limit = Reason(
+        code="l", text="9,000 of 10,000 contacts", kind="limit", signal="contacts", value=9000, threshold=10000
+    )
+    assert parse(_nudge_with([usage, team]))["Subject"] == "Clara, Bold Bridge Labs is growing on Northwind"
+    assert parse(_nudge_with([usage, team, limit]))["Subject"] == "Clara, you've used 90% of your contacts"
+
+
+def test_a_known_feature_of_one_reads_in_the_singular():
+    # Given a recipient whose top feature is HD video, with one upload (and neither a limit nor team growth)
+    action = example("storage_hd_videos")
+    action.context["signals"]["hd_video_uploads"] = 1
+    action = action.model_copy(update={"reasons": [r for r in action.reasons if r.kind == "usage"]})
+    # When the nudge renders / Then it says "1 HD video", not "1 HD videos"
+    rendered = render(action).rendered
+    assert rendered.subject == "Sofia, 1 HD video and counting"
+    assert "Northlight Studio now has 1 HD video in Northwind." in rendered.text

@@ -109,7 +109,7 @@ class _Signal(_Model):
             return self.singular or singular_of(self.label)
         return self.label
 
-    @property
+    @cached_property
     def reason_kind(self) -> ReasonKind:
         """The author's `kind`, else what the signal's shape says: see `derived_kind`."""
         return self.kind or derived_kind(self)
