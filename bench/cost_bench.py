@@ -354,13 +354,13 @@ class Baseline:
 
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             config.register_lambda_context(context)
+            if event.get("source") == "aws.s3":  # a Firehose object: one event per line
+                data = s3.get_object(Bucket="baseline-objects", Key=event["detail"]["object"]["key"])["Body"].read()
+                for line in gzip.decompress(data).decode().splitlines():
+                    count_event(message=json.loads(line)["detail"])
+                return {"batchItemFailures": []}
             for record in event["Records"]:
-                if record.get("eventSource") == "aws:s3":  # a Firehose object: one event per line
-                    data = s3.get_object(Bucket="baseline-objects", Key=record["s3"]["object"]["key"])["Body"].read()
-                    for line in gzip.decompress(data).decode().splitlines():
-                        count_event(message=json.loads(line)["detail"])
-                else:
-                    count_event(message=json.loads(record["body"])["detail"])
+                count_event(message=json.loads(record["body"])["detail"])
             return {"batchItemFailures": []}
 
         with self.meter.emulator_excluded():
@@ -369,11 +369,11 @@ class Baseline:
                     key = f"o-{n}.gz"
                     data = pricing.firehose_object([e.record()["body"] for e in events[b.start:b.stop]])
                     firehose_s3.put_object(Bucket="baseline-objects", Key=key, Body=data)
-                    records = pricing.s3_notification("baseline-objects", key, len(data))["Records"]
+                    event = pricing.object_created("baseline-objects", key, len(data))
                 else:
-                    records = [e.record(i) for i, e in enumerate(events[b.start:b.stop])]
+                    event = {"Records": [e.record(i) for i, e in enumerate(events[b.start:b.stop])]}
                 with self.meter.invocation("ingest"):
-                    handler({"Records": records}, LambdaContext(function_name="baseline"))
+                    handler(event, LambdaContext(function_name="baseline"))
                 for e in events[b.start:b.stop]:
                     e._record = None
         bill = Bill()

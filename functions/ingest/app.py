@@ -1,19 +1,19 @@
 """Ingest function: batches of Segment usage events → per-account usage state in DynamoDB.
 
-`handler`: SQS batches (the template's default transport), with Powertools' partial batch response.
-`object_handler`: S3 objects a Firehose stream delivered (the low-cost transport, `IngestTransport=firehose`),
-one object per batch; a failure raises, so that Lambda's asynchronous retries deliver the object again.
+Two transports invoke it (template parameter IngestTransport):
+- sqs (the default): SQS batches, answered with Powertools' partial batch response;
+- firehose: the Object Created event (S3 → EventBridge) of an object the usage Firehose stream wrote, one
+  object per batch; a failure raises, so that Lambda's asynchronous retries deliver the object again.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes import S3Event
+from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pqlflow.ingest.batch import BatchOutcome, IngestBatch, IngestConfig, UsageBatchProcessor
 from pqlflow.ingest.objects import bodies, object_text
@@ -53,45 +53,40 @@ def _config() -> IngestConfig:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def handler(
-    event: dict[str, Any], context: LambdaContext, processor: UsageBatchProcessor | None = None
-) -> PartialItemFailureResponse:
+    event: dict[str, Any], context: LambdaContext, processor: UsageBatchProcessor | None = None, s3: Any = None
+) -> PartialItemFailureResponse | dict[str, int]:
     processor = processor or _default_processor()
+    if event.get("source") == "aws.s3" and event.get("detail-type") == "Object Created":
+        return _ingest_object(S3EventBridgeNotificationEvent(event), processor, s3)
     response = process_partial_response(event=event, record_handler=processor.record_handler,
                                         processor=processor, context=context)
     _report(processor.outcome, len(event.get("Records", [])), "batch ingested")
     return response
 
 
-@logger.inject_lambda_context
-@metrics.log_metrics
-def object_handler(event: dict[str, Any], context: LambdaContext, s3: Any = None,
-                   processor: UsageBatchProcessor | None = None) -> dict[str, int]:
-    """Each object the notification names is one batch: read, split into events, folded, written."""
+def _ingest_object(event: S3EventBridgeNotificationEvent, processor: UsageBatchProcessor,
+                   s3: Any) -> dict[str, int]:
+    """The object is one batch: read, split into events, folded, written; any write that failed raises."""
     global _s3
-    processor = processor or _default_processor()
     if s3 is None:
         if _s3 is None:
             import boto3  # on first use, as the store does: the module imports without it (cold start)
 
             _s3 = boto3.client("s3")
         s3 = _s3
-    totals = {"objects": 0, "events": 0}
-    for record in S3Event(event).records:
-        bucket, key = record.s3.bucket.name, unquote_plus(record.s3.get_object.key)
-        text = object_text(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        batch = IngestBatch(processor.config, clock.now_ms())
-        count = 0
-        for count, body in enumerate(bodies(text), start=1):
-            batch.add(count, body)
-        failed: list[BaseException] = []
-        outcome = batch.commit(processor.store, lambda _record, exc, into=failed: into.append(exc))
-        _report(outcome, count, "object ingested", {"object_bytes": record.s3.get_object.size})
-        if failed:
-            raise ObjectNotIngested(f"{len(failed)} of {count} events of s3://{bucket}/{key} were not written "
-                                    f"({type(failed[0]).__name__}); the object is retried") from failed[0]
-        totals["objects"] += 1
-        totals["events"] += count
-    return totals
+    bucket, key = event.detail.bucket.name, event.detail.object.key  # the key decoded (unquote_plus)
+    text = object_text(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    batch = IngestBatch(processor.config, clock.now_ms())
+    count = 0
+    for count, body in enumerate(bodies(text), start=1):
+        batch.add(count, body)
+    failed: list[BaseException] = []
+    outcome = batch.commit(processor.store, lambda _record, exc: failed.append(exc))
+    _report(outcome, count, "object ingested", {"object_bytes": event.detail.object.size})
+    if failed:
+        raise ObjectNotIngested(f"{len(failed)} of {count} events of s3://{bucket}/{key} were not written "
+                                f"({type(failed[0]).__name__}); the object is retried") from failed[0]
+    return {"objects": 1, "events": count}
 
 
 def _report(outcome: BatchOutcome, records: int, message: str, extra: dict[str, Any] | None = None) -> None:

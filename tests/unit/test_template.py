@@ -165,6 +165,61 @@ def test_usage_rule_reads_an_existing_bus_while_pqlflow_events_stay_on_its_own()
     assert [t.name for r in emitted for t in r.targets] == [usage_rule.targets[0].name]
 
 
+# --- ingest transports: SQS (default) or Firehose objects -------------------------------------------
+
+
+def _targets(rule: dict[str, Any], condition_true: bool) -> list[dict[str, Any]]:
+    out = []
+    for target in rule["Properties"]["Targets"]:
+        if "Fn::If" in target:
+            _, when_true, when_false = target["Fn::If"]
+            target = when_true if condition_true else when_false
+        out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("firehose", [False, True], ids=["sqs", "firehose"])
+@pytest.mark.parametrize("rule", ["UsageEventsRule", "EmitterUsageRule"])
+def test_usage_rules_send_to_the_chosen_transport_and_keep_what_they_cannot_deliver(
+    template: dict[str, Any], rule: str, firehose: bool
+) -> None:
+    # Given either transport / Then each usage rule has one target, on it, with retries and a dead-letter queue
+    (target,) = _targets(template["Resources"][rule], firehose)
+    expected = {"Fn::GetAtt": ["UsageFirehose" if firehose else "UsageQueue", "Arn"]}
+    assert target["Arn"] == expected
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["UsageRuleDeadLetterQueue", "Arn"]}
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 86400
+    assert ("RoleArn" in target) is firehose
+    assert template["Conditions"]["UsageViaFirehose"] == {"Fn::Equals": [{"Ref": "IngestTransport"}, "firehose"]}
+
+
+def test_firehose_objects_reach_ingest_once_each_and_failures_are_kept(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    stream = resources["UsageFirehose"]["Properties"]["ExtendedS3DestinationConfiguration"]
+    rule = resources["UsageObjectsRule"]["Properties"]
+    ingest = resources["IngestFunction"]["Properties"]
+    # Given the Firehose transport: the stream buffers IngestBufferSeconds, gzip, one event per line
+    assert stream["BufferingHints"] == {"IntervalInSeconds": {"Ref": "IngestBufferSeconds"}, "SizeInMBs": 5}
+    assert stream["CompressionFormat"] == "GZIP"
+    (processor,) = stream["ProcessingConfiguration"]["Processors"]
+    assert processor["Type"] == "AppendDelimiterToRecord"
+    # Then every object it writes (its prefix) is an event the object rule sends to ingest, which may read it
+    assert rule["EventPattern"]["detail"]["object"]["key"] == [{"prefix": stream["Prefix"]}]
+    assert rule["EventPattern"]["detail"]["bucket"]["name"] == [{"Ref": "UsageObjectsBucket"}]
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["IngestFunction", "Arn"]}
+    reads = [s for s in _statements(resources["IngestFunction"]) if s["Action"] == "s3:GetObject"]
+    assert [r["Resource"] for r in reads] == [{"Fn::Sub": "${UsageObjectsBucket.Arn}/" + stream["Prefix"] + "*"}]
+    # And an object ingest fails to fold after its retries, or cannot be handed to it, lands in one alarmed queue
+    on_failure = ingest["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
+    assert target["DeadLetterConfig"]["Arn"] == on_failure == {"Fn::GetAtt": ["UsageObjectsDeadLetterQueue", "Arn"]}
+    assert ingest["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+    # And nothing of it exists with the default transport
+    conditioned = {n for n, r in resources.items() if r.get("Condition") == "UsageViaFirehose"}
+    assert {"UsageObjectsBucket", "UsageFirehose", "UsageObjectsRule", "UsageObjectsPermission"} <= conditioned
+    assert template["Parameters"]["IngestTransport"]["Default"] == "sqs"
+
+
 # --- nurture: channel rules ------------------------------------------------------------------------
 
 
@@ -267,15 +322,24 @@ def test_every_function_has_an_errors_alarm_that_notifies_the_topic(template: di
         }
 
 
+def _statements(fn: dict[str, Any]) -> list[dict[str, Any]]:
+    """A function's inline policy statements, under every condition (both branches of an Fn::If)."""
+    out = []
+    for policy in fn["Properties"].get("Policies", []):
+        for statement in policy.get("Statement", []):
+            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+            out += [b for b in branches if b != {"Ref": "AWS::NoValue"}]
+    return out
+
+
 def test_function_policies_name_their_actions_and_resources(template: dict[str, Any]) -> None:
     for name, fn in _resources(template, FUNCTION).items():
-        for policy in fn["Properties"].get("Policies", []):
-            for statement in policy["Statement"]:
-                actions = _as_list(statement["Action"])
-                resources = _as_list(statement["Resource"])
-                # Then no wildcard action and no account-wide resource
-                assert all("*" not in a for a in actions), f"{name}: {actions}"
-                assert "*" not in resources, f"{name}: Resource '*'"
+        for statement in _statements(fn):
+            actions = _as_list(statement["Action"])
+            resources = _as_list(statement["Resource"])
+            # Then no wildcard action and no account-wide resource
+            assert all("*" not in a for a in actions), f"{name}: {actions}"
+            assert "*" not in resources, f"{name}: Resource '*'"
 
 
 def test_every_lint_suppression_says_why() -> None:
@@ -370,8 +434,8 @@ def test_ingest_reads_usage_state_only_to_compact_it_and_otherwise_only_the_defi
     # Ingest never reads usage state before writing it (exactly-once without read-before-write): its reads of
     # usage items are compaction's (the cold item, late hours' archives), on the same A#<account> prefix it
     # writes; its only other read is the definition in force (pk DEF), to know which gauges and filters to keep.
-    statements = [s for p in template["Resources"]["IngestFunction"]["Properties"]["Policies"]
-                  for s in p.get("Statement", [])]
+    statements = [s for s in _statements(template["Resources"]["IngestFunction"])
+                  if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))]
     actions = {a for s in statements for a in _as_list(s["Action"])}
     assert actions == {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query",
                        "dynamodb:BatchWriteItem"}
@@ -448,8 +512,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
 
 
 def _table_statements(fn: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for p in fn["Properties"].get("Policies", []) for s in p.get("Statement", [])
-            if any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
+    return [s for s in _statements(fn) if any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
 
 
 def _leading_keys(statement: dict[str, Any]) -> set[str]:
@@ -557,8 +620,7 @@ def test_the_collection_api_serves_every_segment_call_and_its_preflight_on_its_o
 
 
 def test_the_collection_api_may_only_put_events_read_its_keys_and_quarantine(template: dict[str, Any]) -> None:
-    statements = [s for p in template["Resources"]["CollectFunction"]["Properties"]["Policies"]
-                  for s in p["Statement"]]
+    statements = _statements(template["Resources"]["CollectFunction"])
     granted = {(a, json.dumps(s["Resource"], sort_keys=True)) for s in statements for a in _as_list(s["Action"])}
     assert granted == {
         ("events:PutEvents", json.dumps({"Fn::GetAtt": ["PqlflowBus", "Arn"]})),

@@ -45,13 +45,17 @@ def firehose_object(messages: list[dict[str, Any] | str], *, delimited: bool = T
 
 
 def notification(key: str, size: int) -> dict[str, Any]:
-    """The S3 event notification the bucket sends (keys are URL-encoded in it)."""
-    return {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventName": "ObjectCreated:Put",
-        "eventTime": "2026-11-22T10:00:00.000Z", "s3": {
-            "s3SchemaVersion": "1.0", "configurationId": "usage-objects",
-            "bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"},
-            "object": {"key": key.replace(" ", "+").replace(":", "%3A"), "size": size, "eTag": "x"}}}]}
+    """The Object Created event S3 sends to EventBridge for the object (its key URL-encoded), as the template's
+    UsageObjectsRule passes it to ingest (S3 User Guide, "EventBridge event message structure")."""
+    return {
+        "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
+        "source": "aws.s3", "account": "123456789012", "time": "2026-11-22T10:00:00Z", "region": "us-east-1",
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {"version": "0", "bucket": {"name": BUCKET},
+                   "object": {"key": key.replace(" ", "+").replace(":", "%3A"), "size": size, "etag": "x",
+                              "sequencer": "00617F08299329D189"},
+                   "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012", "reason": "PutObject"},
+    }
 
 
 def deliver(s3: Any, ddb: Any, table_name: str, key: str, data: bytes) -> dict[str, Any]:
@@ -62,7 +66,7 @@ def deliver(s3: Any, ddb: Any, table_name: str, key: str, data: bytes) -> dict[s
 def invoke(s3: Any, ddb: Any, table_name: str, key: str, size: int) -> dict[str, Any]:
     clock.set_source(lambda: NOW_MS / 1000)
     processor = UsageBatchProcessor(DynamoUsageStore(table_name, ddb), IngestConfig(spec=SPEC), clock.now_ms)
-    return app.object_handler(notification(key, size), LambdaContext(), s3=s3, processor=processor)
+    return app.handler(notification(key, size), LambdaContext(), processor=processor, s3=s3)
 
 
 def counts(ddb: Any, table_name: str, accounts: list[str], event: str = "Message Sent") -> list[int]:

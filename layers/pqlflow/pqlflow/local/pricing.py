@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -424,23 +423,18 @@ KINESIS_SHARD_RECORDS_PER_S, KINESIS_SHARD_BYTES_PER_S = 1000, 1024 * 1024  # on
 OBJECTS_BUCKET = "pqlflow-usage-objects"
 
 
-def objects_function(settings: Settings) -> Function:
-    """The function a Firehose transport's objects invoke: ingest's code, its object handler."""
-    module = settings.ingest_function.handler.rpartition(".")[0]
-    return dataclasses.replace(settings.ingest_function, handler=f"{module}.object_handler")
-
-
 def firehose_object(bodies: Sequence[str]) -> bytes:
     """An object as the Firehose stream writes it: each event's JSON and a newline, gzip-compressed."""
     return gzip.compress("".join(b + "\n" for b in bodies).encode(), compresslevel=6)
 
 
-def s3_notification(bucket: str, key: str, size: int) -> dict[str, Any]:
-    """The event a bucket notification invokes a function with for one new object."""
-    return {"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
-                         "eventName": "ObjectCreated:Put", "s3": {
-                             "s3SchemaVersion": "1.0", "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                             "object": {"key": key, "size": size}}}]}
+def object_created(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """The Object Created event (S3 → EventBridge) the template's UsageObjectsRule invokes ingest with."""
+    return {"version": "0", "id": hashlib.md5(key.encode()).hexdigest(),  # noqa: S324 - an id, not a secret
+            "detail-type": "Object Created", "source": "aws.s3", "account": ACCOUNT, "time": "", "region": REGION,
+            "resources": [f"arn:aws:s3:::{bucket}"],
+            "detail": {"version": "0", "bucket": {"name": bucket}, "object": {"key": key, "size": size},
+                       "reason": "PutObject"}}
 
 
 def transport_batches(transport: str, events: Sequence[Event], settings: Settings,
@@ -517,8 +511,7 @@ class Faithful:
         self.now_ms = 0
         self._session_before: Any = None
         self.hosts = {"ingest": FunctionHost(settings.ingest_function),
-                      "qualify": FunctionHost(settings.qualify_function),
-                      "ingest-objects": FunctionHost(objects_function(settings))}
+                      "qualify": FunctionHost(settings.qualify_function)}
         self.transport = "sqs"
         self._objects: Any = None  # Firehose's own S3 client (its PutObject is priced per object, not metered)
         self._object_count = 0
@@ -552,12 +545,12 @@ class Faithful:
         self.changes.append((key, old, new, sum(self.meter.last_write_sizes)))
 
     def _invoke(self, function: str, records: list[dict[str, Any]], at_ms: int,
-                host: str | None = None) -> dict[str, Any]:
+                event: dict[str, Any] | None = None) -> dict[str, Any]:
         self.now_ms = at_ms
-        fn = self.hosts[host or function].function
+        fn = self.hosts[function].function
         context = LambdaContext(function_name=fn.name, memory_limit_in_mb=fn.memory_size, timeout_seconds=fn.timeout)
         with contextlib.redirect_stdout(NULL), self.meter.invocation(function):
-            response = self.hosts[host or function].invoke({"Records": records}, context)
+            response = self.hosts[function].invoke(event if event is not None else {"Records": records}, context)
         if (response or {}).get("batchItemFailures"):
             raise RuntimeError(f"{function} reported failures: {response['batchItemFailures'][:3]}")
         return dict(response or {})
@@ -568,8 +561,7 @@ class Faithful:
             key = f"usage/{self._object_count:09d}.gz"
             data = firehose_object([e.record()["body"] for e in events])
             self._objects.put_object(Bucket=OBJECTS_BUCKET, Key=key, Body=data)
-            self._invoke("ingest", s3_notification(OBJECTS_BUCKET, key, len(data))["Records"], at_ms,
-                         host="ingest-objects")
+            self._invoke("ingest", [], at_ms, object_created(OBJECTS_BUCKET, key, len(data)))
             return
         self._invoke("ingest", [e.record(i) for i, e in enumerate(events)], at_ms)
 
