@@ -34,6 +34,7 @@ def test_firehose_bills_every_record_as_five_kilobytes_and_one_object_per_buffer
     assert len(batches) == 12  # one object every five minutes
     assert bill.lines[("Firehose", "ingestion (EventBridge target, 5 KB/record)")].units == 1_200 * 5 * 1024 / 1024**3
     assert bill.lines[("S3", "PutObject (Firehose delivery)")].units == 12
+    assert bill.lines[("EventBridge", "Object Created (S3, per object)")].units == 12  # the event invoking ingest
     assert ("S3", "GetObject (ingest)") not in bill.lines  # the function's own request: metered where it runs
     per_million = bill.per_million(len(evs), "Firehose")
     assert per_million == pytest.approx(PRICES["firehose_per_gb_ingested"] * 5 * 1024 / 1024**3 * 1e6)  # $0.138

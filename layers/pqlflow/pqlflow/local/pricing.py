@@ -474,6 +474,8 @@ def add_transport(bill: Bill, transport: str, events: Sequence[Event], batches: 
         rounded = sum(math.ceil(e.body_bytes / FIREHOSE_RECORD_BYTES) * FIREHOSE_RECORD_BYTES for e in events)
         bill.add("Firehose", "ingestion (EventBridge target, 5 KB/record)", rounded / 1024**3, "GB", len(events))
         bill.add("S3", "PutObject (Firehose delivery)", len(batches), "PUTs", len(batches))
+        # the object's Object Created event: an S3 data event on the default bus (billed like a custom event)
+        bill.add("EventBridge", "Object Created (S3, per object)", len(batches), "events", len(batches))
     elif transport == "kinesis":
         if span_ms is None:
             span_ms = max(3_600_000, events[-1].arrival_ms - events[0].arrival_ms) if events else 3_600_000
