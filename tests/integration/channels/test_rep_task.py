@@ -23,6 +23,7 @@ from pqlflow.kernel import clock
 
 import functions.rep_task.app as app
 from tests.support.channels import FakePublisher, pqlflow_event
+from tests.support.demo_account import demo_qualification
 from tests.support.http_fakes import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Seen, SleepLog
 from tests.support.lambda_context import LambdaContext
 
@@ -350,3 +351,32 @@ def test_a_task_stored_by_an_older_version_still_loads_without_its_trait_company
     (created,) = crm["hubspot"].tasks.values()
     assert created["associations"][0]["to"] == {"id": "5150"}
 
+
+
+def test_the_demo_task_reaches_the_crm_saying_why_now_and_what_to_offer(store, crm):
+    # Given the Nurture Action for a demo-shaped qualification (a pricing page visit among invites and sign-ins)
+    q = demo_qualification()
+    detail = NurtureAction(
+        action_id="act-demo",
+        transition_id=q.transition_id,
+        account_id=q.account_id,
+        channel="rep_task",
+        touch="high",
+        reasons=q.reasons,
+        context=q.model_dump(mode="json"),
+    ).model_dump(mode="json")
+    # When the function handles it and delivers over HTTP to HubSpot and Slack
+    result = run(pqlflow_event(detail, time="2026-11-27T15:00:00Z"), store, FakePublisher(), crm["connectors"])
+    assert result["outcome"] == "delivered"
+    (hubspot_task,) = crm["hubspot"].tasks.values()
+    props = hubspot_task["properties"]
+    # Then the CRM task leads with the buying intent and says what changed and what to offer
+    assert props["hs_task_subject"] == "PQL follow-up: Bold Bridge Labs — Buying intent: 1 pricing page view"
+    body = props["hs_task_body"]
+    assert "Why now:\n- Buying intent: 1 pricing page view\n- Team growing: 5 invites sent" in body
+    assert "- invites sent: 5, up from 0 a week ago (+5)" in body
+    assert "What to offer:\n- A walkthrough of the paid plan and a quote" in body
+    assert "advanced tips" not in body
+    # And the Slack message's talking points start with the purchase being weighed
+    (message,) = crm["slack"].messages
+    assert "weighing a purchase" in json.dumps(message)
