@@ -1,7 +1,7 @@
 """Discover benchmark: `pqlflow discover` on a 1M-event history, time and peak RSS, next to DuckDB doing its
 counting part on the same file, in the same run.
 
-Uses the backtest bench's history (`pqlflow sample`, default 1,000,000 events over 2,000 accounts and 60 days,
+Uses the backtest bench's cached history (`pqlflow sample`, default 1,000,000 events over 2,000 accounts and 60 days,
 seed 1, start 2026-01-01; cached in $TMPDIR/pqlflow-bench/), then runs, each in a fresh child process so that each
 peak RSS is its own:
   1. discover: `run_discover` as the command runs it — decode (validation, dedupe, sort: the backtest's
@@ -23,13 +23,28 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from backtest_bench import history_file  # the same cached `pqlflow sample` history as the backtest bench
-
 TARGET_SECONDS = 30.0
+
+
+def history_file(events: int, accounts: int, seed: int) -> Path:
+    """The backtest bench's cached history (same name, same `pqlflow sample` options), made if missing."""
+    from pqlflow import cli
+
+    path = Path(tempfile.gettempdir()) / "pqlflow-bench" / f"sample-{events}-{accounts}-{seed}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"generating {events:,} events with `pqlflow sample` → {path} …", flush=True)
+        tmp = path.with_suffix(".tmp")
+        argv = ["sample", "--accounts", str(accounts), "--events", str(events), "--seed", str(seed)]
+        if cli.main([*argv, "--start", "2026-01-01", "--out", str(tmp), "--quiet"]) != 0:
+            raise SystemExit("pqlflow sample failed")
+        tmp.rename(path)
+    return path
 
 
 def peak_rss_mb() -> float:
@@ -118,13 +133,13 @@ def main() -> None:
     print(f"history: {d['lines']:,} lines, {d['events']:,} events; {d['candidates']:,} candidate signals, "
           f"{d['snapshots']:,} snapshots")
     print(f"discover:    {d['seconds']:6.2f} s wall, {d['cpu_seconds']:6.2f} s CPU, "
-          f"peak RSS {d['peak_rss_mb']:7.1f} MB ({d['peak_rss_mb'] * per_m:.0f} MB per million events)")
+          f"peak RSS {d['peak_rss_mb']:7.1f} MiB ({d['peak_rss_mb'] * per_m:.0f} MiB per million events)")
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in d["phases"].items() if k != "total")
     print(f"  phases: {phases}")
     mining = d["phases"]["columns"] + d["phases"]["snapshots"]
     print(f"  mining (columns + snapshots): {mining:.2f} s; top signal: {d['top']}")
     print(f"duckdb (1 thread), event-name counts only: {q['seconds']:6.2f} s wall, {q['cpu_seconds']:6.2f} s CPU, "
-          f"peak RSS {q['peak_rss_mb']:7.1f} MB, {q['rows']:,} (account, snapshot, event) rows")
+          f"peak RSS {q['peak_rss_mb']:7.1f} MiB, {q['rows']:,} (account, snapshot, event) rows")
     verdict = "met" if d["cpu_seconds"] < TARGET_SECONDS else "NOT met"
     print(f"target: discover on 1M events under {TARGET_SECONDS:.0f} s on one core: {verdict} "
           f"({d['cpu_seconds']:.1f} s CPU)")

@@ -74,4 +74,6 @@ def run(args: argparse.Namespace) -> int:
         if result.proposal_yaml:
             files = " ".join(str(p) for p in args.events)
             print(f"on the whole history: pqlflow backtest {files} --definition {args.out / 'proposed.yaml'}")
+            if names is not None:
+                print("  (backtest counts its own conversions: Subscription Started, Plan Upgraded, Order Completed)")
     return 0
