@@ -5,6 +5,7 @@ account that signs in five times is a PQL."""
 from __future__ import annotations
 
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevStack, Pr
         assert wait_for(lambda: bool(started)), "the dev stack did not start"
         yield started[0], printed
     finally:
+        if started:  # moto's backends outlive its server in this process: leave none for the next dev stack
+            reset = urllib.request.Request(f"{started[0].endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(reset, timeout=30).close()  # noqa: S310 - the local moto server
         stop.set()
         thread.join(timeout=30)
 

@@ -23,7 +23,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pqlflow.collect.keys import KeyRing, WriteKey, basic_auth_user
-from pqlflow.collect.messages import CALLS, SHORT_PATHS, Judged, RequestRejected, body_limit, judge_request, read_json, write_key_in
+from pqlflow.collect.messages import (
+    CALLS,
+    SHORT_PATHS,
+    Judged,
+    RequestRejected,
+    body_limit,
+    judge_request,
+    read_json,
+    write_key_in,
+)
 from pqlflow.contracts.bus import PublishError
 from pqlflow.ingest.quarantine import QuarantineWrite, quarantine_item
 
