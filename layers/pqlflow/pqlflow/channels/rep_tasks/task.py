@@ -386,7 +386,7 @@ def why_now(r: Reason) -> str:
 def since_last_week(reasons: list[Reason]) -> list[str]:
     """'sign-ins in the last 30 days: 9, up from 5 a week ago (+4)' for each signal whose value a week before
     is known (counts and active users; a gauge or a trait keeps only its latest value); from nothing a week
-    ago, 'invites sent: 5, all of it in the last 7 days (none a week ago)'."""
+    ago, 'invites sent: 5, none a week ago'."""
     lines: list[str] = []
     seen: set[str] = set()
     for r in ranked(reasons):
@@ -398,7 +398,7 @@ def since_last_week(reasons: list[Reason]) -> list[str]:
         if delta == 0:
             lines.append(f"{_name(r)}: {_fmt(now)}, the same as a week ago")
         elif r.previous == 0:
-            lines.append(f"{_name(r)}: {_fmt(now)}, all of it in the last 7 days (none a week ago)")
+            lines.append(f"{_name(r)}: {_fmt(now)}, none a week ago")
         else:
             way = "up" if delta > 0 else "down"
             lines.append(
