@@ -22,6 +22,7 @@ from pqlflow.analysis.sample import Sample, SampleConfig
 from pqlflow.qualify.definition import load_definition
 
 START = date(2026, 1, 5)
+HOUR = 3_600_000
 NOW_S = datetime(2026, 6, 1, tzinfo=UTC).timestamp()  # after the history: no event is in the future
 
 
@@ -291,6 +292,10 @@ def test_bad_lines_are_reported_with_their_line_and_the_rest_is_used(sample, res
         (lambda d: (d / "x.parquet").write_bytes(b"PAR1" + b"\0" * 64) and d / "x.parquet", [],
          "x.parquet: not a readable Parquet file"),
         (lambda d: d / "missing.jsonl", [], "missing.jsonl: no such file"),
+        (lambda d: _write(d / "free.jsonl", [
+            {"type": "track", "messageId": f"m{i}", "timestamp": _stamp(_ms("2026-01-05T10:00:00.000Z") + i * HOUR),
+             "userId": f"u{i % 7}", "event": "Signed In"} for i in range(24 * 50)]), [],
+         "no conversion event (Order Completed, Plan Upgraded, Subscription Started) in the history"),
         (None, ["--conversions", "Plan Bought,Subscription Started"], "'Plan Bought'"),
         (None, ["--window", "90"], "--window 90"),
         (None, ["--window", "0"], "--window 0"),

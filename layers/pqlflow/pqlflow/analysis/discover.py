@@ -106,13 +106,20 @@ def standard_definition() -> Definition:
 
 
 def _conversions(history: History, names: Sequence[str] | None) -> frozenset[str]:
-    default = TrackingSpec().conversions
+    """The conversion events: the tracking spec's by default, or the names given (each must be in the
+    history). Without one conversion in the history there is nothing to learn: that is an error too."""
+    seen = {n for group in history.names.values() for n in group if n is not None}
     if not names:
+        default = TrackingSpec().conversions
+        if not default & seen:
+            raise UsageError(
+                f"no conversion event ({', '.join(sorted(default))}) in the history: nothing to learn from; "
+                "name your conversion events with --conversions"
+            )
         return default
     wanted = [n.strip() for n in names if n.strip()]
     if not wanted:
         raise UsageError("--conversions: give at least one event name")
-    seen = {n for group in history.names.values() for n in group if n is not None}
     unknown = [n for n in wanted if n not in seen]
     if unknown:
         raise UsageError(

@@ -68,6 +68,8 @@ def render_text(data: dict[str, Any], top: int = 25) -> str:
 
 def _text_proposal(data: dict[str, Any]) -> str:
     p = data["proposal"]
+    if not data["learn"]["converting_snapshots"]:
+        return "Proposal: none — no snapshot of the learn cohorts converted within the window: nothing to learn."
     if not p["yaml"]:
         return "Proposal: none — no signal the definition language can express beat the base rate with confidence."
     lines = ["Proposed definition (any of):", *(f"  - {c}" for c in p["conditions"])]
@@ -114,7 +116,7 @@ def render_html(data: dict[str, Any]) -> str:
             f"<tr><td class=n>{i}</td><td><code>{_e(s['condition'])}</code>{note}</td>"
             f"<td class=n>{pct(s['coverage'])}</td><td class=n>{pct(s['with_rate'])}</td>"
             f"<td class=n>{pct(s['without_rate'])}</td><td>{_lift_pill(s['lift'])}</td>"
-            f"<td class=n>{_e(_ci(s))}</td><td class=n>{pct(s['heldout_precision'])}</td>"
+            f"<td class=n style='white-space:nowrap'>{_e(_ci(s))}</td><td class=n>{pct(s['heldout_precision'])}</td>"
             f"<td class=n>{pct(s['heldout_recall'])}</td><td>{_lift_pill(s['heldout_lift'])}</td></tr>"
         )
     body.append(

@@ -237,7 +237,7 @@ class Ranked:
 def condition_text(c: Candidate, threshold: Any) -> str:
     if c.op == "eq":
         return f"{c.label} = {threshold}"
-    shown = f"{threshold:g}" if isinstance(threshold, float) else str(threshold)
+    shown = f"{threshold:,}" if isinstance(threshold, int) else f"{threshold:,.6g}"
     return f"{c.label} ≥ {shown}"
 
 
@@ -438,7 +438,7 @@ def _thresholds(values: list[float], whole: bool) -> list[float]:
     ordered = sorted(values)
     picks = {ordered[0]} | {ordered[min(len(ordered) - 1, int(len(ordered) * q / 20))] for q in range(1, 20)}
     if whole:
-        return sorted({float(math.ceil(v)) for v in picks})
+        return sorted({float(math.ceil(_round(v))) for v in picks})
     return sorted({_round(v) for v in picks})
 
 
