@@ -26,6 +26,7 @@ from tests.support.channels import FakePublisher, pqlflow_event
 from tests.support.demo_account import demo_qualification
 from tests.support.http_fakes import TOKEN, FakeHubSpot, FakeSlack, LocalServer, Seen, SleepLog
 from tests.support.lambda_context import LambdaContext
+from tests.unit.channels.test_rep_tasks import action_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics")
 
@@ -355,16 +356,7 @@ def test_a_task_stored_by_an_older_version_still_loads_without_its_trait_company
 
 def test_the_demo_task_reaches_the_crm_saying_why_now_and_what_to_offer(store, crm):
     # Given the Nurture Action for a demo-shaped qualification (a pricing page visit among invites and sign-ins)
-    q = demo_qualification()
-    detail = NurtureAction(
-        action_id="act-demo",
-        transition_id=q.transition_id,
-        account_id=q.account_id,
-        channel="rep_task",
-        touch="high",
-        reasons=q.reasons,
-        context=q.model_dump(mode="json"),
-    ).model_dump(mode="json")
+    detail = action_for(demo_qualification()).model_dump(mode="json")
     # When the function handles it and delivers over HTTP to HubSpot and Slack
     result = run(pqlflow_event(detail, time="2026-11-27T15:00:00Z"), store, FakePublisher(), crm["connectors"])
     assert result["outcome"] == "delivered"
