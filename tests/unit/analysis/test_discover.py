@@ -359,3 +359,28 @@ def test_conversion_names_choose_the_label(sample):
     data = run_discover([path], conversions=["Integration Connected"], now_s=NOW_S).to_dict()
     assert data["conversions"] == ["Integration Connected"]
     assert all("Integration Connected" not in s["key"] for s in data["signals"])
+
+
+def test_only_low_cardinality_property_values_become_signals(tmp_path):
+    # Given sign-ins with a device (3 values) and a batch id (60 values, a new one each day); a third of the
+    # accounts convert, and those sign in from the desktop app
+    start = _ms("2026-01-05T09:00:00.000Z")
+    messages: list[dict[str, Any]] = []
+    for a in range(60):
+        for d in range(60):
+            device = "desktop" if a % 3 == 0 else ("ios", "web")[d % 2]
+            messages.append({"type": "track", "messageId": f"{a}-{d}", "timestamp": _stamp(start + d * 86_400_000),
+                             "userId": f"u{a}", "event": "Signed In", "context": {"groupId": f"acct-{a:02d}"},
+                             "properties": {"device": device, "request_id": f"req-{d}"}})
+        if a % 3 == 0:
+            messages.append({"type": "track", "messageId": f"{a}-conv", "userId": f"u{a}",
+                             "timestamp": _stamp(start + 40 * 86_400_000), "event": "Subscription Started",
+                             "context": {"groupId": f"acct-{a:02d}"}})
+
+    # When discover runs
+    data = run_discover([_write(tmp_path / "h.jsonl", messages)], now_s=NOW_S).to_dict()
+
+    # Then the desktop app is a signal with a confident lift, and no request id ever is
+    desktop = [s for s in data["signals"] if s["key"].startswith("count:Signed In|device=desktop:")]
+    assert desktop and desktop[0]["lift_ci"][0] > 1.5
+    assert not [s for s in data["signals"] if "request_id" in s["key"]]

@@ -109,6 +109,8 @@ def account_columns(account: str, records: list[tuple[Any, ...]], days: Sequence
                     seen = cardinality.setdefault((name, prop), set())
                     if len(seen) <= MAX_VALUES:
                         seen.add(value)
+                    elif value not in seen:
+                        continue  # high-cardinality (ids, URLs): no column for each value, it is not a candidate
                     vkey = f"{name}|{prop}={value}"
                     found = keys.get(vkey)
                     if found is None:
