@@ -35,3 +35,14 @@ def test_parquet_reading_is_an_extra_that_dev_installs_and_the_layer_does_not():
     assert _names(extras["parquet"]) == {"duckdb"}
     assert _names(extras["parquet"]) <= _names(extras["dev"])  # `make setup` installs it
     assert not _names(extras["parquet"]) & _names(layer)
+
+
+def test_the_cli_runs_as_a_module_with_the_interpreter_it_is_given():
+    # bench scripts run `python -m pqlflow.cli` with their own interpreter (no console script on PATH needed)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pqlflow.cli", "sample", "--accounts", "2", "--days", "3"],  # noqa: S603
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('"messageId"') > 0

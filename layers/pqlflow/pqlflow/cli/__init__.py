@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pqlflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # __main__ (python -m pqlflow.cli) is not a command
+            continue
         module = importlib.import_module(f"pqlflow.cli.{info.name}")
         module.register(sub)
     return parser
