@@ -50,7 +50,10 @@ bench: setup
 	$(PY) bench/qualify_bench.py
 	$(PY) bench/backtest_bench.py
 	$(PY) bench/parquet_bench.py
+	$(PY) bench/discover_bench.py
+	$(PY) bench/collect_bench.py
 	$(PY) bench/cost_bench.py --shape all
+	$(PY) bench/cost_bench.py --shape busy --transport firehose
 
 schemas: setup
 	$(VENV)/bin/pqlflow schemas
