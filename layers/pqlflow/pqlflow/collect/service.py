@@ -35,6 +35,7 @@ from pqlflow.collect.messages import (
 )
 from pqlflow.contracts.bus import PublishError
 from pqlflow.ingest.quarantine import QuarantineWrite, quarantine_item
+from pqlflow.kernel import clock
 
 ALLOWED_HEADERS = "authorization, content-type, content-encoding"
 PREFLIGHT_MAX_AGE = "600"
@@ -94,7 +95,7 @@ class CollectService:
     bus_name: str
     quarantine_days: int = 14
     retention_days: int = 90
-    now: Callable[[], float] = field(default=lambda: datetime.now(UTC).timestamp())
+    now: Callable[[], float] = clock.now  # the API's receipt time (pqlflow's clock: simulated in replay)
     log_problem: Callable[[str, dict[str, Any]], None] = field(default=lambda message, extra: None)
 
     def handle(self, request: CollectRequest) -> CollectResponse:
