@@ -528,60 +528,12 @@ def decode_history(
     started = time.perf_counter()
     decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
     groups: dict[str, list[tuple[Any, ...]]] = {}
-    names: dict[str, list[str | None]] = {}
-    days: dict[str, array[int]] = {}
-    users: dict[str, list[str]] = {}
-    files: list[tuple[str, int]] = []
-    bad: list[BadLine] = []
-    duplicates = 0
-    index = 0
-    blank = 0
-    fast = decoder._fast
-    slow = decoder.slow_record
-    result: tuple[Any, ...] | Rejection | None
     gc_was = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them again and again
     try:
-        for path in expand(paths):
-            files.append((str(path), index))
-            for raw in messages(path):
-                result = fast(raw, index)
-                if result is None:
-                    result = slow(raw, index)
-                index += 1
-                if type(result) is tuple:
-                    group = groups.get(result[4])
-                    if group is None:
-                        groups[result[4]] = [result]
-                    else:
-                        group.append(result)
-                elif not raw.strip():
-                    blank += 1
-                else:
-                    if TYPE_CHECKING:
-                        assert isinstance(result, Rejection)
-                    bad.append(BadLine(str(path), index - files[-1][1], str(result), result.message_id))
+        read = read_records(paths, decoder, groups, _new_group)
         sorting = time.process_time()
-        count = 0
-        start = end = None
-        by_time = itemgetter(0)
-        name_of, user_of = itemgetter(6), itemgetter(5)
-        for account, group in groups.items():
-            if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
-                seen: set[str] = set()
-                remember: Callable[[str], object] = seen.add  # its None result is only a step of the `or`
-                kept = [r for r in group if not (r[2] in seen or remember(r[2]))]
-                duplicates += len(group) - len(kept)
-                group[:] = kept
-            group.sort(key=by_time)  # stable: equal times keep file order
-            names[account] = list(map(name_of, group))  # while the group is in the CPU cache
-            days[account] = _days(group)
-            users[account] = list(map(user_of, group))
-            count += len(group)
-            if start is None or group[0][0] < start:
-                start = group[0][0]
-            if end is None or group[-1][0] > end:
-                end = group[-1][0]
+        history = arrange(groups, read)
     finally:
         if gc_was:
             # The records are acyclic: reference counting frees them. Frozen (gc.freeze), the collector never
@@ -590,15 +542,105 @@ def decode_history(
             # exists right now is not collected until gc.unfreeze().
             gc.freeze()
             gc.enable()
-    seconds = time.perf_counter() - started
+    history.decode_seconds = time.perf_counter() - started
+    history.sort_cpu_seconds = time.process_time() - sorting
+    return history
+
+
+@dataclass
+class Reading:
+    """What reading a history's files found, besides the valid records: the files with the global index of
+    their first line, the bad lines (in file order), and the count of lines and blank lines."""
+
+    files: list[tuple[str, int]]
+    bad: list[BadLine]
+    index: int  # lines (and rows) read, blank ones included
+    blank: int
+
+
+def _new_group(account: str) -> list[tuple[Any, ...]]:
+    return []
+
+
+CHUNK_LINES = 65_536  # lines read between two calls of `read_records`'s `after_chunk`
+
+
+def read_records(
+    paths: Sequence[str | Path],
+    decoder: FastDecoder,
+    groups: dict[str, list[tuple[Any, ...]]],
+    new_group: Callable[[str], list[tuple[Any, ...]]],
+    after_chunk: Callable[[], object] | None = None,
+) -> Reading:
+    """Validate every line of the files into records, appended in file order to `groups[account]` (a list
+    that `new_group(account)` gives the first time an account is seen: the in-memory history gives each
+    account its own, a partitioned run the buffer of the account's partition). `after_chunk` is called
+    every `CHUNK_LINES` lines and at the end of each file."""
+    files: list[tuple[str, int]] = []
+    bad: list[BadLine] = []
+    index = 0
+    blank = 0
+    fast = decoder._fast
+    slow = decoder.slow_record
+    result: tuple[Any, ...] | Rejection | None
+    for path in expand(paths):
+        files.append((str(path), index))
+        lines = messages(path)
+        while chunk := list(islice(lines, CHUNK_LINES)):
+            for raw in chunk:
+                result = fast(raw, index)
+                if result is None:
+                    result = slow(raw, index)
+                index += 1
+                if type(result) is tuple:
+                    group = groups.get(result[4])
+                    if group is None:
+                        group = groups[result[4]] = new_group(result[4])
+                    group.append(result)
+                elif not raw.strip():
+                    blank += 1
+                else:
+                    if TYPE_CHECKING:
+                        assert isinstance(result, Rejection)
+                    bad.append(BadLine(str(path), index - files[-1][1], str(result), result.message_id))
+            if after_chunk is not None:
+                after_chunk()
+    return Reading(files, bad, index, blank)
+
+
+def arrange(groups: dict[str, list[tuple[Any, ...]]], read: Reading) -> History:
+    """The History of accounts' records in file order: each account deduplicated by messageId (the first
+    copy wins), sorted by event time (stable: ties keep file order), with its per-record columns."""
+    names: dict[str, list[str | None]] = {}
+    days: dict[str, array[int]] = {}
+    users: dict[str, list[str]] = {}
+    duplicates = 0
+    count = 0
+    start = end = None
+    by_time = itemgetter(0)
+    name_of, user_of = itemgetter(6), itemgetter(5)
+    for account, group in groups.items():
+        if len({r[2] for r in group}) != len(group):  # a messageId twice in this account: keep the first
+            seen: set[str] = set()
+            remember: Callable[[str], object] = seen.add  # its None result is only a step of the `or`
+            kept = [r for r in group if not (r[2] in seen or remember(r[2]))]
+            duplicates += len(group) - len(kept)
+            group[:] = kept
+        group.sort(key=by_time)  # stable: equal times keep file order
+        names[account] = list(map(name_of, group))  # while the group is in the CPU cache
+        days[account] = _days(group)
+        users[account] = list(map(user_of, group))
+        count += len(group)
+        if start is None or group[0][0] < start:
+            start = group[0][0]
+        if end is None or group[-1][0] > end:
+            end = group[-1][0]
     return History(
         groups,
-        files,
-        lines=index - blank,
+        read.files,
+        lines=read.index - read.blank,
         duplicates=duplicates,
-        bad=bad,
-        decode_seconds=seconds,
-        sort_cpu_seconds=time.process_time() - sorting,
+        bad=read.bad,
         count=count,
         start_ms=start,
         end_ms=end,
@@ -1434,6 +1476,11 @@ class BacktestResult:
         return data
 
 
+def check_window(window_days: float) -> None:
+    if window_days <= 0 or not math.isfinite(window_days):
+        raise UsageError(f"--window {window_days}: must be a positive number of days")
+
+
 def run_backtest(
     paths: Sequence[str | Path],
     definitions: Sequence[tuple[Definition, str]],
@@ -1442,9 +1489,9 @@ def run_backtest(
     measure_decode: bool = False,
     now_s: float | None = None,
 ) -> BacktestResult:
-    """Decode the history once, run each (definition, source) on it, and time it all."""
-    if window_days <= 0 or not math.isfinite(window_days):
-        raise UsageError(f"--window {window_days}: must be a positive number of days")
+    """Decode the history once, in memory, run each (definition, source) on it, and time it all. For a
+    history larger than memory: `pqlflow.analysis.partitions.run_backtest_partitioned`, same answers."""
+    check_window(window_days)
     bare = decode_only(paths) if measure_decode else None
     started = time.perf_counter()
     cpu = time.process_time()

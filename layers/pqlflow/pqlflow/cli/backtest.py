@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pqlflow.analysis.backtest import no_valid_event, run_backtest
+from pqlflow.analysis.backtest import no_valid_event
+from pqlflow.analysis.partitions import parse_partitions, run_backtest_partitioned
 from pqlflow.analysis.report import render_html, render_json, render_text
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.definition import load_definition
@@ -70,6 +71,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", type=Path, metavar="DIR", help="write report.html (and report.json) into DIR"
     )
     parser.add_argument(
+        "--partitions",
+        default="auto",
+        metavar="N",
+        help="1: hold the whole history in memory; N > 1: spill it by account into N temporary files and "
+        "run them one at a time (histories larger than memory; same answers); auto (default): in memory "
+        "up to ~2M events (estimated from the files' sizes), else ~1M events per partition",
+    )
+    parser.add_argument(
         "--no-decode-baseline",
         action="store_true",
         help="skip timing bare JSON decoding of the same files (saves one pass)",
@@ -83,8 +92,13 @@ def run(args: argparse.Namespace) -> int:
     definitions = [(load_definition(args.definition), str(args.definition))]
     if args.compare is not None:
         definitions.append((load_definition(args.compare), str(args.compare)))
-    result = run_backtest(
-        args.events, definitions, window_days=args.window, measure_decode=not args.no_decode_baseline
+    partitions = parse_partitions(args.partitions)
+    result = run_backtest_partitioned(
+        args.events,
+        definitions,
+        window_days=args.window,
+        measure_decode=not args.no_decode_baseline,
+        partitions=partitions,
     )
     reason = no_valid_event(result.history)
     if reason is not None:

@@ -1,0 +1,283 @@
+"""Histories larger than memory: the backtest run one partition of accounts at a time, with the same answers.
+
+Subjects never interact in a backtest: an account's events (its identify and group calls included — every
+record carries the account it is filed under, `RECORD`'s `account_id`) are deduplicated, sorted and folded
+on their own, and a `unit: user` subject is a user inside one account. So one streaming pass reads and
+validates every line exactly as the in-memory engine does (`backtest.read_records`, the same decoder, so
+bad lines keep their file, line number and order) and writes each valid record, with marshal, into one of
+N spill files chosen by a stable hash (CRC-32) of its account; then each spill file is loaded alone,
+arranged (`backtest.arrange`: the same dedupe and stable sort) and run through every definition with
+`backtest.run_definition`, and the per-partition runs are merged. The merge restores the in-memory
+engine's order — subjects (with their transitions and bad gauge values) by the file line where their
+account first appears, which is the order of the in-memory history's accounts — so every list and every
+metric comes out identical, not merely equal as a set (tests/unit/analysis/test_partitioned.py).
+
+Spill files live in a temporary directory (under $TMPDIR) that is removed when the run ends, fails or is
+interrupted. Peak memory is that of the largest partition plus the subjects' outcomes.
+"""
+
+from __future__ import annotations
+
+import gc
+import marshal
+import math
+import tempfile
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pqlflow.analysis.backtest import (
+    HISTORY_RETENTION_DAYS,
+    BacktestResult,
+    BadLine,
+    DefinitionRun,
+    FastDecoder,
+    History,
+    SubjectOutcome,
+    arrange,
+    check_window,
+    decode_only,
+    properties_read,
+    read_records,
+    run_backtest,
+    run_definition,
+)
+from pqlflow.analysis.history_files import expand, kind_of
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
+from pqlflow.qualify.language import Definition
+
+IN_MEMORY_EVENTS = 2_000_000  # up to this many (estimated) events, `auto` keeps the history in memory
+EVENTS_PER_PARTITION = 1_000_000  # `auto` aims at about this many events per partition
+MAX_PARTITIONS = 4_096
+# Bytes per event, to estimate a history's size before reading it: a `pqlflow sample` JSON line is ~190
+# bytes; gzip and Parquet are counted as if they held 12× their size in JSON Lines (more than they usually
+# compress), so an estimate errs towards more, smaller partitions.
+JSON_BYTES_PER_EVENT = 190
+COMPRESSED_BYTES_PER_EVENT = JSON_BYTES_PER_EVENT / 12
+
+
+def estimate_events(paths: Sequence[str | Path]) -> int:
+    """About how many events the files hold, from their sizes (nothing is read but the first bytes)."""
+    total = 0.0
+    for path in expand(paths):
+        size = path.stat().st_size
+        total += size / (JSON_BYTES_PER_EVENT if kind_of(path) == "jsonl" else COMPRESSED_BYTES_PER_EVENT)
+    return int(total)
+
+
+def choose_partitions(paths: Sequence[str | Path]) -> int:
+    """1 (in memory) for a history of up to `IN_MEMORY_EVENTS` estimated events, else enough partitions for
+    about `EVENTS_PER_PARTITION` events each."""
+    events = estimate_events(paths)
+    if events <= IN_MEMORY_EVENTS:
+        return 1
+    return min(MAX_PARTITIONS, math.ceil(events / EVENTS_PER_PARTITION))
+
+
+def parse_partitions(text: str) -> int | None:
+    """`--partitions`: `auto` (None) or a whole number from 1 (in memory) to MAX_PARTITIONS."""
+    if text == "auto":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_PARTITIONS:
+        raise UsageError(
+            f"--partitions {text}: must be 'auto' or a whole number from 1 (in memory) to {MAX_PARTITIONS:,}"
+        )
+    return n
+
+
+class Spill:
+    """N spill files of records, each account's records in one of them, in file order."""
+
+    def __init__(self, directory: Path, n: int) -> None:
+        self.n = n
+        self.paths = [directory / f"part-{i:04d}.marshal" for i in range(n)]
+        self.files: list[IO[bytes]] = []
+        self.buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
+        self.sizes = [0] * n  # records written to each
+        for path in self.paths:
+            self.files.append(open(path, "wb", buffering=1 << 20))  # noqa: SIM115 - closed by close()
+
+    def buffer_of(self, account: str) -> list[tuple[Any, ...]]:
+        """The buffer an account's records go to (the same for every run: CRC-32 is not salted per process)."""
+        return self.buffers[zlib.crc32(account.encode("utf-8", "surrogatepass")) % self.n]
+
+    def flush(self) -> None:
+        for i, buffer in enumerate(self.buffers):
+            if buffer:
+                marshal.dump(buffer, self.files[i])
+                self.sizes[i] += len(buffer)
+                buffer.clear()  # in place: the accounts' entries point at this list
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def load(self, i: int) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, int]]:
+        """Partition i's records grouped by account in order of first appearance, and each account's first
+        line (the global index of its first record in file order)."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        first: dict[str, int] = {}
+        with open(self.paths[i], "rb", buffering=1 << 20) as f:
+            while True:
+                try:
+                    chunk = marshal.load(f)  # noqa: S302 - our own file, in a directory only we can read (0700)
+                except EOFError:
+                    break
+                for rec in chunk:
+                    group = groups.get(rec[4])
+                    if group is None:
+                        groups[rec[4]] = [rec]
+                        first[rec[4]] = rec[1]
+                    else:
+                        group.append(rec)
+        self.paths[i].unlink()  # read once: give the disk space back as the run goes
+        return groups, first
+
+
+def run_backtest_partitioned(
+    paths: Sequence[str | Path],
+    definitions: Sequence[tuple[Definition, str]],
+    *,
+    partitions: int | None = None,
+    window_days: float = 30,
+    measure_decode: bool = False,
+    now_s: float | None = None,
+) -> BacktestResult:
+    """`backtest.run_backtest` for a history of any size: in memory with `partitions` 1, in that many
+    partitions of accounts when more, chosen from the files' sizes when None (`choose_partitions`). A
+    partitioned result's `history.groups` is empty (the records were never all in memory)."""
+    n = choose_partitions(paths) if partitions is None else partitions
+    if n == 1:
+        return run_backtest(paths, definitions, window_days=window_days, measure_decode=measure_decode, now_s=now_s)
+    check_window(window_days)
+    bare = decode_only(paths) if measure_decode else None
+    started = time.perf_counter()
+    cpu = time.process_time()
+    keep = properties_read(d for d, _ in definitions)
+    history, runs = backtest_partitioned(paths, definitions, n, now_s=now_s, keep_properties=keep)
+    return BacktestResult(history, runs, window_days, bare, time.perf_counter() - started, time.process_time() - cpu)
+
+
+@dataclass
+class _Subject:
+    """One subject's outcome with what belongs to it in its partition's run, for the merge."""
+
+    first_line: int
+    outcome: SubjectOutcome
+    transitions: list[tuple[str, int]]
+    bad: list[BadLine] = field(default_factory=list)
+
+
+def backtest_partitioned(
+    paths: Sequence[str | Path],
+    definitions: Sequence[tuple[Definition, str]],
+    partitions: int,
+    *,
+    now_s: float | None = None,
+    keep_properties: frozenset[str] | None = None,
+    retention_days: int = HISTORY_RETENTION_DAYS,
+) -> tuple[History, list[DefinitionRun]]:
+    """The history's totals (a `History` without records: `groups` is empty) and each definition's run,
+    identical to `decode_history` + `run_definition` on the whole history in memory."""
+    started = time.perf_counter()
+    decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
+    gc_was = gc.isenabled()
+    gc.disable()  # as decode_history: millions of acyclic records, freed by reference counting
+    try:
+        with tempfile.TemporaryDirectory(prefix="pqlflow-backtest-") as scratch:
+            spill = Spill(Path(scratch), partitions)
+            try:
+                routes: dict[str, list[tuple[Any, ...]]] = {}
+                read = read_records(paths, decoder, routes, spill.buffer_of, spill.flush)
+                spill.flush()
+            finally:
+                spill.close()
+            del routes
+            subjects: list[list[_Subject]] = [[] for _ in definitions]
+            runs: list[DefinitionRun | None] = [None] * len(definitions)
+            totals = History({}, read.files, lines=read.index - read.blank, bad=read.bad)
+            sort_cpu = 0.0
+            for i in range(partitions):
+                groups, first = spill.load(i)
+                if not groups:
+                    continue
+                cpu = time.process_time()
+                part = arrange(groups, read)
+                sort_cpu += time.process_time() - cpu
+                totals.count += part.count
+                totals.duplicates += part.duplicates
+                if part.start_ms is not None and (totals.start_ms is None or part.start_ms < totals.start_ms):
+                    totals.start_ms = part.start_ms
+                if part.end_ms is not None and (totals.end_ms is None or part.end_ms > totals.end_ms):
+                    totals.end_ms = part.end_ms
+                for j, (defn, source) in enumerate(definitions):
+                    run = run_definition(part, defn, source)
+                    subjects[j] += _split(run, part, first)
+                    runs[j] = _add(runs[j], run)
+                del groups, part
+            totals.decode_seconds = time.perf_counter() - started
+            totals.sort_cpu_seconds = sort_cpu
+    finally:
+        if gc_was:
+            gc.enable()
+    merged = []
+    for j, (defn, source) in enumerate(definitions):
+        run = runs[j] or run_definition(History({}, read.files), defn, source)  # no valid event at all
+        _restore_order(run, subjects[j])
+        merged.append(run)
+    return totals, merged
+
+
+def _split(run: DefinitionRun, part: History, first: dict[str, int]) -> list[_Subject]:
+    """A partition's run, subject by subject: each with its transitions (they are appended in subject order,
+    one per qualification, disqualification and conversion) and its bad gauge values."""
+    out = []
+    at = 0
+    for s in run.subjects:
+        n = s.qualifications + s.disqualifications + (s.converted_at_ms is not None)
+        out.append(_Subject(first[s.account_id], s, run.transitions[at : at + n]))
+        at += n
+    if at != len(run.transitions):  # pragma: no cover - a transition kind the count above does not know
+        raise AssertionError(f"{len(run.transitions)} transitions, {at} counted from the subjects")
+    if run.bad:
+        # A bad gauge value belongs to the subject whose records hold its line. A file given twice has two
+        # starts; only one of its indexes can hold a record here (the other copy is a duplicate, dropped).
+        def indexes(bad: BadLine) -> list[int]:
+            return [start + bad.line - 1 for path, start in part.files if path == bad.file]
+
+        wanted = {i for bad in run.bad for i in indexes(bad)}
+        where = {rec[1]: (account, rec[5]) for account, records in part.groups.items()
+                 for rec in records if rec[1] in wanted}
+        by_subject = {(s.outcome.account_id, s.outcome.user_id): s for s in out}
+        for bad in run.bad:  # in the partition's order, which is its subjects' order
+            account, user = next(where[i] for i in indexes(bad) if i in where)
+            subject = by_subject.get((account, None)) or by_subject[(account, user)]
+            subject.bad.append(bad)
+    return out
+
+
+def _add(total: DefinitionRun | None, run: DefinitionRun) -> DefinitionRun:
+    if total is None:
+        return run
+    total.folded += run.folded
+    total.gated += run.gated
+    total.decided += run.decided
+    total.seconds += run.seconds
+    return total
+
+
+def _restore_order(run: DefinitionRun, subjects: list[_Subject]) -> None:
+    """The subjects, transitions and bad gauge values of every partition in the in-memory engine's order:
+    accounts by their first line in the files (stable: a `unit: user` account's subjects keep theirs)."""
+    subjects.sort(key=lambda s: s.first_line)
+    run.subjects = [s.outcome for s in subjects]
+    run.transitions = [t for s in subjects for t in s.transitions]
+    run.bad = [b for s in subjects for b in s.bad]
