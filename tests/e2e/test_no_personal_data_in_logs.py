@@ -387,7 +387,7 @@ def _allowed(statements: list[dict[str, Any]], action: str, pk: str) -> bool:
 
 
 def test_every_table_call_of_the_chain_is_allowed_by_its_functions_policy(chains: dict[str, dict[str, Any]]) -> None:
-    from tests.support.template import load_template
+    from tests.support.template import load_template, policy_statements
 
     resources = load_template()["Resources"]
     tapped = chains["INFO"]["tapped"]
@@ -395,8 +395,7 @@ def test_every_table_call_of_the_chain_is_allowed_by_its_functions_policy(chains
     assert {c["function"] for c in tapped} >= {"IngestFunction", "RouteFunction", "UnsubscribeFunction"}
     refused = set()
     for call in tapped:
-        statements = [s for p in resources[call["function"]]["Properties"].get("Policies", [])
-                      for s in p.get("Statement", [])]
+        statements = policy_statements(resources[call["function"]])
         # When IAM authorizes each item it touches / Then the function's policy allows it
         for action, pk in _authorizations(call):
             if not _allowed(statements, action, pk):

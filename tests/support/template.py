@@ -50,3 +50,13 @@ def table_definition(logical_id: str = "PqlflowTable", path: Path = TEMPLATE) ->
     if "GlobalSecondaryIndexes" in props:
         args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
     return args
+
+
+def policy_statements(function: dict[str, Any]) -> list[dict[str, Any]]:
+    """A function resource's inline policy statements under every condition (both branches of an Fn::If)."""
+    out = []
+    for policy in function["Properties"].get("Policies", []):
+        for statement in policy.get("Statement", []):
+            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
+            out += [b for b in branches if b != {"Ref": "AWS::NoValue"}]
+    return out

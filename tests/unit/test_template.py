@@ -17,7 +17,7 @@ from pqlflow.local.patterns import filter_criteria_match, matches
 from pqlflow.local.template import load_template as load_wiring
 from pydantic import BaseModel, ValidationError
 
-from tests.support.template import ROOT, TEMPLATE
+from tests.support.template import ROOT, TEMPLATE, policy_statements
 
 FUNCTION = "AWS::Serverless::Function"
 
@@ -208,7 +208,7 @@ def test_firehose_objects_reach_ingest_once_each_and_failures_are_kept(template:
     assert rule["EventPattern"]["detail"]["bucket"]["name"] == [{"Ref": "UsageObjectsBucket"}]
     (target,) = rule["Targets"]
     assert target["Arn"] == {"Fn::GetAtt": ["IngestFunction", "Arn"]}
-    reads = [s for s in _statements(resources["IngestFunction"]) if s["Action"] == "s3:GetObject"]
+    reads = [s for s in policy_statements(resources["IngestFunction"]) if s["Action"] == "s3:GetObject"]
     assert [r["Resource"] for r in reads] == [{"Fn::Sub": "${UsageObjectsBucket.Arn}/" + stream["Prefix"] + "*"}]
     # And an object ingest fails to fold after its retries, or cannot be handed to it, lands in one alarmed queue
     on_failure = ingest["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
@@ -322,19 +322,9 @@ def test_every_function_has_an_errors_alarm_that_notifies_the_topic(template: di
         }
 
 
-def _statements(fn: dict[str, Any]) -> list[dict[str, Any]]:
-    """A function's inline policy statements, under every condition (both branches of an Fn::If)."""
-    out = []
-    for policy in fn["Properties"].get("Policies", []):
-        for statement in policy.get("Statement", []):
-            branches = statement["Fn::If"][1:] if "Fn::If" in statement else [statement]
-            out += [b for b in branches if b != {"Ref": "AWS::NoValue"}]
-    return out
-
-
 def test_function_policies_name_their_actions_and_resources(template: dict[str, Any]) -> None:
     for name, fn in _resources(template, FUNCTION).items():
-        for statement in _statements(fn):
+        for statement in policy_statements(fn):
             actions = _as_list(statement["Action"])
             resources = _as_list(statement["Resource"])
             # Then no wildcard action and no account-wide resource
@@ -434,7 +424,7 @@ def test_ingest_reads_usage_state_only_to_compact_it_and_otherwise_only_the_defi
     # Ingest never reads usage state before writing it (exactly-once without read-before-write): its reads of
     # usage items are compaction's (the cold item, late hours' archives), on the same A#<account> prefix it
     # writes; its only other read is the definition in force (pk DEF), to know which gauges and filters to keep.
-    statements = [s for s in _statements(template["Resources"]["IngestFunction"])
+    statements = [s for s in policy_statements(template["Resources"]["IngestFunction"])
                   if any(a.startswith("dynamodb:") for a in _as_list(s["Action"]))]
     actions = {a for s in statements for a in _as_list(s["Action"])}
     assert actions == {"dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query",
@@ -512,7 +502,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
 
 
 def _table_statements(fn: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for s in _statements(fn) if any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
+    return [s for s in policy_statements(fn) if any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
 
 
 def _leading_keys(statement: dict[str, Any]) -> set[str]:
@@ -620,7 +610,7 @@ def test_the_collection_api_serves_every_segment_call_and_its_preflight_on_its_o
 
 
 def test_the_collection_api_may_only_put_events_read_its_keys_and_quarantine(template: dict[str, Any]) -> None:
-    statements = _statements(template["Resources"]["CollectFunction"])
+    statements = policy_statements(template["Resources"]["CollectFunction"])
     granted = {(a, json.dumps(s["Resource"], sort_keys=True)) for s in statements for a in _as_list(s["Action"])}
     assert granted == {
         ("events:PutEvents", json.dumps({"Fn::GetAtt": ["PqlflowBus", "Arn"]})),
