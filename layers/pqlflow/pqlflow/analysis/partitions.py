@@ -112,7 +112,9 @@ class Spill:
     def flush(self) -> None:
         for i, buffer in enumerate(self.buffers):
             if buffer:
-                marshal.dump(buffer, self.files[i])
+                block = marshal.dumps(buffer)  # length-prefixed: marshal.load on a file reads it in tiny pieces
+                self.files[i].write(len(block).to_bytes(8, "little"))
+                self.files[i].write(block)
                 self.sizes[i] += len(buffer)
                 buffer.clear()  # in place: the accounts' entries point at this list
 
@@ -126,12 +128,9 @@ class Spill:
         groups: dict[str, list[tuple[Any, ...]]] = {}
         first: dict[str, int] = {}
         with open(self.paths[i], "rb", buffering=1 << 20) as f:
-            while True:
-                try:
-                    chunk = marshal.load(f)  # noqa: S302 - our own file, in a directory only we can read (0700)
-                except EOFError:
-                    break
-                for rec in chunk:
+            while head := f.read(8):
+                block = f.read(int.from_bytes(head, "little"))
+                for rec in marshal.loads(block):  # noqa: S302 - our own file, in a directory only we can read
                     group = groups.get(rec[4])
                     if group is None:
                         groups[rec[4]] = [rec]
