@@ -24,7 +24,7 @@ import math
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +46,7 @@ from pqlflow.analysis.backtest import (
     run_definition,
 )
 from pqlflow.analysis.history_files import expand, kind_of
+from pqlflow.ingest.usage import TrackingSpec
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.language import Definition
@@ -137,7 +138,6 @@ class Spill:
                         first[rec[4]] = rec[1]
                     else:
                         group.append(rec)
-        self.paths[i].unlink()  # read once: give the disk space back as the run goes
         return groups, first
 
 
@@ -175,6 +175,104 @@ class _Subject:
     bad: list[BadLine] = field(default_factory=list)
 
 
+class SpilledHistory:
+    """A history read once and spilled by account into `n` partitions, to be read back one partition at a
+    time, as often as needed (`parts`, `run`). Use it as a context manager: the spill directory is removed
+    when the block ends, normally or not.
+
+    After reading, `totals` holds the files, lines and bad lines; `count`, `duplicates`, `start_ms` and
+    `end_ms` are filled in by the first complete pass of `parts` (they need each account deduplicated)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        n: int,
+        *,
+        now_s: float | None = None,
+        keep_properties: frozenset[str] | None = None,
+        retention_days: int = HISTORY_RETENTION_DAYS,
+    ) -> None:
+        self.n = n
+        self.paths = paths
+        self.decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
+        self._scratch = tempfile.TemporaryDirectory(prefix="pqlflow-backtest-")
+        try:
+            self.spill = Spill(Path(self._scratch.name), n)
+        except BaseException:
+            self._scratch.cleanup()
+            raise
+        self.totals = History({}, [])
+        self.sort_cpu_seconds = 0.0
+        self._counted = False
+
+    def __enter__(self) -> SpilledHistory:
+        try:
+            routes: dict[str, list[tuple[Any, ...]]] = {}
+            self.read = read_records(self.paths, self.decoder, routes, self.spill.buffer_of, self.spill.flush)
+            self.spill.flush()
+        except BaseException:
+            self.spill.close()
+            self._scratch.cleanup()
+            raise
+        self.spill.close()
+        self.totals = History({}, self.read.files, lines=self.read.index - self.read.blank, bad=self.read.bad)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._scratch.cleanup()
+
+    @property
+    def valid(self) -> int:
+        """Valid records read, duplicates included (0: no valid event at all)."""
+        return sum(self.spill.sizes)
+
+    def parts(self, accounts: set[str] | None = None) -> Iterator[tuple[History, dict[str, int]]]:
+        """Each partition (only these accounts, if given) as an arranged History, with each account's first
+        line; the first complete pass also counts the whole history's events, duplicates and time span."""
+        counting = not self._counted and accounts is None
+        totals = self.totals
+        for i in range(self.n):
+            groups, first = self.spill.load(i)
+            if accounts is not None:
+                groups = {a: g for a, g in groups.items() if a in accounts}
+            if not groups:
+                continue
+            cpu = time.process_time()
+            part = arrange(groups, self.read)
+            self.sort_cpu_seconds += time.process_time() - cpu
+            if counting:
+                totals.count += part.count
+                totals.duplicates += part.duplicates
+                if part.start_ms is not None and (totals.start_ms is None or part.start_ms < totals.start_ms):
+                    totals.start_ms = part.start_ms
+                if part.end_ms is not None and (totals.end_ms is None or part.end_ms > totals.end_ms):
+                    totals.end_ms = part.end_ms
+            yield part, first
+            del groups, part
+        self._counted = self._counted or counting
+
+    def run(
+        self,
+        definitions: Sequence[tuple[Definition, str, TrackingSpec | None]],
+        accounts: set[str] | None = None,
+    ) -> list[DefinitionRun]:
+        """Each definition's run over every partition (only these accounts, if given), merged into the
+        in-memory engine's order: what `run_definition` gives on the whole history in memory."""
+        subjects: list[list[_Subject]] = [[] for _ in definitions]
+        runs: list[DefinitionRun | None] = [None] * len(definitions)
+        for part, first in self.parts(accounts):
+            for j, (defn, source, spec) in enumerate(definitions):
+                run = run_definition(part, defn, source, spec)
+                subjects[j] += _split(run, part, first)
+                runs[j] = _add(runs[j], run)
+        merged = []
+        for j, (defn, source, spec) in enumerate(definitions):
+            run = runs[j] or run_definition(History({}, self.read.files), defn, source, spec)  # no subject at all
+            _restore_order(run, subjects[j])
+            merged.append(run)
+        return merged
+
+
 def backtest_partitioned(
     paths: Sequence[str | Path],
     definitions: Sequence[tuple[Definition, str]],
@@ -187,52 +285,19 @@ def backtest_partitioned(
     """The history's totals (a `History` without records: `groups` is empty) and each definition's run,
     identical to `decode_history` + `run_definition` on the whole history in memory."""
     started = time.perf_counter()
-    decoder = FastDecoder(clock.now() if now_s is None else now_s, retention_days, keep_properties)
     gc_was = gc.isenabled()
     gc.disable()  # as decode_history: millions of acyclic records, freed by reference counting
     try:
-        with tempfile.TemporaryDirectory(prefix="pqlflow-backtest-") as scratch:
-            spill = Spill(Path(scratch), partitions)
-            try:
-                routes: dict[str, list[tuple[Any, ...]]] = {}
-                read = read_records(paths, decoder, routes, spill.buffer_of, spill.flush)
-                spill.flush()
-            finally:
-                spill.close()
-            del routes
-            subjects: list[list[_Subject]] = [[] for _ in definitions]
-            runs: list[DefinitionRun | None] = [None] * len(definitions)
-            totals = History({}, read.files, lines=read.index - read.blank, bad=read.bad)
-            sort_cpu = 0.0
-            for i in range(partitions):
-                groups, first = spill.load(i)
-                if not groups:
-                    continue
-                cpu = time.process_time()
-                part = arrange(groups, read)
-                sort_cpu += time.process_time() - cpu
-                totals.count += part.count
-                totals.duplicates += part.duplicates
-                if part.start_ms is not None and (totals.start_ms is None or part.start_ms < totals.start_ms):
-                    totals.start_ms = part.start_ms
-                if part.end_ms is not None and (totals.end_ms is None or part.end_ms > totals.end_ms):
-                    totals.end_ms = part.end_ms
-                for j, (defn, source) in enumerate(definitions):
-                    run = run_definition(part, defn, source)
-                    subjects[j] += _split(run, part, first)
-                    runs[j] = _add(runs[j], run)
-                del groups, part
+        with SpilledHistory(paths, partitions, now_s=now_s, keep_properties=keep_properties,
+                            retention_days=retention_days) as spilled:
+            runs = spilled.run([(defn, source, None) for defn, source in definitions])
+            totals = spilled.totals
             totals.decode_seconds = time.perf_counter() - started
-            totals.sort_cpu_seconds = sort_cpu
+            totals.sort_cpu_seconds = spilled.sort_cpu_seconds
     finally:
         if gc_was:
             gc.enable()
-    merged = []
-    for j, (defn, source) in enumerate(definitions):
-        run = runs[j] or run_definition(History({}, read.files), defn, source)  # no valid event at all
-        _restore_order(run, subjects[j])
-        merged.append(run)
-    return totals, merged
+    return totals, runs
 
 
 def _split(run: DefinitionRun, part: History, first: dict[str, int]) -> list[_Subject]:
