@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from pqlflow.analysis.backtest import (
 from pqlflow.analysis.discover_proposal import DEFAULTS, propose
 from pqlflow.analysis.discover_signals import (
     SNAPSHOT_DAYS,
+    AccountColumns,
     Ranked,
     account_columns,
     catalog,
@@ -47,6 +48,7 @@ from pqlflow.analysis.discover_signals import (
     rank,
     snapshot_rows,
 )
+from pqlflow.analysis.partitions import SpilledHistory, choose_partitions
 from pqlflow.ingest.usage import TrackingSpec
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.definition import load_definition, parse_definition
@@ -105,10 +107,14 @@ def standard_definition() -> Definition:
     return load_definition(DEFAULTS)
 
 
-def _conversions(history: History, names: Sequence[str] | None) -> frozenset[str]:
+def _seen(history: History) -> set[str]:
+    """The event names of a history's (deduplicated) records."""
+    return {n for group in history.names.values() for n in group if n is not None}
+
+
+def _conversions(seen: set[str], names: Sequence[str] | None) -> frozenset[str]:
     """The conversion events: the tracking spec's by default, or the names given (each must be in the
     history). Without one conversion in the history there is nothing to learn: that is an error too."""
-    seen = {n for group in history.names.values() for n in group if n is not None}
     if not names:
         default = TrackingSpec().conversions
         if not default & seen:
@@ -136,10 +142,16 @@ def run_discover(
     window_days: float = 30,
     now_s: float | None = None,
     learn_share: float = LEARN_SHARE,
+    partitions: int | None = 1,
 ) -> DiscoverResult:
-    """Mine, rank and validate candidate signals of a history; propose a definition and backtest it."""
+    """Mine, rank and validate candidate signals of a history; propose a definition and backtest it.
+    `partitions` as in `pqlflow.analysis.partitions.run_backtest_partitioned` (1: in memory; None: from
+    the files' sizes): a partitioned run holds one partition's records at a time, with the same result."""
     if not window_days > 0 or not math.isfinite(window_days):
         raise UsageError(f"--window {window_days:g}: must be a positive number of days")
+    n = choose_partitions(paths) if partitions is None else partitions
+    if n > 1:
+        return _run_partitioned(paths, n, conversions, window_days, now_s, learn_share)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     history = decode_history(paths, now_s=now_s)
@@ -147,8 +159,31 @@ def run_discover(
     if reason is not None:
         raise UsageError(reason)
     timings["decode"] = time.perf_counter() - started
-    conv = _conversions(history, conversions)
-    standard = standard_definition()
+    conv = _conversions(_seen(history), conversions)
+    _snapshots(history, window_days)
+    mark = time.perf_counter()
+    cardinality: dict[tuple[str, str], set[Any]] = {}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        accounts = [
+            account_columns(a, recs, history.days[a], conv, cardinality)
+            for a, recs in history.groups.items()
+        ]
+    finally:
+        if gc_was:
+            gc.enable()
+    timings["columns"] = time.perf_counter() - mark
+
+    def heldout(text: str, keep: set[str]) -> dict[str, Any]:
+        return _backtest_heldout(history, text, keep, conv, window_days)
+
+    return _discover(history, accounts, cardinality, conv, window_days, learn_share, heldout, timings, started)
+
+
+def _snapshots(history: History, window_days: float) -> list[int]:
+    """The snapshot times: every SNAPSHOT_DAYS from the history's first day, each with its whole window
+    inside the history (an error when there is none)."""
     window_ms = int(window_days * DAY_MS)
     assert history.start_ms is not None and history.end_ms is not None
     first_day = history.start_ms // DAY_MS
@@ -163,18 +198,26 @@ def run_discover(
             f"--window {window_days:g}: the history spans {span:.1f} days; discover needs at least "
             f"{SNAPSHOT_DAYS} days before a window of {window_days:g} days (try a shorter --window)"
         )
+    return snapshots
+
+
+def _discover(
+    history: History,
+    accounts: list[AccountColumns],
+    cardinality: dict[tuple[str, str], set[Any]],
+    conv: frozenset[str],
+    window_days: float,
+    learn_share: float,
+    heldout: Callable[[str, set[str]], dict[str, Any]],
+    timings: dict[str, float],
+    started: float,
+) -> DiscoverResult:
+    """Everything after the per-account columns: snapshots, the split, ranking, the proposal and its
+    backtest on the held-out accounts (`heldout(definition text, accounts)`)."""
+    standard = standard_definition()
+    window_ms = int(window_days * DAY_MS)
+    snapshots = _snapshots(history, window_days)
     mark = time.perf_counter()
-    cardinality: dict[tuple[str, str], set[Any]] = {}
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        accounts = [
-            account_columns(a, recs, history.days[a], conv, cardinality)
-            for a, recs in history.groups.items()
-        ]
-    finally:
-        if gc_was:
-            gc.enable()
     accounts = [a for a in accounts if a.first_ms < snapshots[-1]]
     accounts.sort(key=lambda a: (a.first_ms, a.id))
     if not accounts:
@@ -183,7 +226,7 @@ def run_discover(
         raise UsageError("only one account was active before the last snapshot: nothing to compare")
     cut = max(1, min(len(accounts) - 1, int(len(accounts) * learn_share)))
     split_ms = accounts[cut].first_ms  # first seen at or after it: held out (ties by account id)
-    timings["columns"] = time.perf_counter() - mark
+    timings["columns"] += time.perf_counter() - mark
     mark = time.perf_counter()
     candidates = catalog(accounts, cardinality, conv, standard.exclusions.paying)
     rows = snapshot_rows(accounts, snapshots, window_ms, cut, standard.exclusions, candidates)
@@ -209,7 +252,7 @@ def run_discover(
     mark = time.perf_counter()
     chosen, text = propose(ranked, rows, window_days)
     heldout_accounts = {a.id for a in accounts[cut:]}
-    backtest = _backtest_heldout(history, text, heldout_accounts, conv, window_days) if chosen else None
+    backtest = heldout(text, heldout_accounts) if chosen else None
     timings["propose_and_backtest"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
     return DiscoverResult(
@@ -218,6 +261,55 @@ def run_discover(
     )
 
 
+
+
+def _run_partitioned(
+    paths: Sequence[str | Path],
+    n: int,
+    conversions: Sequence[str] | None,
+    window_days: float,
+    now_s: float | None,
+    learn_share: float,
+) -> DiscoverResult:
+    """`run_discover` on a history spilled into n partitions of accounts: only the per-account columns of
+    every account are in memory at once, each partition's records in turn."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        with SpilledHistory(paths, n, now_s=now_s) as spilled:
+            history = spilled.totals
+            if not spilled.valid:
+                raise UsageError(no_valid_event(history) or "no valid event")
+            timings["decode"] = time.perf_counter() - started
+            read_names = spilled.spill.event_names  # duplicates included: the history's, unless a dropped copy
+            try:  # had a name of its own; then the exact names, from the partitions, decide the error
+                conv = _conversions(read_names, conversions)
+            except UsageError:
+                conv = _conversions(set().union(*(_seen(part) for part, _ in spilled.parts())), conversions)
+            mark = time.perf_counter()
+            cardinality: dict[tuple[str, str], set[Any]] = {}
+            accounts: list[AccountColumns] = []
+            seen: set[str] = set()
+            for part, _ in spilled.parts():
+                seen |= _seen(part)
+                accounts += [account_columns(a, recs, part.days[a], conv, cardinality)
+                             for a, recs in part.groups.items()]
+            if seen != read_names:
+                conv = _conversions(seen, conversions)  # the same conversions, or the in-memory run's error
+            timings["columns"] = time.perf_counter() - mark
+
+            def heldout(text: str, keep: set[str]) -> dict[str, Any]:
+                defn = parse_definition(text, "proposed.yaml")
+                run = spilled.run([(defn, "proposed.yaml", TrackingSpec(conversions=conv))], keep)[0]
+                return metrics(run, window_days, history.end_ms)
+
+            return _discover(history, accounts, cardinality, conv, window_days, learn_share, heldout, timings,
+                             started)
+    finally:
+        if gc_was:
+            gc.enable()
 
 
 def _distinct(ranked: list[Ranked]) -> list[Ranked]:

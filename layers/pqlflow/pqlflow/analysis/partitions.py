@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,6 +95,9 @@ def parse_partitions(text: str) -> int | None:
     return n
 
 
+_NAME = itemgetter(6)  # a record's event name (`RECORD`)
+
+
 class Spill:
     """N spill files of records, each account's records in one of them, in file order."""
 
@@ -103,6 +107,7 @@ class Spill:
         self.files: list[IO[bytes]] = []
         self.buffers: list[list[tuple[Any, ...]]] = [[] for _ in range(n)]
         self.sizes = [0] * n  # records written to each
+        self.names: set[str | None] = set()  # the records' event names (None: identify, group)
         for path in self.paths:
             self.files.append(open(path, "wb", buffering=1 << 20))  # noqa: SIM115 - closed by close()
 
@@ -117,7 +122,13 @@ class Spill:
                 self.files[i].write(len(block).to_bytes(8, "little"))
                 self.files[i].write(block)
                 self.sizes[i] += len(buffer)
+                self.names.update(map(_NAME, buffer))
                 buffer.clear()  # in place: the accounts' entries point at this list
+
+    @property
+    def event_names(self) -> set[str]:
+        """The event names of every record written, duplicates included."""
+        return {n for n in self.names if n is not None}
 
     def close(self) -> None:
         for f in self.files:

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write discover.json, discover.html and proposed.yaml into DIR")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    parser.add_argument("--partitions", default="auto", metavar="N",
+                        help="as for `pqlflow backtest`: 1 holds the history in memory, N > 1 reads it one "
+                        "partition of accounts at a time (same results), auto (default) chooses by size")
     parser.set_defaults(func=run)
 
 
@@ -52,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
     # The analysis is imported here: building the parser for another command should not pay for it.
     from pqlflow.analysis.discover import run_discover
     from pqlflow.analysis.discover_report import render_html, render_json, render_text
+    from pqlflow.analysis.partitions import parse_partitions
 
     if not args.window > 0:
         raise UsageError(f"--window {args.window:g}: must be a positive number of days")
     names = args.conversions.split(",") if args.conversions is not None else None
-    result = run_discover(args.events, conversions=names, window_days=args.window)
+    partitions = parse_partitions(args.partitions)
+    result = run_discover(args.events, conversions=names, window_days=args.window, partitions=partitions)
     data = result.to_dict()
     if args.out is not None:
         try:
