@@ -73,7 +73,7 @@ def send_a_trial(client: Any, account: str, user: str) -> None:
 
 
 def pql_printed(printed: Printed, account: str) -> bool:
-    return any("PQL Qualified" in line and account in line for line in list(printed.lines))
+    return any(f"PQL       {account} qualified" in line for line in "".join(list(printed.lines)).splitlines())
 
 
 def test_the_dev_stack_prints_the_collection_api_and_its_write_key(dev: tuple[DevStack, Printed]) -> None:

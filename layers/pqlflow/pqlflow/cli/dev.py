@@ -4,7 +4,9 @@ A moto server (`moto.server.ThreadedMotoServer`) is the AWS endpoint a product t
 the template's functions run in this process (`pqlflow.local.runtime.LocalRuntime` driving that server)
 and react as events arrive: the runtime is pumped a few times a second. The template's HTTP API routes
 (offers, unsubscribe, and the Segment-compatible collection API `/v1/*` with the fixed dev write keys of
-`pqlflow.collect.keys`) are served on a second port. Time is the wall clock. Ctrl-C stops everything.
+`pqlflow.collect.keys`) are served on a second port, with the local inbox page (`pqlflow.local.devview`) at
+`/_pqlflow/`. The terminal gets one readable line per thing that happened (`--raw-logs`: the functions'
+EMF and log JSON too). Time is the wall clock. Ctrl-C (SIGINT) or SIGTERM stops everything with a closing line.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 import threading
 from collections import defaultdict
@@ -32,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run the whole system as a live local stack (AWS endpoint + HTTP API on 127.0.0.1)",
         description="Serve template.yaml's application locally: an AWS endpoint (moto server) your SDK "
         "puts usage events to, the functions reacting as they arrive, and the HTTP API (offers, "
-        "unsubscribe). Ctrl-C stops it.",
+        "unsubscribe, the Segment-compatible /v1/*) and a local inbox page at /_pqlflow/. Prints one line per "
+        "thing that happened. Ctrl-C or SIGTERM stops it.",
     )
     parser.add_argument("--template", type=Path, default=Path("template.yaml"), metavar="FILE",
                         help="the SAM template to run (default ./template.yaml)")
@@ -40,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--http-port", type=int, default=3000, help="HTTP API port (default 3000; 0: any free)")
     parser.add_argument("--definition", type=Path, metavar="FILE", help="PQL definition to publish at start")
     parser.add_argument("--policy", type=Path, metavar="FILE", help="nurture policy for the route function")
+    parser.add_argument("--raw-logs", action="store_true",
+                        help="also print the functions' raw output (Embedded Metric Format and log JSON)")
     parser.add_argument("--exit-after", type=float, metavar="SECONDS", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -47,14 +53,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if args.exit_after is not None:
-        threading.Timer(args.exit_after, stop.set).start()
+        timer = threading.Timer(args.exit_after, stop.set)
+        timer.daemon = True
+        timer.start()
+
+    def stopping(_signal: int, _frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C while stopping: stop now
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, stopping) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve(
             args.template, port=args.port, http_port=args.http_port, definition=args.definition,
-            policy=args.policy, stop=stop,
+            policy=args.policy, stop=stop, raw_logs=args.raw_logs,
         )
     except KeyboardInterrupt:
-        print("\npqlflow dev: stopped", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
@@ -62,10 +80,11 @@ class DevStack:
     """The running pieces: moto server, runtime on it, HTTP API server. `close()` stops them all."""
 
     def __init__(self, template: Path, *, port: int = 0, http_port: int = 0, definition: Path | None = None,
-                 policy: Path | None = None, out: TextIO | None = None) -> None:
+                 policy: Path | None = None, out: TextIO | None = None, raw_logs: bool = False) -> None:
         from moto.server import ThreadedMotoServer
 
         from pqlflow.local.cfn_yaml import load_yaml
+        from pqlflow.local.devview import DevFeed, dev_runtime_class, logs_follow_stdout
         from pqlflow.local.emulator import create_extra_resources
         from pqlflow.local.replay import _runtime_class, _table_name
         from pqlflow.qualify.store import DefinitionStore
@@ -73,6 +92,8 @@ class DevStack:
         if not template.is_file():
             raise UsageError(f"{template}: no such template (run from the repository root, or pass --template)")
         self.out = out or sys.stdout
+        self.feed = DevFeed(self.out, raw=raw_logs)
+        self._logs = contextlib.ExitStack()
         environment: dict[str, str] = {}
         if policy is not None:
             if not policy.is_file():
@@ -92,14 +113,17 @@ class DevStack:
         self.http: ThreadingHTTPServer | None = None
         self.lock = threading.Lock()
         try:
-            parameters = {"LogLevel": "WARNING"} if "LogLevel" in (load_yaml(template).get("Parameters") or {}) else {}
-            self.runtime = _runtime_class()(template, parameter_overrides=parameters, endpoint_url=self.endpoint,
-                                            environment=environment)
+            level = "INFO" if raw_logs else "WARNING"  # the readable lines come from events, results and metrics
+            parameters = {"LogLevel": level} if "LogLevel" in (load_yaml(template).get("Parameters") or {}) else {}
+            self.runtime = dev_runtime_class(_runtime_class(), self.feed)(
+                template, parameter_overrides=parameters, endpoint_url=self.endpoint, environment=environment)
             self.runtime.handler_seconds = defaultdict(float)
-            self.runtime.observed = _Printer(self.out)
+            self.runtime.observed = self.feed
+            self._logs.enter_context(logs_follow_stdout())
             self.runtime.start()
             create_extra_resources(self.runtime)
             self.write_keys = _dev_write_keys(self.runtime)
+            self.feed.task_providers = _task_providers(self.runtime, _table_name(self.runtime))
             if text is not None:
                 DefinitionStore(_table_name(self.runtime), client=self.runtime.client("dynamodb")).publish(
                     text, str(definition)
@@ -116,6 +140,16 @@ class DevStack:
         with self.lock:
             return self.runtime.run_until_idle(max_rounds=10_000)
 
+    def page(self, method: str, path: str) -> tuple[int, str, bytes] | None:
+        """The inbox page's answer for a GET under /_pqlflow/ (or / when no template route takes it)."""
+        from pqlflow.local.devview import INBOX_PATH, serve_page
+        from pqlflow.local.http import match_route
+
+        if method != "GET" or not (path.startswith(INBOX_PATH) or path == INBOX_PATH.rstrip("/") or (
+                path == "/" and match_route(self.runtime.wiring.http_routes, method, path) is None)):
+            return None
+        return serve_page(self.feed, path)
+
     def close(self) -> None:
         if self.http is not None:
             self.http.shutdown()
@@ -125,6 +159,7 @@ class DevStack:
             with contextlib.suppress(Exception):
                 runtime.close()
         self.server.stop()
+        self._logs.close()
 
     def banner(self) -> str:
         example = json.dumps([{
@@ -138,6 +173,7 @@ class DevStack:
             f"running locally\n"
             f"  AWS endpoint   {self.endpoint}   (region us-east-1, any credentials)\n"
             f"  usage bus      {self.usage_bus}\n"
+            f"  inbox          {self.http_url}/_pqlflow/   (transitions, actions, emails as sent, offers, tasks)\n"
             f"  HTTP API       {self.http_url}   (GET /offers, POST /offers/{{id}}/accept, GET|POST /unsubscribe)\n"
             + (f"  Segment API    {self.http_url}/v1/batch, /v1/track, ...   write key {self.write_keys[0]} "
                f"(browser: {self.write_keys[1]}); point an SDK's host or dataPlaneUrl at {self.http_url}\n"
@@ -146,7 +182,9 @@ class DevStack:
             f"  AWS_ENDPOINT_URL={self.endpoint} AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x "
             f"AWS_DEFAULT_REGION=us-east-1 \\\n    aws events put-events --entries '{example}'\n"
             f"  (Python: boto3.client('events', endpoint_url='{self.endpoint}', region_name='us-east-1'))\n"
-            f"Ctrl-C stops.\n"
+            f"Ctrl-C (or SIGTERM) stops. What happens is printed below, one line each"
+            + (" (with the functions' raw output)" if self.feed.raw else " (--raw-logs: the functions' JSON too)")
+            + ".\n"
         )
 
 
@@ -163,18 +201,18 @@ def _dev_write_keys(runtime: Any) -> tuple[str, str] | None:
     return None
 
 
-class _Printer(list[dict[str, Any]]):
-    """Where the runtime records pqlflow's events: printed as one line each as they pass."""
+def _task_providers(runtime: Any, table: str) -> Any:
+    """Where a rep task went: the connectors its stored item records deliveries for (read from the table)."""
 
-    def __init__(self, out: TextIO) -> None:
-        super().__init__()
-        self.out = out
+    def providers(detail: dict[str, Any]) -> list[str] | None:
+        with contextlib.suppress(Exception):
+            item = runtime.client("dynamodb").get_item(TableName=table, Key={
+                "pk": {"S": f"A#{detail.get('account_id')}"}, "sk": {"S": f"TASK#{detail.get('transition_id')}"}})
+            deliveries = ((item.get("Item") or {}).get("deliveries") or {}).get("M") or {}
+            return sorted(deliveries)
+        return None
 
-    def append(self, event: Any) -> None:
-        detail = event.get("detail") or {}
-        extra = " ".join(f"{k}={detail[k]}" for k in ("channel", "outcome", "template", "offer") if detail.get(k))
-        self.out.write(f"{event.get('time')}  {event.get('detail-type')}  {detail.get('account_id', '')} {extra}\n")
-        self.out.flush()
+    return providers
 
 
 def _handler_class(stack: DevStack) -> type[BaseHTTPRequestHandler]:
@@ -183,6 +221,16 @@ def _handler_class(stack: DevStack) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else None
+            page = stack.page(self.command, parts.path)
+            if page is not None:
+                status, kind, data = page
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(data)))
+                self.send_header("cache-control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+                return
             with stack.lock:
                 response = stack.runtime.invoke_http(
                     self.command, parts.path, query=parts.query, headers=dict(self.headers.items()), body=body
@@ -206,10 +254,11 @@ def _handler_class(stack: DevStack) -> type[BaseHTTPRequestHandler]:
 
 def serve(template: Path, *, port: int = 0, http_port: int = 0, definition: Path | None = None,
           policy: Path | None = None, stop: threading.Event | None = None, out: TextIO | None = None,
-          ready: Any = None) -> None:
+          ready: Any = None, raw_logs: bool = False) -> None:
     """Run the dev stack until `stop` is set (or Ctrl-C); `ready(stack)` is called once it serves."""
     stop = stop or threading.Event()
-    stack = DevStack(template, port=port, http_port=http_port, definition=definition, policy=policy, out=out)
+    stack = DevStack(template, port=port, http_port=http_port, definition=definition, policy=policy, out=out,
+                     raw_logs=raw_logs)
     try:
         stack.out.write(stack.banner())
         stack.out.flush()
@@ -220,5 +269,5 @@ def serve(template: Path, *, port: int = 0, http_port: int = 0, definition: Path
             stop.wait(POLL_SECONDS)
     finally:
         stack.close()
-        stack.out.write("pqlflow dev: stopped\n")
+        stack.out.write(stack.feed.closing_line())
         stack.out.flush()

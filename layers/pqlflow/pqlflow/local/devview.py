@@ -1,0 +1,452 @@
+"""What `pqlflow dev` shows of what the system did: one readable line per happening, and the local inbox page.
+
+Everything is derived from what actually ran, never recomputed beside it:
+
+- pqlflow's events as the runtime routed them on its buses (`PQL Qualified`, `PQL Disqualified`,
+  `Account Converted`, `Nurture Action`, `Rep Task Created`);
+- each function's invocation: its event, its result and what it printed (Powertools' Embedded Metric
+  Format and log JSON, captured per invocation): a collection API request is the invocation whose metrics
+  say `MessagesCollected` (its answer names a bad field), an ingest batch the one whose metrics say
+  `EventsIngested` (its event names and accounts: its SQS bodies read by the contract's own `parse_body`);
+  an offer is an invocation that answered `created` with an `offer_id`;
+- the rep task's stored item, for where it was delivered (its connectors);
+- the emails moto's SES backend accepted (the raw MIME, as sent).
+
+Terminal lines carry ids, counts, event names and subjects; an email address is masked (`c***@example.com`).
+The page (`INBOX_PATH`) is a Jinja template with autoescape on: every string the system was given is
+escaped, never template code; an email's HTML part is shown in a sandboxed iframe (`srcdoc`, escaped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import io
+import json
+import re
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import getaddresses
+from typing import Any, TextIO
+
+from jinja2 import DictLoader, Environment
+
+from pqlflow.analysis.report import CSS
+from pqlflow.contracts.usage_events import Rejection, parse_body
+from pqlflow.local.model import ACCOUNT, REGION
+
+INBOX_PATH = "/_pqlflow/"
+KEEP = 200  # of each kind, for the page (the terminal shows them all as they happen)
+_EMAIL = re.compile(r"([^\s@<>\"',;:]+)@([^\s@<>\"',;:]+)")
+
+
+def mask(text: str) -> str:
+    """Every email address in `text` as its first character, `***` and its domain: c***@example.com."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
+
+
+def _clip(text: Any, limit: int = 70) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class SentEmail:
+    """One email as SES accepted it."""
+
+    number: int
+    at: float
+    raw: bytes
+    message: EmailMessage = field(repr=False)
+
+    @classmethod
+    def parse(cls, number: int, at: float, raw: bytes) -> SentEmail:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        return cls(number, at, raw, message)
+
+    def header(self, name: str) -> str:
+        return str(self.message.get(name) or "")
+
+    def recipients(self) -> str:
+        """The To addresses without their display names (a person's name): masked when printed."""
+        return ", ".join(address for _name, address in getaddresses([self.header("To")]) if address)
+
+    def part(self, kind: str) -> str:
+        body = self.message.get_body(preferencelist=(kind,))
+        if body is None or body.get_content_type() != f"text/{kind}":
+            return ""
+        content = body.get_content()
+        return content if isinstance(content, str) else ""
+
+
+@dataclass
+class Row:
+    """One happening as the page lists it."""
+
+    at: float
+    cells: dict[str, Any]
+
+
+class DevFeed:
+    """Turns what the runtime saw into terminal lines (written to `out`) and the inbox page's rows."""
+
+    def __init__(self, out: TextIO, *, raw: bool = False, now: Callable[[], float] = time.time) -> None:
+        self.out = out
+        self.raw = raw
+        self.now = now
+        self.started = now()
+        self.lock = threading.Lock()
+        self.transitions: deque[Row] = deque(maxlen=KEEP)
+        self.actions: deque[Row] = deque(maxlen=KEEP)
+        self.emails: deque[SentEmail] = deque(maxlen=KEEP)
+        self.offers: deque[Row] = deque(maxlen=KEEP)
+        self.tasks: deque[Row] = deque(maxlen=KEEP)
+        self.totals: Counter[str] = Counter()
+        self.task_providers: Callable[[dict[str, Any]], list[str] | None] = lambda detail: None
+        self._emails_seen = 0
+
+    # -- the terminal ---
+    def line(self, kind: str, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.now()))
+        with self.lock:
+            self.out.write(f"{stamp}  {kind:<10}{mask(text)}\n")
+            self.out.flush()
+
+    def closing_line(self) -> str:
+        seconds = max(0.0, self.now() - self.started)
+        took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+        t = self.totals
+        return (f"pqlflow dev: stopped after {took} — {_n(t['events'], 'event')}, {_n(t['pqls'], 'PQL')}, "
+                f"{_n(t['emails'], 'email')}, {_n(t['offers'], 'offer')}, {_n(t['tasks'], 'rep task')}\n")
+
+    # -- pqlflow's events on the bus (the runtime's `observed` list calls `append`) ---
+    def append(self, event: dict[str, Any]) -> None:
+        kind = event.get("detail-type")
+        detail = event.get("detail") or {}
+        if not isinstance(detail, dict):
+            return
+        at = self.now()
+        account = str(detail.get("account_id", ""))
+        definition = detail.get("definition") or {}
+        version = f"{definition.get('name')} v{definition.get('version')}" if isinstance(definition, dict) else ""
+        reasons = [r for r in detail.get("reasons") or [] if isinstance(r, dict)]
+        top = str(reasons[0].get("text") or reasons[0].get("label") or reasons[0].get("code")) if reasons else ""
+        if kind in ("PQL Qualified", "PQL Disqualified", "Account Converted"):
+            what = {"PQL Qualified": "qualified", "PQL Disqualified": "disqualified",
+                    "Account Converted": "converted"}[kind]
+            score = detail.get("score")
+            self.transitions.append(Row(at, {"what": what, "account": account, "definition": version,
+                                             "score": score, "reason": top, "touch": detail.get("touch")}))
+            parts = [f"{account} {what}"]
+            if version.strip():
+                parts.append(version)
+            if kind == "PQL Qualified":
+                self.totals["pqls"] += 1
+                parts.append(f"{detail.get('touch')} touch")
+                if score is not None:
+                    parts.append(f"score {score:g}" if isinstance(score, int | float) else f"score {score}")
+            if top:
+                parts.append(_clip(top, 60))
+            self.line("PQL" if kind != "Account Converted" else "converted", " · ".join(parts))
+        elif kind == "Nurture Action":
+            self._action(at, account, detail)
+        elif kind == "Rep Task Created":
+            providers = self.task_providers(detail)
+            via = "via " + ", ".join(providers) if providers else "no connector: kept in pqlflow"
+            self.totals["tasks"] += 1
+            self.tasks.append(Row(at, {"account": account, "owner": detail.get("owner"), "title": detail.get("title"),
+                                       "due": detail.get("due_at"), "body": detail.get("body"), "via": via}))
+            self.line("rep task", f"{account} · for {detail.get('owner')} · due {detail.get('due_at')} · {via}")
+
+    def _action(self, at: float, account: str, detail: dict[str, Any]) -> None:
+        channel, outcome = detail.get("channel"), detail.get("outcome", "send")
+        what = detail.get("template") or detail.get("offer") or ""
+        self.actions.append(Row(at, {"account": account, "channel": channel, "outcome": outcome, "what": what,
+                                     "why": detail.get("why"), "send_after": detail.get("send_after")}))
+        text = f"{account} → {channel}" + (f" {what}" if what else "")
+        if outcome == "send":
+            text += " (send)"
+        elif outcome == "deferred":
+            text += f" deferred to {detail.get('send_after')} ({detail.get('why')})"
+        else:
+            text += f" not sent: {outcome}" + (f" ({detail.get('why')})" if detail.get("why") else "")
+        self.line("action", text)
+
+    # -- each function invocation (the dev runtime calls this after it) ---
+    def invoked(self, function: str, event: Any, result: Any, printed: str) -> None:
+        if self.raw and printed:
+            with self.lock:
+                self.out.write(printed)
+                self.out.flush()
+        metrics = _emf_metrics(printed)
+        if "MessagesCollected" in metrics:
+            self._collected(event, result, metrics)
+        if "EventsIngested" in metrics:
+            self._ingested(event, metrics)
+        if isinstance(result, dict) and result.get("offer_id") and result.get("outcome") == "created":
+            detail = event.get("detail") if isinstance(event, dict) else None
+            detail = detail if isinstance(detail, dict) else {}
+            self.totals["offers"] += 1
+            account = str(detail.get("account_id", ""))
+            self.offers.append(Row(self.now(), {"account": account, "offer": detail.get("offer"),
+                                                "user": detail.get("recipient_user_id") or detail.get("user_id"),
+                                                "offer_id": result["offer_id"]}))
+            self.line("offer", f"{account} · {detail.get('offer')} for user "
+                               f"{detail.get('recipient_user_id') or detail.get('user_id')}")
+        self._new_emails()
+
+    def _collected(self, event: Any, result: Any, metrics: dict[str, float]) -> None:
+        path = event.get("rawPath", "") if isinstance(event, dict) else ""
+        status = result.get("statusCode") if isinstance(result, dict) else None
+        text = f"{_n(int(metrics['MessagesCollected']), 'message')} accepted on {path} ({status})"
+        if metrics.get("MessagesRejected"):
+            text += f" · {int(metrics['MessagesRejected'])} rejected"
+        if isinstance(status, int) and status >= 400:  # the answer names the field, as the SDK got it
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                text += f": {_clip(json.loads(result.get('body') or '').get('message'), 100)}"
+        self.line("collect", text)
+
+    def _ingested(self, event: Any, metrics: dict[str, float]) -> None:
+        names: Counter[str] = Counter()
+        accounts: list[str] = []
+        for body in _sqs_bodies(event):
+            parsed = parse_body(body, self.now())
+            if isinstance(parsed, Rejection):
+                continue
+            names[parsed.name or parsed.kind] += 1
+            if parsed.account_id not in accounts:
+                accounts.append(parsed.account_id)
+        accepted = int(metrics.get("EventsIngested", 0))
+        self.totals["events"] += accepted
+        shown = ", ".join(accounts[:3]) + (f" and {len(accounts) - 3} more" if len(accounts) > 3 else "")
+        text = f"{_n(accepted, 'event')}"
+        if accounts:
+            text += f" · {_n(len(accounts), 'account')} ({shown})"
+        if names:
+            text += " · " + ", ".join(f"{name} ×{n}" if n > 1 else name for name, n in names.most_common(6))
+        for metric, label in (("DuplicatesInBatch", "duplicate"), ("EventsQuarantined", "quarantined")):
+            if metrics.get(metric):
+                text += f" · {int(metrics[metric])} {label}"
+        self.line("ingest", text)
+
+    def _new_emails(self) -> None:
+        for raw in _moto_sent_since(self):
+            self.totals["emails"] += 1
+            sent = SentEmail.parse(self.totals["emails"], self.now(), raw)
+            self.emails.append(sent)
+            template = sent.header("X-Pqlflow-Template")
+            self.line("email", f"to {sent.recipients()} · \"{_clip(sent.header('Subject'), 80)}\""
+                               + (f" · {template}" if template else ""))
+
+    def email(self, number: int) -> SentEmail | None:
+        return next((e for e in self.emails if e.number == number), None)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _emf_metrics(printed: str) -> dict[str, float]:
+    """The metric values of the EMF documents among `printed`'s lines (summed when a metric repeats)."""
+    values: dict[str, float] = {}
+    for document in _json_lines(printed):
+        for directive in (document.get("_aws") or {}).get("CloudWatchMetrics") or []:
+            for metric in directive.get("Metrics") or []:
+                name = metric.get("Name")
+                value = document.get(name)
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, int | float):
+                        values[name] = values.get(name, 0) + v
+    return values
+
+
+def _json_lines(printed: str) -> Iterator[dict[str, Any]]:
+    for line in printed.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                document = json.loads(line)
+                if isinstance(document, dict):
+                    yield document
+
+
+def _sqs_bodies(event: Any) -> Iterable[str]:
+    records = event.get("Records") if isinstance(event, dict) else None
+    for record in records or []:
+        if isinstance(record, dict) and isinstance(record.get("body"), str):
+            yield record["body"]
+
+
+def _moto_sent_since(feed: DevFeed) -> list[bytes]:
+    """The raw MIME of emails moto's SES accepted since the last look (its backend lives in this process)."""
+    from moto.ses.models import RawMessage, ses_backends
+
+    sent = ses_backends[ACCOUNT][REGION].sent_messages
+    if len(sent) < feed._emails_seen:  # moto was reset
+        feed._emails_seen = 0
+    new = sent[feed._emails_seen:]
+    feed._emails_seen = len(sent)
+    return [m.raw_data.encode("utf-8") for m in new if isinstance(m, RawMessage)]
+
+
+class CurrentStdout(io.TextIOBase):
+    """A stream that is whatever `sys.stdout` is at each write: Powertools' logger handler holds the stream
+    it was created with, so without this a function's log lines would escape the per-invocation capture."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def logs_follow_stdout() -> Iterator[None]:
+    """pqlflow's Powertools logger writes to the current sys.stdout inside the block."""
+    import logging
+
+    from pqlflow.kernel.observability import logger
+
+    handler = logger.registered_handler
+    if not isinstance(handler, logging.StreamHandler):
+        yield
+        return
+    previous = handler.setStream(CurrentStdout())
+    try:
+        yield
+    finally:
+        if previous is not None:
+            handler.setStream(previous)
+
+
+def dev_runtime_class(base: type, feed: DevFeed) -> type:
+    """`base` (a LocalRuntime) whose invocations print into a buffer the feed reads, and whose observed
+    pqlflow events go to the feed."""
+
+    class DevRuntime(base):
+        def _invoke(self, function: str, event: Any) -> Any:
+            printed = io.StringIO()
+            with self._invoking, contextlib.redirect_stdout(printed):
+                outcome = super()._invoke(function, event)
+            feed.invoked(function, event, outcome.result, printed.getvalue())
+            return outcome
+
+    return DevRuntime
+
+
+# ---- the page ---------------------------------------------------------------------------------------------
+
+_CSS = """
+pre{white-space:pre-wrap;word-break:break-word;background:#f8fafc;border:1px solid #e2e8f0;border-radius:8px;
+padding:12px;font-size:13px}
+iframe{width:100%;height:560px;border:1px solid #e2e8f0;border-radius:8px;background:#fff}
+td.t{white-space:nowrap;color:#64748b;font-variant-numeric:tabular-nums}
+table.hdr th{width:200px;white-space:nowrap;vertical-align:top}
+table.hdr code{word-break:break-all;white-space:pre-wrap}
+"""
+
+# The CSS is this module's own text (report.html's, plus a few rules), inside {% raw %}: never template code.
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+{% if refresh %}<meta http-equiv="refresh" content="{{ refresh }}">{% endif %}
+<title>{{ title }}</title><style>{% raw %}""" + CSS + _CSS + """{% endraw %}</style></head><body><main>
+<header><h1>{{ title }}</h1><p class="sub">{{ sub }} · <a href="{{ home }}">refresh</a></p></header>
+{% block body %}{% endblock %}
+<footer>pqlflow dev · newest first · everything here is in memory and gone when it stops</footer>
+</main></body></html>"""
+
+_INBOX = """{% extends "page" %}{% block body %}
+<div class="kpis">
+<div class="kpi"><b>{{ totals.events }}</b><span>usage events ingested</span></div>
+<div class="kpi hl"><b>{{ totals.pqls }}</b><span>PQLs</span></div>
+<div class="kpi"><b>{{ totals.emails }}</b><span>emails</span></div>
+<div class="kpi"><b>{{ totals.offers }}</b><span>offers</span></div>
+<div class="kpi"><b>{{ totals.tasks }}</b><span>rep tasks</span></div>
+</div>
+<section id="emails"><h2>Emails</h2><p class="lead">As SES accepted them; open one to see it rendered.</p>
+{% if emails %}<table><tr><th>sent</th><th>to</th><th>subject</th><th>template</th></tr>
+{% for e in emails %}<tr><td class="t">{{ e.at | clock }}</td><td>{{ e.header("To") }}</td>
+<td><a href="{{ home }}emails/{{ e.number }}">{{ e.header("Subject") }}</a></td>
+<td>{{ e.header("X-Pqlflow-Template") }}</td></tr>{% endfor %}</table>
+{% else %}<p class="na">No email yet.</p>{% endif %}</section>
+<section id="transitions"><h2>Transitions</h2>
+{% if transitions %}<table><tr><th>at</th><th>account</th><th>what</th><th>definition</th><th>touch</th>
+<th class="n">score</th><th>top reason</th></tr>
+{% for r in transitions %}<tr><td class="t">{{ r.at | clock }}</td><td>{{ r.cells.account }}</td>
+<td><span class="pill {{ 'up' if r.cells.what == 'qualified' else 'flat' }}">{{ r.cells.what }}</span></td>
+<td>{{ r.cells.definition }}</td><td>{{ r.cells.touch or '' }}</td>
+<td class="n">{{ '' if r.cells.score is none else r.cells.score }}</td><td>{{ r.cells.reason }}</td></tr>
+{% endfor %}</table>{% else %}<p class="na">No transition yet.</p>{% endif %}</section>
+<section id="actions"><h2>Nurture actions</h2>
+{% if actions %}<table><tr><th>at</th><th>account</th><th>channel</th><th>template / offer</th><th>outcome</th>
+<th>why</th></tr>
+{% for r in actions %}<tr><td class="t">{{ r.at | clock }}</td><td>{{ r.cells.account }}</td>
+<td>{{ r.cells.channel }}</td><td>{{ r.cells.what }}</td>
+<td><span class="pill {{ 'up' if r.cells.outcome == 'send' else 'flat' }}">{{ r.cells.outcome }}</span></td>
+<td>{{ r.cells.why or '' }}{% if r.cells.send_after %} (until {{ r.cells.send_after }}){% endif %}</td></tr>
+{% endfor %}</table>{% else %}<p class="na">No action yet.</p>{% endif %}</section>
+<div class="grid2">
+<section id="offers"><h2>Offers</h2>
+{% if offers %}<table><tr><th>at</th><th>account</th><th>user</th><th>offer</th></tr>
+{% for r in offers %}<tr><td class="t">{{ r.at | clock }}</td><td>{{ r.cells.account }}</td><td>{{ r.cells.user }}</td>
+<td>{{ r.cells.offer }}</td></tr>{% endfor %}</table>{% else %}<p class="na">No offer yet.</p>{% endif %}</section>
+<section id="tasks"><h2>Rep tasks</h2>
+{% if tasks %}<table><tr><th>at</th><th>account</th><th>owner</th><th>task</th><th>delivered</th></tr>
+{% for r in tasks %}<tr><td class="t">{{ r.at | clock }}</td><td>{{ r.cells.account }}</td><td>{{ r.cells.owner }}</td>
+<td><b>{{ r.cells.title }}</b><br><span class="note">due {{ r.cells.due }}</span></td><td>{{ r.cells.via }}</td>
+</tr>{% endfor %}</table>{% else %}<p class="na">No rep task yet.</p>{% endif %}</section>
+</div>{% endblock %}"""
+
+_EMAIL_VIEW = """{% extends "page" %}{% block body %}
+<p><a href="{{ home }}">← inbox</a> · <a href="{{ home }}emails/{{ e.number }}.eml">raw message (.eml)</a></p>
+<section><h2>{{ e.header("Subject") }}</h2>
+<table class="hdr">{% for name, value in headers %}
+<tr><th>{{ name }}</th><td><code>{{ value }}</code></td></tr>{% endfor %}
+</table></section>
+<section><h3>HTML part</h3>
+{% if html %}<iframe sandbox title="the HTML part" srcdoc="{{ html }}"></iframe>
+{% else %}<p class="na">No HTML part.</p>{% endif %}
+<h3>Text part</h3>{% if text %}<pre>{{ text }}</pre>{% else %}<p class="na">No text part.</p>{% endif %}</section>
+{% endblock %}"""
+
+_jinja = Environment(loader=DictLoader({"page": _PAGE, "inbox": _INBOX, "email": _EMAIL_VIEW}), autoescape=True)
+_jinja.filters["clock"] = lambda at: time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def inbox_page(feed: DevFeed, refresh: int = 5) -> str:
+    """The inbox: emails, transitions, actions, offers and tasks, newest first."""
+    with feed.lock:
+        lists = {name: list(reversed(getattr(feed, name)))
+                 for name in ("emails", "transitions", "actions", "offers", "tasks")}
+        totals = dict(feed.totals)
+    return _jinja.get_template("inbox").render(
+        title="pqlflow dev — local inbox", sub=f"refreshes every {refresh} s", refresh=refresh, home=INBOX_PATH,
+        totals={k: totals.get(k, 0) for k in ("events", "pqls", "emails", "offers", "tasks")}, **lists)
+
+
+def email_page(sent: SentEmail) -> str:
+    """One email as sent: every header, the HTML part in a sandboxed iframe, the text part."""
+    return _jinja.get_template("email").render(
+        title=f"email {sent.number}", sub=f"sent {time.strftime('%H:%M:%S', time.localtime(sent.at))}",
+        refresh=None, home=INBOX_PATH, e=sent, headers=[(k, str(v)) for k, v in sent.message.items()],
+        html=sent.part("html"), text=sent.part("plain"))
+
+
+def serve_page(feed: DevFeed, path: str) -> tuple[int, str, bytes] | None:
+    """(status, content type, body) for a page path under INBOX_PATH (`/` too), None for other paths."""
+    if path in ("/", INBOX_PATH.rstrip("/"), INBOX_PATH):
+        return 200, "text/html; charset=utf-8", inbox_page(feed).encode()
+    found = re.fullmatch(re.escape(INBOX_PATH) + r"emails/(\d+)(\.eml)?", path)
+    if found is None:
+        return None if not path.startswith(INBOX_PATH) else (404, "text/plain; charset=utf-8", b"not found\n")
+    sent = feed.email(int(found.group(1)))
+    if sent is None:
+        return 404, "text/plain; charset=utf-8", b"no such email (only the last 200 are kept)\n"
+    if found.group(2):
+        return 200, "message/rfc822", sent.raw
+    return 200, "text/html; charset=utf-8", email_page(sent).encode()
