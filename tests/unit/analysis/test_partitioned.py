@@ -218,3 +218,33 @@ def test_a_bad_partitions_value_is_an_error_naming_it(
     code = cli.main(["backtest", str(histories["jsonl"]), "--definition", str(EXAMPLES[0]), "--partitions", given])
     assert code == 2
     assert f"--partitions {given}: must be 'auto' or a whole number" in capsys.readouterr().err
+
+
+_TERMINATED = """
+import os, signal, sys
+from pqlflow.analysis import partitions
+from pqlflow.qualify.definition import load_definition
+
+def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)  # what `kill` or a CI timeout sends, here mid-run
+    raise AssertionError("still running after SIGTERM")
+
+partitions.run_definition = terminated
+partitions.run_backtest_partitioned([sys.argv[1]], [(load_definition(sys.argv[2]), "slack")], partitions=3)
+"""
+
+
+def test_spill_files_are_removed_when_the_process_is_terminated(histories: dict[str, Path], tmp_path: Path) -> None:
+    # Given a partitioned backtest in a process of its own that gets SIGTERM while it runs its partitions
+    import os
+    import subprocess
+    import sys
+
+    slack = REPO / "examples/definitions/slack-messages.yaml"
+    child = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", _TERMINATED, str(histories["jsonl"]), str(slack)],
+        env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, check=False,
+    )
+    # Then it exits as terminated (128 + 15), and its spill directory is gone
+    assert child.returncode == 143, child.stderr
+    assert _scratch_dirs(tmp_path) == []

@@ -287,7 +287,11 @@ def _run_partitioned(
             try:  # had a name of its own; then the exact names, from the partitions, decide the error
                 conv = _conversions(read_names, conversions)
             except UsageError:
-                conv = _conversions(set().union(*(_seen(part) for part, _ in spilled.parts())), conversions)
+                exact: set[str] = set()
+                for part, _ in spilled.parts():
+                    exact |= _seen(part)
+                    del part  # before the next partition is loaded
+                conv = _conversions(exact, conversions)
             mark = time.perf_counter()
             cardinality: dict[tuple[str, str], set[Any]] = {}
             accounts: list[AccountColumns] = []
@@ -296,6 +300,7 @@ def _run_partitioned(
                 seen |= _seen(part)
                 accounts += [account_columns(a, recs, part.days[a], conv, cardinality)
                              for a, recs in part.groups.items()]
+                del part  # before the next partition is loaded
             if seen != read_names:
                 conv = _conversions(seen, conversions)  # the same conversions, or the in-memory run's error
             timings["columns"] = time.perf_counter() - mark

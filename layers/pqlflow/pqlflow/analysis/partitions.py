@@ -21,7 +21,9 @@ from __future__ import annotations
 import gc
 import marshal
 import math
+import signal
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -93,6 +95,10 @@ def parse_partitions(text: str) -> int | None:
             f"--partitions {text}: must be 'auto' or a whole number from 1 (in memory) to {MAX_PARTITIONS:,}"
         )
     return n
+
+
+def _exit_on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 _NAME = itemgetter(6)  # a record's event name (`RECORD`)
@@ -217,13 +223,18 @@ class SpilledHistory:
         self._counted = False
 
     def __enter__(self) -> SpilledHistory:
+        self._on_term = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (a `kill`, a CI timeout) would end the process without unwinding: no `finally`, and
+            # gigabytes of spill files left in $TMPDIR. As SystemExit, it unwinds through __exit__.
+            self._on_term = signal.signal(signal.SIGTERM, _exit_on_term) or signal.SIG_DFL
         try:
             routes: dict[str, list[tuple[Any, ...]]] = {}
             self.read = read_records(self.paths, self.decoder, routes, self.spill.buffer_of, self.spill.flush)
             self.spill.flush()
         except BaseException:
             self.spill.close()
-            self._scratch.cleanup()
+            self.__exit__()
             raise
         self.spill.close()
         self.totals = History({}, self.read.files, lines=self.read.index - self.read.blank, bad=self.read.bad)
@@ -231,6 +242,9 @@ class SpilledHistory:
 
     def __exit__(self, *exc: object) -> None:
         self._scratch.cleanup()
+        if self._on_term is not None:
+            signal.signal(signal.SIGTERM, self._on_term)
+            self._on_term = None
 
     @property
     def valid(self) -> int:
@@ -276,6 +290,7 @@ class SpilledHistory:
                 run = run_definition(part, defn, source, spec)
                 subjects[j] += _split(run, part, first)
                 runs[j] = _add(runs[j], run)
+            del part, first  # before the next partition is loaded: one partition in memory, not two
         merged = []
         for j, (defn, source, spec) in enumerate(definitions):
             run = runs[j] or run_definition(History({}, self.read.files), defn, source, spec)  # no subject at all
