@@ -219,7 +219,8 @@ class SpilledHistory:
             self._scratch.cleanup()
             raise
         self.totals = History({}, [])
-        self.sort_cpu_seconds = 0.0
+        self.sort_cpu_seconds = 0.0  # arranging the partitions (CPU)
+        self.decode_seconds = 0.0  # the reading pass, and loading + arranging the partitions (wall)
         self._counted = False
 
     def __enter__(self) -> SpilledHistory:
@@ -228,6 +229,7 @@ class SpilledHistory:
             # SIGTERM (a `kill`, a CI timeout) would end the process without unwinding: no `finally`, and
             # gigabytes of spill files left in $TMPDIR. As SystemExit, it unwinds through __exit__.
             self._on_term = signal.signal(signal.SIGTERM, _exit_on_term) or signal.SIG_DFL
+        started = time.perf_counter()
         try:
             routes: dict[str, list[tuple[Any, ...]]] = {}
             self.read = read_records(self.paths, self.decoder, routes, self.spill.buffer_of, self.spill.flush)
@@ -238,6 +240,7 @@ class SpilledHistory:
             raise
         self.spill.close()
         self.totals = History({}, self.read.files, lines=self.read.index - self.read.blank, bad=self.read.bad)
+        self.decode_seconds = time.perf_counter() - started
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,6 +260,7 @@ class SpilledHistory:
         counting = not self._counted and accounts is None
         totals = self.totals
         for i in range(self.n):
+            wall = time.perf_counter()
             groups, first = self.spill.load(i)
             if accounts is not None:
                 groups = {a: g for a, g in groups.items() if a in accounts}
@@ -265,6 +269,7 @@ class SpilledHistory:
             cpu = time.process_time()
             part = arrange(groups, self.read)
             self.sort_cpu_seconds += time.process_time() - cpu
+            self.decode_seconds += time.perf_counter() - wall
             if counting:
                 totals.count += part.count
                 totals.duplicates += part.duplicates
@@ -310,7 +315,6 @@ def backtest_partitioned(
 ) -> tuple[History, list[DefinitionRun]]:
     """The history's totals (a `History` without records: `groups` is empty) and each definition's run,
     identical to `decode_history` + `run_definition` on the whole history in memory."""
-    started = time.perf_counter()
     gc_was = gc.isenabled()
     gc.disable()  # as decode_history: millions of acyclic records, freed by reference counting
     try:
@@ -318,7 +322,7 @@ def backtest_partitioned(
                             retention_days=retention_days) as spilled:
             runs = spilled.run([(defn, source, None) for defn, source in definitions])
             totals = spilled.totals
-            totals.decode_seconds = time.perf_counter() - started
+            totals.decode_seconds = spilled.decode_seconds
             totals.sort_cpu_seconds = spilled.sort_cpu_seconds
     finally:
         if gc_was:
