@@ -232,6 +232,25 @@ def test_a_collection_api_request_gets_a_line_naming_the_bad_field(dev: tuple[De
                for line in collect), collect
 
 
+def test_a_b2c_account_named_by_an_address_is_masked_on_every_line(dev: tuple[DevStack, Printed]) -> None:
+    stack, printed = dev
+    address = f"eve.{uuid.uuid4().hex[:6]}@example.org"
+    events = boto3.client("events", endpoint_url=stack.endpoint, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="x")
+    # Given a B2C product whose user ids are email addresses: no group, so the account is `user:<address>`
+    messages = [{"type": "identify", "userId": address, "traits": {"email": address}}] + [
+        {"type": "track", "event": "Signed In", "userId": address}] * 5
+    assert events.put_events(Entries=[
+        {"Source": "pqlflow.emitter", "DetailType": m["type"], "EventBusName": stack.usage_bus,
+         "Detail": json.dumps({**m, "messageId": f"{address}-{i}", "timestamp": now()})}
+        for i, m in enumerate(messages)])["FailedEntryCount"] == 0
+    masked = f"user:e***@{address.split('@')[1]}"
+    # Then its PQL and its email get their lines, with the address masked wherever it appears
+    assert wait_for(lambda: re.search(rf"  PQL +{re.escape(masked)} qualified", text(printed)) is not None, 60)
+    assert wait_for(lambda: f"to e***@{address.split('@')[1]}" in text(printed), 60), text(printed)
+    assert address not in text(printed)
+
+
 def _escaped(text: str) -> str:
     import html
 
