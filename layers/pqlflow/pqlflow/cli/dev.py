@@ -4,7 +4,7 @@ A moto server (`moto.server.ThreadedMotoServer`) is the AWS endpoint a product t
 the template's functions run in this process (`pqlflow.local.runtime.LocalRuntime` driving that server)
 and react as events arrive: the runtime is pumped a few times a second. The template's HTTP API routes
 (offers, unsubscribe, and the Segment-compatible collection API `/v1/*` with the fixed dev write keys of
-`pqlflow.collect.keys`) are served on a second port, with the local inbox page (`pqlflow.local.devview`) at
+`pqlflow.collect.keys`) are served on a second port, with the local inbox page (`pqlflow.local.devpage`) at
 `/_pqlflow/`. The terminal gets one readable line per thing that happened (`--raw-logs`: the functions'
 EMF and log JSON too). Time is the wall clock. Ctrl-C (SIGINT) or SIGTERM stops everything with a closing line.
 """
@@ -142,7 +142,7 @@ class DevStack:
 
     def page(self, method: str, path: str) -> tuple[int, str, bytes] | None:
         """The inbox page's answer for a GET under /_pqlflow/ (or / when no template route takes it)."""
-        from pqlflow.local.devview import INBOX_PATH, serve_page
+        from pqlflow.local.devpage import INBOX_PATH, serve_page
         from pqlflow.local.http import match_route
 
         if method != "GET" or not (path.startswith(INBOX_PATH) or path == INBOX_PATH.rstrip("/") or (
