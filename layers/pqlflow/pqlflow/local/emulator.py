@@ -118,6 +118,9 @@ def _restore(table: Any, hash_key: Any, range_key: Any, item: Any) -> None:
         table.items[hash_key] = item
 
 
+SES_ALREADY_EXISTS = {"AlreadyExistsException", "ConfigurationSetAlreadyExistsException"}
+
+
 def create_extra_resources(runtime: LocalRuntime) -> None:
     """Secrets, SES configuration sets and the sender identity of the runtime's template, in the emulator."""
     wiring = runtime.wiring
@@ -135,8 +138,11 @@ def create_extra_resources(runtime: LocalRuntime) -> None:
                 secrets.create_secret(Name=name, SecretString=value if isinstance(value, str) else LOCAL_SECRET)
         elif kind == "AWS::SES::ConfigurationSet":
             sesv2 = runtime.client("sesv2")
-            with contextlib.suppress(sesv2.exceptions.AlreadyExistsException):
+            try:
                 sesv2.create_configuration_set(ConfigurationSetName=name)
+            except sesv2.exceptions.ClientError as exc:  # SES says AlreadyExistsException, moto its own code
+                if exc.response["Error"]["Code"] not in SES_ALREADY_EXISTS:
+                    raise
     identity = wiring.parameters.get("SenderIdentity")
     if isinstance(identity, str) and identity:
         ses = runtime.client("ses")
