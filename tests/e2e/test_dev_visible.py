@@ -112,7 +112,7 @@ def crossed(dev: tuple[DevStack, Printed]) -> tuple[DevStack, Printed, str]:
     stack, printed = dev
     account = f"acct-{uuid.uuid4().hex[:8]}-{HOSTILE}"  # account ids are any printable text
     cross_the_definition(stack.endpoint, stack.usage_bus, account, "ann", "ann.lee@example.com", HOSTILE)
-    assert wait_for(lambda: re.search(r"\bemail +to ", text(printed)) is not None, 60), text(printed)
+    assert wait_for(lambda: re.search(r"\bemail +#\d+ to ", text(printed)) is not None, 60), text(printed)
     return stack, printed, account
 
 
@@ -132,6 +132,9 @@ def test_the_terminal_shows_readable_lines_not_emf_json(crossed: tuple[DevStack,
     # And no JSON at all: neither EMF nor a log line, nor the address in clear
     assert '"_aws"' not in text(printed) and not any(line.lstrip().startswith("{") for line in lines)
     assert "ann.lee@example.com" not in text(printed)
+    # nor the first name the email's subject greets the reader with (the subject is on the inbox page)
+    assert stack.feed.emails[-1].header("Subject").startswith("Ann")
+    assert not re.search(r"\bAnn\b", text(printed))
 
 
 def test_the_inbox_page_lists_the_email_and_shows_it_as_sent(crossed: tuple[DevStack, Printed, str]) -> None:

@@ -12,7 +12,8 @@ Everything is derived from what actually ran, never recomputed beside it:
 - the rep task's stored item, for where it was delivered (its connectors);
 - the emails moto's SES backend accepted (the raw MIME, as sent).
 
-Terminal lines carry ids, counts, event names and subjects; an email address is masked (`c***@example.com`).
+Terminal lines carry ids, counts and event names; an email address is masked (`c***@example.com`), and an email's
+subject (templates personalize it with a first name) is only on the inbox page.
 The feed also keeps the last `KEEP` of each kind for the inbox page (`pqlflow.local.devpage`).
 """
 
@@ -237,8 +238,9 @@ class DevFeed:
             sent = SentEmail.parse(self.totals["emails"], self.now(), raw)
             self.emails.append(sent)
             template = sent.header("X-Pqlflow-Template")
-            self.line("email", f"to {sent.recipients()} · \"{_clip(sent.header('Subject'), 80)}\""
-                               + (f" · {template}" if template else ""))
+            # the subject stays on the inbox page: templates personalize it ("Ann, ..."), a name is personal data
+            self.line("email", f"#{sent.number} to {sent.recipients()}" + (f" · {template}" if template else "")
+                               + " · subject and body on the inbox page")
 
     def email(self, number: int) -> SentEmail | None:
         return next((e for e in self.emails if e.number == number), None)
