@@ -18,6 +18,8 @@ Speed comes from three honest shortcuts, each tested against the slow path:
   first event after a re-qualification cooldown ends.
 
 `run_backtest` returns a `BacktestResult`; `pqlflow.analysis.report` renders it as text, JSON or one HTML page.
+A history larger than memory is run one partition of accounts at a time by `pqlflow.analysis.partitions`,
+with `read_records` and `arrange` (the two halves of `decode_history`) and `run_definition` from here.
 """
 
 from __future__ import annotations
