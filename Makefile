@@ -7,7 +7,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export SAM_CLI_TELEMETRY = 0
 
-.PHONY: setup test unit lint lint-template demo bench schemas clean
+.PHONY: setup test unit lint lint-template demo bench bench-warehouse schemas clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: setup
 	$(PY) bench/collect_bench.py
 	$(PY) bench/cost_bench.py --shape all
 	$(PY) bench/cost_bench.py --shape busy --transport firehose
+
+## bench-warehouse: backtest and discover on a 30M-event history, partitioned (generates 5.8 GB the first time, ~20 min)
+bench-warehouse: setup
+	$(PY) bench/warehouse_bench.py
 
 schemas: setup
 	$(VENV)/bin/pqlflow schemas
