@@ -46,3 +46,19 @@ def test_the_cli_runs_as_a_module_with_the_interpreter_it_is_given():
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count('"messageId"') > 0
+
+
+def test_the_cli_stops_quietly_when_its_reader_goes_away():
+    # `pqlflow definition validate ... | head -1`: the pipe closes after one line, far more is still to come
+    import subprocess
+    import sys
+
+    examples = sorted(str(p) for p in (Path(__file__).resolve().parents[2] / "examples" / "definitions").glob("*.yaml"))
+    command = [sys.executable, "-m", "pqlflow.cli", "definition", "validate", *examples * 300]  # ~250 KB of lines
+    producer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
+    assert producer.stdout is not None
+    producer.stdout.readline()
+    producer.stdout.close()
+    _, err = producer.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err
+    assert producer.returncode == 141

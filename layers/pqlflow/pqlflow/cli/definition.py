@@ -82,8 +82,9 @@ def run_validate(args: argparse.Namespace) -> int:
         if args.strict and defn.warnings:
             failed = True
             continue
+        signals = f"{len(defn.signals)} signal{'' if len(defn.signals) == 1 else 's'}"
         print(
-            f"{file}: ok: {defn.name} v{defn.version} ({defn.unit}; {len(defn.signals)} signals"
+            f"{file}: ok: {defn.name} v{defn.version} ({defn.unit}; {signals}"
             f"{'; rules' if defn.qualify else ''}{'; points' if defn.points else ''})"
         )
     return 2 if failed else 0
