@@ -47,7 +47,6 @@ import argparse
 import base64
 import contextlib
 import copy
-import gzip
 import io
 import json
 import math
@@ -79,6 +78,7 @@ NULL = _Null()
 with contextlib.redirect_stdout(NULL):  # Powertools' logger binds sys.stdout when created
     import boto3
     from moto import mock_aws
+    from pqlflow.ingest.objects import bodies, object_text
     from pqlflow.kernel import clock
     from pqlflow.local import pricing
     from pqlflow.local.billing import Bill, Meter, MotoImages, item_size
@@ -356,8 +356,8 @@ class Baseline:
             config.register_lambda_context(context)
             if event.get("source") == "aws.s3":  # a Firehose object: one event per line
                 data = s3.get_object(Bucket="baseline-objects", Key=event["detail"]["object"]["key"])["Body"].read()
-                for line in gzip.decompress(data).decode().splitlines():
-                    count_event(message=json.loads(line)["detail"])
+                for body in bodies(object_text(data)):
+                    count_event(message=json.loads(body)["detail"])
                 return {"batchItemFailures": []}
             for record in event["Records"]:
                 count_event(message=json.loads(record["body"])["detail"])

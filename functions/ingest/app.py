@@ -15,8 +15,8 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pqlflow.ingest.batch import BatchOutcome, IngestBatch, IngestConfig, UsageBatchProcessor
-from pqlflow.ingest.objects import bodies, object_text
+from pqlflow.ingest.batch import BatchOutcome, IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.objects import UsageObjects, fold_object
 from pqlflow.ingest.store import DynamoUsageStore
 from pqlflow.kernel import clock
 from pqlflow.kernel.observability import logger, metrics
@@ -24,7 +24,7 @@ from pqlflow.kernel.settings import ingest_settings
 from pqlflow.qualify.tracking import tracking_spec
 
 _processor: UsageBatchProcessor | None = None
-_s3: Any = None
+_objects = UsageObjects()  # its S3 client is created on first use
 
 
 class ObjectNotIngested(RuntimeError):
@@ -66,27 +66,16 @@ def handler(
 
 def _ingest_object(event: S3EventBridgeNotificationEvent, processor: UsageBatchProcessor,
                    s3: Any) -> dict[str, int]:
-    """The object is one batch: read, split into events, folded, written; any write that failed raises."""
-    global _s3
-    if s3 is None:
-        if _s3 is None:
-            import boto3  # on first use, as the store does: the module imports without it (cold start)
-
-            _s3 = boto3.client("s3")
-        s3 = _s3
+    """The object is one batch (`pqlflow.ingest.objects.fold_object`); any write that failed raises."""
     bucket, key = event.detail.bucket.name, event.detail.object.key  # the key decoded (unquote_plus)
-    text = object_text(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    batch = IngestBatch(processor.config, clock.now_ms())
-    count = 0
-    for count, body in enumerate(bodies(text), start=1):
-        batch.add(count, body)
-    failed: list[BaseException] = []
-    outcome = batch.commit(processor.store, lambda _record, exc: failed.append(exc))
-    _report(outcome, count, "object ingested", {"object_bytes": event.detail.object.size})
-    if failed:
-        raise ObjectNotIngested(f"{len(failed)} of {count} events of s3://{bucket}/{key} were not written "
-                                f"({type(failed[0]).__name__}); the object is retried") from failed[0]
-    return {"objects": 1, "events": count}
+    text = (UsageObjects(s3) if s3 is not None else _objects).text(bucket, key)
+    result = fold_object(text, processor.config, processor.store, clock.now_ms())
+    _report(result.outcome, result.events, "object ingested", {"object_bytes": event.detail.object.size})
+    if result.failures:
+        first = result.failures[0]
+        raise ObjectNotIngested(f"{len(result.failures)} of {result.events} events of s3://{bucket}/{key} were not "
+                                f"written ({type(first).__name__}); the object is retried") from first
+    return {"objects": 1, "events": result.events}
 
 
 def _report(outcome: BatchOutcome, records: int, message: str, extra: dict[str, Any] | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 import pytest
@@ -13,6 +14,7 @@ from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
 from pqlflow.ingest.objects import bodies
 from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.kernel import clock
+from pqlflow.local.pricing import object_created
 
 from functions.ingest import app
 from tests.integration.ingest.test_ingest import NOW_MS, SPEC
@@ -45,17 +47,9 @@ def firehose_object(messages: list[dict[str, Any] | str], *, delimited: bool = T
 
 
 def notification(key: str, size: int) -> dict[str, Any]:
-    """The Object Created event S3 sends to EventBridge for the object (its key URL-encoded), as the template's
-    UsageObjectsRule passes it to ingest (S3 User Guide, "EventBridge event message structure")."""
-    return {
-        "version": "0", "id": "17793124-05d4-b198-2fde-7ededc63b103", "detail-type": "Object Created",
-        "source": "aws.s3", "account": "123456789012", "time": "2026-11-22T10:00:00Z", "region": "us-east-1",
-        "resources": [f"arn:aws:s3:::{BUCKET}"],
-        "detail": {"version": "0", "bucket": {"name": BUCKET},
-                   "object": {"key": key.replace(" ", "+").replace(":", "%3A"), "size": size, "etag": "x",
-                              "sequencer": "00617F08299329D189"},
-                   "request-id": "N4N7GDK58NMKJ12R", "requester": "123456789012", "reason": "PutObject"},
-    }
+    """The Object Created event S3 sends to EventBridge for the object, its key URL-encoded as S3 does, as the
+    template's UsageObjectsRule passes it to ingest."""
+    return object_created(BUCKET, quote_plus(key, safe="/"), size)
 
 
 def deliver(s3: Any, ddb: Any, table_name: str, key: str, data: bytes) -> dict[str, Any]:

@@ -18,6 +18,11 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pqlflow.ingest.batch import BatchOutcome, IngestBatch, IngestConfig, UsageStore
+from pqlflow.kernel.aws import AwsClient
 
 GZIP_MAGIC = b"\x1f\x8b"
 _DECODER = json.JSONDecoder()
@@ -60,3 +65,35 @@ def _concatenated(text: str) -> Iterator[str]:
             stop = end if resume < 0 else resume
         yield text[at:stop]
         at = stop
+
+
+class UsageObjects:
+    """Where the stream's objects are read (S3)."""
+
+    client = AwsClient("s3")
+
+    def __init__(self, client: Any = None) -> None:
+        self.client = client
+
+    def text(self, bucket: str, key: str) -> str:
+        return object_text(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+@dataclass
+class ObjectOutcome:
+    """One object folded as one batch: its events, the batch's outcome, and the writes that failed."""
+
+    events: int = 0
+    outcome: BatchOutcome = field(default_factory=BatchOutcome)
+    failures: list[BaseException] = field(default_factory=list)
+
+
+def fold_object(text: str, config: IngestConfig, store: UsageStore, now_ms: int) -> ObjectOutcome:
+    """Every event of the object in one `IngestBatch`: validated, quarantined or folded, written per account.
+    A failed write is collected, not raised: the caller retries the whole object (its counted events count once)."""
+    batch = IngestBatch(config, now_ms)
+    result = ObjectOutcome()
+    for result.events, body in enumerate(bodies(text), start=1):
+        batch.add(result.events, body)
+    result.outcome = batch.commit(store, lambda _record, exc: result.failures.append(exc))
+    return result

@@ -546,13 +546,12 @@ class Faithful:
                  new: dict[str, Any] | None) -> None:
         self.changes.append((key, old, new, sum(self.meter.last_write_sizes)))
 
-    def _invoke(self, function: str, records: list[dict[str, Any]], at_ms: int,
-                event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _invoke(self, function: str, event: dict[str, Any], at_ms: int) -> dict[str, Any]:
         self.now_ms = at_ms
         fn = self.hosts[function].function
         context = LambdaContext(function_name=fn.name, memory_limit_in_mb=fn.memory_size, timeout_seconds=fn.timeout)
         with contextlib.redirect_stdout(NULL), self.meter.invocation(function):
-            response = self.hosts[function].invoke(event if event is not None else {"Records": records}, context)
+            response = self.hosts[function].invoke(event, context)
         if (response or {}).get("batchItemFailures"):
             raise RuntimeError(f"{function} reported failures: {response['batchItemFailures'][:3]}")
         return dict(response or {})
@@ -563,12 +562,12 @@ class Faithful:
             key = f"usage/{self._object_count:09d}.gz"
             data = firehose_object([e.record()["body"] for e in events])
             self._objects.put_object(Bucket=OBJECTS_BUCKET, Key=key, Body=data)
-            self._invoke("ingest", [], at_ms, object_created(OBJECTS_BUCKET, key, len(data)))
+            self._invoke("ingest", object_created(OBJECTS_BUCKET, key, len(data)), at_ms)
             return
-        self._invoke("ingest", [e.record(i) for i, e in enumerate(events)], at_ms)
+        self._invoke("ingest", {"Records": [e.record(i) for i, e in enumerate(events)]}, at_ms)
 
     def qualify(self, records: list[dict[str, Any]], at_ms: int) -> None:
-        self._invoke("qualify", records, at_ms)
+        self._invoke("qualify", {"Records": records}, at_ms)
 
     def stream_records(self, at_ms: int) -> list[dict[str, Any]]:
         """The stream records of the writes since the last call (what the mapping reads from the shard)."""
