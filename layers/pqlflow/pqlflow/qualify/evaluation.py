@@ -240,11 +240,7 @@ def _describe(defn: Definition, name: str, value: Value, usage: AccountUsage, ca
     if isinstance(signal, CountSignal):
         return f"{fmt(value)} {signal.words(value)}"
     if isinstance(signal, ActiveUsersSignal):
-        who = signal.words(value)
-        window = signal.active_users
-        if window.last_days:
-            return f"{fmt(value)} {who} active in the last {window.last_days} days"
-        return f"{fmt(value)} {who} active in their first {window.first_days} days"
+        return f"{fmt(value)} {signal.active_words(value)}"
     if isinstance(signal, GaugeSignal):
         return f"{label or signal.gauge.event + ' ' + signal.gauge.property} at {fmt(value)}"
     if isinstance(signal, RatioSignal):

@@ -176,6 +176,14 @@ class ActiveUsersSignal(_Signal):
         """Who is counted, agreeing with `value`: the label, else 'teammate' / 'teammates'."""
         return super().words(value) or ("teammate" if _is_one(value) else "teammates")
 
+    def active_words(self, value: Any) -> str:
+        """Who is counted and their window, as reasons say it: 'teammates active in the last 7 days'."""
+        window = self.active_users
+        when = (
+            f"in the last {window.last_days} days" if window.last_days else f"in their first {window.first_days} days"
+        )
+        return f"{self.words(value)} active {when}"
+
 
 class GaugeRef(_Model):
     event: str

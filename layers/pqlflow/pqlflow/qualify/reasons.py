@@ -78,14 +78,9 @@ def change_words(value: Any, previous: float | None) -> str:
 def _labels(signal: Signal) -> tuple[str | None, str | None]:
     """(plural, singular) of a signal's label; counts and active users always have words, and active users
     say their window ("teammates active in the last 7 days") as their reason does."""
-    many, one = signal.words(2), signal.words(1)
-    if isinstance(signal, ActiveUsersSignal) and many and one:
-        window = signal.active_users
-        when = (
-            f"in the last {window.last_days} days" if window.last_days else f"in their first {window.first_days} days"
-        )
-        return f"{many} active {when}", f"{one} active {when}"
-    return many, one if many is not None else None
+    if isinstance(signal, ActiveUsersSignal):
+        return signal.active_words(2), signal.active_words(1)
+    return signal.words(2), signal.words(1)
 
 
 def _talking_point(signal: Signal, value: Any, previous: float | None) -> str | None:
