@@ -76,6 +76,19 @@ def pql_printed(printed: Printed, account: str) -> bool:
     return any(f"PQL       {account} qualified" in line for line in "".join(list(printed.lines)).splitlines())
 
 
+def a_trial_is_counted_and_qualifies(dev: tuple[DevStack, Printed], client: Any, errors: list[Any], account: str,
+                                     user: str) -> None:
+    """When a trial user's calls are sent through `client` and flushed, then the SDK saw no error, usage state
+    counts every call, and the account qualifies."""
+    stack, printed = dev
+    send_a_trial(client, account, user)
+    client.shutdown()
+    assert errors == []
+    assert wait_for(lambda: usage_count(stack, account, "Signed In") == 5), usage_count(stack, account, "Signed In")
+    assert usage_count(stack, account, "Page Viewed") == 1
+    assert wait_for(lambda: pql_printed(printed, account)), "no PQL Qualified for the account"
+
+
 def test_the_dev_stack_prints_the_collection_api_and_its_write_key(dev: tuple[DevStack, Printed]) -> None:
     stack, printed = dev
     banner = "".join(printed.lines)
@@ -83,34 +96,18 @@ def test_the_dev_stack_prints_the_collection_api_and_its_write_key(dev: tuple[De
 
 
 def test_segment_analytics_python_batches_reach_usage_state_and_make_a_pql(dev: tuple[DevStack, Printed]) -> None:
-    stack, printed = dev
-    account = f"seg-{uuid.uuid4().hex[:8]}"
     errors: list[Any] = []
     # Given Segment's Python SDK with pqlflow dev as its host, gzip on, batches of up to 100
-    client = SegmentClient(write_key=DEV_WRITE_KEY, host=stack.http_url, gzip=True, upload_size=100,
+    client = SegmentClient(write_key=DEV_WRITE_KEY, host=dev[0].http_url, gzip=True, upload_size=100,
                            on_error=lambda error, batch: errors.append(error))
-    # When a trial user's calls are sent and flushed
-    send_a_trial(client, account, "ann")
-    client.shutdown()
-    # Then the SDK saw no error, usage state counts every call, and the account qualifies
-    assert errors == []
-    assert wait_for(lambda: usage_count(stack, account, "Signed In") == 5), usage_count(stack, account, "Signed In")
-    assert usage_count(stack, account, "Page Viewed") == 1
-    assert wait_for(lambda: pql_printed(printed, account)), "no PQL Qualified for the account"
+    # When a trial user's calls are sent and flushed, then they are counted and the account qualifies
+    a_trial_is_counted_and_qualifies(dev, client, errors, f"seg-{uuid.uuid4().hex[:8]}", "ann")
 
 
 def test_rudderstack_python_sdk_batches_reach_usage_state_and_make_a_pql(dev: tuple[DevStack, Printed]) -> None:
-    stack, printed = dev
-    account = f"rud-{uuid.uuid4().hex[:8]}"
     errors: list[Any] = []
     # Given RudderStack's Python SDK with pqlflow dev as its data plane (it gzips by default)
-    client = RudderClient(write_key=DEV_WRITE_KEY, host=stack.http_url, upload_size=100,
+    client = RudderClient(write_key=DEV_WRITE_KEY, host=dev[0].http_url, upload_size=100,
                           on_error=lambda error, batch: errors.append(error))
-    # When the same calls are sent and flushed
-    send_a_trial(client, account, "bob")
-    client.shutdown()
-    # Then they are counted and the account qualifies too
-    assert errors == []
-    assert wait_for(lambda: usage_count(stack, account, "Signed In") == 5), usage_count(stack, account, "Signed In")
-    assert usage_count(stack, account, "Page Viewed") == 1
-    assert wait_for(lambda: pql_printed(printed, account)), "no PQL Qualified for the account"
+    # When the same calls are sent and flushed, then they are counted and the account qualifies too
+    a_trial_is_counted_and_qualifies(dev, client, errors, f"rud-{uuid.uuid4().hex[:8]}", "bob")
