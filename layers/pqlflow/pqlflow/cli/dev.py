@@ -142,13 +142,12 @@ class DevStack:
 
     def page(self, method: str, path: str) -> tuple[int, str, bytes] | None:
         """The inbox page's answer for a GET under /_pqlflow/ (or / when no template route takes it)."""
-        from pqlflow.local.devpage import INBOX_PATH, serve_page
+        from pqlflow.local.devpage import serve_page
         from pqlflow.local.http import match_route
 
-        if method != "GET" or not (path.startswith(INBOX_PATH) or path == INBOX_PATH.rstrip("/") or (
-                path == "/" and match_route(self.runtime.wiring.http_routes, method, path) is None)):
+        if method != "GET" or (path == "/" and match_route(self.runtime.wiring.http_routes, method, path) is not None):
             return None
-        return serve_page(self.feed, path)
+        return serve_page(self.feed, path)  # None for a path not its own
 
     def close(self) -> None:
         if self.http is not None:
