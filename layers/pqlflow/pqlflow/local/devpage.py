@@ -13,7 +13,7 @@ import time
 from jinja2 import DictLoader, Environment
 
 from pqlflow.analysis.report import CSS
-from pqlflow.local.devview import DevFeed, SentEmail
+from pqlflow.local.devview import KEEP, DevFeed, SentEmail
 
 INBOX_PATH = "/_pqlflow/"
 
@@ -121,7 +121,7 @@ def serve_page(feed: DevFeed, path: str) -> tuple[int, str, bytes] | None:
         return None if not path.startswith(INBOX_PATH) else (404, "text/plain; charset=utf-8", b"not found\n")
     sent = feed.email(int(found.group(1)))
     if sent is None:
-        return 404, "text/plain; charset=utf-8", b"no such email (only the last 200 are kept)\n"
+        return 404, "text/plain; charset=utf-8", f"no such email (only the last {KEEP} are kept)\n".encode()
     if found.group(2):
         return 200, "message/rfc822", sent.raw
     return 200, "text/html; charset=utf-8", email_page(sent).encode()
