@@ -243,7 +243,8 @@ class DevFeed:
                                + " · subject and body on the inbox page")
 
     def email(self, number: int) -> SentEmail | None:
-        return next((e for e in self.emails if e.number == number), None)
+        # a copy (one C call): the pump thread appends while the page's thread looks
+        return next((e for e in list(self.emails) if e.number == number), None)
 
 
 def _n(count: int, noun: str) -> str:
@@ -253,7 +254,7 @@ def _n(count: int, noun: str) -> str:
 def _emf_metrics(printed: str) -> dict[str, float]:
     """The metric values of the EMF documents among `printed`'s lines (summed when a metric repeats)."""
     values: dict[str, float] = {}
-    for document in _json_lines(printed):
+    for document in _emf_documents(printed):
         for directive in (document.get("_aws") or {}).get("CloudWatchMetrics") or []:
             for metric in directive.get("Metrics") or []:
                 name = metric.get("Name")
@@ -264,9 +265,9 @@ def _emf_metrics(printed: str) -> dict[str, float]:
     return values
 
 
-def _json_lines(printed: str) -> Iterator[dict[str, Any]]:
+def _emf_documents(printed: str) -> Iterator[dict[str, Any]]:
     for line in printed.splitlines():
-        if line.startswith("{"):
+        if line.startswith("{") and '"_aws"' in line:  # EMF documents only: no log line is parsed
             with contextlib.suppress(ValueError):
                 document = json.loads(line)
                 if isinstance(document, dict):
