@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pqlflow.analysis.backtest import DAY_MS
+from pqlflow.analysis.backtest import DAY_MS, _ratio
 from pqlflow.qualify.language import TRIAL_EVENTS, Exclusions
 
 SNAPSHOT_DAYS = 7
@@ -182,10 +182,6 @@ def lift_interval(hits: int, with_n: int, total_hits: int, total_n: int, deff: f
     half = Z95 * math.sqrt(max(var, 0.0) * deff)
     centre = math.log(a / n1) - math.log(s / (total_n + 1.0))
     return lift, math.exp(centre - half), math.exp(centre + half)
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
 
 
 @dataclass
