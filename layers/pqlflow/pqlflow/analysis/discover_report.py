@@ -9,10 +9,11 @@ cohorts}). The page uses `pqlflow.analysis.report`'s CSS and helpers, so both re
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pqlflow.analysis.report import CSS, _e, _kpi, _lift_pill, num, pct, table, times
+from pqlflow.analysis.report import CSS, _e, _kpi, _lift_pill, num, pct, render_json, table, times
+
+__all__ = ["render_html", "render_json", "render_text"]
 
 
 def _ci(s: dict[str, Any]) -> str:
@@ -82,10 +83,6 @@ def _text_proposal(data: dict[str, Any]) -> str:
         )
     lines += ["", p["yaml"].rstrip()]
     return "\n".join(lines)
-
-
-def render_json(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_html(data: dict[str, Any]) -> str:
