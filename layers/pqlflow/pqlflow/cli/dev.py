@@ -202,10 +202,11 @@ def _dev_write_keys(runtime: Any) -> tuple[str, str] | None:
 
 def _task_providers(runtime: Any, table: str) -> Any:
     """Where a rep task went: the connectors its stored item records deliveries for (read from the table)."""
+    dynamodb = runtime.client("dynamodb")  # one client, not one made per task
 
     def providers(detail: dict[str, Any]) -> list[str] | None:
         with contextlib.suppress(Exception):
-            item = runtime.client("dynamodb").get_item(TableName=table, Key={
+            item = dynamodb.get_item(TableName=table, Key={
                 "pk": {"S": f"A#{detail.get('account_id')}"}, "sk": {"S": f"TASK#{detail.get('transition_id')}"}})
             deliveries = ((item.get("Item") or {}).get("deliveries") or {}).get("M") or {}
             return sorted(deliveries)
