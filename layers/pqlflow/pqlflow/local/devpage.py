@@ -90,7 +90,13 @@ _EMAIL_VIEW = """{% extends "page" %}{% block body %}
 {% endblock %}"""
 
 _jinja = Environment(loader=DictLoader({"page": _PAGE, "inbox": _INBOX, "email": _EMAIL_VIEW}), autoescape=True)
-_jinja.filters["clock"] = lambda at: time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+_jinja.filters["clock"] = _clock
 
 
 def inbox_page(feed: DevFeed, refresh: int = 5) -> str:
@@ -107,7 +113,7 @@ def inbox_page(feed: DevFeed, refresh: int = 5) -> str:
 def email_page(sent: SentEmail) -> str:
     """One email as sent: every header, the HTML part in a sandboxed iframe, the text part."""
     return _jinja.get_template("email").render(
-        title=f"email {sent.number}", sub=f"sent {time.strftime('%H:%M:%S', time.localtime(sent.at))}",
+        title=f"email {sent.number}", sub=f"sent {_clock(sent.at)}",
         refresh=None, home=INBOX_PATH, e=sent, headers=[(k, str(v)) for k, v in sent.message.items()],
         html=sent.part("html"), text=sent.part("plain"))
 
