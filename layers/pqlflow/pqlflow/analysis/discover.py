@@ -37,7 +37,7 @@ from pqlflow.analysis.backtest import (
     no_valid_event,
     run_definition,
 )
-from pqlflow.analysis.discover_proposal import DEFAULTS, propose
+from pqlflow.analysis.discover_proposal import propose
 from pqlflow.analysis.discover_signals import (
     SNAPSHOT_DAYS,
     AccountColumns,
@@ -51,8 +51,8 @@ from pqlflow.analysis.discover_signals import (
 from pqlflow.analysis.partitions import SpilledHistory, choose_partitions
 from pqlflow.ingest.usage import TrackingSpec
 from pqlflow.kernel.errors import UsageError
-from pqlflow.qualify.definition import load_definition, parse_definition
-from pqlflow.qualify.language import Definition
+from pqlflow.qualify.definition import parse_definition
+from pqlflow.qualify.store import bundled_default
 
 LEARN_SHARE = 0.6
 
@@ -100,11 +100,6 @@ class DiscoverResult:
             },
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
-
-
-def standard_definition() -> Definition:
-    """The bundled default definition: its exclusions and touch rules are the standard ones."""
-    return load_definition(DEFAULTS)
 
 
 def _seen(history: History) -> set[str]:
@@ -214,7 +209,7 @@ def _discover(
 ) -> DiscoverResult:
     """Everything after the per-account columns: snapshots, the split, ranking, the proposal and its
     backtest on the held-out accounts (`heldout(definition text, accounts)`)."""
-    standard = standard_definition()
+    standard = bundled_default()  # its exclusions are the standard ones
     window_ms = int(window_days * DAY_MS)
     snapshots = _snapshots(history, window_days)
     mark = time.perf_counter()

@@ -12,7 +12,6 @@ loader: it must validate with no trial-start warning.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -21,10 +20,10 @@ from pqlflow.analysis.discover_signals import Ranked, Rows
 from pqlflow.qualify.definition import parse_definition
 from pqlflow.qualify.evaluation import fires_on_trial_alone
 from pqlflow.qualify.language import TRIAL_EVENTS, Definition
+from pqlflow.qualify.store import DEFAULT_PATH
 
 MAX_CONDITIONS = 4
 MIN_GAIN = 0.005  # the least F1 gain that earns a condition its place
-DEFAULTS = Path(__file__).resolve().parents[1] / "qualify" / "defaults" / "definition.yaml"
 
 
 def _f1(hits: int, flagged: int, positives: int) -> float:
@@ -75,7 +74,7 @@ def _guard_event(rows: Rows) -> str | None:
 
 
 def _standard() -> dict[str, Any]:
-    data = yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))
+    data = yaml.safe_load(DEFAULT_PATH.read_text(encoding="utf-8"))
     return {"exclusions": data["exclusions"], "touch": data["touch"]}
 
 
