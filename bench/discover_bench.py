@@ -23,28 +23,11 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 TARGET_SECONDS = 30.0
-
-
-def history_file(events: int, accounts: int, seed: int) -> Path:
-    """The backtest bench's cached history (same name, same `pqlflow sample` options), made if missing."""
-    from pqlflow import cli
-
-    path = Path(tempfile.gettempdir()) / "pqlflow-bench" / f"sample-{events}-{accounts}-{seed}.jsonl"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"generating {events:,} events with `pqlflow sample` → {path} …", flush=True)
-        tmp = path.with_suffix(".tmp")
-        argv = ["sample", "--accounts", str(accounts), "--events", str(events), "--seed", str(seed)]
-        if cli.main([*argv, "--start", "2026-01-01", "--out", str(tmp), "--quiet"]) != 0:
-            raise SystemExit("pqlflow sample failed")
-        tmp.rename(path)
-    return path
 
 
 def peak_rss_mb() -> float:
@@ -125,6 +108,8 @@ def main() -> None:
         work = child_discover if args.child == "discover" else child_duckdb
         print(json.dumps(work(args.file)))
         return
+    from backtest_bench import history_file  # the backtest bench's cached history, made if missing
+
     path = args.file or history_file(args.events, args.accounts, args.seed)
     print(f"discover bench · {platform.python_implementation()} {platform.python_version()} · {path}")
     d = run_child("discover", path)
