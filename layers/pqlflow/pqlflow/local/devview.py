@@ -190,12 +190,10 @@ class DevFeed:
             detail = event.get("detail") if isinstance(event, dict) else None
             detail = detail if isinstance(detail, dict) else {}
             self.totals["offers"] += 1
-            account = str(detail.get("account_id", ""))
-            self.offers.append(Row(self.now(), {"account": account, "offer": detail.get("offer"),
-                                                "user": detail.get("recipient_user_id") or detail.get("user_id"),
+            account, user = str(detail.get("account_id", "")), detail.get("recipient_user_id") or detail.get("user_id")
+            self.offers.append(Row(self.now(), {"account": account, "offer": detail.get("offer"), "user": user,
                                                 "offer_id": result["offer_id"]}))
-            self.line("offer", f"{account} · {detail.get('offer')} for user "
-                               f"{detail.get('recipient_user_id') or detail.get('user_id')}")
+            self.line("offer", f"{account} · {detail.get('offer')} for user {user}")
         self._new_emails()
 
     def _collected(self, event: Any, result: Any, metrics: dict[str, float]) -> None:
