@@ -241,8 +241,13 @@ def _feature(key: str, brand: Brand, count: float | None, reason: Reason | None 
     (the reason's label), else its name in words. `phrase` is the count with its label agreeing in number:
     "1 HD video", "1,240 HD videos", "1.8 GB of storage", "1 feature used"."""
     known = brand.features.get(key)
-    many = known.label if known else (reason.label if reason and reason.label else _humanize(key))
-    one = (reason.label_one if not known and reason and reason.label_one else None) or singular_of(many)
+    if known:
+        many, one = known.label, None
+    elif reason and reason.label:
+        many, one = reason.label, reason.label_one  # the definition's words, singular from qualify
+    else:
+        many, one = _humanize(key), None
+    one = one or singular_of(many)
     scale = known.scale if known else 1.0
     shown = count / scale if count is not None else None
     unit = known.unit if known else None
