@@ -45,7 +45,7 @@ def handler(event: dict[str, Any], context: Any, *, service: CollectService | No
         metrics.add_metric(name="CollectUnavailable", unit=MetricUnit.Count, value=1)
     # Counts, the call, the key's label and source: never the key, never the content.
     logger.info("collect", extra={
-        "call": request.call if request.call in (*CALLS, "batch") else "other", "method": request.method,
+        "call": request.call_name if request.call_name in (*CALLS, "batch") else "other", "method": request.method,
         "status": response.status, "key": response.key, "source": response.source, "accepted": response.accepted,
         "not_put": response.not_put, "rejected_by_field": dict(response.rejected_by_field),
     })

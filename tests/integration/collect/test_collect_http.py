@@ -245,3 +245,12 @@ def test_analytics_js_calls_on_their_one_letter_paths_are_accepted(stack: Collec
     assert tracked.headers["access-control-allow-origin"] == WEB_ORIGIN
     usage = stack.usage(account)
     assert usage is not None and usage.count("Signed In") == 1 and usage.count("Page Viewed") == 1
+
+
+
+def test_a_one_letter_path_names_the_call_it_stands_for() -> None:
+    # the service routes on it and the function's log line names it (a browser's /v1/t is a track, not "other")
+    from pqlflow.collect.service import CollectRequest
+
+    names = {path: CollectRequest("POST", path, {}).call_name for path in ("t", "p", "b", "track", "nope")}
+    assert names == {"t": "track", "p": "page", "b": "batch", "track": "track", "nope": "nope"}

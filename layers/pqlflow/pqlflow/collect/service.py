@@ -62,6 +62,11 @@ class CollectRequest:
     headers: Mapping[str, str]  # names lower-cased
     body: bytes = b""
 
+    @property
+    def call_name(self) -> str:
+        """The call the path names, analytics.js's one-letter paths (`/v1/t`) resolved (`track`)."""
+        return SHORT_PATHS.get(self.call, self.call)
+
 
 @dataclass
 class CollectResponse:
@@ -133,7 +138,7 @@ class CollectService:
             return _error(500, "unavailable", "write keys are unavailable right now; retry")
 
     def _post(self, request: CollectRequest, origin: str | None) -> CollectResponse:
-        call = SHORT_PATHS.get(request.call, request.call)
+        call = request.call_name
         if call not in (*CALLS, "batch"):
             return _error(404, "not_found", f"no such call /v1/{call[:32]} (track, identify, group, page, screen, "
                           "alias, batch)")
