@@ -36,7 +36,6 @@ from email.utils import getaddresses
 from typing import Any, TextIO
 
 from pqlflow.contracts.usage_events import Rejection, parse_body
-from pqlflow.local.model import ACCOUNT, REGION
 
 KEEP = 200  # of each kind, for the page (the terminal shows them all as they happen)
 _EMAIL = re.compile(r"([^\s@<>\"',;:]+)@([^\s@<>\"',;:]+)")
@@ -231,7 +230,10 @@ class DevFeed:
         self.line("ingest", text)
 
     def _new_emails(self) -> None:
-        for raw in _moto_sent_since(self):
+        from pqlflow.local.emulator import sent_emails_after  # moto's SES backend lives in this process
+
+        self._emails_seen, new = sent_emails_after(self._emails_seen)
+        for raw in new:
             self.totals["emails"] += 1
             sent = SentEmail.parse(self.totals["emails"], self.now(), raw)
             self.emails.append(sent)
@@ -277,18 +279,6 @@ def _sqs_bodies(event: Any) -> Iterable[str]:
     for record in records or []:
         if isinstance(record, dict) and isinstance(record.get("body"), str):
             yield record["body"]
-
-
-def _moto_sent_since(feed: DevFeed) -> list[bytes]:
-    """The raw MIME of emails moto's SES accepted since the last look (its backend lives in this process)."""
-    from moto.ses.models import RawMessage, ses_backends
-
-    sent = ses_backends[ACCOUNT][REGION].sent_messages
-    if len(sent) < feed._emails_seen:  # moto was reset
-        feed._emails_seen = 0
-    new = sent[feed._emails_seen:]
-    feed._emails_seen = len(sent)
-    return [m.raw_data.encode("utf-8") for m in new if isinstance(m, RawMessage)]
 
 
 class CurrentStdout(io.TextIOBase):

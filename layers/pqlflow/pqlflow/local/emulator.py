@@ -7,7 +7,8 @@ template; nothing here is a second description of the wiring:
 - `create_extra_resources`: AWS::SecretsManager::Secret (a fixed local value for generated secrets, so a
   re-run signs the same unsubscribe links), AWS::SES::ConfigurationSet, and the SenderIdentity parameter
   as a verified SES identity (the sandbox step an operator does once by hand).
-- `sent_emails`: the raw MIME of every SES v2 SendEmail, as moto's SES backend stored it.
+- `sent_emails`: the raw MIME of every SES v2 SendEmail, as moto's SES backend stored it;
+  `sent_emails_after`: those since a count of them, for `pqlflow dev` looking after each invocation.
 - `emulator_speedups`, two fixes with unchanged results, while the block runs (`pqlflow.local` should
   own them; see docs/replay.md):
   * moto's DynamoDB TransactWriteItems deep-copies every table it touches (all items and the whole
@@ -162,3 +163,13 @@ def sent_emails() -> list[tuple[str, list[str], bytes]]:
         for m in backend.sent_messages
         if isinstance(m, RawMessage)
     ]
+
+
+def sent_emails_after(seen: int) -> tuple[int, list[bytes]]:
+    """How many messages the in-process SES holds, and the raw MIME of the raw ones after its first `seen`
+    (all of them when it holds fewer: moto was reset)."""
+    from moto.ses.models import RawMessage, ses_backends
+
+    sent = ses_backends[ACCOUNT][REGION].sent_messages
+    new = sent[seen:] if len(sent) >= seen else sent
+    return len(sent), [m.raw_data.encode("utf-8") for m in new if isinstance(m, RawMessage)]
