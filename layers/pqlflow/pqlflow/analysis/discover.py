@@ -20,7 +20,6 @@ plain or gzip, or Parquet; the same validation, dedupe and time sort), then:
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +32,7 @@ from pqlflow.analysis.backtest import (
     History,
     _iso,
     decode_history,
+    gc_paused,
     metrics,
     no_valid_event,
     run_definition,
@@ -158,16 +158,11 @@ def run_discover(
     _snapshots(history, window_days)
     mark = time.perf_counter()
     cardinality: dict[tuple[str, str], set[Any]] = {}
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         accounts = [
             account_columns(a, recs, history.days[a], conv, cardinality)
             for a, recs in history.groups.items()
         ]
-    finally:
-        if gc_was:
-            gc.enable()
     timings["columns"] = time.perf_counter() - mark
 
     def heldout(text: str, keep: set[str]) -> dict[str, Any]:
@@ -256,8 +251,6 @@ def _discover(
     )
 
 
-
-
 def _run_partitioned(
     paths: Sequence[str | Path],
     n: int,
@@ -270,46 +263,40 @@ def _run_partitioned(
     every account are in memory at once, each partition's records in turn."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        with SpilledHistory(paths, n, now_s=now_s) as spilled:
-            history = spilled.totals
-            if not spilled.valid:
-                raise UsageError(no_valid_event(history) or "no valid event")
-            timings["decode"] = time.perf_counter() - started
-            read_names = spilled.spill.event_names  # duplicates included: the history's, unless a dropped copy
-            try:  # had a name of its own; then the exact names, from the partitions, decide the error
-                conv = _conversions(read_names, conversions)
-            except UsageError:
-                exact: set[str] = set()
-                for part, _ in spilled.parts():
-                    exact |= _seen(part)
-                    del part  # before the next partition is loaded
-                conv = _conversions(exact, conversions)
-            mark = time.perf_counter()
-            cardinality: dict[tuple[str, str], set[Any]] = {}
-            accounts: list[AccountColumns] = []
-            seen: set[str] = set()
+    with gc_paused(), SpilledHistory(paths, n, now_s=now_s) as spilled:
+        history = spilled.totals
+        if not spilled.valid:
+            raise UsageError(no_valid_event(history) or "no valid event")
+        timings["decode"] = time.perf_counter() - started
+        read_names = spilled.spill.event_names  # duplicates included: the history's, unless a dropped copy
+        try:  # had a name of its own; then the exact names, from the partitions, decide the error
+            conv = _conversions(read_names, conversions)
+        except UsageError:
+            exact: set[str] = set()
             for part, _ in spilled.parts():
-                seen |= _seen(part)
-                accounts += [account_columns(a, recs, part.days[a], conv, cardinality)
-                             for a, recs in part.groups.items()]
+                exact |= _seen(part)
                 del part  # before the next partition is loaded
-            if seen != read_names:
-                conv = _conversions(seen, conversions)  # the same conversions, or the in-memory run's error
-            timings["columns"] = time.perf_counter() - mark
+            conv = _conversions(exact, conversions)
+        mark = time.perf_counter()
+        cardinality: dict[tuple[str, str], set[Any]] = {}
+        accounts: list[AccountColumns] = []
+        seen: set[str] = set()
+        for part, _ in spilled.parts():
+            seen |= _seen(part)
+            accounts += [account_columns(a, recs, part.days[a], conv, cardinality)
+                         for a, recs in part.groups.items()]
+            del part  # before the next partition is loaded
+        if seen != read_names:
+            conv = _conversions(seen, conversions)  # the same conversions, or the in-memory run's error
+        timings["columns"] = time.perf_counter() - mark
 
-            def heldout(text: str, keep: set[str]) -> dict[str, Any]:
-                defn = parse_definition(text, "proposed.yaml")
-                run = spilled.run([(defn, "proposed.yaml", TrackingSpec(conversions=conv))], keep)[0]
-                return metrics(run, window_days, history.end_ms)
+        def heldout(text: str, keep: set[str]) -> dict[str, Any]:
+            defn = parse_definition(text, "proposed.yaml")
+            run = spilled.run([(defn, "proposed.yaml", TrackingSpec(conversions=conv))], keep)[0]
+            return metrics(run, window_days, history.end_ms)
 
-            return _discover(history, accounts, cardinality, conv, window_days, learn_share, heldout, timings,
-                             started)
-    finally:
-        if gc_was:
-            gc.enable()
+        return _discover(history, accounts, cardinality, conv, window_days, learn_share, heldout, timings,
+                         started)
 
 
 def _distinct(ranked: list[Ranked]) -> list[Ranked]:

@@ -18,7 +18,6 @@ interrupted. Peak memory is that of the largest partition plus the subjects' out
 
 from __future__ import annotations
 
-import gc
 import marshal
 import math
 import signal
@@ -43,6 +42,7 @@ from pqlflow.analysis.backtest import (
     arrange,
     check_window,
     decode_only,
+    gc_paused,
     properties_read,
     read_records,
     run_backtest,
@@ -315,18 +315,12 @@ def backtest_partitioned(
 ) -> tuple[History, list[DefinitionRun]]:
     """The history's totals (a `History` without records: `groups` is empty) and each definition's run,
     identical to `decode_history` + `run_definition` on the whole history in memory."""
-    gc_was = gc.isenabled()
-    gc.disable()  # as decode_history: millions of acyclic records, freed by reference counting
-    try:
-        with SpilledHistory(paths, partitions, now_s=now_s, keep_properties=keep_properties,
-                            retention_days=retention_days) as spilled:
-            runs = spilled.run([(defn, source, None) for defn, source in definitions])
-            totals = spilled.totals
-            totals.decode_seconds = spilled.decode_seconds
-            totals.sort_cpu_seconds = spilled.sort_cpu_seconds
-    finally:
-        if gc_was:
-            gc.enable()
+    with gc_paused(), SpilledHistory(paths, partitions, now_s=now_s, keep_properties=keep_properties,
+                                     retention_days=retention_days) as spilled:
+        runs = spilled.run([(defn, source, None) for defn, source in definitions])
+        totals = spilled.totals
+        totals.decode_seconds = spilled.decode_seconds
+        totals.sort_cpu_seconds = spilled.sort_cpu_seconds
     return totals, runs
 
 
