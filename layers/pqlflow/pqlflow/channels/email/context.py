@@ -254,7 +254,7 @@ def _feature(key: str, brand: Brand, count: float | None, reason: Reason | None 
     label = one if is_one(shown) and not unit else many
     phrase = None
     if shown is not None:
-        phrase = f"{_count_text(shown)} {unit} of {many}" if unit else f"{_count_text(shown)} {label}"
+        phrase = f"{format_number(shown)} {unit} of {many}" if unit else f"{format_number(shown)} {label}"
     return {
         "key": key,
         "label": label,
@@ -270,8 +270,14 @@ def _feature(key: str, brand: Brand, count: float | None, reason: Reason | None 
     }
 
 
-def _count_text(value: float) -> str:
-    return f"{int(value):,}" if value == int(value) else f"{value:,.1f}"
+def format_number(value: Any, digits: int = 1) -> str:
+    """A number as emails show it (`1,234`, `3.5`); anything else as its text (the templates' `number` filter)."""
+    number = as_number(value)
+    if number is None:
+        return "" if value is None else str(value)
+    if number == int(number):
+        return f"{int(number):,}"
+    return f"{number:,.{digits}f}"
 
 
 def _top_feature(

@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from pqlflow.channels.email.context import as_number
+from pqlflow.channels.email.context import as_number, format_number
 from pqlflow.channels.email.errors import MailError, TemplateError
 
 EMAIL_DIR = "email"
@@ -34,15 +34,6 @@ class RenderedEmail:
     subject: str
     html: str
     text: str
-
-
-def _format_number(value: Any, digits: int = 1) -> str:
-    number = as_number(value)
-    if number is None:
-        return "" if value is None else str(value)
-    if number == int(number):
-        return f"{int(number):,}"
-    return f"{number:,.{digits}f}"
 
 
 def _format_percent(value: Any) -> str:
@@ -87,7 +78,7 @@ class EmailTemplates:
             auto_reload=False,
         )
         self._names: list[str] | None = None
-        self.env.filters["number"] = _format_number
+        self.env.filters["number"] = format_number
         self.env.filters["percent"] = _format_percent
 
     def names(self) -> list[str]:
