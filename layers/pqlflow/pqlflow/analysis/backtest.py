@@ -150,6 +150,19 @@ class History:
         path, start = self.files[i]
         return path, index - start + 1
 
+    def summary(self) -> dict[str, Any]:
+        """The `history` part of a result's JSON: files, counts, the first 100 bad lines and the time span."""
+        return {
+            "files": [p for p, _ in self.files],
+            "lines": self.lines,
+            "events": self.count,
+            "duplicates": self.duplicates,
+            "bad_lines": len(self.bad),
+            "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in self.bad[:100]],
+            "start": _iso(self.start_ms),
+            "end": _iso(self.end_ms),
+        }
+
 
 # A decoded event, as a tuple: building a dataclass per line costs more than everything else we do to it.
 RECORD = ("ms", "line", "message_id", "kind", "account_id", "user_id", "name", "bag", "timezone")
@@ -1452,19 +1465,9 @@ class BacktestResult:
 
     def to_dict(self) -> dict[str, Any]:
         h = self.history
-        end, start = h.end_ms, h.start_ms
         data: dict[str, Any] = {
             "source": "backtest",
-            "history": {
-                "files": [p for p, _ in h.files],
-                "lines": h.lines,
-                "events": h.count,
-                "duplicates": h.duplicates,
-                "bad_lines": len(h.bad),
-                "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in h.bad[:100]],
-                "start": _iso(start),
-                "end": _iso(end),
-            },
+            "history": h.summary(),
             "window_days": self.window_days,
             "speed": {
                 "seconds": round(self.seconds, 3),
@@ -1474,7 +1477,7 @@ class BacktestResult:
                 "events_per_cpu_second": round(h.lines / self.cpu_seconds) if self.cpu_seconds else None,
                 "json": JSON_DECODER,
             },
-            "definitions": [metrics(r, self.window_days, end) for r in self.runs],
+            "definitions": [metrics(r, self.window_days, h.end_ms) for r in self.runs],
         }
         if self.decode_only is not None:
             lines, secs, cpu = self.decode_only

@@ -75,15 +75,9 @@ class DiscoverResult:
     heldout_accounts: list[str]  # the accounts the proposal was backtested on
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
-        h = self.history
         return {
             "source": "discover",
-            "history": {
-                "files": [p for p, _ in h.files], "lines": h.lines, "events": h.count,
-                "duplicates": h.duplicates, "bad_lines": len(h.bad),
-                "bad": [{"file": b.file, "line": b.line, "reason": b.reason} for b in h.bad[:100]],
-                "start": _iso(h.start_ms), "end": _iso(h.end_ms),
-            },
+            "history": self.history.summary(),
             "window_days": self.window_days,
             "conversions": self.conversions,
             "snapshot_every_days": SNAPSHOT_DAYS,
