@@ -18,6 +18,7 @@ class CallRecorder:
         self.calls: Counter[str] = Counter()
         self.total = 0
         self.transact_items = 0  # items written by TransactWriteItems calls (each is billed as a write)
+        self.usage_writes: Counter[str] = Counter()  # PutItem/UpdateItem of usage state by item: hot, cold, archive
         self.fail_at: int | None = None
         self.failure: type[BaseException] | str = "throttle"
         client.meta.events.register("before-parameter-build.*.*", self._params)
@@ -27,6 +28,11 @@ class CallRecorder:
     def _params(self, params: Any, model: Any, **_: Any) -> None:
         if model.name == "TransactWriteItems" and isinstance(params, dict):
             self.transact_items += len(params.get("TransactItems", []))
+        elif model.name in ("PutItem", "UpdateItem") and isinstance(params, dict):
+            sk = (params.get("Key") or params.get("Item") or {}).get("sk", {}).get("S", "")
+            if sk.startswith("USAGE"):
+                kind = "archive" if sk.startswith("USAGE#F") else "cold" if sk.startswith("USAGE#C") else "hot"
+                self.usage_writes[kind] += 1
 
     def _after(self, model: Any, **_: Any) -> None:
         """failure "crash_after": the call succeeded, then the process died before it saw the answer."""

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from pqlflow.contracts.usage_events import UsageEvent, parse_message
 from pqlflow.ingest import compaction
 from pqlflow.ingest.batch import IngestBatch, IngestConfig
+from pqlflow.ingest.cold import cold_key
+from pqlflow.ingest.item import usage_key
 from pqlflow.ingest.store import DynamoUsageStore, read_usage
 from pqlflow.ingest.usage import AccountUsage, GaugeSpec, TrackingSpec
 from pqlflow.kernel import clock
@@ -233,19 +235,28 @@ def _prepared(recorder_client: object | None = None) -> tuple[object, str, Dynam
     return client, table, store
 
 
+@pytest.mark.parametrize("path", ["intent", "transaction"])
 @pytest.mark.parametrize("failure", ["throttle", "crash", "crash_after"])
 def test_a_failure_at_any_aws_call_of_a_batch_and_its_compaction_then_redelivery_gives_the_clean_state(
-    aws, monkeypatch, failure
+    aws, monkeypatch, failure, path
 ):
-    # (items this small are compacted only with the fold threshold lowered)
+    # (items this small are compacted only with the fold threshold lowered; a compaction too big to carry its
+    # intent in its cold item is one transaction instead)
     monkeypatch.setattr(compaction, "FOLD_AT_BYTES", 150)
     monkeypatch.setattr(compaction, "FOLD_DOWN_TO_BYTES", 60)
+    if path == "transaction":
+        monkeypatch.setattr(compaction, "MAX_INTENT_ITEM_BYTES", 0)
     client, table, store = _prepared()
     recorder = CallRecorder(client)
     assert _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS) == []
     expected, calls = _state(client, table), recorder.total
     assert expected == _expected_late(EARLIER + COMPACTING_BATCH)
-    assert {"TransactWriteItems", "Query", "GetItem", "PutItem"} <= set(recorder.calls)  # PutItem: archives
+    assert {"Query", "GetItem", "UpdateItem"} <= set(recorder.calls)  # the late day's archive, the cold item
+    if path == "intent":  # the decision (the cold item put), then its intent: archive items and the hot item
+        assert "TransactWriteItems" not in recorder.calls
+        assert recorder.usage_writes["cold"] >= 1 and recorder.usage_writes["archive"] >= 2
+    else:
+        assert recorder.calls["TransactWriteItems"] >= 1 and recorder.usage_writes["cold"] == 0
     for n in range(1, calls + 1):
         # Given the Nth AWS call of the batch fails: an AWS error, the process dying before it, or after it
         client, table, store = _prepared()
@@ -264,3 +275,72 @@ def test_a_failure_at_any_aws_call_of_a_batch_and_its_compaction_then_redelivery
         # failed compaction may have put before its transaction) count nothing
         assert _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS + DAY) == []
         assert _state(client, table) == expected, f"late copies counted after failing call {n} ({failure})"
+
+
+class _Interleaved(DynamoUsageStore):
+    """A store whose compaction, right after deciding (its cold item put), lets another batch run: as if
+    another instance compacted the same account while this one was paused (or had died)."""
+
+    def __init__(self, table, client, meanwhile):
+        super().__init__(table, client)
+        self.meanwhile = meanwhile
+        self.decided = 0
+
+    def write_if(self, request):
+        done = super().write_if(request)
+        if done and request.get("Item", {}).get("sk", {}).get("S", "").startswith("USAGE#C") and self.meanwhile:
+            self.decided += 1
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return done
+
+
+@pytest.mark.parametrize("resumes", [True, False], ids=["paused", "died"])
+def test_a_compaction_decided_and_left_unfinished_is_completed_by_the_next_one_exactly_once(
+    aws, monkeypatch, resumes
+):
+    monkeypatch.setattr(compaction, "FOLD_AT_BYTES", 150)
+    monkeypatch.setattr(compaction, "FOLD_DOWN_TO_BYTES", 60)
+    client, table, _ = _prepared()
+    others = [_late_message(300 + i, "Message Sent", ACCOUNTS[i % 2], "u1", 1, i) for i in range(4)]
+    # Given a compaction that decided (put the next cold item) and then paused or died before its intent ran,
+    # while another batch of the same accounts compacted meanwhile
+    other_store = DynamoUsageStore(table, client)
+
+    def meanwhile():
+        assert _ingest_at(other_store, others + COMPACTING_BATCH[:3], LATE_NOW_MS + 1000) == []
+        if not resumes:
+            raise Crash("the first instance died after its decision")
+
+    store = _Interleaved(table, client, meanwhile)
+    try:
+        retry = _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS)
+    except Crash:
+        retry = COMPACTING_BATCH
+    assert store.decided == 1
+    # When what was not acknowledged is redelivered
+    assert _ingest_at(DynamoUsageStore(table, client), retry, LATE_NOW_MS + 60_000) == []
+    # Then every event counts once: the decided compaction was completed once, by whichever got there first
+    assert _state(client, table) == _expected_late(EARLIER + COMPACTING_BATCH + others)
+
+
+def test_a_cold_item_in_the_layout_before_the_slots_is_read_and_the_next_compaction_moves_on_from_it(
+    aws, monkeypatch
+):
+    monkeypatch.setattr(compaction, "FOLD_AT_BYTES", 150)
+    monkeypatch.setattr(compaction, "FOLD_DOWN_TO_BYTES", 60)
+    # Given accounts compacted by the layout before the two cold slots: their cold item at `USAGE#C`
+    client, table, store = _prepared()
+    for account in ACCOUNTS:
+        hot = read_usage(client, table, account)
+        assert hot is not None
+        version = int(client.get_item(TableName=table, Key=usage_key(account), ConsistentRead=True)
+                      ["Item"]["cver"]["N"])
+        slot = client.get_item(TableName=table, Key=cold_key(account, None, version), ConsistentRead=True)["Item"]
+        client.put_item(TableName=table, Item={**slot, **cold_key(account)})
+        client.delete_item(TableName=table, Key=cold_key(account, None, version))
+    # Then the new code reads them as they were
+    assert _state(client, table) == _expected_late(EARLIER)
+    # And their next compactions (late copies among new events) build on them: nothing lost or counted twice
+    assert _ingest_at(store, COMPACTING_BATCH, LATE_NOW_MS) == []
+    assert _state(client, table) == _expected_late(EARLIER + COMPACTING_BATCH)

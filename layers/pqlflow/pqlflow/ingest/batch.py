@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_body
 from pqlflow.ingest import compaction
-from pqlflow.ingest.cold import ColdUsage
+from pqlflow.ingest.cold import ColdUsage, decode_requests
 from pqlflow.ingest.item import StoredUsage, SubjectDelta, update_requests, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, quarantine_item
 from pqlflow.ingest.usage import GaugeError, TrackingSpec, fingerprint
@@ -40,11 +40,12 @@ class UsageStore(Protocol):
 
     def read_usage_item(self, account_id: str, user_id: str | None) -> dict[str, Any] | None: ...
 
-    def read_cold(self, account_id: str, user_id: str | None) -> ColdUsage | None: ...
+    def read_cold(self, account_id: str, user_id: str | None, version: int) -> ColdUsage | None: ...
 
-    def read_archives(self, account_id: str, user_id: str | None, days: list[int]) -> dict[int, set[bytes]]: ...
+    def read_archives(self, account_id: str, user_id: str | None, days: list[int],
+                      up_to_version: int) -> dict[int, set[bytes]]: ...
 
-    def put(self, item: dict[str, Any]) -> None: ...
+    def write_if(self, request: dict[str, Any]) -> bool: ...
 
     def transact(self, items: list[dict[str, Any]]) -> bool: ...
 
@@ -179,33 +180,51 @@ class IngestBatch:
         """Compact while the item says it is due (a backfill may need several rounds); False when events this
         batch wrote are left uncounted: late slots (hours folded before) still awaiting their archive check.
 
-        A failed compaction leaves the state as it was (the transaction is all or nothing). That is correct as
-        it stands unless late slots remain: then the subject's records are reported for retry, and their
-        redelivery compacts again. A compaction that lost a race re-reads the item and goes on."""
+        A compaction is decided by its conditional put of the next version's cold item, which carries the
+        writes that complete it (its intent); whoever finds such an intent (the compaction itself, or any
+        later one: after a crash, or one that lost the race to decide) sends them, so a decided compaction
+        always completes, and an undecided one changed nothing the reader counts. If late slots remain
+        uncounted, the subject's records are reported for retry and their redelivery compacts again."""
         stored = StoredUsage.parse(item)
         hours = self.config.pending_hours
         try:
             for _ in range(MAX_COMPACTION_ROUNDS):
                 if not compaction.is_due(stored, self.now_ms, hours):
                     return True
-                cold = store.read_cold(stored.account_id, stored.user_id) if stored.needs_cold else None
+                subject = (stored.account_id, stored.user_id)
+                cold = store.read_cold(*subject, stored.cver) if stored.needs_cold else None
                 if stored.needs_cold and (cold is None or cold.version != stored.cver):
                     stored = self._reread(store, stored)  # another instance compacted since: start from its item
                     continue
                 late = compaction.late_days(stored, self.now_ms, hours)
-                archives = store.read_archives(stored.account_id, stored.user_id, late) if late else {}
+                archives = store.read_archives(*subject, late, stored.cver) if late else {}
                 plan = compaction.plan(store.table, stored, cold, archives, self.config.spec, self.now_ms, hours)
-                for archive in plan.archive_puts:  # first: each names only events the hot item counts already
-                    store.put(archive)
-                if not store.transact(plan.transact_items):
+                if plan.cold_put is not None and store.write_if(plan.cold_put):
+                    done = self._complete(store, plan.intent)
+                elif plan.cold_put is None and store.transact(plan.transact_items):
+                    done = True
+                else:  # the next version is decided already (by a compaction that may have died): complete it
+                    decided = store.read_cold(*subject, stored.cver + 1)
+                    if decided is not None and decided.version == stored.cver + 1 and decided.intent is not None:
+                        self._complete(store, decode_requests(decided.intent))
+                    done = False
+                if not done:
                     stored = self._reread(store, stored)
                     continue
                 self.outcome.compactions += 1
                 self.outcome.late_duplicates += plan.late_duplicates
                 stored = plan.after
-        except Exception:  # noqa: BLE001, S110 - the state is as before; only uncounted late slots need a retry
+        except Exception:  # noqa: BLE001, S110 - undecided, or decided and completed by the next compaction
             pass
         return not any(stored.is_late(h) for h, _ in stored.pending)
+
+    @staticmethod
+    def _complete(store: UsageStore, intent: list[dict[str, Any]]) -> bool:
+        """Send a decided compaction's writes in order; False when its last (the hot item's update,
+        conditional on the version it compacted) found it done by someone else."""
+        for request in intent[:-1]:
+            store.update(request)
+        return store.write_if(intent[-1])
 
     @staticmethod
     def _reread(store: UsageStore, stored: StoredUsage) -> StoredUsage:

@@ -4,14 +4,17 @@ The hot usage item (`pqlflow.ingest.item`) is written by every batch, and every 
 whole size; so it holds only what arrived since the last compaction. Everything compaction has folded lives
 in two kinds of item that no happy-path write touches:
 
-* the **cold item** (`sk` `USAGE#C`, or `USAGE#C#U#<user>` for `unit: user`): lifetime and daily counts,
-  active users per day, and the winning gauge / trait / time elements, as one zlib-compressed JSON document
-  in the binary attribute `b`, with the compaction version `v` it belongs to (the hot item's `cver`). It is
-  rewritten, whole, only by compaction, in the same transaction that removes what it folded from the hot
-  item; qualification reads it (one eventually consistent GetItem, 0.5 RRU up to 4 KB);
+* the **cold item** (`sk` `USAGE#C<v % 2>`, or `USAGE#C<v % 2>#U#<user>` for `unit: user`): lifetime and
+  daily counts, active users per day, and the winning gauge / trait / time elements, as one zlib-compressed
+  JSON document in the binary attribute `b`, with the compaction version `v` it belongs to (the hot item's
+  `cver`). Two slots, by the version's parity: a compaction puts version v + 1 beside version v, which the
+  hot item names until the compaction's intent (`i`: the writes that complete it) has run. Qualification
+  reads it (one eventually consistent GetItem, 0.5 RRU up to 4 KB). Before the slots the cold item was one
+  item, `USAGE#C`: it is still read when the slot has nothing as new, until the account's next compaction;
 * **archive items** (`sk` `USAGE#F#<event day>#<subject>#<compaction version>`): the fingerprints of the
   events one compaction folded for one event day (binary set `f`), expiring with the retention window
-  (`expires_at`, the table's TTL). Each compaction writes its own small items (one per event day it folds),
+  (`expires_at`, the table's TTL), written only by a decided compaction's intent. Each compaction writes
+  its own small items (one per event day it folds),
   so none grows with the day. A copy of an event whose hour was already folded is checked against its day's
   archive (one consistent Query of the day's items) by the compaction that folds it, and only then: so it
   counts once at any lateness within retention.
@@ -32,8 +35,12 @@ COLD_KIND = "usage-cold"
 ARCHIVE_KIND = "usage-fp"
 
 
-def cold_key(account_id: str, user_id: str | None = None) -> dict[str, dict[str, str]]:
-    sk = "USAGE#C" if user_id is None else f"USAGE#C#U#{user_id}"
+def cold_key(account_id: str, user_id: str | None = None, version: int | None = None) -> dict[str, dict[str, str]]:
+    """The key of the cold item of compaction `version`: one of two slots (`USAGE#C0`, `USAGE#C1`) by its
+    parity, so a compaction writes the next version beside the one the hot item still names. `None`: the
+    single cold item of the layout before the slots (`USAGE#C`), read until the account's next compaction."""
+    slot = "" if version is None else str(version % 2)
+    sk = f"USAGE#C{slot}" if user_id is None else f"USAGE#C{slot}#U#{user_id}"
     return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": sk}}
 
 
@@ -68,6 +75,7 @@ class ColdUsage:
     user_traits: list[str] = field(default_factory=list)
     times: list[int] = field(default_factory=list)  # [first seen, last seen]
     conversions: list[int] = field(default_factory=list)  # [first conversion]
+    intent: bytes | None = None  # the writes that complete the compaction that put this item (`Intent`)
 
     def document(self) -> bytes:
         """The compressed document stored in `b`: daily series dense from their first day; user
@@ -102,8 +110,10 @@ class ColdUsage:
                    conversions=list(doc.get("cv", [])))
 
     def item(self, account_id: str, user_id: str | None) -> dict[str, dict[str, Any]]:
-        item: dict[str, dict[str, Any]] = {**cold_key(account_id, user_id), "kind": {"S": COLD_KIND},
+        item: dict[str, dict[str, Any]] = {**cold_key(account_id, user_id, self.version), "kind": {"S": COLD_KIND},
                                            "v": {"N": str(self.version)}, "b": {"B": self.document()}}
+        if self.intent is not None:
+            item["i"] = {"B": self.intent}
         return item
 
     @classmethod
@@ -113,7 +123,50 @@ class ColdUsage:
         blob = item["b"]["B"]
         if not isinstance(blob, bytes | bytearray):
             blob = base64.b64decode(blob)
-        return cls.from_document(int(item["v"]["N"]), bytes(blob))
+        cold = cls.from_document(int(item["v"]["N"]), bytes(blob))
+        if "i" in item:
+            intent = item["i"]["B"]
+            cold.intent = bytes(intent) if isinstance(intent, bytes | bytearray) else base64.b64decode(intent)
+        return cold
+
+
+def newer_cold(slot: ColdUsage | None, legacy: ColdUsage | None) -> ColdUsage | None:
+    """Of a slot's cold item and the single cold item of the layout before the slots, the newer."""
+    if slot is None or (legacy is not None and legacy.version > slot.version):
+        return legacy
+    return slot
+
+
+def encode_requests(requests: list[dict[str, Any]]) -> bytes:
+    """DynamoDB requests (UpdateItem parameters) as a compressed document, binary values in base64: what an
+    intent stores, so that any later compaction can send exactly these requests."""
+    return zlib.compress(json.dumps(_walk(requests, _to_text), separators=(",", ":")).encode(), 9)
+
+
+def decode_requests(blob: bytes) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = _walk(json.loads(zlib.decompress(blob)), _to_bytes)
+    return requests
+
+
+def _to_text(value: Any) -> Any:
+    return base64.b64encode(value).decode()
+
+
+def _to_bytes(value: Any) -> Any:
+    return base64.b64decode(value)
+
+
+def _walk(node: Any, convert: Any) -> Any:
+    """Apply `convert` to every binary value (`{"B": ...}`, `{"BS": [...]}`) of DynamoDB JSON."""
+    if isinstance(node, list):
+        return [_walk(n, convert) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if len(node) == 1 and "B" in node:
+        return {"B": convert(node["B"])}
+    if len(node) == 1 and "BS" in node:
+        return {"BS": [convert(b) for b in node["BS"]]}
+    return {k: _walk(v, convert) for k, v in node.items()}
 
 
 class StaleCold(Exception):

@@ -1,8 +1,7 @@
-"""Compaction: what the hot usage item has gathered moves to the cold item, in one transaction.
+"""Compaction: what the hot usage item has gathered moves to the cold item, decided by one conditional put.
 
-Every batch's write to the hot item is billed on the item's whole size, and a compaction is a transaction
-of about 6 WRU, so compaction runs only when it pays, decided from the item a batch's write returned
-(ReturnValues=ALL_NEW, no extra read):
+Every batch's write to the hot item is billed on the item's whole size, so compaction runs only when it pays,
+decided from the item a batch's write returned (ReturnValues=ALL_NEW, no extra read):
 
 * the item is past FOLD_AT_BYTES (900 B: one more write would cost 2 WRU): its oldest hours that ended more
   than `PENDING_WINDOW_HOURS` ago (1 by default) are folded until it is under FOLD_DOWN_TO_BYTES (200 B). A sparse
@@ -11,22 +10,27 @@ of about 6 WRU, so compaction runs only when it pays, decided from the item a ba
 * a pending slot is *late*: its hour was folded already (a copy, or an event that arrived after its hour);
 * the item still has the layout before the cold item (`lc`/`dc`/`t<hour>`): it is migrated.
 
-Per event day it folds, an archive item of the fingerprints it folded; then one TransactWriteItems,
-conditional on the hot item's compaction version `cver`, that (1) DELETEs from the hot item exactly the
-elements it folded (never a whole attribute: a concurrent batch's additions stay), sets `cver` + 1 and the
-fold watermark `fw`; (2) puts the cold item at that version; (3) puts the archive items of the days with a
-late slot. Late slots are checked against their day's archive first (one consistent Query per late day, only
-then): a fingerprint already there was counted, and is dropped.
+A compaction of the hot item at version `cver` = v writes, in order:
 
-The archive items of the other days are plain PutItems *before* the transaction (1 WRU per KB, where a
-transaction bills 2): safe whatever happens after them, because such an item only names fingerprints the hot
-item already counts (slots after the fold watermark are counted while pending) and that only a committed
-compaction removes from it, folding them into the cold item. An archive item whose transaction then failed
-or never ran is therefore still true (its events are counted, pending or folded); it only lets a later copy
-be recognized. A late slot's fingerprints are not counted until folded, so their archive item must commit
-with the fold: it stays in the transaction. All of the transaction or none of it, so a crash anywhere leaves
-either the state before or the state after (plus, at most, true archive items); if the condition fails
-another compaction won, and this one is simply dropped. See docs/ingest.md.
+1. **the decision**: the cold item of version v + 1, put in the slot of its parity (`USAGE#C0` / `USAGE#C1`),
+   conditional on that slot not holding version v + 1 already. The cold item of version v, which the hot item
+   and every reader still name, is in the other slot and untouched. The new cold item carries the **intent**:
+   the exact requests that complete this compaction, compressed;
+2. **the intent**: one archive item per event day folded (a set union of the fingerprints it folded), then
+   the hot item's update, conditional on `cver` = v: it DELETEs exactly the elements folded (never a whole
+   attribute: a concurrent batch's additions stay), sets `cver` = v + 1 and the fold watermark `fw`.
+
+Late slots are checked against their day's archive first (one consistent Query per late day, only then; items
+of versions after the hot item's are a decided compaction's not yet completed, and are not read): a
+fingerprint already there was counted, and is dropped.
+
+Nothing before the decision changes anything, so a compaction that fails or dies before it is simply gone.
+Once decided, it is completed by whoever gets there: itself, or the next compaction of that account, whose
+own decision then fails on the slot and which sends the intent it finds there instead (identical requests:
+unions, and a hot update that applies once). Until then the reader sees version v, whole. Where a
+transaction bills every item twice, this costs the cold item's put once (1 WRU per KB) and the hot item's
+update once. A compaction too big to carry its intent in a 400 KB item (MAX_INTENT_ITEM_BYTES) is one
+TransactWriteItems of the same writes instead. See docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pqlflow.ingest.cold import ARCHIVE_KIND, ColdUsage, archive_key, cold_key
+from pqlflow.ingest.cold import ARCHIVE_KIND, ColdUsage, archive_key, cold_key, encode_requests
 from pqlflow.ingest.item import (
     MAX_CLAUSES,
     SIZE_SOFT_LIMIT,
@@ -46,6 +50,7 @@ from pqlflow.ingest.item import (
     _latest_user_traits,
     _trait_element,
     _user_trait_element,
+    _value_size,
     usage_key,
 )
 from pqlflow.ingest.usage import DAY_MS, HOUR_MS, MAX_USERS_PER_DAY, TrackingSpec, cap_names, cap_users
@@ -55,6 +60,7 @@ BUSY_BYTES = 16 * 1024  # past this, completed hours fold at once (every write i
 FOLD_AT_BYTES = 900  # a hot item past this is compacted: a write of more than 1 KB is billed 2 WRU
 FOLD_DOWN_TO_BYTES = 200  # ...folding its oldest hours until it is back under this
 MIN_CLUTTER_MOVED = 256  # or, with no hour old enough, moving at least this much of its other elements
+MAX_INTENT_ITEM_BYTES = 300 * 1024  # a cold item carrying its intent; DynamoDB's item limit is 400 KB
 MAX_TRANSACTION_ITEMS = 100  # DynamoDB's limit: the hot item, the cold item and up to 98 archive items
 _ARCHIVE_HOURS = MAX_TRANSACTION_ITEMS - 2  # hours folded per round: at most that many event days
 _ARCHIVE_GRACE_DAYS = 2  # archive items outlive the retention window by this much before TTL removes them
@@ -80,9 +86,10 @@ def clutter_bytes(stored: StoredUsage) -> int:
 
 
 def is_due(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> bool:
-    """Whether the item a batch's write returned needs a compaction now. Folding costs a transaction (about 6
-    WRU), carrying costs nothing while the item stays under 1 KB: so a small item is left alone, however old
-    its hours, unless a late slot awaits its check or it still has the layout before the cold item."""
+    """Whether the item a batch's write returned needs a compaction now. Folding costs a few WRU (the cold
+    item's put, the hot item's update, an archive item per day), carrying costs nothing while the item stays
+    under 1 KB: so a small item is left alone, however old its hours, unless a late slot awaits its check or
+    it still has the layout before the cold item."""
     if stored.legacy_totals or stored.touched or any(stored.is_late(h) for h, _ in stored.pending):
         return True
     last = fold_to(stored, now_ms, pending_hours)
@@ -92,7 +99,7 @@ def is_due(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PENDIN
 
 def _cluttered(stored: StoredUsage) -> bool:
     """Enough gauge/trait/time/user elements that moving them pays: at least MIN_CLUTTER_MOVED and a quarter
-    of the item (a compaction rewrites the whole hot item, twice billed in a transaction; an item that is
+    of the item (a compaction rewrites the whole hot item and the cold item; an item that is
     mostly the current hour's events would otherwise be compacted by every batch, for a few elements each)."""
     clutter = clutter_bytes(stored)
     return clutter >= MIN_CLUTTER_MOVED and clutter * 4 > stored.size
@@ -140,18 +147,23 @@ def late_days(stored: StoredUsage, now_ms: int, pending_hours: int = DEFAULT_PEN
 
 @dataclass
 class CompactionPlan:
+    """One compaction round's writes, in order: `cold_put` (the decision: the cold item of the next version,
+    conditional on its slot not holding that version yet, carrying `intent`), then the `intent` (the archive
+    items of the days folded, and last the hot item's update, conditional on its version). A plan too big to
+    carry its intent has `cold_put` None and `transact_items` instead: the same writes in one transaction."""
+
+    cold_put: dict[str, Any] | None
+    intent: list[dict[str, Any]]
     transact_items: list[dict[str, Any]]
     after: StoredUsage  # the hot item as this compaction leaves it (without concurrent additions)
     folded_events: int = 0
     late_duplicates: int = 0  # late copies the archive recognized
     hours: list[int] = field(default_factory=list)
-    # archive items of days without a late slot: put before the transaction, each alone (see the docstring)
-    archive_puts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict[int, set[bytes]],
          spec: TrackingSpec, now_ms: int, pending_hours: int = DEFAULT_PENDING_HOURS) -> CompactionPlan:
-    """The transaction of one compaction round. `cold` is the cold item at the hot item's version (None
+    """The writes of one compaction round. `cold` is the cold item at the hot item's version (None
     before the first compaction of this layout); `archives` the fingerprints archived for each late day."""
     merged = stored.with_cold(cold)
     hours, complete = hours_to_fold(stored, now_ms, pending_hours)
@@ -182,12 +194,6 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         folded += len(new_fps)
         if new_fps:
             new_by_day.setdefault(hour // 24, set()).update(new_fps)
-    late_days_folded = {hour // 24 for hour in hours if stored.is_late(hour)}
-    archive_items: list[dict[str, Any]] = []  # late days': they commit with the fold
-    archive_puts: list[dict[str, Any]] = []
-    for day, fps in sorted(new_by_day.items()):
-        item = _archive_item(table, stored, day, fps, expires)
-        (archive_items if day in late_days_folded else archive_puts).append(item)
     today = now_ms // DAY_MS
     oldest_day = today - spec.retention_days + 1
     daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
@@ -219,19 +225,32 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
     condition = f"{cver} = {hot.value({'N': str(stored.cver)})}" if stored.cver else f"attribute_not_exists({cver})"
     update = hot.request(table, usage_key(stored.account_id, stored.user_id), ConditionExpression=condition)
     update.pop("ReturnValues", None)
-    items = [{"Update": update},
-             {"Put": {"TableName": table, "Item": new_cold.item(stored.account_id, stored.user_id)}},
-             *({"Put": a} for a in archive_items)]
+    archive_updates = [_archive_update(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())]
     after = replace(stored, pending=remaining, touched={}, lifetime={}, daily={}, cver=stored.cver + 1, users={},
                     gauges={}, traits=set(), user_traits=set(), times=set(), conversions=set(), fw=new_fw,
                     legacy_totals=False, size=_pending_size(remaining))
-    return CompactionPlan(items, after, folded, duplicates, hours, archive_puts)
+    intent = [*archive_updates, update]
+    new_cold.intent = encode_requests(intent)
+    cold_item = new_cold.item(stored.account_id, stored.user_id)
+    slot: dict[str, Any] = {"TableName": table, "Item": cold_item,
+            "ConditionExpression": "attribute_not_exists(#v) OR #v < :v", "ExpressionAttributeNames": {"#v": "v"},
+            "ExpressionAttributeValues": {":v": {"N": str(new_cold.version)}}}
+    if sum(len(k) + _value_size(v) for k, v in cold_item.items()) <= MAX_INTENT_ITEM_BYTES:
+        return CompactionPlan(slot, intent, [], after, folded, duplicates, hours)
+    new_cold.intent = None  # too big to carry its own intent: one transaction instead (every item billed twice)
+    slot["Item"] = new_cold.item(stored.account_id, stored.user_id)
+    transact = [{"Update": update}, {"Put": slot}, *({"Update": u} for u in archive_updates)]
+    return CompactionPlan(None, [], transact, after, folded, duplicates, hours)
 
 
-def _archive_item(table: str, stored: StoredUsage, day: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
-    key = archive_key(stored.account_id, stored.user_id, day, stored.cver + 1)
-    return {"TableName": table, "Item": {**key, "kind": {"S": ARCHIVE_KIND}, "expires_at": {"N": str(expires)},
-                                         "f": {"BS": sorted(fps)}}}
+def _archive_update(table: str, stored: StoredUsage, day: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
+    """The union of these fingerprints into the archive item of this compaction's version for one event day:
+    a set union, so that writes of the same item by compactions racing for one version only ever add."""
+    return {"TableName": table, "Key": archive_key(stored.account_id, stored.user_id, day, stored.cver + 1),
+            "UpdateExpression": "ADD #f :f SET #k = :k, #e = :e",
+            "ExpressionAttributeNames": {"#f": "f", "#k": "kind", "#e": "expires_at"},
+            "ExpressionAttributeValues": {":f": {"BS": sorted(fps)}, ":k": {"S": ARCHIVE_KIND},
+                                          ":e": {"N": str(expires)}}}
 
 
 def _kept_users(users: dict[int, set[bytes]], oldest_day: int) -> dict[int, set[bytes]]:

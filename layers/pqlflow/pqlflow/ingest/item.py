@@ -431,6 +431,8 @@ def _value_size(value: dict[str, Any]) -> int:
         return len(inner)
     if tag == "BS":
         return sum(len(_binary(b)) if not isinstance(b, bytes | bytearray) else len(b) for b in inner)
+    if tag == "B":
+        return len(inner) if isinstance(inner, bytes | bytearray) else len(_binary(inner))
     if tag in ("SS", "NS"):
         return sum(len(x) for x in inner)
     if tag == "M":

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ParamValidationError
 
-from pqlflow.ingest.cold import ColdUsage, archive_fingerprints, archive_prefix, cold_key
+from pqlflow.ingest.cold import ColdUsage, archive_fingerprints, archive_prefix, cold_key, newer_cold
 from pqlflow.ingest.item import StoredUsage, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, reduced_item
 from pqlflow.ingest.usage import AccountUsage
@@ -34,11 +34,21 @@ def read_usage(client: Any, table: str, account_id: str, user_id: str | None = N
     if not item:
         return None
     stored = StoredUsage.parse(item)
-    cold = None
-    if stored.needs_cold:
-        response = client.get_item(TableName=table, Key=cold_key(account_id, user_id), ConsistentRead=True)
-        cold = ColdUsage.parse(response.get("Item"))
+    cold = get_cold(client, table, account_id, user_id, stored.cver, consistent=True) if stored.needs_cold else None
     return stored.to_usage(cold)
+
+
+def get_cold(client: Any, table: str, account_id: str, user_id: str | None, version: int,
+             consistent: bool) -> ColdUsage | None:
+    """The cold item in the slot of compaction `version` (it may hold another version: the caller compares);
+    when that slot has nothing as new, the single cold item of the layout before the slots, if newer."""
+    def get(key: dict[str, Any]) -> ColdUsage | None:
+        return ColdUsage.parse(client.get_item(TableName=table, Key=key, ConsistentRead=consistent).get("Item"))
+
+    cold = get(cold_key(account_id, user_id, version))
+    if cold is None or cold.version < version:
+        cold = newer_cold(cold, get(cold_key(account_id, user_id)))
+    return cold
 
 
 class UsageReader:
@@ -76,8 +86,7 @@ class UsageReader:
             return cold
         for consistent in (False, True):
             self.reads += 1
-            response = self.client.get_item(TableName=self.table, Key=cold_key(*subject), ConsistentRead=consistent)
-            cold = ColdUsage.parse(response.get("Item"))
+            cold = get_cold(self.client, self.table, *subject, stored.cver, consistent)
             if cold is not None and cold.version >= stored.cver:
                 break
         if cold is not None:
@@ -109,34 +118,45 @@ class DynamoUsageStore:
         item: dict[str, Any] | None = response.get("Item")
         return item
 
-    def read_cold(self, account_id: str, user_id: str | None) -> ColdUsage | None:
-        """The cold item, read consistently (compaction must build on the latest one)."""
-        response = self.client.get_item(TableName=self.table, Key=cold_key(account_id, user_id), ConsistentRead=True)
-        return ColdUsage.parse(response.get("Item"))
+    def read_cold(self, account_id: str, user_id: str | None, version: int) -> ColdUsage | None:
+        """The cold item in the slot of compaction `version`, read consistently (compaction builds on the
+        latest one, and looks in the next version's slot for an intent to complete)."""
+        return get_cold(self.client, self.table, account_id, user_id, version, consistent=True)
 
-    def read_archives(self, account_id: str, user_id: str | None, days: list[int]) -> dict[int, set[bytes]]:
-        """Fingerprints already archived for each event day of `days` (one consistent Query per day)."""
+    def read_archives(self, account_id: str, user_id: str | None, days: list[int],
+                      up_to_version: int) -> dict[int, set[bytes]]:
+        """Fingerprints archived for each event day of `days` by compactions up to `up_to_version` (one
+        consistent Query per day). Items of a later version belong to a compaction not yet completed: what
+        they name is not folded yet, so they are not read."""
         found: dict[int, set[bytes]] = {}
         for day in days:
             pk, prefix = archive_prefix(account_id, user_id, day)
             request: dict[str, Any] = {
-                "TableName": self.table, "ConsistentRead": True, "ProjectionExpression": "f",
+                "TableName": self.table, "ConsistentRead": True, "ProjectionExpression": "sk, f",
                 "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
                 "ExpressionAttributeValues": {":pk": {"S": pk}, ":prefix": {"S": prefix}}}
             fps: set[bytes] = set()
             while True:
                 response = self.client.query(**request)
                 for item in response.get("Items", []):
-                    fps |= archive_fingerprints(item)
+                    if int(item["sk"]["S"][len(prefix):]) <= up_to_version:
+                        fps |= archive_fingerprints(item)
                 if "LastEvaluatedKey" not in response:
                     break
                 request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
             found[day] = fps
         return found
 
-    def put(self, item: dict[str, Any]) -> None:
-        """Put one item (a compaction's archive item: a PutItem request as `compaction.plan` built it)."""
-        self.client.put_item(**item)
+    def write_if(self, request: dict[str, Any]) -> bool:
+        """Send one PutItem (a request with `Item`) or UpdateItem; False when its condition failed."""
+        try:
+            if "Item" in request:
+                self.client.put_item(**request)
+            else:
+                self.client.update_item(**request)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def transact(self, items: list[dict[str, Any]]) -> bool:
         """Apply a compaction transaction; False when another compaction won (its condition failed) or a
