@@ -1,0 +1,175 @@
+"""Backtest speed against DuckDB, side by side in one run on the same 1M-event file (issue 17 item 3).
+
+Uses the backtest bench's cached history (`pqlflow sample`, default 1,000,000 events over 2,000 accounts and
+60 days, seed 1, start 2026-01-01; cached in $TMPDIR/pqlflow-bench/) and runs, each in a fresh child process
+(so no run inherits another's heap or caches), `--repeat` times:
+  1. DuckDB, one thread: the equivalent query of a one-rule count definition — read the same JSON Lines, and
+     per account the lifetime count of `Message Sent` and the time of its 2,000th (`lifetime_and_crossing`);
+  2. `pqlflow backtest` of examples/definitions/slack-messages.yaml (that one rule), as the command runs it
+     (`run_backtest_partitioned`, partitions auto: in memory at this size), with its phases: reading and
+     validating, dedupe + sort + per-account columns, the fold and evaluation;
+  3. the same for examples/definitions/scoring.yaml (points with decay);
+  4. `pqlflow discover` on the same file (`run_discover`).
+Prints CPU and wall seconds (the range over the repeats), the ratios of each backtest's CPU time to DuckDB's
+against the targets (2× for the one-rule definition, 3× for scoring), and discover against its 30 s. CPU time
+is what "one core" means: every run here is single-threaded, and CPU time is not inflated by other processes
+on a shared machine (wall time is printed beside it).
+
+Run: .venv/bin/python bench/backtest_speed_bench.py [--repeat N] [--events N] [--accounts N] [--file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFINITIONS = {"slack": ROOT / "examples/definitions/slack-messages.yaml",
+               "scoring": ROOT / "examples/definitions/scoring.yaml"}
+TARGETS = {"slack": 2.0, "scoring": 3.0}  # × DuckDB's CPU time (issue 17 item 3)
+DISCOVER_TARGET_SECONDS = 30.0
+COUNTED = "Message Sent"
+THRESHOLD = 2000
+
+# The equivalent of slack-messages' rule in SQL: every account's lifetime count of one event name and the time
+# of the event that made it reach the threshold. The account is the contract's: the group of a group call,
+# else the message's context.groupId, else the user alone ("user:" + userId).
+QUERY = """
+WITH ev AS (
+    SELECT coalesce(groupId, context->>'groupId', 'user:' || userId) AS account, event, type,
+           epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) AS ms
+    FROM read_json(?, columns = {columns}, format = 'newline_delimited')
+), counted AS (
+    SELECT account, ms, row_number() OVER (PARTITION BY account ORDER BY ms) AS n
+    FROM ev WHERE type = 'track' AND event = ?
+)
+SELECT account, count(*) AS lifetime, min(ms) FILTER (WHERE n = ?) AS crossed_ms
+FROM counted GROUP BY account ORDER BY account
+"""
+COLUMNS = ("{'type': 'VARCHAR', 'event': 'VARCHAR', 'timestamp': 'VARCHAR', 'userId': 'VARCHAR', "
+           "'groupId': 'VARCHAR', 'context': 'JSON'}")
+
+
+def lifetime_and_crossing(
+    path: Path, event: str = COUNTED, threshold: int = THRESHOLD
+) -> list[tuple[str, int, int | None]]:
+    """DuckDB (one thread): (account, lifetime count of `event`, epoch ms of its `threshold`-th or None) for
+    every account with at least one, sorted by account."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET threads = 1")
+        con.execute("SET TimeZone = 'UTC'")
+        rows: list[tuple[str, int, int | None]] = con.execute(
+            QUERY.format(columns=COLUMNS), [str(path), event, threshold]
+        ).fetchall()
+    finally:
+        con.close()
+    return rows
+
+
+def _timed(work: Any) -> tuple[Any, float, float]:
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = work()
+    return out, time.process_time() - cpu, time.perf_counter() - wall
+
+
+def child(kind: str, path: Path) -> dict[str, Any]:
+    if kind == "duckdb":
+        rows, cpu, wall = _timed(lambda: lifetime_and_crossing(path))
+        return {"cpu": cpu, "wall": wall, "accounts": len(rows), "crossed": sum(1 for r in rows if r[2] is not None)}
+    if kind == "discover":
+        from pqlflow.analysis.discover import run_discover
+
+        result, cpu, wall = _timed(lambda: run_discover([path], now_s=time.time()))
+        return {"cpu": cpu, "wall": wall, "candidates": result.candidates}
+    from pqlflow.analysis.partitions import run_backtest_partitioned
+    from pqlflow.qualify.definition import load_definition
+
+    definition = DEFINITIONS[kind]
+    defn = load_definition(definition)
+    result, cpu, wall = _timed(lambda: run_backtest_partitioned([path], [(defn, definition.name)], now_s=time.time()))
+    history, run = result.history, result.runs[0]
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "lines": history.lines,
+        "read_validate": history.decode_seconds - history.sort_cpu_seconds,
+        "sort": history.sort_cpu_seconds,
+        "fold": run.seconds,
+        "pqls": sum(1 for s in run.subjects if s.qualified_at_ms is not None),
+        "folded": run.folded,
+    }
+
+
+def run_child(kind: str, path: Path) -> dict[str, Any]:
+    out = subprocess.run(  # noqa: S603 - this script, fixed arguments
+        [sys.executable, __file__, "--child", kind, "--file", str(path)], check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:5.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, default=2_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, to show the noise (default 2)")
+    parser.add_argument("--file", type=Path, default=None, help="use this JSON Lines history instead of generating one")
+    parser.add_argument("--child", choices=("duckdb", "slack", "scoring", "discover"), default=None,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.file)))
+        return 0
+    from backtest_bench import history_file  # the backtest bench's cached history, made if missing
+
+    path = args.file or history_file(args.events, args.accounts, args.seed)
+    print(f"backtest speed bench · {platform.python_implementation()} {platform.python_version()} · {path} "
+          f"({path.stat().st_size / 1e6:,.0f} MB) · {args.repeat} run(s) of each, each in its own process")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("duckdb", "slack", "scoring", "discover")}
+    for _ in range(args.repeat):  # interleaved, so a burst of load elsewhere does not hit one kind only
+        for kind, results in runs.items():
+            results.append(run_child(kind, path))
+    duck = runs["duckdb"]
+    duck_cpu = [r["cpu"] for r in duck]
+    print(f"duckdb, 1 thread: lifetime '{COUNTED}' per account + its {THRESHOLD:,}th   CPU {_span(duck_cpu)} s  "
+          f"wall {_span([r['wall'] for r in duck])} s  ({duck[0]['accounts']:,} accounts, "
+          f"{duck[0]['crossed']:,} reach {THRESHOLD:,})")
+    ok = True
+    for kind in ("slack", "scoring"):
+        rs = runs[kind]
+        cpu = [r["cpu"] for r in rs]
+        ratios = [c / d for c, d in zip(cpu, duck_cpu, strict=True)]
+        met = max(ratios) <= TARGETS[kind]
+        ok = ok and met
+        print(f"backtest {DEFINITIONS[kind].name:<20}                              CPU {_span(cpu)} s  "
+              f"wall {_span([r['wall'] for r in rs])} s  ({rs[0]['lines']:,} lines, {rs[0]['pqls']:,} PQLs, "
+              f"{rs[0]['folded']:,} folded)")
+        print(f"  phases: read + validate {_span([r['read_validate'] for r in rs])} s · dedupe + sort + columns "
+              f"{_span([r['sort'] for r in rs])} s · fold + evaluate {_span([r['fold'] for r in rs])} s")
+        print(f"  {_span(ratios)}× DuckDB's CPU time; target within {TARGETS[kind]:g}×: {'met' if met else 'NOT met'}")
+    disc = runs["discover"]
+    disc_cpu = [r["cpu"] for r in disc]
+    met = max(disc_cpu) < DISCOVER_TARGET_SECONDS
+    print(f"discover ({disc[0]['candidates']:,} candidates)                                    CPU "
+          f"{_span(disc_cpu)} s  wall {_span([r['wall'] for r in disc])} s  target under "
+          f"{DISCOVER_TARGET_SECONDS:.0f} s: {'met' if met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
