@@ -449,6 +449,8 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     """Per function, IAM action → the partition-key patterns its adapters use, from their own key functions."""
     from pqlflow.channels.email.ledger import marker_key
     from pqlflow.channels.offers.store import OfferStore
+    from pqlflow.channels.crm.store import state_key as crm_state_key
+    from pqlflow.channels.crm.store import sync_key as crm_sync_key
     from pqlflow.channels.rep_tasks.store import RepTaskStore
     from pqlflow.contracts.usage_events import Rejection
     from pqlflow.ingest.cold import archive_key, cold_key
@@ -469,6 +471,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     offer, lock = _pattern(OfferStore._key("u", "of_1")), _pattern(OfferStore.lock_key("acct", "discount"))
     task, counter = _pattern(RepTaskStore._key("acct", "t")), _pattern(RepTaskStore.counter_key("any:any"))
     marker = _pattern(marker_key("acct", "a"))
+    crm_sync, crm_state = _pattern(crm_sync_key("acct", "hubspot", "t")), _pattern(crm_state_key("acct", "hubspot"))
     return {
         # ingest: the usage write per account; compaction's transaction (hot update, cold put, archive updates)
         # and reads (cold item, archives); quarantined events; the definition in force (read only)
@@ -498,6 +501,9 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
         "SesEventsFunction": {"dynamodb:PutItem": {suppression}},
         # the internet-facing collection API: the messages it rejects, in ingest's quarantine, nothing else
         "CollectFunction": {"dynamodb:BatchWriteItem": {quarantine}},
+        # crm_sync: the sync record per transition and target, and the record state it claims
+        "CrmSyncFunction": {"dynamodb:GetItem": {crm_sync, crm_state}, "dynamodb:PutItem": {crm_sync},
+                            "dynamodb:UpdateItem": {crm_state}},
     }
 
 
@@ -644,3 +650,53 @@ def test_the_deploy_guide_states_the_collection_api_defaults(template: dict[str,
     for name in ("CollectWriteKeysCacheSeconds", "CollectThrottlingBurstLimit", "CollectThrottlingRateLimit"):
         assert f"| `{name}` | {params[name]['Default']} |" in guide, name
     assert f"| `AllowedSources` | `{params['AllowedSources']['Default']}` |" in guide
+
+
+@pytest.mark.parametrize("detail_type", ["PQL Qualified", "PQL Disqualified", "Account Converted"])
+def test_every_pql_transition_reaches_the_crm_sync_queue(template: dict[str, Any], detail_type: str) -> None:
+    # Given the CRM sync rule's pattern
+    rule = template["Resources"]["CrmSyncRule"]["Properties"]
+    # Then each transition pqlflow emits matches, and nothing else does
+    assert matches(rule["EventPattern"], {"source": "pqlflow", "detail-type": detail_type, "detail": {}})
+    for other in ("Nurture Action", "Rep Task Created", "track"):
+        assert not matches(rule["EventPattern"], {"source": "pqlflow", "detail-type": other, "detail": {}})
+    assert not matches(rule["EventPattern"], {"source": "someone.else", "detail-type": detail_type, "detail": {}})
+    # And it reads the stack's own bus, where pqlflow emits them
+    assert rule["EventBusName"] == {"Ref": "PqlflowBus"}
+
+
+def test_crm_sync_reports_partial_batches_and_keeps_what_fails_in_an_alarmed_queue(template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    # Given the rule's target, the queue and the function's trigger
+    (target,) = resources["CrmSyncRule"]["Properties"]["Targets"]
+    queue = resources["CrmSyncQueue"]["Properties"]
+    (trigger,) = resources["CrmSyncFunction"]["Properties"]["Events"].values()
+    # Then the rule feeds the queue, and what it cannot put there lands in the dead-letter queue
+    assert target["Arn"] == {"Fn::GetAtt": ["CrmSyncQueue", "Arn"]}
+    assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": ["CrmSyncDeadLetterQueue", "Arn"]}
+    # And a message that keeps failing ends in the same dead-letter queue, after a few redeliveries
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["CrmSyncDeadLetterQueue", "Arn"]}
+    assert 2 <= queue["RedrivePolicy"]["maxReceiveCount"] <= 10
+    # And one failed message never fails its batch
+    assert trigger["Type"] == "SQS"
+    assert trigger["Properties"]["Queue"] == {"Fn::GetAtt": ["CrmSyncQueue", "Arn"]}
+    assert trigger["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # And the queue outlives the function's timeout six times over (AWS's advice for SQS triggers)
+    timeout = resources["CrmSyncFunction"]["Properties"].get("Timeout", template["Globals"]["Function"]["Timeout"])
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    # And EventBridge may put on both queues, for this rule only
+    (statement,) = resources["CrmSyncQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::GetAtt": ["CrmSyncRule", "Arn"]}
+
+
+def test_crm_sync_reads_only_the_connector_secret_and_is_off_by_default(template: dict[str, Any]) -> None:
+    fn = template["Resources"]["CrmSyncFunction"]["Properties"]
+    # Given its policy / Then beyond its table items it may only read the connector secret
+    others = [s for s in policy_statements(template["Resources"]["CrmSyncFunction"])
+              if not any(str(a).startswith("dynamodb:") for a in _as_list(s["Action"]))]
+    assert [(s["Action"], s["Resource"]) for s in others] == [
+        ("secretsmanager:GetSecretValue", {"Ref": "ConnectorSecret"})
+    ]
+    # And its targets come from CrmTargets, empty by default (a deploy writes to no CRM until configured)
+    assert fn["Environment"]["Variables"]["CRM_TARGETS"] == {"Ref": "CrmTargets"}
+    assert template["Parameters"]["CrmTargets"]["Default"] == ""
