@@ -38,6 +38,8 @@ def handler(event: dict[str, Any], context: Any, *, sync: CrmSync | None = None)
     def record_handler(record: SQSRecord) -> dict[str, str]:
         return service.record_handler(record.body)
 
+    # A batch whose every message failed is answered like any other (each item reported), not raised.
     return process_partial_response(
-        event=event, record_handler=record_handler, processor=BatchProcessor(event_type=EventType.SQS), context=context
+        event=event, record_handler=record_handler,
+        processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False), context=context
     )

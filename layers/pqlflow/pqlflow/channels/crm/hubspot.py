@@ -119,7 +119,3 @@ def setup(target: HubSpotCompanies) -> SetupResult:
                 raise
             existing.append(prop.name)
     return SetupResult(group_created, tuple(created), tuple(existing))
-
-
-def properties_to_create() -> list[dict[str, Any]]:
-    return [p.definition(i) for i, p in enumerate(PROPERTIES)]
