@@ -14,7 +14,7 @@ from urllib.parse import quote
 from pydantic import ValidationError
 
 from pqlflow.channels.rep_tasks.task import ranked
-from pqlflow.contracts.emitted import AccountConverted, PqlDisqualified, PqlQualified, Reason
+from pqlflow.contracts.emitted import AccountConverted, DefinitionRef, PqlDisqualified, PqlQualified, Reason
 
 Status = Literal["qualified", "disqualified", "converted"]
 # Within one millisecond a conversion outranks a disqualification, which outranks a qualification.
@@ -81,36 +81,33 @@ def _first_error(exc: ValidationError) -> str:
     return f"{'.'.join(str(p) for p in first['loc']) or 'detail'}: {first['msg']}"
 
 
+def _record(
+    status: Status, account_id: str, transition_id: str, at: str, definition: DefinitionRef | None, **rest: Any
+) -> CrmRecord:
+    return CrmRecord(
+        account_id=account_id, transition_id=transition_id, status=status, changed_at=at,
+        sequence=_sequence(at, status), definition=definition.name if definition else None,
+        definition_version=definition.version if definition else None, **rest,
+    )
+
+
 def from_event(detail_type: str, detail: Any) -> CrmRecord:
     """The record for one emitted event; `CrmEventInvalid` names the bad field."""
     try:
         if detail_type == PqlQualified.DETAIL_TYPE:
             q = PqlQualified.model_validate(detail)
-            return CrmRecord(
-                account_id=q.account_id, transition_id=q.transition_id, status="qualified",
-                changed_at=q.qualified_at, sequence=_sequence(q.qualified_at, "qualified"),
-                definition=q.definition.name, definition_version=q.definition.version,
-                qualified_at=q.qualified_at, score=q.score, touch=q.touch, reasons=reason_lines(q.reasons),
-            )
+            return _record("qualified", q.account_id, q.transition_id, q.qualified_at, q.definition,
+                           qualified_at=q.qualified_at, score=q.score, touch=q.touch, reasons=reason_lines(q.reasons))
         if detail_type == PqlDisqualified.DETAIL_TYPE:
             d = PqlDisqualified.model_validate(detail)
-            return CrmRecord(
-                account_id=d.account_id, transition_id=d.transition_id, status="disqualified",
-                changed_at=d.disqualified_at, sequence=_sequence(d.disqualified_at, "disqualified"),
-                definition=d.definition.name, definition_version=d.definition.version,
-                reasons=reason_lines(d.reasons),
-            )
+            return _record("disqualified", d.account_id, d.transition_id, d.disqualified_at, d.definition,
+                           reasons=reason_lines(d.reasons))
         if detail_type == AccountConverted.DETAIL_TYPE:
             c = AccountConverted.model_validate(detail)
             # A conversion carries no transition id: one is derived from what identifies it.
             digest = hashlib.sha256(f"{c.account_id}\x00{c.converted_at}".encode()).hexdigest()[:24]
-            return CrmRecord(
-                account_id=c.account_id, transition_id=f"conv_{digest}", status="converted",
-                changed_at=c.converted_at, sequence=_sequence(c.converted_at, "converted"),
-                definition=c.definition.name if c.definition else None,
-                definition_version=c.definition.version if c.definition else None,
-                qualified_at=c.qualified_at,
-            )
+            return _record("converted", c.account_id, f"conv_{digest}", c.converted_at, c.definition,
+                           qualified_at=c.qualified_at)
     except ValidationError as exc:
         raise CrmEventInvalid(f"{detail_type}: field {_first_error(exc)}") from None
     except ValueError:
