@@ -447,10 +447,10 @@ def _pattern(key: dict[str, Any]) -> str:
 
 def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     """Per function, IAM action → the partition-key patterns its adapters use, from their own key functions."""
-    from pqlflow.channels.email.ledger import marker_key
-    from pqlflow.channels.offers.store import OfferStore
     from pqlflow.channels.crm.store import state_key as crm_state_key
     from pqlflow.channels.crm.store import sync_key as crm_sync_key
+    from pqlflow.channels.email.ledger import marker_key
+    from pqlflow.channels.offers.store import OfferStore
     from pqlflow.channels.rep_tasks.store import RepTaskStore
     from pqlflow.contracts.usage_events import Rejection
     from pqlflow.ingest.cold import archive_key, cold_key

@@ -32,6 +32,7 @@ class FakeHubSpotCrm:
     slow: int = 0
     delay: float = 0.0
     patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    creates: int = 0  # POSTs that asked to create a group or property
 
     def __call__(self, req: Seen) -> Reply:
         if self.slow > 0:
@@ -59,6 +60,7 @@ class FakeHubSpotCrm:
         return 404, {"status": "error", "message": f"no route {req.method} {req.path}"}
 
     def _create_group(self, body: dict[str, Any]) -> Reply:
+        self.creates += 1
         if not body.get("name") or not body.get("label"):
             return 400, {"status": "error", "category": "VALIDATION_ERROR"}
         if body["name"] in self.groups:
@@ -67,6 +69,7 @@ class FakeHubSpotCrm:
         return 201, body
 
     def _create_property(self, body: dict[str, Any]) -> Reply:
+        self.creates += 1
         if (body.get("type"), body.get("fieldType")) not in TYPES or not body.get("label"):
             return 400, {"status": "error", "category": "VALIDATION_ERROR", "message": "bad type"}
         if body.get("groupName") not in self.groups:

@@ -10,7 +10,6 @@ HubSpot's `domain` property. No company means `CompanyNotFound`: recorded as ski
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from pqlflow.channels.crm.record import GROUP, PROPERTIES, CrmRecord, company_properties
 from pqlflow.channels.rep_tasks.http import DeliveryError, Http
