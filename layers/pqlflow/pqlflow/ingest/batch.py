@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from pqlflow.contracts.usage_events import Rejection, UsageEvent, parse_body
 from pqlflow.ingest import compaction
-from pqlflow.ingest.cold import ColdUsage, decode_requests
+from pqlflow.ingest.cold import ColdUsage
 from pqlflow.ingest.item import StoredUsage, SubjectDelta, update_requests, usage_key
 from pqlflow.ingest.quarantine import QuarantineWrite, item_key, quarantine_item
 from pqlflow.ingest.usage import GaugeError, TrackingSpec, fingerprint
@@ -206,7 +206,7 @@ class IngestBatch:
                 else:  # the next version is decided already (by a compaction that may have died): complete it
                     decided = store.read_cold(*subject, stored.cver + 1)
                     if decided is not None and decided.version == stored.cver + 1 and decided.intent is not None:
-                        self._complete(store, decode_requests(decided.intent))
+                        self._complete(store, compaction.intent_requests(decided.intent))
                     done = False
                 if not done:
                     stored = self._reread(store, stored)

@@ -137,15 +137,15 @@ def newer_cold(slot: ColdUsage | None, legacy: ColdUsage | None) -> ColdUsage | 
     return slot
 
 
-def encode_requests(requests: list[dict[str, Any]]) -> bytes:
-    """DynamoDB requests (UpdateItem parameters) as a compressed document, binary values in base64: what an
-    intent stores, so that any later compaction can send exactly these requests."""
-    return zlib.compress(json.dumps(_walk(requests, _to_text), separators=(",", ":")).encode(), 9)
+def pack(document: dict[str, Any]) -> bytes:
+    """A document holding DynamoDB JSON (an UpdateItem's parameters), compressed, binary values in base64: how
+    an intent is stored, so that any later compaction can send exactly the same requests."""
+    return zlib.compress(json.dumps(_walk(document, _to_text), separators=(",", ":")).encode(), 9)
 
 
-def decode_requests(blob: bytes) -> list[dict[str, Any]]:
-    requests: list[dict[str, Any]] = _walk(json.loads(zlib.decompress(blob)), _to_bytes)
-    return requests
+def unpack(blob: bytes) -> dict[str, Any]:
+    document: dict[str, Any] = _walk(json.loads(zlib.decompress(blob)), _to_bytes)
+    return document
 
 
 def _to_text(value: Any) -> Any:

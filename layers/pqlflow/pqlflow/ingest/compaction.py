@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pqlflow.ingest.cold import ARCHIVE_KIND, ColdUsage, archive_key, cold_key, encode_requests
+from pqlflow.ingest.cold import ARCHIVE_KIND, ColdUsage, archive_key, cold_key, pack, unpack
 from pqlflow.ingest.item import (
     MAX_CLAUSES,
     SIZE_SOFT_LIMIT,
@@ -172,8 +172,9 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         new_fw = max(new_fw, stored.fw)
     hot = _Expression()
     lifetime, daily = dict(merged.lifetime), {n: dict(d) for n, d in merged.daily.items()}
-    new_by_day: dict[int, set[bytes]] = {}
     folded = duplicates = 0
+    copies: dict[int, set[bytes]] = {}  # per event day, late copies its archive knew: not archived again
+    slot_values: list[tuple[int, str]] = []  # (event day, placeholder of the fingerprints the hot update deletes)
     remaining = dict(stored.pending)
     expires = (now_ms // 1000) + (spec.retention_days + _ARCHIVE_GRACE_DAYS) * 86_400
     for hour in hours:
@@ -184,16 +185,18 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
                 continue
             fresh = fps - seen
             duplicates += len(fps) - len(fresh)
+            if fps & seen:
+                copies.setdefault(hour // 24, set()).update(fps & seen)
             new_fps |= fresh
             if fresh:
                 lifetime[name] = lifetime.get(name, 0) + len(fresh)
                 per_day = daily.setdefault(name, {})
                 per_day[hour // 24] = per_day.get(hour // 24, 0) + len(fresh)
-            hot.delete.append(f"{hot.name(f'p{hour}|{name}')} {hot.value({'BS': sorted(fps)})}")
+            placeholder = hot.value({"BS": sorted(fps)})
+            hot.delete.append(f"{hot.name(f'p{hour}|{name}')} {placeholder}")
+            slot_values.append((hour // 24, placeholder))
             del remaining[(h, name)]
         folded += len(new_fps)
-        if new_fps:
-            new_by_day.setdefault(hour // 24, set()).update(new_fps)
     today = now_ms // DAY_MS
     oldest_day = today - spec.retention_days + 1
     daily = {n: kept for n, days in daily.items() if (kept := {d: c for d, c in days.items() if d >= oldest_day})}
@@ -225,12 +228,15 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
     condition = f"{cver} = {hot.value({'N': str(stored.cver)})}" if stored.cver else f"attribute_not_exists({cver})"
     update = hot.request(table, usage_key(stored.account_id, stored.user_id), ConditionExpression=condition)
     update.pop("ReturnValues", None)
-    archive_updates = [_archive_update(table, stored, day, fps, expires) for day, fps in sorted(new_by_day.items())]
     after = replace(stored, pending=remaining, touched={}, lifetime={}, daily={}, cver=stored.cver + 1, users={},
                     gauges={}, traits=set(), user_traits=set(), times=set(), conversions=set(), fw=new_fw,
                     legacy_totals=False, size=_pending_size(remaining))
-    intent = [*archive_updates, update]
-    new_cold.intent = encode_requests(intent)
+    # The intent names each fingerprint once: the archive items are the hot update's folded slots by day
+    document = {"hot": update, "slots": slot_values, "expires": expires, "version": stored.cver + 1,
+                "copies": [[day, {"BS": sorted(fps)}] for day, fps in sorted(copies.items())],
+                "subject": [stored.account_id, stored.user_id]}
+    intent = completion(document)
+    new_cold.intent = pack(document)
     cold_item = new_cold.item(stored.account_id, stored.user_id)
     slot: dict[str, Any] = {"TableName": table, "Item": cold_item,
             "ConditionExpression": "attribute_not_exists(#v) OR #v < :v", "ExpressionAttributeNames": {"#v": "v"},
@@ -239,14 +245,35 @@ def plan(table: str, stored: StoredUsage, cold: ColdUsage | None, archives: dict
         return CompactionPlan(slot, intent, [], after, folded, duplicates, hours)
     new_cold.intent = None  # too big to carry its own intent: one transaction instead (every item billed twice)
     slot["Item"] = new_cold.item(stored.account_id, stored.user_id)
-    transact = [{"Update": update}, {"Put": slot}, *({"Update": u} for u in archive_updates)]
+    transact = [{"Update": update}, {"Put": slot}, *({"Update": u} for u in intent[:-1])]
     return CompactionPlan(None, [], transact, after, folded, duplicates, hours)
 
 
-def _archive_update(table: str, stored: StoredUsage, day: int, fps: Iterable[bytes], expires: int) -> dict[str, Any]:
-    """The union of these fingerprints into the archive item of this compaction's version for one event day:
-    a set union, so that writes of the same item by compactions racing for one version only ever add."""
-    return {"TableName": table, "Key": archive_key(stored.account_id, stored.user_id, day, stored.cver + 1),
+def completion(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The requests that complete a decided compaction, from its intent (`pack`ed in its cold item): one
+    archive item per event day folded (the fingerprints its hot update deletes from that day's slots, but the
+    late copies the archive knew), then the hot update, conditional on the version it compacted."""
+    hot = document["hot"]
+    values = hot["ExpressionAttributeValues"]
+    copies = {int(day): set(fps["BS"]) for day, fps in document["copies"]}
+    by_day: dict[int, set[bytes]] = {}
+    for day, placeholder in document["slots"]:
+        by_day.setdefault(int(day), set()).update(set(values[placeholder]["BS"]) - copies.get(int(day), set()))
+    account_id, user_id = document["subject"]
+    return [*(_archive_update(hot["TableName"], account_id, user_id, day, int(document["version"]), fps,
+                              int(document["expires"])) for day, fps in sorted(by_day.items()) if fps), hot]
+
+
+def intent_requests(blob: bytes) -> list[dict[str, Any]]:
+    """The requests of an intent found in a cold item (see `completion`)."""
+    return completion(unpack(blob))
+
+
+def _archive_update(table: str, account_id: str, user_id: str | None, day: int, version: int, fps: Iterable[bytes],
+                    expires: int) -> dict[str, Any]:
+    """The union of these fingerprints into the archive item of compaction `version` for one event day (a set
+    union: completing an intent twice writes nothing new)."""
+    return {"TableName": table, "Key": archive_key(account_id, user_id, day, version),
             "UpdateExpression": "ADD #f :f SET #k = :k, #e = :e",
             "ExpressionAttributeNames": {"#f": "f", "#k": "kind", "#e": "expires_at"},
             "ExpressionAttributeValues": {":f": {"BS": sorted(fps)}, ":k": {"S": ARCHIVE_KIND},
