@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/backtest_bench.py
 	$(PY) bench/parquet_bench.py
 	$(PY) bench/discover_bench.py
+	$(PY) bench/backtest_speed_bench.py
 	$(PY) bench/collect_bench.py
 	$(PY) bench/cost_bench.py --shape all
 	$(PY) bench/cost_bench.py --shape busy --transport firehose
