@@ -32,7 +32,6 @@ class HubSpotCompanies:
     companies: dict[str, str] = field(default_factory=dict)
     company_property: str | None = None
     domains: dict[str, str] = field(default_factory=dict)
-    portal_id: str | None = None
     http: Http = field(default_factory=Http)
     name: str = "hubspot"
 
@@ -59,10 +58,6 @@ class HubSpotCompanies:
         results = (resp.json() or {}).get("results") or []
         exact = [r for r in results if str((r.get("properties") or {}).get("domain", "")).lower() == domain]
         return str(exact[0]["id"]) if len(results) == 1 and len(exact) == 1 else None
-
-    def record_url(self, company_id: str) -> str | None:
-        """The company record in HubSpot's app, when the portal id is configured."""
-        return f"https://app.hubspot.com/contacts/{self.portal_id}/record/0-2/{company_id}" if self.portal_id else None
 
     def write(self, record: CrmRecord, explanation_url: str | None) -> tuple[str, int]:
         """PATCH the company; returns (company id, attempts). Raises `CompanyNotFound` or `DeliveryError`."""

@@ -59,7 +59,6 @@ class CrmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     domains: dict[str, str] = Field(default_factory=dict, description="account id → company domain (trusted)")
-    portal_id: str | None = Field(default=None, pattern=r"^[0-9]+$", description="for links to the record")
     explanation_url: str | None = Field(
         default=None, pattern=r"^https://", description="with {account_id} and {transition_id} placeholders"
     )
@@ -94,7 +93,7 @@ def build_targets(names: list[str], secret: dict[str, Any], http: Http) -> tuple
             hs: HubSpotConfig = _validated(HubSpotConfig, secret.get("hubspot"), "hubspot")
             targets.append(HubSpotCompanies(
                 hs.token, hs.base_url.rstrip("/"), dict(hs.companies), hs.company_property,
-                {k: v for k, v in crm.domains.items()}, crm.portal_id, http,
+                dict(crm.domains), http,
             ))
         elif name == "webhook":
             wh: WebhookConfig = crm.webhook or _validated(WebhookConfig, secret.get("webhook"), "webhook")
