@@ -194,3 +194,32 @@ def test_a_tampered_or_replayed_webhook_is_refused_by_the_documented_check(recei
     assert handle(sync, bus_event(qualified())) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
     assert webhook.received == {} and "does not match" in webhook.rejected[0]
     assert WEBHOOK_SECRET != "wrong-secret-0123456789"
+
+
+def test_two_transitions_handled_at_once_leave_the_newer_on_the_record_whichever_write_lands_last(
+    table_name, hubspot, sleeps
+):
+    fake, server = hubspot
+    companies = HubSpotCompanies(TOKEN, server.url, companies={"acct-1": COMPANY}, http=http(sleeps))
+    newer_sync = CrmSync(CrmSyncStore(table_name), [companies])
+
+    class Slow:
+        """The older transition's write, held up until the newer one (another invocation) has been handled."""
+        name = "hubspot"
+
+        def __init__(self) -> None:
+            self.held = True
+
+        def write(self, record, explanation_url):
+            if self.held:
+                self.held = False
+                handle(newer_sync, bus_event(disqualified(at="2026-11-27T14:30:00Z"), "PQL Disqualified"))
+            return companies.write(record, explanation_url)
+
+    # Given the qualification of 14:00 claimed the record and, before its write landed, the disqualification
+    # of 14:30 was claimed and written by another invocation
+    older_sync = CrmSync(CrmSyncStore(table_name), [Slow()])
+    handle(older_sync, bus_event(qualified(at="2026-11-27T14:00:00Z")))
+    # Then the older write landed last, and the newer status was written after it: the record says disqualified
+    assert [p["pqlflow_pql_status"] for _, p in fake.patches] == ["disqualified", "qualified", "disqualified"]
+    assert fake.companies[COMPANY]["pqlflow_pql_status"] == "disqualified"

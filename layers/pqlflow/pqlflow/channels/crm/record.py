@@ -58,6 +58,12 @@ class CrmRecord:
             "explanation_url": explanation_url,
         }
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CrmRecord:
+        """The record `to_json` wrote (as a claim keeps it)."""
+        fields = {k: v for k, v in doc.items() if k != "explanation_url"}
+        return cls(**{**fields, "reasons": tuple(fields.get("reasons") or ())})
+
 
 def epoch_ms(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)

@@ -30,6 +30,7 @@ from pqlflow.kernel.errors import UsageError
 from pqlflow.kernel.observability import log_id, logger, metrics
 
 TARGETS = ("hubspot", "webhook")
+MAX_NEWER_REWRITES = 5  # newer claims to follow after a write (each one means a transition arrived meanwhile)
 
 
 class CrmSyncSettings(BaseModel):
@@ -144,7 +145,7 @@ class CrmSync:
         if done is not None and done.status in FINAL:
             metrics.add_metric(name="CrmSyncRedeliveries", unit=MetricUnit.Count, value=1)
             return done.status
-        if not self.store.claim(acct, name, record.sequence, tid):
+        if not self.store.claim(acct, name, record.sequence, tid, json.dumps(record.to_json())):
             newer = self.store.newest(acct, name)
             result = SyncRecord("superseded", f"a newer transition ({newer}) is already on the record")
             logger.info("crm sync superseded", extra=log)
@@ -153,6 +154,7 @@ class CrmSync:
                 ref, attempts = target.write(record, link)
                 result = SyncRecord("written", ref=ref, attempts=attempts)
                 logger.info("crm sync written", extra=log | {"attempts": attempts})
+                self._newest_last(record, target, log)
             except CompanyNotFound as exc:
                 result = SyncRecord("skipped", str(exc))
                 logger.info("crm sync skipped", extra=log | {"reason": str(exc)})
@@ -162,6 +164,26 @@ class CrmSync:
         self.store.finish(acct, name, tid, result)
         metrics.add_metric(name=f"CrmSync_{result.status}", unit=MetricUnit.Count, value=1)
         return result.status
+
+    def _newest_last(self, written: CrmRecord, target: Target, log: dict[str, Any]) -> None:
+        """After a write, make sure the newest claimed transition's record is the last one written.
+
+        Two transitions of one account handled at once (two invocations) both claim before either writes;
+        the older one's write can then land after the newer one's. So each, after writing, reads the newest
+        claim: if a newer one was claimed meanwhile, it writes that one again (its claim keeps its record;
+        the same transition id, so the webhook's Idempotency-Key and HubSpot's PATCH make it harmless).
+        A newer claim made after this read is written by its own invocation, after this write."""
+        assert self.store is not None
+        sequence = written.sequence
+        for _ in range(MAX_NEWER_REWRITES):
+            newest, doc = self.store.claimed(written.account_id, target.name)
+            if newest <= sequence or doc is None:
+                return
+            newer = CrmRecord.from_json(json.loads(doc))
+            target.write(newer, explanation_link(self.explanation_url, newer))
+            sequence = newer.sequence
+            logger.info("crm sync rewrote the newer transition", extra=log | {"newer": newer.transition_id})
+            metrics.add_metric(name="CrmSyncNewerRewritten", unit=MetricUnit.Count, value=1)
 
     def record_handler(self, body: str) -> dict[str, str]:
         """An SQS message body (the EventBridge event, as the rule's queue target delivers it)."""

@@ -44,20 +44,29 @@ class CrmSyncStore(TableStore):
         doc = from_item(item)
         return SyncRecord(doc["status"], doc.get("reason"), doc.get("ref"), int(doc.get("attempts", 0)))
 
-    def claim(self, account_id: str, target: str, sequence: int, transition_id: str) -> bool:
+    def claim(self, account_id: str, target: str, sequence: int, transition_id: str, record: str) -> bool:
         """Make this transition the newest for the record, unless a newer one (higher sequence) already is;
-        the same transition may claim again (its redelivery)."""
+        the same transition may claim again (its redelivery). `record` (its JSON) is kept with the claim, so
+        that an older transition whose write lands after the newer one's can write the newer one again."""
         return conditional(
             self.client.update_item,
             TableName=self.table,
             Key=state_key(account_id, target),
-            UpdateExpression="SET kind = :kind, #seq = :seq, transition_id = :tid",
+            UpdateExpression="SET kind = :kind, #seq = :seq, transition_id = :tid, #record = :record",
             ConditionExpression="attribute_not_exists(#seq) OR #seq < :seq OR (#seq = :seq AND transition_id = :tid)",
-            ExpressionAttributeNames={"#seq": "sequence"},
+            ExpressionAttributeNames={"#seq": "sequence", "#record": "record"},
             ExpressionAttributeValues={
-                ":kind": {"S": "crm_state"}, ":seq": {"N": str(sequence)}, ":tid": {"S": transition_id}
+                ":kind": {"S": "crm_state"}, ":seq": {"N": str(sequence)}, ":tid": {"S": transition_id},
+                ":record": {"S": record},
             },
         )
+
+    def claimed(self, account_id: str, target: str) -> tuple[int, str | None]:
+        """The newest claim for the record: its sequence and its record's JSON (None before any claim kept
+        one)."""
+        item = self.client.get_item(TableName=self.table, Key=state_key(account_id, target), ConsistentRead=True)
+        doc = from_item(item["Item"]) if item.get("Item") else {}
+        return int(doc.get("sequence", 0)), doc.get("record")
 
     def newest(self, account_id: str, target: str) -> str | None:
         item = self.client.get_item(TableName=self.table, Key=state_key(account_id, target), ConsistentRead=True)
