@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pqlflow.channels.rep_tasks.connectors import build_connectors, parse_names
 from pqlflow.channels.rep_tasks.http import Backoff, DeliveryError, Http
-from pqlflow.channels.rep_tasks.hubspot import HubSpotConnector
+from pqlflow.channels.rep_tasks.hubspot import HubSpotConfig, HubSpotConnector, connect
 from pqlflow.channels.rep_tasks.slack import SlackConnector
 from pqlflow.channels.rep_tasks.task import RepTask, build_task, parse_roster
 from pqlflow.channels.rep_tasks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookConnector, verify
@@ -165,6 +165,24 @@ def test_hubspot_associates_through_the_mapping_in_the_connector_secret():
                          http=http()).deliver(task)
     # Then the task is on the mapped company
     assert _associated(fake) == ["555"]
+
+
+@pytest.mark.parametrize(("portal_id", "link"), [("4100", "https://app.hubspot.com/contacts/4100/record/0-2/555"),
+                                                  (None, None)])
+def test_a_hubspot_task_links_to_the_company_record_when_the_portal_is_configured(portal_id, link):
+    # Given the mapping account → company, and the portal id in the connector secret (or not)
+    fake = FakeHubSpotCompanies({})
+    task = sample_task()
+    config = HubSpotConfig(token=TOKEN, companies={"acct-42": "555"}, portal_id=portal_id)
+    with LocalServer(fake) as server:
+        connector = connect(config, http())
+        connector.base_url, connector.idempotency_property = server.url, None
+        connector.deliver(task)
+    # Then the rep reads, in the task, where the company record is (CRM sync writes the PQL status there)
+    (created,) = fake.tasks.values()
+    body = created["properties"]["hs_task_body"]
+    assert body.startswith(task.body)
+    assert (f"Company record: {link}" in body) if link else ("Company record" not in body)
 
 
 @pytest.mark.parametrize(

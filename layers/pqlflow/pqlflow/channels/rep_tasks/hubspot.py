@@ -50,6 +50,13 @@ class HubSpotConnector:
     tasks_path: str = "/crm/v3/objects/tasks"
     companies: dict[str, str] = field(default_factory=dict)
     company_property: str | None = None
+    portal_id: str | None = None  # for the company record's link in the task body
+    app_url: str = "https://app.hubspot.com"
+
+    def record_url(self, company_id: str) -> str | None:
+        """The company record in HubSpot's app (where CRM sync writes the PQL status and the explanation
+        link), when the portal id is configured."""
+        return f"{self.app_url}/contacts/{self.portal_id}/record/0-2/{company_id}" if self.portal_id else None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
@@ -83,7 +90,8 @@ class HubSpotConnector:
         properties: dict[str, Any] = {
             "hs_timestamp": _epoch_ms(task.due_at),
             "hs_task_subject": task.title,
-            "hs_task_body": task.body,
+            "hs_task_body": task.body + (f"\n\nCompany record: {url}" if company_id and
+                                         (url := self.record_url(company_id)) else ""),
             "hs_task_status": "NOT_STARTED",
             "hs_task_priority": task.priority,
             "hs_task_type": self.task_type,
@@ -175,6 +183,9 @@ class HubSpotConfig(BaseModel):
     company_property: str | None = Field(
         default=None, min_length=1, description="company property holding pqlflow's account id"
     )
+    portal_id: str | None = Field(
+        default=None, pattern=r"^[0-9]+$", description="the HubSpot account (hub) id: links the task to the record"
+    )
 
 
 def connect(cfg: HubSpotConfig, http: Http) -> HubSpotConnector:
@@ -187,4 +198,5 @@ def connect(cfg: HubSpotConfig, http: Http) -> HubSpotConnector:
         tasks_path=cfg.tasks_path,
         companies=dict(cfg.companies),
         company_property=cfg.company_property,
+        portal_id=cfg.portal_id,
     )
