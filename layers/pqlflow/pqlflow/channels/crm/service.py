@@ -146,7 +146,7 @@ class CrmSync:
             metrics.add_metric(name="CrmSyncRedeliveries", unit=MetricUnit.Count, value=1)
             return done.status
         if not self.store.claim(acct, name, record.sequence, tid, json.dumps(record.to_json())):
-            newer = self.store.newest(acct, name)
+            newer = self.store.claimed(acct, name).transition_id
             result = SyncRecord("superseded", f"a newer transition ({newer}) is already on the record")
             logger.info("crm sync superseded", extra=log)
         else:
@@ -176,10 +176,10 @@ class CrmSync:
         assert self.store is not None
         sequence = written.sequence
         for _ in range(MAX_NEWER_REWRITES):
-            newest, doc = self.store.claimed(written.account_id, target.name)
-            if newest <= sequence or doc is None:
+            claim = self.store.claimed(written.account_id, target.name)
+            if claim.sequence <= sequence or claim.record is None:
                 return
-            newer = CrmRecord.from_json(json.loads(doc))
+            newer = CrmRecord.from_json(json.loads(claim.record))
             target.write(newer, explanation_link(self.explanation_url, newer))
             sequence = newer.sequence
             logger.info("crm sync rewrote the newer transition", extra=log | {"newer": newer.transition_id})

@@ -26,6 +26,13 @@ class SyncRecord:
     attempts: int = 0
 
 
+@dataclass(frozen=True)
+class Claim:
+    sequence: int
+    transition_id: str | None
+    record: str | None  # the claiming transition's record, as JSON (claims made before it was kept: None)
+
+
 def sync_key(account_id: str, target: str, transition_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"CRM#{target}#{transition_id}"}}
 
@@ -61,17 +68,11 @@ class CrmSyncStore(TableStore):
             },
         )
 
-    def claimed(self, account_id: str, target: str) -> tuple[int, str | None]:
-        """The newest claim for the record: its sequence and its record's JSON (None before any claim kept
-        one)."""
+    def claimed(self, account_id: str, target: str) -> Claim:
+        """The newest claim for the record (a zero sequence before any)."""
         item = self.client.get_item(TableName=self.table, Key=state_key(account_id, target), ConsistentRead=True)
         doc = from_item(item["Item"]) if item.get("Item") else {}
-        return int(doc.get("sequence", 0)), doc.get("record")
-
-    def newest(self, account_id: str, target: str) -> str | None:
-        item = self.client.get_item(TableName=self.table, Key=state_key(account_id, target), ConsistentRead=True)
-        doc = from_item(item["Item"]) if item.get("Item") else {}
-        return doc.get("transition_id")
+        return Claim(int(doc.get("sequence", 0)), doc.get("transition_id"), doc.get("record"))
 
     def finish(self, account_id: str, target: str, transition_id: str, record: SyncRecord) -> None:
         doc: dict[str, Any] = {

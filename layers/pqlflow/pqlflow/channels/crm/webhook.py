@@ -5,7 +5,6 @@ side: the signature and a tolerance window against replays."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pqlflow.channels.crm.record import CrmRecord
 from pqlflow.channels.rep_tasks.http import Http
+from pqlflow.channels.rep_tasks.webhook import sign
 from pqlflow.kernel import clock
 
 SIGNATURE_HEADER = "X-Pqlflow-Signature"
@@ -21,7 +21,7 @@ TOLERANCE_SECONDS = 300
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     """The header value: `t=<timestamp>,v1=<hex HMAC-SHA256 over "<timestamp>.<body>">`."""
-    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    mac = sign(secret, str(timestamp), body).removeprefix("sha256=")  # the rep-task webhook's MAC
     return f"t={timestamp},v1={mac}"
 
 
