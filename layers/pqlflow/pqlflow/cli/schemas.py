@@ -15,7 +15,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pqlflow.contracts.emitted import EMITTED, NurtureAction, OfferAccepted, PqlQualified, RepTaskCreated, _Detail
+from pqlflow.contracts.emitted import (
+    EMITTED,
+    AccountChurned,
+    EmailBounced,
+    EmailClicked,
+    EmailComplained,
+    EmailDelivered,
+    EmailOpened,
+    JourneyStepDue,
+    JourneyStopped,
+    NurtureAction,
+    OfferAccepted,
+    OfferDismissed,
+    OfferViewed,
+    PqlQualified,
+    RepTaskClosed,
+    RepTaskCreated,
+    _Detail,
+)
 from pqlflow.contracts.schemas import envelope, schema, slug
 from pqlflow.contracts.usage_events import UsageEvent, parse_message, write_schemas
 from pqlflow.ingest.usage import DAY_MS, AccountUsage
@@ -78,6 +96,29 @@ def _qualification_samples() -> list[_Detail]:
     return details
 
 
+def _engagement_samples(transition_id: str) -> list[_Detail]:
+    email: dict[str, Any] = {"action_id": "act_5e0c7b2a9d41f3e86c1b0a7f4d2e9c35", "transition_id": transition_id,
+             "account_id": "acct_42", "user_id": "usr_1", "template": "upgrade_nudge",
+             "ses_message_id": "0100019a4e1b2c3d-5f6a7b8c-0000-4000-8000-000000000000-000000"}
+    offer: dict[str, Any] = {"action_id": "act_9b3d61f0e2a84c7d5e1f0b9a8c7d6e5f", "transition_id": transition_id,
+             "account_id": "acct_42", "user_id": "usr_1", "step": 1, "offer_id": "of_7d2c1e",
+             "offer": "extended_trial_14d"}
+    return [
+        EmailDelivered(engagement_id="eng_delivered_1", occurred_at="2026-11-02T09:31:04Z", **email),
+        EmailOpened(engagement_id="eng_opened_1", occurred_at="2026-11-02T10:12:40Z", **email),
+        EmailClicked(engagement_id="eng_clicked_1", occurred_at="2026-11-02T10:13:02Z",
+                     link="https://app.example.com/billing/upgrade", **email),
+        EmailBounced(engagement_id="eng_bounced_1", occurred_at="2026-11-02T09:31:04Z", bounce_type="Permanent",
+                     **email),
+        EmailComplained(engagement_id="eng_complained_1", occurred_at="2026-11-02T11:40:00Z", **email),
+        OfferViewed(engagement_id="eng_viewed_1", occurred_at="2026-11-05T09:41:00Z", **offer),
+        OfferDismissed(engagement_id="eng_dismissed_1", occurred_at="2026-11-05T09:41:30Z", **offer),
+        RepTaskClosed(engagement_id="eng_task_1", action_id="act_0c2b8f7e5d1a4c3b9e8f7a6b5c4d3e2f",
+                      transition_id=transition_id, account_id="acct_42", step=2, task_id="task_5b1f",
+                      outcome="completed", via="hubspot", occurred_at="2026-11-09T16:20:00Z"),
+    ]
+
+
 def samples() -> dict[str, _Detail]:
     qualified, disqualified, converted = _qualification_samples()
     assert isinstance(qualified, PqlQualified), qualified
@@ -110,6 +151,19 @@ def samples() -> dict[str, _Detail]:
             "page viewed. Suggested talk track: team workflows on the Pro plan.",
             transition_id=qualified.transition_id,
         ),
+        AccountChurned(
+            account_id="acct_42",
+            churned_at="2027-03-01T10:00:00Z",
+            converted_at="2026-12-14T10:21:00Z",
+            reason="subscription_cancelled",
+            mrr=49.0,
+        ),
+        JourneyStepDue(transition_id=qualified.transition_id, account_id="acct_42", rule="team_adopting_fast",
+                       step=1, due_at="2026-11-05T09:30:00Z"),
+        JourneyStopped(transition_id=qualified.transition_id, account_id="acct_42", rule="team_adopting_fast",
+                       reason="converted", after_step=1, stopped_at="2026-11-06T14:02:00Z",
+                       why="Account Converted at 2026-11-06T14:02:00Z"),
+        *_engagement_samples(qualified.transition_id),
     ]
     by_type = {d.DETAIL_TYPE: d for d in [qualified, disqualified, converted, *others]}
     return {m.DETAIL_TYPE: by_type[m.DETAIL_TYPE] for m in EMITTED}

@@ -109,6 +109,10 @@ class NurtureAction(_Detail):
     offer: str | None = None
     recipient_user_id: str | None = None
     send_after: str | None = Field(default=None, description="ISO 8601: quiet hours defer delivery until then")
+    rule: str | None = Field(default=None, description="the nurture policy rule that chose this action")
+    step: int = Field(default=0, ge=0, description="0: the action at qualification; n: the n-th later step of "
+                      "the rule's journey")
+    step_name: str | None = Field(default=None, description="the journey step's name, when the policy gives one")
     touch: TouchLevel
     reasons: list[Reason] = Field(default_factory=list)
     context: dict[str, Any] = Field(default_factory=dict, description="the qualification, for the channel")
@@ -146,6 +150,138 @@ class AccountConverted(_Detail):
     qualified_at: str | None = None
     seconds_since_qualified: float | None = None
     definition: DefinitionRef | None = None
+    mrr: float | None = Field(default=None, description="monthly recurring revenue the sender gave "
+                              "(Segment `properties.mrr` of `Subscription Started`)")
+    revenue: float | None = Field(default=None, description="one-off revenue the sender gave "
+                                  "(Segment `properties.revenue` of `Order Completed`)")
+    currency: str | None = Field(default=None, description="ISO 4217, as the sender gave it")
+    plan: str | None = None
 
 
-EMITTED = (PqlQualified, PqlDisqualified, NurtureAction, OfferAccepted, RepTaskCreated, AccountConverted)
+class AccountChurned(_Detail):
+    """A paying account stopped paying: `Subscription Cancelled`, or its plan trait back to a free plan."""
+
+    DETAIL_TYPE: ClassVar[str] = "Account Churned"
+
+    account_id: str
+    churned_at: str
+    converted_at: str | None = None
+    reason: Literal["subscription_cancelled", "plan_downgraded"]
+    mrr: float | None = Field(default=None, description="the monthly recurring revenue lost, when known")
+
+
+# --- journeys: the follow-up steps after the first action -------------------------------------------
+
+StopReason = Literal[
+    "converted", "disqualified", "unsubscribed", "suppressed", "offer_accepted", "task_closed",
+    "requalified", "completed",
+]
+
+
+class JourneyStepDue(_Detail):
+    """A journey's later step has come due (put on the bus by its EventBridge Scheduler one-time schedule)."""
+
+    DETAIL_TYPE: ClassVar[str] = "Journey Step Due"
+
+    transition_id: str = Field(description="the qualification the journey follows up")
+    account_id: str
+    rule: str = Field(description="the policy rule whose journey this is")
+    step: int = Field(ge=1, description="the step to run: 1 is the first step after the one at qualification")
+    due_at: str
+
+
+class JourneyStopped(_Detail):
+    """A journey ended: no step after `after_step` runs. Once per journey."""
+
+    DETAIL_TYPE: ClassVar[str] = "Journey Stopped"
+
+    transition_id: str
+    account_id: str
+    rule: str
+    reason: StopReason
+    after_step: int = Field(ge=0, description="the last step that ran")
+    stopped_at: str
+    why: str | None = None
+
+
+# --- engagement: what recipients did with an action ---------------------------------------------------
+
+
+class _Engagement(_Detail):
+    engagement_id: str = Field(description="deterministic from the source event: consumers dedupe on it")
+    action_id: str = Field(description="the Nurture Action engaged with")
+    transition_id: str
+    account_id: str
+    user_id: str | None = None
+    step: int = Field(default=0, ge=0, description="the journey step of the action")
+    occurred_at: str
+
+
+class _EmailEngagement(_Engagement):
+    template: str
+    ses_message_id: str
+
+
+class EmailDelivered(_EmailEngagement):
+    """SES delivered the nurture email to the recipient's mail server."""
+
+    DETAIL_TYPE: ClassVar[str] = "Email Delivered"
+
+
+class EmailOpened(_EmailEngagement):
+    """The recipient's client loaded the nurture email's open pixel (machine opens included, as SES counts)."""
+
+    DETAIL_TYPE: ClassVar[str] = "Email Opened"
+
+
+class EmailClicked(_EmailEngagement):
+    """The recipient followed a link of the nurture email."""
+
+    DETAIL_TYPE: ClassVar[str] = "Email Clicked"
+
+    link: str | None = Field(default=None, description="scheme, host and path of the link; never its query")
+
+
+class EmailBounced(_EmailEngagement):
+    DETAIL_TYPE: ClassVar[str] = "Email Bounced"
+
+    bounce_type: Literal["Permanent", "Transient", "Undetermined"]
+
+
+class EmailComplained(_EmailEngagement):
+    """The recipient marked the nurture email as spam; the address is suppressed for good."""
+
+    DETAIL_TYPE: ClassVar[str] = "Email Complained"
+
+
+class OfferViewed(_Engagement):
+    """The product showed the in-app offer to its recipient (the offers API's view call)."""
+
+    DETAIL_TYPE: ClassVar[str] = "Offer Viewed"
+
+    offer_id: str
+    offer: str
+
+
+class OfferDismissed(_Engagement):
+    DETAIL_TYPE: ClassVar[str] = "Offer Dismissed"
+
+    offer_id: str
+    offer: str
+
+
+class RepTaskClosed(_Engagement):
+    """The rep closed the follow-up task, reported back by the connector (HubSpot, Slack, webhook)."""
+
+    DETAIL_TYPE: ClassVar[str] = "Rep Task Closed"
+
+    task_id: str
+    outcome: Literal["completed", "dismissed"]
+    via: Literal["hubspot", "slack", "webhook"]
+
+
+ENGAGEMENT = (EmailDelivered, EmailOpened, EmailClicked, EmailBounced, EmailComplained, OfferViewed,
+              OfferDismissed, RepTaskClosed)
+
+EMITTED = (PqlQualified, PqlDisqualified, NurtureAction, OfferAccepted, RepTaskCreated, AccountConverted,
+           AccountChurned, JourneyStepDue, JourneyStopped, *ENGAGEMENT)

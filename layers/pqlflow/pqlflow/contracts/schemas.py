@@ -52,7 +52,8 @@ def envelope(detail: _Detail) -> dict[str, Any]:
 
 def _event_time(detail: _Detail) -> str:
     data = detail.model_dump()
-    for name in ("qualified_at", "disqualified_at", "converted_at", "accepted_at"):
+    for name in ("qualified_at", "disqualified_at", "converted_at", "accepted_at", "churned_at",
+                 "stopped_at", "occurred_at"):
         if isinstance(data.get(name), str):
             return data[name][:19] + "Z"
     return SAMPLE_TIME
