@@ -185,6 +185,7 @@ class JourneyStepDue(_Detail):
 
     transition_id: str = Field(description="the qualification the journey follows up")
     account_id: str
+    user_id: str | None = Field(default=None, description="the qualified user (user-unit definitions)")
     rule: str = Field(description="the policy rule whose journey this is")
     step: int = Field(ge=1, description="the step to run: 1 is the first step after the one at qualification")
     due_at: str
@@ -197,6 +198,7 @@ class JourneyStopped(_Detail):
 
     transition_id: str
     account_id: str
+    user_id: str | None = None
     rule: str
     reason: StopReason
     after_step: int = Field(ge=0, description="the last step that ran")
