@@ -20,17 +20,16 @@ from pqlflow.channels.email import unsubscribe
 from pqlflow.channels.email.errors import SendRejected
 from pqlflow.channels.email.sender import SendEmailSettings
 from pqlflow.channels.email.sender import build as build_sender
-from pqlflow.channels.email.ses_events import build as build_suppressions
 from pqlflow.channels.email.unsubscribe_endpoint import build as build_unsubscribe
 from pqlflow.kernel.settings import SettingsError, from_environ
-from pqlflow.nurture.suppression import address_hash
+from pqlflow.nurture.suppression import SuppressionList, address_hash
 from pqlflow.qualify.definition import parse_definition
 from pqlflow.qualify.evaluation import PqlState, decide, qualified_event
 
 from functions.send_email import app as send_email
 from functions.ses_events import app as ses_events
 from functions.unsubscribe import app as unsubscribe_fn
-from tests.support.channels import pqlflow_event
+from tests.support.channels import FakePublisher, pqlflow_event
 from tests.support.demo_account import demo_qualification, email_action
 from tests.support.lambda_context import LambdaContext
 from tests.unit.qualify.test_qualification import History
@@ -258,7 +257,11 @@ def test_a_permanent_bounce_suppresses_the_address(email_env):
         },
     }
     # When ses_events handles it (twice: redelivery is harmless)
-    results = [ses_events.handler(bounce, LambdaContext(), suppressions=build_suppressions()) for _ in range(2)]
+    suppressions = SuppressionList(email_env["TABLE_NAME"])
+    results = [
+        ses_events.handler(bounce, LambdaContext(), suppressions=suppressions, publisher=FakePublisher())
+        for _ in range(2)
+    ]
     # Then the address is suppressed once and the nudge is not sent
     assert [r["suppressed"] for r in results] == [1, 0]
     assert send(nurture_event(example_action()))["outcome"] == "suppressed"

@@ -48,12 +48,14 @@ class FakeSuppressions:
 class FakeOutbox:
     def __init__(self, fail_with: list[Exception] | None = None) -> None:
         self.sent: list[tuple[str, bytes]] = []
+        self.tags: list[dict[str, str]] = []
         self.fail_with = list(fail_with or [])
 
-    def send(self, raw, *, to, template):
+    def send(self, raw, *, to, tags):
         if self.fail_with:
             raise self.fail_with.pop(0)
         self.sent.append((to, raw))
+        self.tags.append(dict(tags))
         return f"msg-{len(self.sent)}"
 
 

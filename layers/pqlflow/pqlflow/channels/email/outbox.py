@@ -1,7 +1,9 @@
-"""The SES v2 outbox: `SendEmail` with `Content.Raw` (the exact MIME bytes) and the configuration set."""
+"""The SES v2 outbox: `SendEmail` with `Content.Raw` (the exact MIME bytes), the configuration set and the
+message's tags (`pqlflow.channels.email.tags`: what SES's events about it need to become engagement events)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pqlflow.channels.email.errors import SendRejected
@@ -18,7 +20,7 @@ class SesOutbox:
         self.sender = sender
         self.client = client
 
-    def send(self, raw: bytes, *, to: str, template: str) -> str:
+    def send(self, raw: bytes, *, to: str, tags: Mapping[str, str]) -> str:
         from botocore.exceptions import ClientError
 
         try:
@@ -27,7 +29,7 @@ class SesOutbox:
                 Destination={"ToAddresses": [to]},
                 Content={"Raw": {"Data": raw}},
                 ConfigurationSetName=self.configuration_set,
-                EmailTags=[{"Name": "pqlflow_template", "Value": template}],
+                EmailTags=[{"Name": name, "Value": value} for name, value in tags.items()],
             )
         except ClientError as exc:  # SES answered: the message was not accepted
             raise SendRejected(exc.response.get("Error", {}).get("Code", "ClientError")) from exc

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pqlflow.channels.email import tags as ses_tags
 from pqlflow.channels.email.brand import Brand, load_brand
 from pqlflow.channels.email.errors import NoRecipient, SendRejected
 from pqlflow.channels.email.ledger import DynamoDeliveryLedger
@@ -62,8 +63,9 @@ class SuppressionCheck(Protocol):
 
 
 class Outbox(Protocol):
-    def send(self, raw: bytes, *, to: str, template: str) -> str:
-        """Send the exact MIME bytes and return the message id; raise `SendRejected` when refused."""
+    def send(self, raw: bytes, *, to: str, tags: Mapping[str, str]) -> str:
+        """Send the exact MIME bytes with the message's SES tags and return the message id; raise
+        `SendRejected` when refused."""
         ...
 
 
@@ -155,7 +157,16 @@ class EmailSender:
             return Delivery("suppressed", action.action_id, rendered.template, address_hash=hashed)
         try:
             message_id = self.outbox.send(
-                message_bytes(message), to=recipient.email, template=rendered.template
+                message_bytes(message),
+                to=recipient.email,
+                tags=ses_tags.for_message(
+                    action_id=action.action_id,
+                    transition_id=action.transition_id,
+                    account_id=action.account_id,
+                    step=action.step,
+                    template=rendered.template,
+                    user_id=recipient.user_id,
+                ),
             )
         except SendRejected:
             self.ledger.release(action.account_id, action.action_id)
