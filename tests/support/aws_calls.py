@@ -25,6 +25,11 @@ class CallRecorder:
         client.meta.events.register("before-call.*.*", self._before)
         client.meta.events.register("after-call.*.*", self._after)
 
+    def attach(self, client: Any) -> None:
+        """Count (and fail) another client's calls too, in one sequence with the first client's."""
+        client.meta.events.register("before-call.*.*", self._before)
+        client.meta.events.register("after-call.*.*", self._after)
+
     def _params(self, params: Any, model: Any, **_: Any) -> None:
         if model.name == "TransactWriteItems" and isinstance(params, dict):
             self.transact_items += len(params.get("TransactItems", []))

@@ -209,8 +209,8 @@ class RacingStore(DynamoNurtureStore):
         super().__init__(table, client)
         self.rival = rival
 
-    def read(self, q, look):
-        snapshot = super().read(q, look)
+    def read(self, q, look, **kwargs):
+        snapshot = super().read(q, look, **kwargs)
         if self.rival:
             rival, self.rival = self.rival, None
             rival()

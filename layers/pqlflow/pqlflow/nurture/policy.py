@@ -22,7 +22,16 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pqlflow.contracts.emitted import ReasonKind
 from pqlflow.kernel.errors import UsageError
@@ -84,7 +93,26 @@ class ReasonMatch(_Model):
         return self
 
 
-_CONDITION_KEYS = ("all", "any", "not", "touch", "reason", "signal", "trait", "user_trait", "score")
+Engagement = Literal["email_delivered", "email_opened", "email_clicked", "offer_viewed", "offer_dismissed"]
+"""What a recipient did with an earlier step, as the engagement events report it (`Email Opened`, ...)."""
+ENGAGEMENT_CHANNEL: dict[str, Channel] = {
+    "email_delivered": "email", "email_opened": "email", "email_clicked": "email",
+    "offer_viewed": "offer", "offer_dismissed": "offer",
+}
+
+
+class Engaged(_Model):
+    """Holds when the recipient did `event` (any of a list) with the journey's step `step` (index or name)."""
+
+    step: int | Name
+    event: Engagement | list[Engagement]
+
+    @property
+    def events(self) -> list[str]:
+        return [str(e) for e in self.event] if isinstance(self.event, list) else [self.event]
+
+
+_CONDITION_KEYS = ("all", "any", "not", "touch", "reason", "signal", "trait", "user_trait", "score", "engaged")
 
 
 class Condition(_Model):
@@ -99,6 +127,8 @@ class Condition(_Model):
     trait: Comparison | None = None
     user_trait: Comparison | None = None
     score: ScoreComparison | None = None
+    engaged: Engaged | None = Field(default=None, description="journey steps only: engagement with an "
+                                    "earlier step of the same journey")
 
     @model_validator(mode="before")
     @classmethod
@@ -138,12 +168,47 @@ class Then(_Model):
         return self
 
 
+MAX_JOURNEY_DAYS = 180
+"""A journey's last step runs at most this long after the qualification (its items expire after 400 days)."""
+
+
+class Step(Then):
+    """One step of a journey: at `after_days` after the qualification, if `when` holds then, do `then`."""
+
+    name: Name | None = None
+    after_days: float = Field(default=0, ge=0, le=MAX_JOURNEY_DAYS,
+                              description="days after the qualification (0: at once)")
+    when: Condition | None = Field(default=None, description="checked when the step comes due")
+
+
 class Rule(_Model):
-    """The first rule whose `when` matches (a missing `when` always matches) decides."""
+    """The first rule whose `when` matches (a missing `when` always matches) decides.
+
+    `then` is one action at qualification, or a journey: a list of steps, the first at `after_days: 0`.
+    """
 
     name: Name
     when: Condition | None = None
-    then: Then
+    then: Annotated[
+        Annotated[Then, Tag("action")] | Annotated[list[Step], Tag("journey")],
+        Discriminator(lambda value: "journey" if isinstance(value, list) else "action"),
+    ]
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The journey's steps; a single `then` is a one-step journey."""
+        if isinstance(self.then, list):
+            return tuple(self.then)
+        return (Step(**self.then.model_dump(exclude_none=True)),)
+
+    @property
+    def first(self) -> Then:
+        return self.steps[0]
+
+    def step_index(self, ref: int | str) -> int | None:
+        if isinstance(ref, int):
+            return ref if 0 <= ref < len(self.steps) else None
+        return next((i for i, step in enumerate(self.steps) if step.name == ref), None)
 
 
 _BOTH_TOUCHES: list[Touch] = ["low", "high"]
@@ -221,6 +286,9 @@ class Policy(_Model):
     quiet_hours: QuietHours = Field(default_factory=QuietHours)
     consent: Consent = Field(default_factory=Consent)
     rules: list[Rule] = Field(min_length=1)
+
+    def rule(self, name: str) -> Rule | None:
+        return next((r for r in self.rules if r.name == name), None)
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Policy:
@@ -302,14 +370,96 @@ def _message(error: Mapping[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Validate policy YAML; raise `UsageError` naming `source`, line and key of every problem."""
+def _conditions(condition: Condition | None, loc: Loc) -> list[tuple[Loc, Condition]]:
+    """Every condition in a tree, with its key path."""
+    if condition is None:
+        return []
+    out = [(loc, condition)]
+    for key, children in (("all", condition.all_), ("any", condition.any_)):
+        for i, child in enumerate(children or []):
+            out += _conditions(child, (*loc, key, i))
+    if condition.not_ is not None:
+        out += _conditions(condition.not_, (*loc, "not"))
+    return out
+
+
+def _journey_problems(policy: Policy) -> list[tuple[Loc, str]]:
+    """What the models alone cannot see: the order of a journey's steps and what their conditions name."""
+    problems: list[tuple[Loc, str]] = []
+    for r, rule in enumerate(policy.rules):
+        for loc, condition in _conditions(rule.when, ("rules", r, "when")):
+            if condition.engaged is not None:
+                problems.append(((*loc, "engaged"), "`engaged` is for journey steps; a rule's `when` is "
+                                 "checked at qualification, before any step ran"))
+        if not isinstance(rule.then, list):
+            continue
+        steps, names = rule.steps, set()
+        for i, step in enumerate(steps):
+            at: Loc = ("rules", r, "then", i)
+            if step.name and step.name in names:
+                problems.append(((*at, "name"), f"step name {step.name!r} is used twice in this journey"))
+            names.add(step.name)
+            if i == 0 and (step.after_days or step.when is not None):
+                key = "after_days" if step.after_days else "when"
+                problems.append(((*at, key), "the first step runs at the qualification, under the rule's own "
+                                 "`when`: it takes no `after_days` or `when`"))
+            if i and step.after_days <= steps[i - 1].after_days:
+                problems.append(((*at, "after_days"), f"step {i} runs at day {step.after_days:g}, not after "
+                                 f"step {i - 1} (day {steps[i - 1].after_days:g}): steps run in order, each later "
+                                 "than the one before"))
+            if step.channel == "none" and i:
+                problems.append(((*at, "channel"), "a later step with channel none does nothing; leave it out"))
+            for loc, condition in _conditions(step.when, (*at, "when")):
+                if (engaged := condition.engaged) is None:
+                    continue
+                target = rule.step_index(engaged.step)
+                if target is None:
+                    problems.append(((*loc, "engaged", "step"), f"no step {engaged.step!r} in this journey"))
+                elif target >= i:
+                    problems.append(((*loc, "engaged", "step"), f"step {i} waits on engagement with step "
+                                     f"{target}, which runs {'at the same time' if target == i else 'after it'}: "
+                                     "a loop that can never run"))
+                elif wrong := [e for e in engaged.events if ENGAGEMENT_CHANNEL[e] != steps[target].channel]:
+                    problems.append(((*loc, "engaged", "event"), f"step {target} is on channel "
+                                     f"{steps[target].channel}: it never reports {', '.join(wrong)}, so this "
+                                     "condition can never be decided on it"))
+    return problems
+
+
+def _reference_problems(policy: Policy, templates: set[str] | None, offers: set[str] | None
+                        ) -> list[tuple[Loc, str]]:
+    """Templates and offers the policy names that are not shipped (each checked only when its set is given)."""
+    problems: list[tuple[Loc, str]] = []
+    for r, rule in enumerate(policy.rules):
+        for i, step in enumerate(rule.steps):
+            at: Loc = ("rules", r, "then", i) if isinstance(rule.then, list) else ("rules", r, "then")
+            for key in ("template", "also_email"):
+                name = getattr(step, key)
+                if templates is not None and name and name not in templates:
+                    problems.append(((*at, key), f"no email template {name!r} (have: "
+                                     f"{', '.join(sorted(templates)) or 'none'})"))
+            if offers is not None and step.offer and step.offer not in offers:
+                problems.append(((*at, "offer"), f"no offer {step.offer!r} in the catalog (have: "
+                                 f"{', '.join(sorted(offers)) or 'none'})"))
+    fallback = policy.consent.fallback_offer
+    if offers is not None and fallback and fallback not in offers:
+        problems.append((("consent", "fallback_offer"), f"no offer {fallback!r} in the catalog"))
+    return problems
+
+
+def parse_policy(text: str, source: str = "<policy>", *, templates: set[str] | None = None,
+                 offers: set[str] | None = None) -> Policy:
+    """Validate policy YAML; raise `UsageError` naming `source`, line and key of every problem.
+
+    `templates` (email template names) and `offers` (catalog keys), when given, are what the policy
+    may name; the CLI passes the shipped ones.
+    """
     located = _Located(source)
     data = located.build(text)
     if not isinstance(data, dict):
         raise UsageError(f"{source}:1: the policy must be a mapping with name, version and rules")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems: list[tuple[int, str]] = []
         seen: set[tuple[str | int, ...]] = set()
@@ -327,9 +477,15 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                 message = f"{key}: {_message(error)}"
             problems.append((line, f"{source}:{line}: {message}"))
         raise UsageError("\n".join(text for _, text in sorted(problems, key=lambda p: p[0]))) from None
+    cross = _journey_problems(policy) + _reference_problems(policy, templates, offers)
+    if cross:
+        at = sorted((located.line_of(where)[0], f"{_dotted(where)}: {message}") for where, message in cross)
+        raise UsageError("\n".join(f"{source}:{line}: {message}" for line, message in at))
+    return policy
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, *, templates: set[str] | None = None, offers: set[str] | None = None
+                ) -> Policy:
     """Read and validate a policy file; a missing or unreadable file is a `UsageError` too."""
     path = Path(path)
     try:
@@ -338,7 +494,7 @@ def load_policy(path: str | Path) -> Policy:
         raise UsageError(f"{path}: no such policy file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the policy file: {exc}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), templates=templates, offers=offers)
 
 
 def _file_loc(loc: Sequence[str | int], located: _Located) -> Loc:
@@ -359,8 +515,8 @@ def _known_keys() -> frozenset[str]:
     global _KNOWN_KEYS
     if _KNOWN_KEYS is None:
         keys: set[str] = set()
-        for model in (Policy, Holdout, Caps, QuietHours, Consent, Rule, Then, Condition, Comparison,
-                      ScoreComparison, ReasonMatch):
+        for model in (Policy, Holdout, Caps, QuietHours, Consent, Rule, Then, Step, Condition, Comparison,
+                      ScoreComparison, ReasonMatch, Engaged):
             for name, info in model.model_fields.items():
                 keys.add(info.alias or name)
         _KNOWN_KEYS = frozenset(keys)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -43,6 +43,7 @@ from pqlflow.nurture.policy import (
     QuietHours,
     ReasonMatch,
     Rule,
+    Step,
     Then,
     valid_timezone,
 )
@@ -96,8 +97,10 @@ class Decision:
         return tuple(scheduled_delivery(a) for a in self.actions if a.outcome == "deferred")
 
 
-def action_id(transition_id: str, part: str = "primary") -> str:
-    """Deterministic: the same qualification always gets the same action id."""
+def action_id(transition_id: str, part: str = "primary", step: int = 0) -> str:
+    """Deterministic: the same qualification (and journey step) always gets the same action id."""
+    if step:
+        part = f"step{step}" if part == "primary" else f"step{step}:{part}"
     digest = hashlib.sha256(f"nurture:{transition_id}:{part}".encode()).hexdigest()
     return f"act_{digest[:32]}"
 
@@ -226,16 +229,35 @@ def _reason_matches(q: PqlQualified, match: ReasonMatch) -> bool:
     )
 
 
-def matches(condition: Condition | None, q: PqlQualified, recipient: UserSummary | None = None) -> bool:
-    """Whether a policy condition holds for a qualification (and its chosen recipient's traits)."""
+@dataclass(frozen=True)
+class Engagement:
+    """What the recipients did with a journey's earlier steps: (step index, engagement) pairs."""
+
+    rule: Rule | None = None
+    seen: frozenset[tuple[int, str]] = frozenset()
+
+    def did(self, step: int | str, events: list[str]) -> bool:
+        index = self.rule.step_index(step) if self.rule else None
+        return index is not None and any((index, e) in self.seen for e in events)
+
+
+NO_ENGAGEMENT = Engagement()
+
+
+def matches(condition: Condition | None, q: PqlQualified, recipient: UserSummary | None = None,
+            engagement: Engagement = NO_ENGAGEMENT) -> bool:
+    """Whether a policy condition holds for a qualification (and its chosen recipient's traits, and the
+    engagement with the journey's earlier steps)."""
     if condition is None:
         return True
     if condition.all_ is not None:
-        return all(matches(c, q, recipient) for c in condition.all_)
+        return all(matches(c, q, recipient, engagement) for c in condition.all_)
     if condition.any_ is not None:
-        return any(matches(c, q, recipient) for c in condition.any_)
+        return any(matches(c, q, recipient, engagement) for c in condition.any_)
     if condition.not_ is not None:
-        return not matches(condition.not_, q, recipient)
+        return not matches(condition.not_, q, recipient, engagement)
+    if condition.engaged is not None:
+        return engagement.did(condition.engaged.step, condition.engaged.events)
     if condition.touch is not None:
         return _one_of(q.touch, condition.touch)
     if condition.reason is not None:
@@ -307,16 +329,22 @@ class _Router:
     policy: Policy
     state: NurtureState
     now: float
+    rule: str | None = None
+    step: int = 0
+    step_name: str | None = None
 
     def action(self, part: str = "primary", **fields: Any) -> NurtureAction:
         return NurtureAction(
-            action_id=action_id(self.q.transition_id, part),
+            action_id=action_id(self.q.transition_id, part, self.step),
             transition_id=self.q.transition_id,
             account_id=self.q.account_id,
             user_id=self.q.user_id,
             touch=self.q.touch,
             reasons=self.q.reasons,
             context=self.q.model_dump(mode="json"),
+            rule=self.rule,
+            step=self.step,
+            step_name=self.step_name,
             **fields,
         )
 
@@ -387,7 +415,7 @@ class _Router:
         rule = first_rule(policy, q, recipient)
         if rule is None:
             return Decision((self.nothing("suppressed", "no policy rule matched"),))
-        decision = self.apply(rule.then, rule.name)
+        decision = replace(self, rule=rule.name, step_name=rule.steps[0].name).apply(rule.first, rule.name)
         return Decision(decision.actions, decision.cap_claims, rule.name)
 
     def apply(self, then: Then, rule: str) -> Decision:
@@ -420,4 +448,38 @@ class _Router:
 def route(q: PqlQualified, policy: Policy, state: NurtureState, now: float) -> Decision:
     """The nurture decision for one qualification at `now` (epoch seconds, from `pqlflow.kernel.clock`)."""
     return _Router(q, policy, state, now).decide()
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """A journey step come due: its actions (`decision`), or why it did nothing (skipped), or a stop."""
+
+    decision: Decision | None = None
+    stop: Literal["suppressed", "unsubscribed"] | None = None
+    why: str = ""
+
+
+def route_step(q: PqlQualified, policy: Policy, rule: Rule, step: int, state: NurtureState,
+               engagement: Engagement, now: float) -> StepDecision:
+    """Journey step `step` (≥ 1) of `rule` for qualification `q`, at `now`.
+
+    A suppressed account or a recipient whose address is suppressed (unsubscribed, bounced, complained)
+    stops the journey; a step whose `when` does not hold is skipped (the journey goes on); otherwise the
+    step's action is decided like the first one: caps, consent and quiet hours apply.
+    """
+    spec: Step = rule.steps[step]
+    if state.account_suppressed:
+        return StepDecision(stop="suppressed", why="account is suppressed: it gets no nudge")
+    recipient = choose_recipient(q, require_email=True)
+    address = email_of(recipient) if recipient else None
+    if address and address_hash(address) in state.suppressed_addresses:
+        return StepDecision(stop="unsubscribed", why="the recipient's address is suppressed (unsubscribed, "
+                            "bounced or complained)")
+    recipient = recipient or choose_recipient(q, require_email=False)
+    label = f"step {step}" + (f" ({spec.name})" if spec.name else "")
+    if not matches(spec.when, q, recipient, engagement):
+        return StepDecision(why=f"{label} of rule {rule.name}: its `when` did not hold; skipped")
+    router = _Router(q, policy, state, now, rule=rule.name, step=step, step_name=spec.name)
+    decision = router.apply(spec, rule.name)
+    return StepDecision(Decision(decision.actions, decision.cap_claims, rule.name), why=label)
 

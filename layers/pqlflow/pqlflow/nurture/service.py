@@ -29,18 +29,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pqlflow.contracts.bus import EventPublisher
-from pqlflow.contracts.emitted import NurtureAction, PqlQualified
+from pqlflow.contracts.emitted import JourneyStepDue, JourneyStopped, PqlQualified, _Detail
 from pqlflow.kernel import clock
 from pqlflow.kernel.settings import SettingsError, from_environ
+from pqlflow.nurture.journey import Journey, engagement_of, schedule_name, stop_for, subject_sk
+from pqlflow.nurture.journey_store import JourneyStore, journey_key, parse, step_key
 from pqlflow.nurture.policy import Policy, load_policy
-from pqlflow.nurture.routing import lookups, route, scheduled_delivery
+from pqlflow.nurture.routing import Decision, Engagement, lookups, route, route_step, scheduled_delivery
 from pqlflow.nurture.schedule import Deferrer, SchedulerDeferrer
-from pqlflow.nurture.store import ActionExists, CapTaken, DynamoNurtureStore, Snapshot, StoredAction
+from pqlflow.nurture.store import (
+    ActionExists,
+    CapTaken,
+    DynamoNurtureStore,
+    JourneyChanged,
+    Snapshot,
+    StoredAction,
+    action_key,
+)
 
 MAX_DECIDE_ATTEMPTS = 3
 MIN_SCHEDULE_LEAD = timedelta(minutes=1)
@@ -70,7 +80,17 @@ class RouteSettings(BaseModel):
 
 
 class Publisher(Protocol):
-    def publish(self, details: Sequence[NurtureAction]) -> int: ...
+    def publish(self, details: Sequence[_Detail]) -> int: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a `Journey Step Due` did: `ran` (its actions decided now or by an earlier delivery), or not and why."""
+
+    ran: bool
+    why: str
+    stored: StoredAction | None = None
+    replayed: bool = False
 
 
 @dataclass
@@ -80,41 +100,203 @@ class RouteService:
     publisher: Publisher
     deferrer: Deferrer
 
+    @property
+    def journeys(self) -> JourneyStore:
+        return JourneyStore(self.store.table, client=self.store.client)
+
     def handle(self, q: PqlQualified) -> tuple[StoredAction, bool]:
         """Decide (or find) the qualification's actions and make sure they are on the bus.
 
-        Returns the stored actions and whether they had been decided by an earlier delivery.
+        A rule with a journey starts it in the same transaction (replacing the subject's older journey,
+        which stops: `requalified`). Returns the stored actions and whether they had been decided by an
+        earlier delivery.
         """
         now = clock.now()
         look = lookups(q)
-        snapshot = self.store.read(q, look)
+        journey_sk = subject_sk(q.user_id)
+        snapshot = self.store.read(q, look, journey_sk=journey_sk)
         replayed = snapshot.stored is not None
         for _ in range(MAX_DECIDE_ATTEMPTS):
             if snapshot.stored is not None:
                 break
             decision = route(q, self.policy, snapshot.state, now)
+            later, journey_write = self._journey_plan(q, decision, parse(snapshot.journey_item), now)
             try:
-                snapshot = Snapshot(self.store.commit(q, decision, self.policy, now), snapshot.state)
+                snapshot = Snapshot(self.store.commit(q, decision, self.policy, now, later=later,
+                                                      journey_write=journey_write), snapshot.state)
             except ActionExists:
                 replayed = True
-                snapshot = self.store.read(q, look)
-            except CapTaken:
-                snapshot = self.store.read(q, look)  # a concurrent nudge won: decide again, now capped
-        stored = snapshot.stored
-        if stored is None:
+                snapshot = self.store.read(q, look, journey_sk=journey_sk)
+            except (CapTaken, JourneyChanged):
+                # a concurrent nudge or journey change won: decide again on what is there now
+                snapshot = self.store.read(q, look, journey_sk=journey_sk)
+        found = snapshot.stored
+        if found is None:
             raise RuntimeError(f"transition {q.transition_id}: caps kept changing; the trigger will retry")
-        if not stored.emitted:
-            self.emit(q, stored, now)
-        return stored, replayed
+        if not found.emitted:
+            self.emit(q, found, now)
+        return found, replayed
 
-    def emit(self, q: PqlQualified, stored: StoredAction, now: float) -> None:
+    def _journey_plan(self, q: PqlQualified, decision: Decision, old: Journey | None, now: float
+                      ) -> tuple[dict[str, str], dict[str, Any] | None]:
+        """What the qualification does to journeys: start the rule's, stop the subject's older one."""
+        rule = self.policy.rule(decision.rule) if decision.rule else None
+        later: dict[str, str] = {}
+        replaced = None
+        if old is not None and old.active and old.transition_id != q.transition_id:
+            replaced = old.stopped("requalified", now, f"a newer qualification ({q.transition_id}) of the subject")
+            later["journey_stop"] = replaced.model_dump_json()
+        if rule is not None and len(rule.steps) > 1:
+            journey = Journey(q.account_id, q.user_id, q.transition_id, rule.name, len(rule.steps), 1, "active", now)
+            later["journey_next"] = journey.step_due(rule, 1).model_dump_json()
+            return later, self.journeys.start(account_id=q.account_id, user_id=q.user_id,
+                                              transition_id=q.transition_id, rule=rule, policy=self.policy,
+                                              now=now, old=old)
+        if old is not None and replaced is not None:
+            return later, self.journeys.end(old, replaced, published_elsewhere=True)
+        return later, None
+
+    def emit(self, q: PqlQualified, stored: StoredAction, now: float, *, key: dict[str, Any] | None = None) -> None:
+        """Schedule what comes later (deferred emails, the journey's next step), publish, then mark emitted."""
         earliest = datetime.fromtimestamp(now, UTC) + MIN_SCHEDULE_LEAD
         for action in stored.actions:
             if action.outcome == "deferred" and action.send_after:
                 send_after = datetime.fromisoformat(action.send_after)
                 self.deferrer.schedule(scheduled_delivery(action), max(send_after, earliest))
-        self.publisher.publish(list(stored.actions))
-        self.store.mark_emitted(q, now)
+        if "journey_next" in stored.later:
+            due = JourneyStepDue.model_validate_json(stored.later["journey_next"])
+            self.deferrer.put_later(schedule_name(due.transition_id, due.step), due,
+                                    max(datetime.fromisoformat(due.due_at), earliest),
+                                    f"pqlflow: journey step {due.step} of rule {due.rule}")
+        details: list[_Detail] = list(stored.actions)
+        if "journey_stop" in stored.later:
+            stop = JourneyStopped.model_validate_json(stored.later["journey_stop"])
+            self.deferrer.cancel(schedule_name(stop.transition_id, stop.after_step + 1))
+            details.append(stop)
+        self.publisher.publish(details)
+        self.store.mark_emitted(q, now, key=key)
+
+    # --- journeys -----------------------------------------------------------------------------------
+
+    def handle_step(self, due: JourneyStepDue) -> StepResult:
+        """Run a journey's step `due.step` exactly once, unless the journey stopped or moved on.
+
+        The step's record (`NURTURE#<transition>#S<step>`) and the journey's advance are one transaction,
+        conditional on the journey being as read: a stop that lands first leaves the step undone, a stop
+        that lands after finds the journey past the step. A redelivery finds the record and only
+        finishes emitting it.
+        """
+        now = clock.now()
+        first_key = action_key(due.account_id, due.transition_id)
+        record_key = step_key(due.account_id, due.transition_id, due.step)
+        jkey = journey_key(due.account_id, due.user_id)
+        for _ in range(MAX_DECIDE_ATTEMPTS):
+            items = self.store.get_items([first_key, record_key, jkey])
+            first = items.get(_at(first_key))
+            if first is None:
+                return StepResult(False, "the qualification's first action is not stored (expired?)")
+            q = PqlQualified.model_validate(self.store.stored(first).actions[0].context)
+            if (record := items.get(_at(record_key))) is not None:
+                stored = self.store.stored(record)
+                if not stored.emitted:
+                    self.emit(q, stored, now, key=record_key)
+                return StepResult(True, "decided by an earlier delivery", stored, replayed=True)
+            journey = parse(items.get(_at(jkey)))
+            if journey is None or journey.transition_id != due.transition_id:
+                return StepResult(False, "a newer qualification replaced the journey")
+            if not journey.active:
+                self._finish_stop(journey)
+                ended = journey.stop.reason if journey.stop else journey.status
+                return StepResult(False, f"the journey ended ({ended})")
+            if journey.next_step != due.step:
+                return StepResult(False, f"the journey is at step {journey.next_step}, not {due.step}")
+            rule = self.policy.rule(journey.rule)
+            if rule is None or len(rule.steps) <= due.step:
+                stop = journey.stopped("completed", now, f"the policy no longer has step {due.step} of rule "
+                                       f"{journey.rule}", after_step=due.step - 1)
+                if self.journeys.stop(journey, stop):
+                    self._finish_stop(journey, stop)
+                continue
+            look = lookups(q)
+            found = self.store.read_state_items(q, look)
+            step = route_step(q, self.policy, rule, due.step, self.store.state_of(q, look, found),
+                              Engagement(rule, journey.engagement), now)
+            if step.stop is not None:
+                stop = journey.stopped(step.stop, now, step.why, after_step=due.step - 1)
+                if self.journeys.stop(journey, stop):
+                    self._finish_stop(journey, stop)
+                    return StepResult(False, f"stopped: {step.why}")
+                continue
+            decision = step.decision or Decision((), (), rule.name)
+            later: dict[str, str] = {}
+            completion = None
+            if due.step + 1 < len(rule.steps):
+                later["journey_next"] = journey.step_due(rule, due.step + 1).model_dump_json()
+            else:
+                completion = journey.stopped("completed", now, "the journey's last step ran", after_step=due.step)
+                later["journey_stop"] = completion.model_dump_json()
+            try:
+                stored = self.store.commit(q, decision, self.policy, now, key=record_key, later=later,
+                                           journey_write=self.journeys.advance(journey, completion))
+            except (ActionExists, JourneyChanged, CapTaken):
+                continue  # read again: an earlier delivery, a stop or a concurrent nudge got there first
+            self.emit(q, stored, now, key=record_key)
+            return StepResult(True, step.why, stored)
+        raise RuntimeError(f"journey step {due.step} of {due.transition_id}: the journey kept changing; "
+                           "the trigger will retry")
+
+    def handle_stop(self, detail_type: str, detail: dict[str, Any]) -> list[JourneyStopped]:
+        """Stop the journeys an event ends (`pqlflow.nurture.journey.stop_for`); returns the stops published."""
+        stop = stop_for(detail_type, detail)
+        if stop is None:
+            return []
+        now = clock.now()
+        published: list[JourneyStopped] = []
+        for _ in range(MAX_DECIDE_ATTEMPTS):
+            pending = False
+            for journey in self.journeys.of_account(stop.account_id):
+                if not stop.applies_to(journey):
+                    continue
+                if not journey.active:
+                    if self._finish_stop(journey):
+                        published.append(journey.stop)  # type: ignore[arg-type]  # _finish_stop: it has one
+                    continue
+                ended = journey.stopped(stop.reason, now, stop.why)
+                if self.journeys.stop(journey, ended):
+                    self._finish_stop(journey, ended)
+                    published.append(ended)
+                else:
+                    pending = True  # it moved on (a step ran) or stopped meanwhile: read it again
+            if not pending:
+                return published
+        raise RuntimeError(f"journeys of {stop.account_id} kept changing; the trigger will retry")
+
+    def _finish_stop(self, journey: Journey, stop: JourneyStopped | None = None) -> bool:
+        """Publish a journey's stored stop once (cancelling its pending step); False if nothing to do."""
+        stop = stop or journey.stop
+        if stop is None or (journey.stop is not None and journey.stop_emitted and stop is journey.stop):
+            return False
+        self.deferrer.cancel(schedule_name(stop.transition_id, stop.after_step + 1))
+        self.publisher.publish([stop])
+        self.journeys.mark_stop_emitted(journey)
+        return True
+
+    def record_engagement(self, detail_type: str, detail: dict[str, Any]) -> bool:
+        """Record an engagement event on its journey, for later steps' `engaged` conditions."""
+        found = engagement_of(detail_type, detail)
+        if found is None:
+            return False
+        account, transition, step, kind = found
+        recorded = False
+        for journey in self.journeys.of_account(account):
+            if journey.transition_id == transition:
+                self.journeys.engaged(journey, step, kind)
+                recorded = True
+        return recorded
+
+
+def _at(key: dict[str, Any]) -> tuple[str, str]:
+    return key["pk"]["S"], key["sk"]["S"]
 
 
 def build(settings: RouteSettings | None = None, *, base_dir: Path | None = None) -> RouteService:
