@@ -456,6 +456,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     from pqlflow.ingest.cold import archive_key, cold_key
     from pqlflow.ingest.item import usage_key
     from pqlflow.ingest.quarantine import quarantine_item
+    from pqlflow.nurture.journey_store import journey_key
     from pqlflow.nurture.store import action_key, cap_key
     from pqlflow.nurture.suppression import suppression_key
     from pqlflow.qualify import store as definitions
@@ -468,6 +469,7 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     action, account_cap, user_cap = (_pattern(action_key("acct", "t")), _pattern(cap_key("account", "acct")),
                                      _pattern(cap_key("user", "u")))
     suppression = _pattern(suppression_key("0" * 64))
+    journey = _pattern(journey_key("acct", None))
     offer, lock = _pattern(OfferStore._key("u", "of_1")), _pattern(OfferStore.lock_key("acct", "discount"))
     task, counter = _pattern(RepTaskStore._key("acct", "t")), _pattern(RepTaskStore.counter_key("any:any"))
     marker = _pattern(marker_key("acct", "a"))
@@ -482,9 +484,12 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
         # (read only)
         "QualifyFunction": {"dynamodb:PutItem": {pql}, "dynamodb:UpdateItem": {pql},
                             "dynamodb:GetItem": {cold, definition}},
-        # route: one BatchGetItem of action, caps and suppressions; the transaction; the emitted mark
-        "RouteFunction": {"dynamodb:BatchGetItem": {action, account_cap, user_cap, suppression},
-                          "dynamodb:PutItem": {action}, "dynamodb:UpdateItem": {action, account_cap, user_cap}},
+        # route: one BatchGetItem of action, journey, caps and suppressions; the transaction; the emitted mark;
+        # the account's journeys (a stop, an engagement)
+        "RouteFunction": {"dynamodb:BatchGetItem": {action, journey, account_cap, user_cap, suppression},
+                          "dynamodb:PutItem": {action, journey},
+                          "dynamodb:UpdateItem": {action, journey, account_cap, user_cap},
+                          "dynamodb:Query": {journey}},
         # offers: the offer and its account lock, in one transaction
         "OffersFunction": {"dynamodb:PutItem": {offer, lock}},
         # offers API: the caller's offers; dismissing frees the account's lock
