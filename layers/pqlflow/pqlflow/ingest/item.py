@@ -37,13 +37,17 @@ from typing import TYPE_CHECKING, Any
 from pqlflow.contracts.usage_events import UsageEvent
 from pqlflow.ingest.cold import ColdUsage, StaleCold
 from pqlflow.ingest.usage import (
+    CANCELLATION_TRAIT,
+    CONVERSION_TRAIT,
     DAY_MS,
     HOUR_MS,
     MAX_USERS_PER_DAY,
+    PSEUDO_TRAITS,
     SEEN,
     AccountUsage,
     TrackingSpec,
     counter_names,
+    customer_trait,
     fingerprint,
     gauge_readings,
     newer,
@@ -101,6 +105,7 @@ class SubjectDelta:
         """
         kind = event.kind
         readings = gauge_readings(event, spec) if kind == "track" and spec.gauges else []
+        customer = customer_trait(event, spec) if kind == "track" else None
         ms = event.ms
         if self.min_ms is None or ms < self.min_ms:
             self.min_ms = ms
@@ -134,8 +139,12 @@ class SubjectDelta:
                     self.gauges[key] = (ms, value)
             if event.name in spec.conversions:
                 self.converted_ms = ms if self.converted_ms is None else min(self.converted_ms, ms)
+            if customer is not None and newer((ms, customer[1]), self.traits.get(customer[0])):
+                self.traits[customer[0]] = (ms, customer[1])
         elif kind == "group" or (kind == "identify" and event.account_id.startswith("user:")):
             for key, value in event.traits.items():
+                if key in PSEUDO_TRAITS:
+                    continue
                 encoded = trait_json(value)
                 if encoded is not None and newer((ms, encoded), self.traits.get(key)):
                     self.traits[key] = (ms, encoded)
@@ -392,6 +401,7 @@ class StoredUsage:
             usage.gauges[key] = (int(best[:13]), float(best[14:]))
         for key, (ms, enc) in _latest_traits(merged.traits).items():
             usage.traits[key] = (ms, enc)
+        usage.split_customer_traits()
         for (user, key), (ms, enc) in _latest_user_traits(merged.user_traits).items():
             usage.users.setdefault(user, {})[key] = (ms, enc)
         if merged.times:
@@ -462,8 +472,12 @@ def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
             item[f"u{day}"] = {"BS": sorted(users)}
     for key_, (ms, value) in usage.gauges.items():
         item[f"g|{key_}"] = {"SS": [_stamp(ms) + repr(value)]}
-    if usage.traits:
-        item["ta"] = {"SS": [_trait_element(ms, k, enc) for k, (ms, enc) in usage.traits.items()]}
+    traits = dict(usage.traits)
+    for pseudo, entry in ((CONVERSION_TRAIT, usage.conversion), (CANCELLATION_TRAIT, usage.cancellation)):
+        if entry is not None:
+            traits[pseudo] = entry
+    if traits:
+        item["ta"] = {"SS": [_trait_element(ms, k, enc) for k, (ms, enc) in traits.items()]}
     user_elements = [_user_trait_element(ms, u, k, enc)
                      for u, traits in usage.users.items() for k, (ms, enc) in traits.items()]
     if user_elements:

@@ -32,6 +32,14 @@ DEFAULT_USER_TRAITS = frozenset({
     "email", "name", "firstName", "first_name", "lastName", "last_name", "title", "role", "timezone",
 })
 MAX_TRAIT_JSON = 1024  # a trait value whose JSON is longer is not kept
+# A customer's money, kept as two pseudo account traits (last writer wins, tidied and carried by compaction
+# like every trait, and absent from accounts that never pay): the latest conversion event's revenue fields,
+# and the latest cancellation. Account traits of these names sent by a product are not kept.
+CONVERSION_TRAIT = "$conversion"
+CANCELLATION_TRAIT = "$cancellation"
+PSEUDO_TRAITS = frozenset({CONVERSION_TRAIT, CANCELLATION_TRAIT})
+MONEY_PROPERTIES = ("mrr", "revenue")  # Segment Spec: Subscription Started `mrr`, Order Completed `revenue`
+MAX_LABEL_CHARS = 64  # currency and plan as the sender gave them, clipped
 
 
 def fingerprint(text: str) -> bytes:
@@ -93,6 +101,7 @@ class TrackingSpec:
     gauges: tuple[GaugeSpec, ...] = ()
     filters: tuple[FilterSpec, ...] = ()
     conversions: frozenset[str] = frozenset({"Subscription Started", "Plan Upgraded", "Order Completed"})
+    cancellations: frozenset[str] = frozenset({"Subscription Cancelled"})
     unit: Literal["account", "user"] = "account"
     retention_days: int = 90
     active_user_days: int = 35
@@ -148,6 +157,49 @@ def gauge_value(value: Any, prop: str) -> float:
     return number
 
 
+class RevenueError(GaugeError):
+    """A conversion's `mrr` or `revenue` is present but not a finite, non-negative number; quarantined."""
+
+    def __init__(self, prop: str, value: Any):
+        ValueError.__init__(self, f"revenue is not a non-negative number ({_clip_repr(value)})")
+        self.field = f"properties.{prop}"
+
+
+def money_json(event: UsageEvent) -> str:
+    """The revenue fields of a conversion or cancellation event, as canonical JSON (`{}` when it has none).
+
+    `mrr`/`revenue` must be finite numbers ≥ 0 (`RevenueError` otherwise: the event is quarantined with the
+    field named, as a bad gauge value is); `currency` and `plan` are kept as text when they are strings."""
+    kept: dict[str, Any] = {}
+    for prop in MONEY_PROPERTIES:
+        if prop in event.properties and event.properties[prop] is not None:
+            value = event.properties[prop]
+            try:
+                number = gauge_value(value, prop)
+            except GaugeError:
+                raise RevenueError(prop, value) from None
+            if number < 0:
+                raise RevenueError(prop, value)
+            kept[prop] = int(number) if number.is_integer() and abs(number) < 2**53 else number
+    for prop in ("currency", "plan"):
+        value = event.properties.get(prop)
+        if isinstance(value, str) and value.strip():
+            kept[prop] = value.strip()[:MAX_LABEL_CHARS]
+    if "currency" in kept:
+        kept["currency"] = kept["currency"].upper()
+    return json.dumps(kept, separators=(",", ":"), sort_keys=True)
+
+
+def customer_trait(event: UsageEvent, spec: TrackingSpec) -> tuple[str, str] | None:
+    """(pseudo trait, JSON) a track event records about the customer: a conversion's revenue or a
+    cancellation; None for every other event. Raises `RevenueError` for a bad amount."""
+    if event.name in spec.conversions:
+        return CONVERSION_TRAIT, money_json(event)
+    if event.name in spec.cancellations:
+        return CANCELLATION_TRAIT, money_json(event)
+    return None
+
+
 def counter_names(event: UsageEvent, spec: TrackingSpec) -> list[str]:
     """The counters one track event increments: its name, plus each matching property filter."""
     names = [event.name] if event.name else []
@@ -192,6 +244,8 @@ class AccountUsage:
     first_seen_ms: int | None = None
     last_seen_ms: int | None = None
     converted_at_ms: int | None = None
+    conversion: tuple[int, str] | None = None  # the latest conversion event: (ms, money_json)
+    cancellation: tuple[int, str] | None = None  # the latest cancellation event: (ms, money_json)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -247,11 +301,36 @@ class AccountUsage:
     def converted(self) -> bool:
         return self.converted_at_ms is not None
 
+    @property
+    def last_conversion(self) -> tuple[int, dict[str, Any]] | None:
+        """(ms, revenue fields) of the latest conversion event; an item written before revenue was kept
+        knows only the first conversion's time, with no fields."""
+        if self.conversion is not None:
+            return self.conversion[0], json.loads(self.conversion[1])
+        if self.converted_at_ms is not None:
+            return self.converted_at_ms, {}
+        return None
+
+    @property
+    def last_cancellation(self) -> tuple[int, dict[str, Any]] | None:
+        """(ms, fields) of the latest `Subscription Cancelled`."""
+        return (self.cancellation[0], json.loads(self.cancellation[1])) if self.cancellation is not None else None
+
+    def split_customer_traits(self) -> None:
+        """Move the customer pseudo traits out of `traits` (decoding an item, where they are stored as traits)."""
+        conversion = self.traits.pop(CONVERSION_TRAIT, None)
+        cancellation = self.traits.pop(CANCELLATION_TRAIT, None)
+        if conversion is not None:
+            self.conversion = conversion
+        if cancellation is not None:
+            self.cancellation = cancellation
+
     # ---- folding events (backtest path; ingest writes the same state through usage_item) ---------
 
     def apply(self, event: UsageEvent, spec: TrackingSpec) -> None:
         """Fold one valid, already-deduplicated event in. Raises `GaugeError` like ingest would reject it."""
         readings = gauge_readings(event, spec) if event.kind == "track" else []
+        customer = customer_trait(event, spec) if event.kind == "track" else None
         ms = event.ms
         self.first_seen_ms = ms if self.first_seen_ms is None else min(self.first_seen_ms, ms)
         self.last_seen_ms = ms if self.last_seen_ms is None else max(self.last_seen_ms, ms)
@@ -270,8 +349,17 @@ class AccountUsage:
                     self.gauges[key] = (ms, value)
             if event.name in spec.conversions:
                 self.converted_at_ms = ms if self.converted_at_ms is None else min(self.converted_at_ms, ms)
+            if customer is not None:
+                entry = (ms, customer[1])
+                if customer[0] == CONVERSION_TRAIT:
+                    if newer(entry, self.conversion):
+                        self.conversion = entry
+                elif newer(entry, self.cancellation):
+                    self.cancellation = entry
         elif event.kind == "group" or (event.kind == "identify" and self.account_id.startswith("user:")):
             for key, value in event.traits.items():
+                if key in PSEUDO_TRAITS:
+                    continue
                 encoded = trait_json(value)
                 if encoded is not None and newer((ms, encoded), self.traits.get(key)):
                     self.traits[key] = (ms, encoded)

@@ -2,9 +2,11 @@
 
 `evaluate` computes the signals, rules, points, exclusions and touch level at a given event time, with
 human-readable reasons. `decide` turns an evaluation and the stored `PqlState` into at most one
-`Transition` (qualified, disqualified, converted), applying exclusions, hysteresis, cooldown and
-re-qualification. `needs_decision` says, from a stream record's old and new usage alone, whether the
-state could change at all, so the qualify function writes (and reads) nothing for most records.
+`Transition` (qualified, disqualified, converted, churned), applying exclusions, hysteresis, cooldown and
+re-qualification; once an account has converted, only its life as a customer changes: churned (a
+`Subscription Cancelled`, or its plan trait back to a free plan, after the conversion), and converted again
+by a conversion event after the churn. `needs_decision` says, from a stream record's old and new usage
+alone, whether the state could change at all, so the qualify function writes (and reads) nothing for most records.
 
 "Now" is always the usage's event time (`usage.last_seen_ms`), so a replay of history gives the same
 answers as live. Windows are whole UTC days (`pqlflow.ingest.usage.day_of`).
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pqlflow.contracts.emitted import (
+    AccountChurned,
     AccountConverted,
     DefinitionRef,
     PqlDisqualified,
@@ -74,17 +77,20 @@ class PqlState:
     since_ms: int | None = None
     version: int | None = None  # definition version of the last qualification
     qualified_at_ms: int | None = None
-    converted_reported: bool = False
+    converted_reported: bool = False  # ever converted: the subject is a customer (or was one) from then on
     seq: int = 0
     definition_name: str | None = None
+    converted_ms: int | None = None  # the conversion last reported (None on items older than churn)
+    churned_ms: int | None = None  # the churn last reported, while not converted again since
 
 
 @dataclass
 class Transition:
-    kind: Literal["qualified", "disqualified", "converted"]
+    kind: Literal["qualified", "disqualified", "converted", "churned"]
     at_ms: int
     evaluation: Evaluation | None
     new_state: PqlState
+    win_back: bool = False  # a conversion after a churn
 
 
 # ---- formatting --------------------------------------------------------------------------------
@@ -676,17 +682,76 @@ def evaluate(
 # ---- transitions -------------------------------------------------------------------------------
 
 
+DEFAULT_FREE_PLANS = ("free", "trial")  # a `plan` trait that means not paying, when the definition says nothing
+
+
+def free_plan(defn: Definition, trait: str, value: Any) -> bool:
+    """Whether an account trait's value means a free plan: for a trait the definition's `exclusions.paying`
+    names, any value not among its paying values; with no `paying` at all, `plan` in DEFAULT_FREE_PLANS."""
+    paying = defn.exclusions.paying
+    if paying:
+        return trait in paying and value is not None and not any(_same(value, v) for v in paying[trait])
+    return trait == "plan" and isinstance(value, str) and value.strip().lower() in DEFAULT_FREE_PLANS
+
+
+def plan_is_free(defn: Definition, usage: AccountUsage) -> tuple[int, str] | None:
+    """(ms, trait) when the account's plan trait says a free plan (`free_plan`), else None."""
+    for trait in defn.exclusions.paying or ("plan",):
+        entry = usage.traits.get(trait)
+        if entry is not None and free_plan(defn, trait, usage.trait(trait)):
+            return entry[0], trait
+    return None
+
+
+def churn_of(defn: Definition, usage: AccountUsage, since_ms: int) -> tuple[int, str] | None:
+    """(ms, reason) of the first sign after `since_ms` (a conversion) that the customer stopped paying:
+    its latest `Subscription Cancelled`, or its plan trait set to a free plan (a `group` call after the
+    conversion saying so). None while it pays."""
+    signs: list[tuple[int, str]] = []
+    cancelled = usage.last_cancellation
+    if cancelled is not None and cancelled[0] > since_ms:
+        signs.append((cancelled[0], "subscription_cancelled"))
+    free = plan_is_free(defn, usage)
+    if free is not None and free[0] > since_ms:
+        signs.append((free[0], "plan_downgraded"))
+    return min(signs) if signs else None
+
+
+def customer_marks(defn: Definition, usage: AccountUsage) -> tuple[Any, ...]:
+    """What a customer's transitions depend on: a change here is the only reason to decide again."""
+    conversion = usage.last_conversion
+    cancelled = usage.last_cancellation
+    free = plan_is_free(defn, usage)
+    return (conversion[0] if conversion else None, cancelled[0] if cancelled else None, free)
+
+
+def _customer(usage: AccountUsage, state: PqlState, defn: Definition) -> Transition | None:
+    """A customer's next transition: churned while paying, converted again once churned."""
+    if state.churned_ms is None:
+        since = state.converted_ms if state.converted_ms is not None else usage.converted_at_ms or 0
+        churn = churn_of(defn, usage, since)
+        if churn is None:
+            return None
+        return Transition("churned", churn[0], None, replace(state, churned_ms=churn[0], seq=state.seq + 1))
+    last = usage.last_conversion
+    if last is None or last[0] <= state.churned_ms:
+        return None
+    return Transition("converted", last[0], None, replace(state, converted_ms=last[0], churned_ms=None,
+                                                          seq=state.seq + 1), win_back=True)
+
+
 def decide(defn: Definition, usage: AccountUsage, state: PqlState | None, now_ms: int) -> Transition | None:
-    """The one transition this usage causes from `state`, or None. Conversion is reported once, then final."""
+    """The one transition this usage causes from `state`, or None. Conversion is reported once; from then on
+    the subject is a customer (never a PQL again): it churns, and may convert again after churning."""
     state = state or PqlState()
     if state.converted_reported:
-        return None
+        return _customer(usage, state, defn)
     if usage.converted and usage.converted_at_ms is not None:
         return Transition(
             "converted",
             usage.converted_at_ms,
             None,
-            replace(state, converted_reported=True, seq=state.seq + 1),
+            replace(state, converted_reported=True, converted_ms=usage.converted_at_ms, seq=state.seq + 1),
         )
     was = state.status == "qualified"
     ev = evaluate(defn, usage, now_ms, was_qualified=was, explain=False)
@@ -722,7 +787,7 @@ def decide(defn: Definition, usage: AccountUsage, state: PqlState | None, now_ms
     )
 
 
-Hint = Literal["enter", "leave", "convert", "recheck"]
+Hint = Literal["enter", "leave", "convert", "customer", "recheck"]
 
 
 def needs_decision(defn: Definition, old: AccountUsage | None, new: AccountUsage | None) -> Hint | None:
@@ -736,7 +801,9 @@ def needs_decision(defn: Definition, old: AccountUsage | None, new: AccountUsage
     if new is None or new.last_seen_ms is None:
         return None
     if new.converted:
-        return "convert" if old is None or not old.converted else None
+        if old is None or not old.converted:
+            return "convert"
+        return "customer" if customer_marks(defn, old) != customer_marks(defn, new) else None
     now = new.last_seen_ms
     ev_new = evaluate(defn, new, now, explain=False, reasons=False)
     if old is None or old.last_seen_ms is None:
@@ -821,12 +888,22 @@ def disqualified_event(defn: Definition, usage: AccountUsage, transition: Transi
     )
 
 
+def _money(fields: dict[str, Any], key: str) -> float | None:
+    value = fields.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def converted_event(defn: Definition, usage: AccountUsage, transition: Transition) -> AccountConverted:
+    """Account Converted, with the revenue of the latest conversion event the account sent. A conversion
+    after a churn (a win-back) names no qualification: the PQL's own conversion was the first."""
     state = transition.new_state
-    qualified_at = state.qualified_at_ms
+    again = transition.win_back
+    qualified_at = None if again else state.qualified_at_ms
     ref = None
-    if state.version is not None:
+    if state.version is not None and not again:
         ref = DefinitionRef(name=state.definition_name or defn.name, version=state.version)
+    last = usage.last_conversion
+    fields = last[1] if last is not None else {}
     return AccountConverted(
         account_id=usage.account_id,
         converted_at=iso(transition.at_ms),
@@ -835,17 +912,41 @@ def converted_event(defn: Definition, usage: AccountUsage, transition: Transitio
         if qualified_at is not None
         else None,
         definition=ref,
+        mrr=_money(fields, "mrr"),
+        revenue=_money(fields, "revenue"),
+        currency=fields.get("currency"),
+        plan=fields.get("plan"),
+    )
+
+
+def churned_event(usage: AccountUsage, transition: Transition, reason: str) -> AccountChurned:
+    """Account Churned: the mrr lost is the cancellation's own, else the conversion's."""
+    cancelled = usage.last_cancellation
+    last = usage.last_conversion
+    mrr = _money(cancelled[1], "mrr") if cancelled is not None and reason == "subscription_cancelled" else None
+    if mrr is None and last is not None:
+        mrr = _money(last[1], "mrr")
+    converted = transition.new_state.converted_ms or usage.converted_at_ms
+    return AccountChurned(
+        account_id=usage.account_id,
+        churned_at=iso(transition.at_ms),
+        converted_at=iso(converted) if converted is not None else None,
+        reason="plan_downgraded" if reason == "plan_downgraded" else "subscription_cancelled",
+        mrr=mrr,
     )
 
 
 def transition_event(
     defn: Definition, usage: AccountUsage, transition: Transition
-) -> PqlQualified | PqlDisqualified | AccountConverted:
-    """The event a transition emits: PQL Qualified, PQL Disqualified or Account Converted."""
+) -> PqlQualified | PqlDisqualified | AccountConverted | AccountChurned:
+    """The event a transition emits: PQL Qualified, PQL Disqualified, Account Converted or Account Churned."""
     if transition.kind == "qualified":
         return qualified_event(defn, usage, transition)
     if transition.kind == "disqualified":
         return disqualified_event(defn, usage, transition)
+    if transition.kind == "churned":
+        churn = churn_of(defn, usage, transition.new_state.converted_ms or usage.converted_at_ms or 0)
+        return churned_event(usage, transition, churn[1] if churn else "subscription_cancelled")
     return converted_event(defn, usage, transition)
 
 

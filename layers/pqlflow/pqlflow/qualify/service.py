@@ -24,6 +24,7 @@ RESULT_METRICS = (
     ("qualified", "PqlQualified"),
     ("disqualified", "PqlDisqualified"),
     ("converted", "AccountConverted"),
+    ("churned", "AccountChurned"),
     ("re_emitted", "TransitionsReEmitted"),
 )
 

@@ -152,7 +152,7 @@ def encode_state(account_id: str, user_id: str | None, state: PqlState) -> dict[
     }
     if user_id is not None:
         item["uid"] = {"S": user_id}
-    for name in ("since_ms", "version", "qualified_at_ms"):
+    for name in ("since_ms", "version", "qualified_at_ms", "converted_ms", "churned_ms"):
         value = getattr(state, name)
         if value is not None:
             item[name] = {"N": str(value)}
@@ -173,6 +173,8 @@ def decode_state(item: dict[str, dict[str, Any]]) -> StoredPql:
         converted_reported=bool(item.get("converted_reported", {}).get("BOOL", False)),
         seq=num("seq") or 0,
         definition_name=item.get("definition_name", {}).get("S"),
+        converted_ms=num("converted_ms"),
+        churned_ms=num("churned_ms"),
     )
     return StoredPql(state, item.get("pending_type", {}).get("S"), item.get("pending", {}).get("S"))
 
@@ -200,7 +202,8 @@ class DefinitionSource(Protocol):
 
 @dataclass
 class RecordOutcome:
-    result: str  # removed | other_unit | unchanged | no_transition | qualified | disqualified | converted | re_emitted
+    result: str  # removed | other_unit | unchanged | no_transition | qualified | disqualified | converted | churned
+    #              | re_emitted
     definition_version: int | None = None
     writes: int = 0
     published: list[str] = field(default_factory=list)  # detail-types
