@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pqlflow.analysis.gate import Gate, SignalRow, SweepTarget, rule_conditions
 from pqlflow.analysis.history_files import expand, messages
+from pqlflow.analysis.worth import customer_worth, money_of_records
 from pqlflow.contracts.usage_events import (
     MAX_FUTURE_SECONDS,
     MAX_IDENTIFIER_CHARS,
@@ -769,11 +770,13 @@ def reads_of(defn: Definition, spec: TrackingSpec) -> Reads:
 
 
 def properties_read(definitions: Iterable[Definition]) -> frozenset[str]:
-    """Event names whose properties a fold of these definitions reads (their gauges and filters)."""
+    """Event names whose properties a fold of these definitions reads (their gauges and filters), and the
+    conversions and cancellations whose revenue the customer-worth table reads."""
     names: set[str] = set()
     for defn in definitions:
         spec = defn.tracking_spec()
         names |= {g.event for g in spec.gauges} | {f.event for f in spec.filters}
+        names |= spec.conversions | spec.cancellations
     return frozenset(names)
 
 
@@ -816,6 +819,23 @@ class DefinitionRun:
     bad: list[BadLine] = field(default_factory=list)  # events ingest would quarantine (bad gauge values)
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    worth: dict[str, Any] | None = None  # `pqlflow.analysis.worth.customer_worth`, when the history is in memory
+
+
+def worth_of(history: History, run: DefinitionRun, defn: Definition) -> dict[str, Any]:
+    """PQL-sourced customers against the others over this history (`pqlflow.analysis.worth`): a PQL is an
+    account with a subject that qualified, from its first qualification."""
+    first_seen, money = money_of_records(history.groups, defn, defn.tracking_spec())
+    return customer_worth(first_seen, qualified_accounts(run), money, history.end_ms or 0)
+
+
+def qualified_accounts(run: DefinitionRun) -> dict[str, int]:
+    """Account → its first qualification (of any of its subjects, for `unit: user`)."""
+    qualified: dict[str, int] = {}
+    for s in run.subjects:
+        if s.qualified_at_ms is not None:
+            qualified[s.account_id] = min(qualified.get(s.account_id, s.qualified_at_ms), s.qualified_at_ms)
+    return qualified
 
 
 def _exclusion_inputs(defn: Definition) -> Callable[[AccountUsage, str], tuple[Any, ...]]:
@@ -1393,6 +1413,7 @@ def metrics(run: DefinitionRun, window_days: float = 30, end_ms: int | None = No
         "warnings": run.warnings,
         "bad_events": [str(b) for b in run.bad[:50]],
         "bad_event_count": len(run.bad),
+        "worth": run.worth,
     }
 
 
@@ -1510,4 +1531,6 @@ def run_backtest(
     cpu = time.process_time()
     history = decode_history(paths, now_s=now_s, keep_properties=properties_read(d for d, _ in definitions))
     runs = [run_definition(history, defn, source) for defn, source in definitions]
+    for run, (defn, _) in zip(runs, definitions, strict=True):
+        run.worth = worth_of(history, run, defn)
     return BacktestResult(history, runs, window_days, bare, time.perf_counter() - started, time.process_time() - cpu)

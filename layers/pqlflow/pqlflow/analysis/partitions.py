@@ -44,11 +44,13 @@ from pqlflow.analysis.backtest import (
     decode_only,
     gc_paused,
     properties_read,
+    qualified_accounts,
     read_records,
     run_backtest,
     run_definition,
 )
 from pqlflow.analysis.history_files import expand, kind_of
+from pqlflow.analysis.worth import MoneyEvent, customer_worth, money_of_records
 from pqlflow.ingest.usage import TrackingSpec
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
@@ -285,21 +287,31 @@ class SpilledHistory:
         self,
         definitions: Sequence[tuple[Definition, str, TrackingSpec | None]],
         accounts: set[str] | None = None,
+        worth: bool = False,
     ) -> list[DefinitionRun]:
         """Each definition's run over every partition (only these accounts, if given), merged into the
-        in-memory engine's order: what `run_definition` gives on the whole history in memory."""
+        in-memory engine's order: what `run_definition` gives on the whole history in memory (with `worth`,
+        its customer-worth table too, from each partition's money events)."""
         subjects: list[list[_Subject]] = [[] for _ in definitions]
         runs: list[DefinitionRun | None] = [None] * len(definitions)
+        money: list[tuple[dict[str, int], dict[str, list[MoneyEvent]]]] = [({}, {}) for _ in definitions]
         for part, first in self.parts(accounts):
             for j, (defn, source, spec) in enumerate(definitions):
                 run = run_definition(part, defn, source, spec)
                 subjects[j] += _split(run, part, first)
                 runs[j] = _add(runs[j], run)
+                if worth:
+                    seen, events = money_of_records(part.groups, defn, defn.tracking_spec(spec))
+                    money[j][0].update(seen)
+                    money[j][1].update(events)
             del part, first  # before the next partition is loaded: one partition in memory, not two
         merged = []
         for j, (defn, source, spec) in enumerate(definitions):
             run = runs[j] or run_definition(History({}, self.read.files), defn, source, spec)  # no subject at all
             _restore_order(run, subjects[j])
+            if worth:
+                run.worth = customer_worth(money[j][0], qualified_accounts(run), money[j][1],
+                                           self.totals.end_ms or 0)
             merged.append(run)
         return merged
 
@@ -317,7 +329,7 @@ def backtest_partitioned(
     identical to `decode_history` + `run_definition` on the whole history in memory."""
     with gc_paused(), SpilledHistory(paths, partitions, now_s=now_s, keep_properties=keep_properties,
                                      retention_days=retention_days) as spilled:
-        runs = spilled.run([(defn, source, None) for defn, source in definitions])
+        runs = spilled.run([(defn, source, None) for defn, source in definitions], worth=True)
         totals = spilled.totals
         totals.decode_seconds = spilled.decode_seconds
         totals.sort_cpu_seconds = spilled.sort_cpu_seconds

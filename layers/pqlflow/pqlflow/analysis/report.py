@@ -16,8 +16,10 @@ structure and get one report. `pqlflow.analysis.backtest.BacktestResult.to_dict(
         signals [{label, signal, source, with, with_rate, without, without_rate, lift, coverage, ...}],
         sweeps [{label, signal, op, current, points: [{threshold, pqls, converted, conversion_rate,
                  precision, recall, lift, current}]}]
-        and, from replay only: nudged (int), channels [{channel, pqls, converted, conversion_rate,
-        median_days}] where channel "holdout" is the control group.
+        worth (`pqlflow.analysis.worth.customer_worth`: PQL-sourced customers against the others; absent
+        with --partitions), and, from replay only: nudged (int), channels [{channel, pqls, converted,
+        conversion_rate, median_days}] where channel "holdout" is the control group, and steps
+        (`pqlflow.analysis.worth.step_results`: per journey step and channel, with lift against the holdout).
     comparison   {groups: [{group, accounts, converted, conversion_rate}], a_earlier, b_earlier, same_time}
     source       "backtest" | "replay"
 
@@ -31,6 +33,8 @@ import json
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from pqlflow.analysis.worth import customer_table, step_table
 
 # ---- formatting ---------------------------------------------------------------------------------
 
@@ -167,6 +171,7 @@ def _text_definition(m: dict[str, Any], window: float) -> str:
             ],
         )
     )
+    out += _text_worth(m)
     if m["signals"]:
         out.append("")
         out.append(
@@ -217,6 +222,19 @@ def _text_definition(m: dict[str, Any], window: float) -> str:
         out.append(f"{m['bad_event_count']:,} events ingest would quarantine (bad gauge values):")
         out += [f"  {b}" for b in m["bad_events"][:10]]
     return "\n".join(out)
+
+
+def _text_worth(m: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if m.get("worth"):
+        headers, rows, notes = customer_table(m["worth"])
+        out += ["", "What PQLs are worth as customers", table(["customer worth", *headers[1:]], rows),
+                *(f"  {n}" for n in notes)]
+    if m.get("steps") and m["steps"]["steps"]:
+        headers, rows, notes = step_table(m["steps"])
+        out += ["", "Per journey step and channel", table(headers, rows, [False, False, True, False, True, True,
+                                                                           False]), *(f"  {n}" for n in notes)]
+    return out
 
 
 def _text_comparison(defs: list[dict[str, Any]], comparison: dict[str, Any] | None, window: float) -> str:
@@ -588,6 +606,7 @@ def _html_definition(m: dict[str, Any], window: float, data: dict[str, Any], *, 
         f"{funnel_svg}{note}</section>" + _html_ttc(ttc) + "</div>"
     )
     out.append(_html_channels(m))
+    out.append(_html_worth(m))
     # reasons
     if m["reasons"]:
         rows = [
@@ -664,6 +683,43 @@ def _html_channels(m: dict[str, Any]) -> str:
         "<th>channel</th><th class=n>PQLs</th><th class=n>converted</th><th class=n>conversion</th>"
         f"<th class=n>median time</th></tr>{rows}</table></div><div>{bars}</div></div></section>"
     )
+
+
+def _html_table(headers: list[str], rows: list[list[str]], numeric: Sequence[bool]) -> str:
+    head = "".join(f"<th{' class=n' if n else ''}>{_e(h)}</th>" for h, n in zip(headers, numeric, strict=True))
+    body = "".join(
+        "<tr>" + "".join(f"<td{' class=n' if n else ''}>{_e(c)}</td>" for c, n in zip(r, numeric, strict=True))
+        + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html_worth(m: dict[str, Any]) -> str:
+    out = []
+    if m.get("worth"):
+        headers, rows, notes = customer_table(m["worth"])
+        out.append(
+            "<section><h2>What PQLs are worth as customers</h2><p class=lead>PQL-sourced customers against "
+            "the others: conversion, revenue, retention and lifetime value so far.</p>"
+            + _html_table(headers, rows, [False, True, True])
+            + "".join(f"<p class=note>{_e(n)}</p>" for n in notes) + "</section>")
+    else:
+        out.append("<section><h2>What PQLs are worth as customers</h2><p class=na>Not available: the history "
+                   "was run one partition at a time (<code>--partitions</code>), or its backtest could not run "
+                   "(see the warning above). Run it in memory to see revenue, retention and lifetime value."
+                   "</p></section>")
+    steps = m.get("steps")
+    if steps is not None:
+        if steps["steps"]:
+            headers, rows, notes = step_table(steps)
+            out.append(
+                "<section><h2>Per journey step and channel</h2><p class=lead>What each step sent, how recipients "
+                "engaged, and conversion after it against the holdout.</p>"
+                + _html_table(headers, rows, [False, False, True, False, True, True, True])
+                + "".join(f"<p class=note>{_e(n)}</p>" for n in notes) + "</section>")
+        else:
+            out.append("<section><h2>Per journey step and channel</h2><p class=na>No nurture action was sent in "
+                       "this replay.</p></section>")
+    return "".join(out)
 
 
 def _html_signals(m: dict[str, Any]) -> str:

@@ -103,6 +103,10 @@ _HOUR_WEIGHTS = (0.15, 0.08, 0.05, 0.04, 0.05, 0.12, 0.35, 0.9, 2.2, 3.3, 3.5, 3
                  2.0, 1.3, 1.0, 0.9, 0.8, 0.55, 0.3)
 _WEEKEND_FACTOR = 0.22
 
+# One-off add-on orders some customers place after converting (`Order Completed` `revenue`, USD).
+ORDER_REVENUE = (99, 199, 499)
+CURRENCY = "USD"
+
 # How much each milestone adds to an account's daily chance of converting (`_conversion_hazard`).
 MILESTONE_WEIGHTS = {"team": 1.0, "limit": 1.6, "paid_feature": 1.1, "collaboration": 0.6}
 
@@ -270,6 +274,11 @@ def _shuffle(lines: Iterable[str], window: int, rng: random.Random) -> Iterator[
 _CLOCK_FACE: list[str] = []
 
 
+def _minute_of(account_id: str, day: int) -> int:
+    """0–179: a stable minute offset for an account's day (not drawn from any random stream)."""
+    return int(hashlib.sha256(f"{account_id}:{day}".encode()).hexdigest()[:6], 16) % 180
+
+
 def _clock_face() -> list[str]:
     """"HH:MM:SS" for every second of a day, built on first use."""
     if not _CLOCK_FACE:
@@ -326,7 +335,7 @@ class _Account:
         "blocked", "contacts", "contacts_goal", "storage", "integrations", "shared", "paid_days",
         "milestones", "converted_ms", "converted_plan", "mrr", "churn_day", "dormant", "aff_msg",
         "aff_conv", "aff_contacts", "aff_files", "file_mult", "velocity", "paid_interest", "video_share",
-        "created_at", "emails", "seats", "pricing_views", "storage_ms", "contacts_ms",
+        "created_at", "emails", "seats", "pricing_views", "storage_ms", "contacts_ms", "money",
     )
     index: int
     id: str
@@ -374,6 +383,7 @@ class _Account:
     pricing_views: int
     storage_ms: int
     contacts_ms: int
+    money: _Money | None
 
     def __init__(self) -> None:
         self.users: list[_User] = []
@@ -392,6 +402,23 @@ class _Account:
         self.contacts = 0
         self.storage_ms = 0
         self.contacts_ms = 0
+        self.money = None
+
+
+class _Money:
+    """A customer's life after converting, drawn from its own random stream (so the usage before it, and
+    every planted answer about converting, is the same with or without it): an add-on order, and a churn."""
+
+    __slots__ = ("order_day", "order_revenue", "churn_day", "churn", "churned_ms", "ordered_ms")
+
+    def __init__(self, seed: int, account_id: str, converted_day: int) -> None:
+        r = random.Random(f"{seed}:{account_id}:money")
+        self.order_day = converted_day + 3 + int(r.random() * 25) if r.random() < 0.35 else -1
+        self.order_revenue = ORDER_REVENUE[int(r.random() * len(ORDER_REVENUE))]
+        self.churn_day = converted_day + 14 + int(r.random() * 40) if r.random() < 0.3 else -1
+        self.churn = "subscription_cancelled" if r.random() < 0.6 else "plan_downgraded"
+        self.churned_ms: int | None = None
+        self.ordered_ms: int | None = None
 
 
 class _Simulation:
@@ -570,6 +597,8 @@ class _Simulation:
         if d == a.signup_day:
             self._sign_up(a, d)
         paying = a.converted_ms is not None
+        if a.money is not None:
+            self._customer_day(a, d)
         if not paying and d == a.trial_end_day:
             self._trial_end(a, d)
         elif not paying and d > a.signup_day and not a.dormant:
@@ -741,10 +770,38 @@ class _Simulation:
                 "timezone": u.tz, "role": u.role,
                 "created_at": u.created_at}
 
+    def _customer_day(self, a: _Account, d: int) -> None:
+        """A customer's money events: its add-on order, and its churn (a cancellation, or its plan back to
+        free), at a working hour of the buyer's day. Usage goes on as before: the planted usage is unchanged."""
+        money = a.money
+        assert money is not None
+        if money.churned_ms is not None:
+            return
+        admin = a.users[0]
+        t = self._local_midnight(d, admin.offset_ms) + 14 * HOUR_MS + (_minute_of(a.id, d) * 60_000)
+        if d == money.order_day and self._emit(t, _TRACK, a, admin, "Order Completed", {
+                "order_id": f"ord-{a.id}-{d}", "revenue": money.order_revenue, "currency": CURRENCY,
+                "products": [{"product_id": "addon-storage", "price": money.order_revenue, "quantity": 1}]}):
+            money.ordered_ms = t
+        if d != money.churn_day:
+            return
+        if money.churn == "subscription_cancelled":
+            if self._emit(t + 3_600_000, _TRACK, a, admin, "Subscription Cancelled",
+                          {"plan": a.converted_plan, "mrr": a.mrr, "currency": CURRENCY,
+                           "reason": "too_expensive"}):
+                money.churned_ms = t + 3_600_000
+        else:
+            money.churned_ms = t + 3_600_000  # the next group call says free
+            if not self._emit(t + 3_600_000, _GROUP, a, admin, None, self._group_traits(a)):
+                money.churned_ms = None
+
     def _group_traits(self, a: _Account) -> dict[str, Any]:
         limits = PLANS[a.plan]
+        money = a.money
+        downgraded = money is not None and money.churn == "plan_downgraded" and money.churned_ms is not None
         traits: dict[str, Any] = {
-            "name": a.name, "industry": a.industry, "employees": a.employees, "plan": a.plan,
+            "name": a.name, "industry": a.industry, "employees": a.employees,
+            "plan": "free" if downgraded else a.plan,
             "seats": a.seats, "contacts_limit": limits["contacts_limit"],
             "storage_quota_bytes": limits["storage_quota_bytes"], "website": f"https://{a.domain}",
             "created_at": a.created_at,
@@ -848,9 +905,10 @@ class _Simulation:
         annual = rng.random() < 0.3
         self._emit(t, _PAGE, a, buyer, "Pricing", {"path": "/pricing"})
         self._emit(t + 45_000, _TRACK, a, buyer, "Subscription Started",
-                   {"plan": plan, "mrr": mrr, "seats": seats,
+                   {"plan": plan, "mrr": mrr, "currency": CURRENCY, "seats": seats,
                     "billing_period": "annual" if annual else "monthly"})
         a.converted_ms = t + 45_000
+        a.money = _Money(self.cfg.seed, a.id, d)
         a.converted_plan = plan
         a.mrr = mrr
         a.plan = plan
@@ -880,6 +938,11 @@ class _Simulation:
                 "converted_at": self._stamp(a.converted_ms) if a.converted_ms is not None else None,
                 "converted_plan": a.converted_plan,
                 "mrr": a.mrr if a.converted_ms is not None else None,
+                "customer_churned_at": self._stamp(a.money.churned_ms)
+                if a.money is not None and a.money.churned_ms is not None else None,
+                "customer_churn": a.money.churn if a.money is not None and a.money.churned_ms is not None else None,
+                "order_revenue": a.money.order_revenue if a.money is not None and a.money.ordered_ms is not None
+                else None,
             })
         return {
             "generator": {"seed": cfg.seed, "accounts": cfg.accounts, "days": cfg.days,

@@ -78,6 +78,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worth_rows(worth: dict[str, Any]) -> list[list[str]]:
+    """What PQLs were worth, in two lines (the whole tables are in report.html and summary.json)."""
+    rows = []
+    customers = worth.get("customers")
+    if customers:
+        currency = customers["currencies"][0] + " " if len(customers["currencies"]) == 1 else ""
+
+        def line(g: dict[str, Any]) -> str:
+            rate = "—" if g["conversion_rate"] is None else f"{g['conversion_rate']:.1%}"
+            ltv = "—" if g["ltv_per_customer"] is None else f"{currency}{g['ltv_per_customer']:,.0f}"
+            return f"{g['customers']} of {g['accounts']} ({rate}), LTV so far {ltv} per customer"
+
+        rows.append(["customers", f"{customers['pql']['customers'] + customers['other']['customers']:,}",
+                     f"PQL-sourced {line(customers['pql'])}; others {line(customers['other'])}"])
+    steps = worth.get("steps")
+    if steps and steps["steps"]:
+        measured = sum(1 for r in steps["steps"] if r["lift"]["enough"])
+        rows.append(["journey steps × channels", f"{len(steps['steps']):,}",
+                     f"{measured} with enough data for a lift interval against the holdout (report.html)"])
+    return rows
+
+
 def render_summary(summary: dict[str, Any], out: Path) -> str:
     """The closing table: what pqlflow would have done, what it took, and what it would cost."""
     c = summary["counts"]
@@ -87,7 +109,8 @@ def render_summary(summary: dict[str, Any], out: Path) -> str:
         ["events replayed", f"{i['events']:,}", f"{i['start']} → {i['end']}"],
         ["quarantined", f"{c['quarantined']:,}", "rejected by ingest, with reasons"],
         ["PQL transitions", f"{c['transitions']:,}",
-         f"{c['qualified']} qualified · {c['disqualified']} disqualified · {c['converted']} converted"],
+         f"{c['qualified']} qualified · {c['disqualified']} disqualified · {c['converted']} converted · "
+         f"{c.get('churned', 0)} churned"],
         ["accounts qualified", f"{c['accounts_qualified']:,}",
          f"definition {summary['definition']['name']} v{summary['definition']['version']}"],
         ["nurture actions", f"{c['actions']:,}",
@@ -103,6 +126,7 @@ def render_summary(summary: dict[str, Any], out: Path) -> str:
          f"EventBridge ingest ${cost['eventbridge_ingest_per_million']:.2f} + pqlflow "
          f"${cost['pqlflow_per_million']:.2f} ({(cost['ratio_to_ingest'] or 0):.0%} of ingest; target ≤ 50%)"],
     ]
+    rows += _worth_rows(summary.get("worth") or {})
     pipeline = cost.get("usage_pipeline")
     if pipeline:
         rows.append(["", "", f"ingest + qualify priced in the batches AWS forms: {pipeline['ingest_batches']:,} "

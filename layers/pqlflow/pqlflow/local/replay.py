@@ -518,7 +518,8 @@ def _plain(value: Any) -> Any:
 
 # ---- outputs --------------------------------------------------------------------------------------------
 
-TRANSITION_TYPES = ("PQL Qualified", "PQL Disqualified", "Account Converted")
+TRANSITION_TYPES = ("PQL Qualified", "PQL Disqualified", "Account Converted", "Account Churned")
+MONEY_FIELDS = ("mrr", "revenue", "currency", "plan", "reason")
 
 
 def transitions_of(result: ReplayResult) -> list[dict[str, Any]]:
@@ -528,7 +529,8 @@ def transitions_of(result: ReplayResult) -> list[dict[str, Any]]:
         if kind not in TRANSITION_TYPES:
             continue
         d = envelope.get("detail") or {}
-        at = d.get("qualified_at") if kind == "PQL Qualified" else d.get("disqualified_at") or d.get("converted_at")
+        at = (d.get("qualified_at") if kind == "PQL Qualified" else d.get("churned_at") if kind == "Account Churned"
+              else d.get("disqualified_at") or d.get("converted_at"))
         out.append({
             "type": kind,
             "account_id": d.get("account_id"),
@@ -541,6 +543,7 @@ def transitions_of(result: ReplayResult) -> list[dict[str, Any]]:
             "reasons": d.get("reasons", []),
             **({"signals": d["signals"]} if d.get("signals") else {}),
             **({"seconds_since_qualified": d["seconds_since_qualified"]} if "seconds_since_qualified" in d else {}),
+            **{k: d[k] for k in MONEY_FIELDS if d.get(k) is not None},
         })
     return out
 
@@ -646,6 +649,32 @@ def channels_of(transitions: list[dict[str, Any]], actions: list[dict[str, Any]]
     return nudged, out
 
 
+def steps_of(result: ReplayResult, window_days: float = WINDOW_DAYS) -> dict[str, Any]:
+    """Per journey step and channel, from the Nurture Action, engagement and Account Converted events the
+    replay's pipeline emitted (`pqlflow.analysis.worth.step_results`)."""
+    from pqlflow.analysis.worth import ENGAGEMENT_TYPES, step_results
+    from pqlflow.channels.offers.offer import offer_id_for
+
+    actions, engagement = [], []
+    conversions: dict[str, list[int]] = {}
+    for envelope in result.observed:
+        kind, d = envelope.get("detail-type"), envelope.get("detail") or {}
+        if kind == "Nurture Action":
+            at = _parse_time(envelope.get("time"))
+            if at is not None:
+                actions.append({**d, "at_ms": at})
+        elif kind in ENGAGEMENT_TYPES:
+            engagement.append((str(kind), d))
+        elif kind == "Account Converted":
+            at = _parse_time(d.get("converted_at"))
+            if at is not None:
+                conversions.setdefault(str(d.get("account_id")), []).append(at)
+    for times in conversions.values():
+        times.sort()
+    offers = {offer_id_for(str(a["action_id"])): str(a["action_id"]) for a in actions if a.get("channel") == "offer"}
+    return step_results(actions, engagement, conversions, window_days, offers)
+
+
 def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
     from pqlflow.local.cost import RunCounts, estimate
 
@@ -697,6 +726,7 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
             "qualified": by_type.get("PQL Qualified", 0),
             "disqualified": by_type.get("PQL Disqualified", 0),
             "converted": by_type.get("Account Converted", 0),
+            "churned": by_type.get("Account Churned", 0),
             "accounts_qualified": len({t["account_id"] for t in transitions if t["type"] == "PQL Qualified"}),
             "actions_by_outcome": dict(sorted(Counter(a.get("outcome") for a in actions).items())),
             "actions_by_channel": dict(sorted(Counter(a.get("channel") for a in actions).items())),
@@ -738,9 +768,11 @@ def report_data(result: ReplayResult, paths: Sequence[str | Path], window_days: 
         data = _replay_only_metrics(result, transitions, window_days, f"backtest metrics unavailable: {exc}")
     data["source"] = "replay"
     nudged, channels = channels_of(transitions, actions_of(result), window_days)
+    steps = steps_of(result, window_days)
     for m in data.get("definitions", []):
         m["nudged"] = nudged
         m["channels"] = channels
+        m["steps"] = steps
         m["replay_pqls"] = len({t["account_id"] for t in transitions if t["type"] == "PQL Qualified"})
     return data
 
@@ -829,8 +861,11 @@ def write_outputs(result: ReplayResult, out: Path, paths: Sequence[str | Path], 
         "tasks": len(tasks),
         "quarantined": len(quarantine),
     })
+    data = report_data(result, paths)
+    main = (data.get("definitions") or [{}])[0]
+    summary["worth"] = {"customers": main.get("worth"), "steps": main.get("steps")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=False, default=str) + "\n")
-    (out / "report.html").write_text(render_html(report_data(result, paths)), encoding="utf-8")
+    (out / "report.html").write_text(render_html(data), encoding="utf-8")
     return summary
 
 
