@@ -1,5 +1,8 @@
 """Offers HTTP API (API Gateway HTTP API with a JWT authorizer): the signed-in user lists their active
-offers and accepts or dismisses them. Identity is the JWT `sub`; another user's offer answers 404."""
+offers (`GET /offers`), the app reports showing one (`POST /offers/{id}/view`), the user accepts or
+dismisses it (`POST /offers/{id}/accept|dismiss`). Identity is the JWT `sub`; another user's offer
+answers 404. `Offer Viewed`, `Offer Accepted` and `Offer Dismissed` go on the bus once per offer
+(`pqlflow.channels.offers.api`)."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pqlflow.channels.offers.offer import load_catalog
+from pqlflow.channels.offers.offer import engagement_id_for, load_catalog
 from pqlflow.channels.offers.store import OfferStore
-from pqlflow.contracts.emitted import OfferAccepted, Reason
+from pqlflow.contracts.emitted import OfferAccepted, OfferDismissed, OfferViewed, Reason
 from pqlflow.kernel import clock
 
 from functions.offers.app import handler as offers_handler
@@ -321,3 +321,86 @@ def test_a_token_without_sub_is_refused_by_the_function(store):
     }
     result = api_handler(event, LambdaContext(), store=store, publisher=FakePublisher())
     assert result["statusCode"] == 401
+
+
+# --- Offer Viewed / Offer Dismissed: the app reports showing an offer, the user dismissing it ------------
+
+
+def test_a_view_is_recorded_once_and_emits_offer_viewed_once(gateway, store, keys):
+    # Given an offer made at step 2 of a journey
+    detail = offer_action("act-v", "acct-v", "user-v", "pro-discount-20", step=2)
+    offer_id = offers_handler(pqlflow_event(detail), LambdaContext(), store=store, catalog=CATALOG)["offer_id"]
+    bearer = token(keys[0], "user-v")
+    path = f"/offers/{offer_id}/view"
+
+    # When the app reports showing it three times (every render, a retried request), a minute apart
+    answers = []
+    for i in range(3):
+        clock.set_source(lambda i=i: NOW + 60 * i)
+        answers.append(call(gateway, "POST", path, bearer))
+
+    # Then each answers 200 with the offer, still active, and one Offer Viewed went out at the first view
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert {body["offer"]["status"] for _, body in answers} == {"active"}
+    (event,) = gateway.publisher.published
+    assert isinstance(event, OfferViewed)
+    assert (event.offer_id, event.offer, event.account_id, event.user_id) == (
+        offer_id, "pro-discount-20", "acct-v", "user-v")
+    assert (event.action_id, event.transition_id, event.step) == ("act-v", "tr-act-v", 2)
+    assert event.occurred_at == "2027-01-15T08:00:00Z"  # NOW: the first view
+    assert event.engagement_id == engagement_id_for(offer_id, "viewed")
+
+
+def test_a_dismissal_emits_offer_dismissed_once(gateway, two_users):
+    path = f"/offers/{two_users['a_offer']}/dismiss"
+    assert call(gateway, "POST", path, two_users["a"])[0] == 200
+    assert call(gateway, "POST", path, two_users["a"])[0] == 200
+    (event,) = gateway.publisher.published
+    assert isinstance(event, OfferDismissed)
+    assert (event.offer_id, event.account_id, event.user_id, event.action_id) == (
+        two_users["a_offer"], "acct-a", "user-a", "act-a")
+    assert event.engagement_id == engagement_id_for(two_users["a_offer"], "dismissed")
+    assert event.engagement_id != engagement_id_for(two_users["a_offer"], "viewed")
+
+
+def test_view_and_dismiss_are_authenticated_like_accept(gateway, two_users):
+    # Another user's offer is a missing one; no token or a forged one never reaches the function
+    for action in ("view", "dismiss"):
+        path = f"/offers/{two_users['b_offer']}/{action}"
+        assert call(gateway, "POST", path, two_users["a"]) == (404, {"statusCode": 404, "message": "offer not found"})
+        assert call(gateway, "POST", path, None)[0] == 401
+    assert gateway.publisher.published == []
+
+
+def test_an_offer_that_can_no_longer_be_acted_on_cannot_be_viewed(gateway, two_users):
+    clock.set_source(lambda: NOW + 8 * DAY)
+    status, body = call(gateway, "POST", f"/offers/{two_users['a_offer']}/view", two_users["a"])
+    assert status == 409 and "expired" in body["message"] and "can no longer be shown" in body["message"]
+    assert gateway.publisher.published == []
+
+
+def test_a_view_that_failed_to_publish_goes_out_on_the_retry_once(gateway, two_users):
+    gateway.publisher.fail_times = 1
+    path = f"/offers/{two_users['a_offer']}/view"
+    failed = call(gateway, "POST", path, two_users["a"])
+    retried = call(gateway, "POST", path, two_users["a"])
+    again = call(gateway, "POST", path, two_users["a"])
+    assert failed[0] == 500 and retried[0] == again[0] == 200
+    assert [type(e) for e in gateway.publisher.published] == [OfferViewed]
+
+
+def test_a_crash_between_recording_and_publishing_is_completed_by_a_later_call(gateway, store, two_users):
+    # Given a dismissal and a view that were recorded (their claims taken) but whose process died before
+    # publishing: the stored offer says so, nothing went out
+    offer = store.get("user-a", two_users["a_offer"])
+    assert store.view(offer, NOW)
+    assert store.dismiss(store.get("user-a", two_users["a_offer"]), NOW)
+    # When the app calls again within the claim's 10 s, nothing goes out (the first request may still publish)
+    call(gateway, "POST", f"/offers/{two_users['a_offer']}/view", two_users["a"])
+    assert gateway.publisher.published == []
+    # and after it, the next calls publish each event once
+    clock.set_source(lambda: NOW + 11)
+    for _ in range(2):
+        call(gateway, "POST", f"/offers/{two_users['a_offer']}/view", two_users["a"])
+        call(gateway, "POST", f"/offers/{two_users['a_offer']}/dismiss", two_users["a"])
+    assert sorted(type(e).__name__ for e in gateway.publisher.published) == ["OfferDismissed", "OfferViewed"]

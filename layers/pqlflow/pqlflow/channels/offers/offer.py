@@ -112,8 +112,14 @@ class Offer(BaseModel):
     publish_claimed_at: int | None = Field(
         default=None, description="who publishes `Offer Accepted`, since when"
     )
+    viewed_at: int | None = Field(default=None, description="epoch seconds: the app first showed the offer")
+    view_published: bool = False
+    view_claimed_at: int | None = Field(default=None, description="who publishes `Offer Viewed`, since when")
+    dismiss_published: bool = False
+    dismiss_claimed_at: int | None = Field(default=None, description="who publishes `Offer Dismissed`, since when")
     action_id: str
     transition_id: str
+    step: int = Field(default=0, ge=0, description="the journey step of the Nurture Action that made the offer")
     reasons: list[Reason] = Field(default_factory=list)
 
     def public(self, now: float) -> dict[str, Any]:
@@ -172,6 +178,7 @@ def make_offer(
         benefit_seconds=spec.benefit_seconds(),
         action_id=action.action_id,
         transition_id=action.transition_id,
+        step=action.step,
         reasons=list(action.reasons),
     )
 
@@ -216,6 +223,26 @@ def decide_dismiss(offer: Offer, now: float) -> Decision:
     if status == "dismissed":
         return Decision(outcome="unchanged", message="offer already dismissed")
     return Decision(outcome="change")
+
+
+def decide_view(offer: Offer, now: float) -> Decision:
+    """A view is recorded once, while the offer can still be acted on; a repeated view answers as it is."""
+    if offer.viewed_at is not None:
+        return Decision(outcome="unchanged", message="offer already viewed")
+    status = effective_status(offer, now)
+    if status == "active":
+        return Decision(outcome="change")
+    if status == "expired":
+        return Decision(
+            outcome="conflict",
+            message=f"this offer expired at {iso_time(offer.valid_until)} and can no longer be shown",
+        )
+    return Decision(outcome="conflict", message=f"this offer was {status} and can no longer be shown")
+
+
+def engagement_id_for(offer_id: str, kind: Literal["viewed", "dismissed"]) -> str:
+    """Deterministic: one `Offer Viewed` and one `Offer Dismissed` per offer, whoever publishes it."""
+    return "en_" + hashlib.sha256(f"{offer_id}\n{kind}".encode()).hexdigest()[:24]
 
 
 def benefit_until(offer: Offer, accepted_at: float) -> int:

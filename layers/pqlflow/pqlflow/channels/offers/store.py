@@ -15,6 +15,27 @@ from botocore.exceptions import ClientError
 from pqlflow.channels.offers.offer import Offer, benefit_until
 from pqlflow.kernel.items import ITEM_KEYS, TableStore, cancel_codes, conditional, from_item, is_error, to_item
 
+OfferEvent = Literal["accept", "dismiss", "view"]
+# Each event an offer publishes once: the attribute set once it is out, the attribute naming who claimed
+# publishing it (and since when), and the state the offer must be in. `Offer Accepted` keeps its names.
+_EVENTS: dict[OfferEvent, tuple[str, str, str]] = {
+    "accept": ("accept_published", "publish_claimed_at", "#s = :accepted"),
+    "dismiss": ("dismiss_published", "dismiss_claimed_at", "#s = :dismissed"),
+    "view": ("view_published", "view_claimed_at", "attribute_exists(viewed_at)"),
+}
+
+
+def _state_values(event: OfferEvent, values: dict[str, Any]) -> dict[str, Any]:
+    """The names and values `_EVENTS[event]`'s state condition needs, with `values`."""
+    if event == "view":
+        return {"ExpressionAttributeValues": values}
+    status = "accepted" if event == "accept" else "dismissed"
+    return {
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": values | {f":{status}": {"S": status}},
+    }
+
+
 _RETENTION = 30 * 86_400  # keep settled offers a while for support and analytics
 _KEYS = (*ITEM_KEYS, "offer_kind")  # the offer's own `kind` is stored as `offer_kind`
 
@@ -131,40 +152,53 @@ class OfferStore(TableStore):
             },
         )
 
-    def claim_publish(self, offer: Offer, now: float, stale_after: int = 10) -> bool:
-        """Take the right to publish `Offer Accepted` for an accepted offer whose event has not gone
-        out: free, released after a failed publish, or held longer than `stale_after` (a crash)."""
+    def claim_publish(self, offer: Offer, now: float, stale_after: int = 10, event: OfferEvent = "accept") -> bool:
+        """Take the right to publish the offer's `event` (`Offer Accepted`, `Offer Dismissed`, `Offer
+        Viewed`) when it has not gone out: free, released after a failed publish, or held longer than
+        `stale_after` (a crash). The offer must be in the state the event reports."""
+        published, claimed, state = _EVENTS[event]
         return conditional(
             self.client.update_item,
             TableName=self.table,
             Key=self._key(offer.user_id, offer.offer_id),
-            UpdateExpression="SET publish_claimed_at = :now",
+            UpdateExpression=f"SET {claimed} = :now",
             ConditionExpression=(
-                "#s = :accepted AND (attribute_not_exists(accept_published) OR accept_published = :f) "
-                "AND (attribute_not_exists(publish_claimed_at) OR publish_claimed_at < :stale)"
+                f"{state} AND (attribute_not_exists({published}) OR {published} = :f) "
+                f"AND (attribute_not_exists({claimed}) OR {claimed} < :stale)"
             ),
-            ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={
+            **_state_values(event, {
                 ":now": {"N": str(int(now))},
                 ":stale": {"N": str(int(now) - stale_after)},
-                ":accepted": {"S": "accepted"},
                 ":f": {"BOOL": False},
-            },
+            }),
         )
 
-    def release_publish(self, offer: Offer) -> None:
+    def release_publish(self, offer: Offer, event: OfferEvent = "accept") -> None:
         self.client.update_item(
             TableName=self.table,
             Key=self._key(offer.user_id, offer.offer_id),
-            UpdateExpression="REMOVE publish_claimed_at",
+            UpdateExpression=f"REMOVE {_EVENTS[event][1]}",
         )
 
-    def mark_accept_published(self, offer: Offer) -> None:
+    def mark_published(self, offer: Offer, event: OfferEvent = "accept") -> None:
         self.client.update_item(
             TableName=self.table,
             Key=self._key(offer.user_id, offer.offer_id),
-            UpdateExpression="SET accept_published = :t",
+            UpdateExpression=f"SET {_EVENTS[event][0]} = :t",
             ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
+
+    def view(self, offer: Offer, now: float) -> bool:
+        """Record the offer's first view, while it is active and unexpired, claiming `Offer Viewed`'s
+        publication with it; False when it was viewed already or no longer can be (caller re-reads)."""
+        return conditional(
+            self.client.update_item,
+            TableName=self.table,
+            Key=self._key(offer.user_id, offer.offer_id),
+            UpdateExpression="SET viewed_at = :now, view_claimed_at = :now",
+            ConditionExpression="#s = :active AND valid_until > :now AND attribute_not_exists(viewed_at)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":active": {"S": "active"}, ":now": {"N": str(int(now))}},
         )
 
     def dismiss(self, offer: Offer, now: float) -> bool:
@@ -173,7 +207,8 @@ class OfferStore(TableStore):
             self.client.update_item,
             TableName=self.table,
             Key=self._key(offer.user_id, offer.offer_id),
-            UpdateExpression="SET #s = :dismissed, dismissed_at = :now, expires_at = :keep",
+            # The dismissing request also claims publishing `Offer Dismissed` (see claim_publish).
+            UpdateExpression="SET #s = :dismissed, dismissed_at = :now, expires_at = :keep, dismiss_claimed_at = :now",
             ConditionExpression="#s = :active",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
