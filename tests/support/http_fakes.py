@@ -142,7 +142,7 @@ class FakeSlack:
         blocks = body.get("blocks")
         if not isinstance(body.get("text"), str) or not isinstance(blocks, list) or not blocks:
             return 400, b"invalid_payload"
-        if any(b.get("type") not in {"header", "section", "context", "divider"} for b in blocks):
+        if any(b.get("type") not in {"header", "section", "context", "divider", "actions"} for b in blocks):
             return 400, b"invalid_blocks"
         self.messages.append(body)
         return 200, b"ok"

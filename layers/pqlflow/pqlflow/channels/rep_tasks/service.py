@@ -130,6 +130,7 @@ def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
     log = {"task_id": task.task_id, "account_id": log_id(task.account_id), "owner_source": task.owner_source}
 
     if not task.created_published:
+        c.store.put_pointer(task)  # before the event: callbacks can find every task announced
         c.publisher.publish([task.created_event()])
         c.store.mark_published(task)
         metrics.add_metric(name="RepTasksCreated", unit=MetricUnit.Count, value=1)
@@ -143,6 +144,8 @@ def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:
         try:
             ref, attempts = connector.deliver(task)
             delivery = Delivery(status="delivered", ref=ref, attempts=attempts)
+            if connector.name == "hubspot" and ref:
+                c.store.put_pointer(task, hubspot_id=ref)  # HubSpot's webhooks name its own task id
         except DeliveryError as exc:
             delivery = Delivery(status="failed", error=str(exc), attempts=exc.attempts)
             failed.append(connector.name)

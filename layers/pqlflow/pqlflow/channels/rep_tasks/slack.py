@@ -6,6 +6,10 @@ Slack reads `<...>` in mrkdwn as a mention, a channel ping (`<!channel>`) or a l
 goes through `_mrkdwn`, which escapes `&`, `<` and `>` as Slack documents. The one control sequence
 pqlflow writes itself is the mention of the rostered rep, `<@U…>`, whose id the roster validates. The
 header is `plain_text`, which Slack never parses.
+
+The message ends with a "Mark done" button (Block Kit `actions`) whose value is the task id: when the
+Slack app that owns the incoming webhook has interactivity on, Slack posts the click to its request URL,
+the rep_task_events function, which reports the task closed (`pqlflow.channels.rep_tasks.callbacks`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pqlflow.channels.rep_tasks.http import Http
 from pqlflow.channels.rep_tasks.task import RepTask
+
+DONE_ACTION = "pqlflow_task_done"  # the button's action_id, which the interactivity endpoint looks for
 
 
 def _mrkdwn(text: str, limit: int = 2900) -> str:
@@ -70,6 +76,21 @@ class SlackConnector:
                 "type": "context",
                 "elements": [
                     {"type": "mrkdwn", "text": f"account {_code(task.account_id)} · task {_code(task.task_id)}"}
+                ],
+            }
+        )
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "pqlflow_task",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": DONE_ACTION,
+                        "text": {"type": "plain_text", "text": "Mark done", "emoji": False},
+                        "style": "primary",
+                        "value": task.task_id,
+                    }
                 ],
             }
         )

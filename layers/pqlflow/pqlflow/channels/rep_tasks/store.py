@@ -4,15 +4,22 @@ that must happen once is conditional.
 Layout (the shared table, `pk`/`sk`):
 - rep task         pk `A#<account_id>`   sk `TASK#<transition_id>`       kind `rep_task`
 - roster counter   pk `ROSTER#<pool>`    sk `COUNTER`                    kind `roster_counter`
+- task pointer     pk `RTASK#<task_id>`  sk `TASK`                       kind `rep_task_pointer`
+- HubSpot pointer  pk `RTASK#HUBSPOT#<HubSpot task id>`  sk `TASK`      kind `rep_task_pointer`
+
+A pointer names the task item (account and transition) for the connectors' callbacks, which know only
+pqlflow's task id (Slack button, signed webhook) or HubSpot's own task id (HubSpot webhooks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
 
 from pqlflow.channels.rep_tasks.task import Delivery, RepTask, TaskStatus
-from pqlflow.kernel.items import ITEM_KEYS, TableStore, conditional, from_item, to_item
+from pqlflow.kernel.items import ITEM_KEYS, TableStore, conditional, from_item, is_error, to_item
 
 # Also dropped when reading: `crm_company_id`, which tasks stored by older versions carry (it came from an
 # account trait, which must not choose the CRM company; the HubSpot connector resolves the company itself).
@@ -34,13 +41,98 @@ class RepTaskStore(TableStore):
             | task.model_dump(mode="json")
         )
 
+    @staticmethod
+    def pointer_key(task_id: str, hubspot_id: str | None = None) -> dict[str, Any]:
+        pk = f"RTASK#HUBSPOT#{hubspot_id}" if hubspot_id is not None else f"RTASK#{task_id}"
+        return {"pk": {"S": pk}, "sk": {"S": "TASK"}}
+
+    @staticmethod
+    def _task(item: dict[str, Any]) -> RepTask:
+        doc = from_item(item)
+        return RepTask.model_validate({k: v for k, v in doc.items() if k not in _DROPPED})
+
     def get(self, account_id: str, transition_id: str) -> RepTask | None:
         resp = self.client.get_item(TableName=self.table, Key=self._key(account_id, transition_id), ConsistentRead=True)
         item = resp.get("Item")
-        if not item:
+        return self._task(item) if item else None
+
+    def put_pointer(self, task: RepTask, hubspot_id: str | None = None) -> None:
+        """Point the task id (or HubSpot's id of the task) at the task item; the same content each time."""
+        self.client.put_item(
+            TableName=self.table,
+            Item=self.pointer_key(task.task_id, hubspot_id)
+            | {
+                "kind": {"S": "rep_task_pointer"},
+                "task_id": {"S": task.task_id},
+                "account_id": {"S": task.account_id},
+                "transition_id": {"S": task.transition_id},
+            },
+        )
+
+    def find(self, task_id: str | None = None, *, hubspot_id: str | None = None) -> RepTask | None:
+        """The task a callback names, by pqlflow's task id or by HubSpot's id of it; None when unknown."""
+        key = self.pointer_key(task_id or "", hubspot_id)
+        pointer = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
+        if not pointer:
             return None
-        doc = from_item(item)
-        return RepTask.model_validate({k: v for k, v in doc.items() if k not in _DROPPED})
+        task = self.get(pointer["account_id"]["S"], pointer["transition_id"]["S"])
+        return task if task is not None and (task_id is None or task.task_id == task_id) else None
+
+    def claim_close(
+        self,
+        task: RepTask,
+        *,
+        closed_at: str,
+        outcome: Literal["completed", "dismissed"],
+        via: Literal["hubspot", "slack", "webhook"],
+        now: float,
+        stale_after: int = 10,
+    ) -> RepTask | None:
+        """Record the task closed (the first report's time, outcome and connector stay) and take the right
+        to publish `Rep Task Closed`: None when it is out already, or another request claimed it less
+        than `stale_after` seconds ago."""
+        try:
+            resp = self.client.update_item(
+                TableName=self.table,
+                Key=self._key(task.account_id, task.transition_id),
+                UpdateExpression=(
+                    "SET closed_at = if_not_exists(closed_at, :at), closed_via = if_not_exists(closed_via, :via), "
+                    "close_outcome = if_not_exists(close_outcome, :outcome), close_claimed_at = :now"
+                ),
+                ConditionExpression=(
+                    "attribute_exists(pk) AND (attribute_not_exists(close_published) OR close_published = :f) "
+                    "AND (attribute_not_exists(close_claimed_at) OR close_claimed_at < :stale)"
+                ),
+                ExpressionAttributeValues={
+                    ":at": {"S": closed_at},
+                    ":via": {"S": via},
+                    ":outcome": {"S": outcome},
+                    ":now": {"N": str(int(now))},
+                    ":stale": {"N": str(int(now) - stale_after)},
+                    ":f": {"BOOL": False},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if is_error(exc, "ConditionalCheckFailedException"):
+                return None
+            raise
+        return self._task(resp["Attributes"])
+
+    def release_close(self, task: RepTask) -> None:
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key(task.account_id, task.transition_id),
+            UpdateExpression="REMOVE close_claimed_at",
+        )
+
+    def mark_close_published(self, task: RepTask) -> None:
+        self.client.update_item(
+            TableName=self.table,
+            Key=self._key(task.account_id, task.transition_id),
+            UpdateExpression="SET close_published = :t",
+            ExpressionAttributeValues={":t": {"BOOL": True}},
+        )
 
     def create(self, task: RepTask) -> RepTask:
         """Store the task once; a redelivery gets the stored one back."""

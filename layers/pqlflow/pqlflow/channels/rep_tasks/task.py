@@ -274,6 +274,13 @@ class RepTask(BaseModel):
     status: TaskStatus = "pending"
     deliveries: dict[str, Delivery] = Field(default_factory=dict)
     created_published: bool = False
+    step: int = Field(default=0, ge=0, description="the journey step of the Nurture Action that asked for it")
+    # Set once, by the first callback that reports the task closed (`pqlflow.channels.rep_tasks.callbacks`).
+    closed_at: str | None = None
+    closed_via: Literal["hubspot", "slack", "webhook"] | None = None
+    close_outcome: Literal["completed", "dismissed"] | None = None
+    close_published: bool = False
+    close_claimed_at: int | None = Field(default=None, description="who publishes `Rep Task Closed`, since when")
 
     @property
     def idempotency_key(self) -> str:
@@ -553,6 +560,7 @@ def build_task(
         task_id=task_id_for(q.transition_id),
         transition_id=q.transition_id,
         action_id=action.action_id,
+        step=action.step,
         account_id=q.account_id,
         owner=owner,
         owner_source=owner_source,
