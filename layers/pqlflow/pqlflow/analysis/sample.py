@@ -413,9 +413,9 @@ class _Money:
 
     def __init__(self, seed: int, account_id: str, converted_day: int) -> None:
         r = random.Random(f"{seed}:{account_id}:money")
-        self.order_day = converted_day + 3 + int(r.random() * 25) if r.random() < 0.35 else -1
+        self.order_day = converted_day + 2 + int(r.random() * 20) if r.random() < 0.5 else -1
         self.order_revenue = ORDER_REVENUE[int(r.random() * len(ORDER_REVENUE))]
-        self.churn_day = converted_day + 14 + int(r.random() * 40) if r.random() < 0.3 else -1
+        self.churn_day = converted_day + 7 + int(r.random() * 30) if r.random() < 0.4 else -1
         self.churn = "subscription_cancelled" if r.random() < 0.6 else "plan_downgraded"
         self.churned_ms: int | None = None
         self.ordered_ms: int | None = None

@@ -332,7 +332,7 @@ def _pct(value: float | None) -> str:
 def _amount(value: float | None, currency: str) -> str:
     if value is None:
         return "—"
-    return f"{currency}{value:,.0f}" if abs(value) >= 100 else f"{currency}{value:,.2f}"
+    return f"{currency}{value:,.0f}" if abs(value) >= 10 else f"{currency}{value:,.2f}"
 
 
 def _points(value: float | None) -> str:
@@ -390,7 +390,8 @@ def step_table(steps: Mapping[str, Any]) -> tuple[list[str], list[list[str]], li
         name = f" {r['step_name']}" if r.get("step_name") else ""
         rows.append([f"{r['rule']} · {r['step']}{name}", r["channel"], f"{r['sends']:,}", engaged or "—",
                      f"{r['converted']:,} ({_pct(r['conversion_rate'])})",
-                     f"{r['holdout_converted']:,}/{r['holdout']:,} ({_pct(r['holdout_rate'])})", shown])
+                     f"{r['holdout_converted']:,}/{r['holdout']:,} ({_pct(r['holdout_rate'])})" if r["holdout"]
+                     else "none", shown])
     notes = [
         f"Converted after: accounts converting within {steps['window_days']:g} days after the step (holdout: after "
         "the holdout decision). Lift: the difference in conversion rate against the same rule's holdout, "
