@@ -111,7 +111,8 @@ def drain(url: str) -> list[dict[str, Any]]:
 
 
 def closed_events(stack: Stack) -> list[RepTaskClosed]:
-    return [RepTaskClosed.model_validate(e["detail"]) for e in drain(stack.queue) if e["detail-type"] == "Rep Task Closed"]
+    published = drain(stack.queue)
+    return [RepTaskClosed.model_validate(e["detail"]) for e in published if e["detail-type"] == "Rep Task Closed"]
 
 
 @pytest.fixture
@@ -332,7 +333,8 @@ def test_a_hubspot_url_set_in_the_secret_is_the_one_verified(stack):
     stack.secrets = CallbackSecrets.model_validate(SECRETS.model_dump() | {
         "hubspot": {"client_secret": HUBSPOT_SECRET, "webhook_url": "https://hooks.example.com/pql/hubspot"}})
     assert hubspot_call(stack, hubspot_events(task["hubspot_id"]))[0] == 401
-    assert hubspot_call(stack, hubspot_events(task["hubspot_id"]), uri="https://hooks.example.com/pql/hubspot")[0] == 200
+    custom = "https://hooks.example.com/pql/hubspot"
+    assert hubspot_call(stack, hubspot_events(task["hubspot_id"]), uri=custom)[0] == 200
 
 
 def test_hubspot_events_other_than_a_completion_close_nothing_and_an_unknown_task_is_404(stack):
