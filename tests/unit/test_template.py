@@ -352,7 +352,8 @@ def test_offers_api_requires_a_jwt_and_unsubscribe_is_public(template: dict[str,
             if event["Type"] != "HttpApi" or event["Properties"]["ApiId"] != {"Ref": "HttpApi"}:
                 continue  # the collection API is its own (test_the_collection_api_...)
             path, auth = event["Properties"]["Path"], event["Properties"]["Auth"]["Authorizer"]
-            expected = "NONE" if path == "/unsubscribe" else "OffersJwt"
+            # Public on purpose: one-click unsubscribe (a signed token) and the connectors' signed callbacks.
+            expected = "NONE" if path == "/unsubscribe" or path.startswith("/rep-tasks/") else "OffersJwt"
             assert auth == expected, f"{name} {path}: {auth}"
 
 
@@ -472,6 +473,8 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
     journey = _pattern(journey_key("acct", None))
     offer, lock = _pattern(OfferStore._key("u", "of_1")), _pattern(OfferStore.lock_key("acct", "discount"))
     task, counter = _pattern(RepTaskStore._key("acct", "t")), _pattern(RepTaskStore.counter_key("any:any"))
+    pointer = _pattern(RepTaskStore.pointer_key("rt_1"))
+    assert _pattern(RepTaskStore.pointer_key("rt_1", "123")) == pointer
     marker = _pattern(marker_key("acct", "a"))
     crm_sync, crm_state = _pattern(crm_sync_key("acct", "hubspot", "t")), _pattern(crm_state_key("acct", "hubspot"))
     return {
@@ -495,9 +498,11 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
         # offers API: the caller's offers; dismissing frees the account's lock
         "OffersApiFunction": {"dynamodb:GetItem": {offer}, "dynamodb:Query": {offer}, "dynamodb:UpdateItem": {offer},
                               "dynamodb:DeleteItem": {lock}},
-        # rep_task: the task item and the round-robin counters
-        "RepTaskFunction": {"dynamodb:GetItem": {task, counter}, "dynamodb:PutItem": {task},
+        # rep_task: the task item, its pointers for the callbacks and the round-robin counters
+        "RepTaskFunction": {"dynamodb:GetItem": {task, counter}, "dynamodb:PutItem": {task, pointer},
                             "dynamodb:UpdateItem": {task, counter}},
+        # rep_task_events (internet-facing, signed): the pointer, then the task item it closes
+        "RepTaskEventsFunction": {"dynamodb:GetItem": {pointer, task}, "dynamodb:UpdateItem": {task}},
         # send_email: the delivery marker (claim, finish, release) and the suppression check
         "SendEmailFunction": {"dynamodb:PutItem": {marker}, "dynamodb:UpdateItem": {marker},
                               "dynamodb:DeleteItem": {marker}, "dynamodb:GetItem": {suppression}},
