@@ -468,3 +468,21 @@ def test_a_fault_at_every_aws_call_of_a_stop_publishes_it_once_and_no_step_runs_
             invoke(world, STOPS["converted"])
             invoke(world, step)
             assert _outcome(world) == [("Journey Stopped", None, "converted")], f"{failure} at call {n}"
+
+
+def test_steps_spaced_by_the_cap_are_not_capped_when_their_schedules_fire_late(aws):
+    # Given steps exactly one account cap (7 days) apart, qualified at a fractional second
+    policy = POLICY.replace("account_days: 1", "account_days: 7").replace("after_days: 3", "after_days: 7") \
+        .replace("after_days: 7\n        channel: email", "after_days: 14\n        channel: email") \
+        .replace("after_days: 14\n        channel: offer", "after_days: 21\n        channel: offer")
+    world = make_world(policy)
+    clock.set_source(lambda: NOW + 0.4)
+    invoke(world, qualified())
+    world.out()
+    # When step 1's schedule fires five hours late, and step 2's on time
+    event = world.due_event("tr-1", 1)
+    clock.set_source(lambda: NOW + 7 * DAY + 5 * 3600)
+    invoke(world, event)
+    world.fire("tr-1", 2)
+    # Then neither is capped: each is decided as of the time it was planned for
+    assert world.steps_out() == [(1, "offer", "send"), (2, "email", "send")]

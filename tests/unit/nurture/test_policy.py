@@ -51,11 +51,11 @@ def test_example_policies_name_only_shipped_templates_and_catalog_offers(path):
     # Given the email templates and the offer catalog shipped with pqlflow
     templates = {p.name for p in (ROOT / "templates" / "email").iterdir() if not p.name.startswith("_")}
     offers = set(yaml.safe_load((ROOT / "examples" / "offers" / "catalog.yaml").read_text())["offers"])
-    # When a shipped policy is loaded
-    policy = load_policy(path)
-    # Then every template and offer it names exists
-    named_templates = {t for r in policy.rules for t in (r.then.template, r.then.also_email) if t}
-    named_offers = {o for o in [*(r.then.offer for r in policy.rules), policy.consent.fallback_offer] if o}
+    # When a shipped policy is loaded against them, it is valid: every template and offer it names exists
+    policy = load_policy(path, templates=templates, offers=offers)
+    named_templates = {t for r in policy.rules for s in r.steps for t in (s.template, s.also_email) if t}
+    named_offers = {o for o in [*(s.offer for r in policy.rules for s in r.steps), policy.consent.fallback_offer]
+                    if o}
     assert named_templates <= templates
     assert named_offers <= offers
 
@@ -201,3 +201,86 @@ def test_cli_validate_names_a_missing_file(tmp_path, capsys):
     code = main(["policy", "validate", str(tmp_path / "nope.yaml")])
     assert code == 2
     assert "no such policy file" in capsys.readouterr().err
+
+
+# --- journeys -----------------------------------------------------------------------------------------
+
+JOURNEY = """\
+name: journeys
+version: 1
+rules:
+  - name: nurture
+    then:
+      - {channel: email, template: upgrade_nudge}
+      - name: offer
+        after_days: 3
+        when:
+          not: {engaged: {step: 0, event: email_clicked}}
+        channel: offer
+        offer: extended-trial
+      - name: demo
+        after_days: 7
+        channel: email
+        template: demo_invite
+"""
+
+
+def test_a_journey_parses_into_its_steps_in_order():
+    rule = parse_policy(JOURNEY).rules[0]
+    assert [(s.name, s.after_days, s.channel) for s in rule.steps] == [
+        (None, 0, "email"), ("offer", 3, "offer"), ("demo", 7, "email")]
+    assert rule.step_index("demo") == 2 and rule.step_index(5) is None
+
+
+def test_a_negative_delay_names_its_step_and_line():
+    assert errors_of(JOURNEY.replace("after_days: 7", "after_days: -7")) == [
+        "policy.yaml:14: rules[0].then[2].after_days: Input should be greater than or equal to 0"]
+
+
+def test_steps_out_of_order_name_the_later_step():
+    assert errors_of(JOURNEY.replace("after_days: 7", "after_days: 2")) == [
+        "policy.yaml:14: rules[0].then[2].after_days: step 2 runs at day 2, not after step 1 (day 3): steps run "
+        "in order, each later than the one before"]
+
+
+def test_a_step_waiting_on_itself_or_a_later_step_is_a_loop():
+    (error,) = errors_of(JOURNEY.replace("engaged: {step: 0,", "engaged: {step: demo,"))
+    assert error.startswith("policy.yaml:10: rules[0].then[1].when.not.engaged.step: step 1 waits on engagement "
+                            "with step 2, which runs after it: a loop")
+
+
+def test_a_condition_on_engagement_a_step_cannot_report_can_never_run():
+    (error,) = errors_of(JOURNEY.replace("email_clicked", "offer_viewed"))
+    assert error.startswith("policy.yaml:10: rules[0].then[1].when.not.engaged.event: step 0 is on channel email: "
+                            "it never reports offer_viewed")
+
+
+def test_the_first_step_takes_no_delay_and_engaged_is_only_for_steps():
+    delayed = JOURNEY.replace("- {channel: email, template: upgrade_nudge}",
+                              "- {channel: email, template: upgrade_nudge, after_days: 1}")
+    assert errors_of(delayed)[0].startswith("policy.yaml:6: rules[0].then[0].after_days: the first step runs at "
+                                            "the qualification")
+    in_rule = MINIMAL.replace("    then:", "    when: {engaged: {step: 0, event: email_opened}}\n    then:")
+    assert errors_of(in_rule)[0].startswith("policy.yaml:5: rules[0].when.engaged: `engaged` is for journey steps")
+
+
+def test_unknown_templates_and_offers_are_named_with_their_line():
+    with pytest.raises(UsageError) as caught:
+        parse_policy(JOURNEY, "policy.yaml", templates={"upgrade_nudge"}, offers={"pro-discount-20"})
+    assert str(caught.value).splitlines() == [
+        "policy.yaml:12: rules[0].then[1].offer: no offer 'extended-trial' in the catalog (have: pro-discount-20)",
+        "policy.yaml:16: rules[0].then[2].template: no email template 'demo_invite' (have: upgrade_nudge)",
+    ]
+
+
+def test_cli_validate_checks_templates_and_offers_and_exits_non_zero(tmp_path, capsys, monkeypatch):
+    # Given a policy naming an offer the shipped catalog lacks, validated from the repository root
+    monkeypatch.chdir(ROOT)
+    path = tmp_path / "policy.yaml"
+    path.write_text(JOURNEY.replace("extended-trial", "free-pony"))
+    # When it is validated
+    code = main(["policy", "validate", str(path)])
+    # Then the exit status is non-zero and the error names file, line, key and value
+    assert code != 0
+    err = capsys.readouterr().err
+    assert f"{path}:12: rules[0].then[1].offer: no offer 'free-pony' in the catalog" in err

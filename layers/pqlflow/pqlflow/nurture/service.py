@@ -25,6 +25,7 @@ waits last up to a weekend (`pqlflow.nurture.schedule`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -147,11 +148,15 @@ class RouteService:
             replaced = old.stopped("requalified", now, f"a newer qualification ({q.transition_id}) of the subject")
             later["journey_stop"] = replaced.model_dump_json()
         if rule is not None and len(rule.steps) > 1:
-            journey = Journey(q.account_id, q.user_id, q.transition_id, rule.name, len(rule.steps), 1, "active", now)
+            # Whole seconds, not before `now`: step n is due `after_days` after, and its cap check (at
+            # its due time) then sees at least the planned gap since step 0's cap claim (at `now`).
+            started = float(math.ceil(now))
+            journey = Journey(q.account_id, q.user_id, q.transition_id, rule.name, len(rule.steps), 1, "active",
+                              started)
             later["journey_next"] = journey.step_due(rule, 1).model_dump_json()
             return later, self.journeys.start(account_id=q.account_id, user_id=q.user_id,
                                               transition_id=q.transition_id, rule=rule, policy=self.policy,
-                                              now=now, old=old)
+                                              now=started, old=old)
         if old is not None and replaced is not None:
             return later, self.journeys.end(old, replaced, published_elsewhere=True)
         return later, None
@@ -187,6 +192,10 @@ class RouteService:
         finishes emitting it.
         """
         now = clock.now()
+        # Decided as of its due time when it runs late, so the caps see the spacing the policy planned
+        # (a step `caps.account_days` after the one before is not capped because its schedule fired late).
+        planned = datetime.fromisoformat(due.due_at).timestamp()
+        decide_at = min(planned, now)
         first_key = action_key(due.account_id, due.transition_id)
         record_key = step_key(due.account_id, due.transition_id, due.step)
         jkey = journey_key(due.account_id, due.user_id)
@@ -220,7 +229,7 @@ class RouteService:
             look = lookups(q)
             found = self.store.read_state_items(q, look)
             step = route_step(q, self.policy, rule, due.step, self.store.state_of(q, look, found),
-                              Engagement(rule, journey.engagement), now)
+                              Engagement(rule, journey.engagement), decide_at)
             if step.stop is not None:
                 stop = journey.stopped(step.stop, now, step.why, after_step=due.step - 1)
                 if self.journeys.stop(journey, stop):
@@ -236,7 +245,7 @@ class RouteService:
                 completion = journey.stopped("completed", now, "the journey's last step ran", after_step=due.step)
                 later["journey_stop"] = completion.model_dump_json()
             try:
-                stored = self.store.commit(q, decision, self.policy, now, key=record_key, later=later,
+                stored = self.store.commit(q, decision, self.policy, decide_at, key=record_key, later=later,
                                            journey_write=self.journeys.advance(journey, completion))
             except (ActionExists, JourneyChanged, CapTaken):
                 continue  # read again: an earlier delivery, a stop or a concurrent nudge got there first
