@@ -492,7 +492,9 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
         "RouteFunction": {"dynamodb:BatchGetItem": {action, journey, account_cap, user_cap, suppression},
                           "dynamodb:PutItem": {action, journey},
                           "dynamodb:UpdateItem": {action, journey, account_cap, user_cap},
-                          "dynamodb:Query": {journey}},
+                          "dynamodb:Query": {journey},
+                          # a journey step reads the usage (hot and cold) and the definition as qualify does
+                          "dynamodb:GetItem": {usage, cold, definition}},
         # offers: the offer and its account lock, in one transaction
         "OffersFunction": {"dynamodb:PutItem": {offer, lock}},
         # offers API: the caller's offers; dismissing frees the account's lock

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 from pqlflow.contracts.bus import EventPublisher
+from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
+from pqlflow.ingest.store import DynamoUsageStore
 from pqlflow.kernel import clock
 from pqlflow.nurture.journey import schedule_name
 from pqlflow.nurture.policy import parse_policy
@@ -24,10 +27,15 @@ from pqlflow.nurture.routing import action_id, address_hash
 from pqlflow.nurture.schedule import SchedulerDeferrer
 from pqlflow.nurture.service import RouteService
 from pqlflow.nurture.store import DynamoNurtureStore
+from pqlflow.nurture.usage_now import UsageNow
+from pqlflow.qualify.definition import parse_definition
+from pqlflow.qualify.store import DefinitionStore
 
+from functions.ingest import app as ingest_app
 from functions.route import app
 from tests.support.aws_calls import CallRecorder, Crash
 from tests.support.channels import pqlflow_event
+from tests.support.events import sqs_event, track
 from tests.support.lambda_context import LambdaContext
 
 TABLE = "pqlflow-test"
@@ -486,3 +494,43 @@ def test_steps_spaced_by_the_cap_are_not_capped_when_their_schedules_fire_late(a
     world.fire("tr-1", 2)
     # Then neither is capped: each is decided as of the time it was planned for
     assert world.steps_out() == [(1, "offer", "send"), (2, "email", "send")]
+
+
+# --- the account as it is when a step comes due -------------------------------------------------------
+
+DRIFT = Path(__file__).resolve().parents[3] / "examples" / "definitions" / "drift-conversations.yaml"
+
+
+def _ingest(world: World, conversations: int, first: int = 0) -> None:
+    """Conversations of account acme (ids c<first>...) through the real ingest handler into its usage item."""
+    spec = parse_definition(DRIFT.read_text(), str(DRIFT)).tracking_spec()
+    processor = UsageBatchProcessor(DynamoUsageStore(TABLE, world.dynamodb), IngestConfig(spec=spec), clock.now_ms)
+    start = int((clock.now() - 3600) * 1000)
+    messages = [track("Conversation Started", start + i * 1000, f"c{first + i}") for i in range(conversations)]
+    for chunk in range(0, len(messages), 10):
+        assert ingest_app.handler(sqs_event(messages[chunk:chunk + 10]), LambdaContext(),
+                                  processor=processor) == {"batchItemFailures": []}
+
+
+@pytest.mark.parametrize(("more", "runs"), [(0, False), (40, True)])
+def test_a_steps_signal_condition_reads_the_usage_when_it_comes_due(aws, more, runs):
+    # Given the drift definition in force, a step that waits for 130 conversations, and an account that
+    # qualified at 100
+    world = make_world(POLICY.replace("not: {engaged: {step: 0, event: email_clicked}}",
+                                      'signal: {name: conversations, op: ">=", value: 130}'))
+    world.service.usage_now = UsageNow(TABLE, world.dynamodb)
+    DefinitionStore(TABLE, world.dynamodb).publish(DRIFT.read_text(), str(DRIFT))
+    _ingest(world, 100)
+    event = qualified()
+    event["detail"]["signals"] = {"conversations": 100.0}
+    invoke(world, event)
+    world.out()
+    # When the account has had `more` conversations by the time step 1 comes due
+    step = world.due_event("tr-1", 1)
+    _ingest(world, more, first=100)
+    invoke(world, step)
+    # Then the step runs only if the usage then meets its condition, and its message carries today's count
+    out = [d for t, d in world.out() if t == "Nurture Action"]
+    assert [(d["step"], d["channel"]) for d in out] == ([(1, "offer")] if runs else [])
+    if runs:
+        assert out[0]["context"]["signals"]["conversations"] == 140

@@ -52,6 +52,7 @@ from pqlflow.nurture.store import (
     StoredAction,
     action_key,
 )
+from pqlflow.nurture.usage_now import UsageNow
 
 MAX_DECIDE_ATTEMPTS = 3
 MIN_SCHEDULE_LEAD = timedelta(minutes=1)
@@ -100,6 +101,8 @@ class RouteService:
     store: DynamoNurtureStore
     publisher: Publisher
     deferrer: Deferrer
+    usage_now: UsageNow | None = None
+    """Reads the account as it is when a journey step comes due (None: steps read the qualification)."""
 
     @property
     def journeys(self) -> JourneyStore:
@@ -226,6 +229,8 @@ class RouteService:
                 if self.journeys.stop(journey, stop):
                     self._finish_stop(journey, stop)
                 continue
+            if self.usage_now is not None:
+                q = self.usage_now.refresh(q, decide_at)  # the step's conditions and message see today's usage
             look = lookups(q)
             found = self.store.read_state_items(q, look)
             step = route_step(q, self.policy, rule, due.step, self.store.state_of(q, look, found),
@@ -320,4 +325,5 @@ def build(settings: RouteSettings | None = None, *, base_dir: Path | None = None
         publisher=EventPublisher(settings.EVENT_BUS_NAME),
         deferrer=SchedulerDeferrer(group=settings.SCHEDULE_GROUP, bus_arn=settings.EVENT_BUS_ARN,
                                    role_arn=settings.SCHEDULER_ROLE_ARN, dlq_arn=settings.SCHEDULE_DLQ_ARN),
+        usage_now=UsageNow(settings.TABLE_NAME),
     )

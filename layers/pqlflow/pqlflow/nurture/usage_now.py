@@ -1,0 +1,49 @@
+"""The qualification as of now: a journey step's conditions read the signals and traits when it comes due.
+
+Step 0 is decided on the `PQL Qualified` event itself. A later step comes days later, so its `signal`
+and `trait` conditions ("still under 5 active users", "plan is still free") must see the account as it
+is then: `UsageNow.refresh` reads the subject's usage item (one eventually consistent GetItem, plus its
+cold item when the state needs it, as qualify reads it) and the definition in force (cached), evaluates
+the signals, and returns the qualification with today's `signals` and `account_traits`. A subject
+without a usage item (expired) keeps the qualification's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pqlflow.contracts.emitted import PqlQualified
+from pqlflow.ingest.cold import StaleCold
+from pqlflow.ingest.item import usage_key
+from pqlflow.ingest.store import UsageReader
+from pqlflow.kernel.aws import AwsClient
+from pqlflow.qualify.evaluation import evaluate
+from pqlflow.qualify.store import DefinitionStore
+
+
+class UsageNow:
+    client = AwsClient("dynamodb")
+
+    def __init__(self, table: str, client: Any = None, definitions: DefinitionStore | None = None):
+        self.table = table
+        self.client = client
+        self.reader = UsageReader(table, client=client)
+        self.definitions = definitions or DefinitionStore(table, client=client)
+
+    def refresh(self, q: PqlQualified, now: float) -> PqlQualified:
+        self.reader.client = self.definitions.client = self.client  # one client for the three readers
+        item = self.client.get_item(TableName=self.table, Key=usage_key(q.account_id, q.user_id)).get("Item")
+        if item is None:
+            return q
+        try:
+            usage = self.reader.decode(item)
+        except StaleCold:  # a compaction moved on between the two reads: read the item again, consistently
+            item = self.client.get_item(TableName=self.table, Key=usage_key(q.account_id, q.user_id),
+                                        ConsistentRead=True)["Item"]
+            usage = self.reader.decode(item)
+        evaluation = evaluate(self.definitions.active(), usage, int(now * 1000), was_qualified=True, explain=False,
+                              reasons=False)
+        signals = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+                   for k, v in evaluation.signals.items()}
+        traits = {k: usage.trait(k) for k in usage.traits}
+        return q.model_copy(update={"signals": signals, "account_traits": traits})
