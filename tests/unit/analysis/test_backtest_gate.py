@@ -140,7 +140,9 @@ def history(tmp_path: Path, seed: int) -> Path:
 
 
 def naive(defn: Definition, events: list) -> list[tuple[str, str, int]]:
-    """The live path, one event per batch: fold everything, decide whenever needs_decision says so."""
+    """The live path, one event per batch: fold everything, decide whenever needs_decision says so, up to the
+    subject's conversion (a backtest follows PQLs until they convert; a customer's churn and win-back are the
+    live path's, tested in tests/integration/qualify/test_qualify_customers.py, and measured by worth)."""
     spec = defn.tracking_spec()
     usages: dict[object, AccountUsage] = {}
     states: dict[object, PqlState] = {}
@@ -157,7 +159,7 @@ def naive(defn: Definition, events: list) -> list[tuple[str, str, int]]:
             if old is None:
                 del usages[key]
             continue
-        if not needs_decision(defn, old, usage):
+        if not needs_decision(defn, old, usage) or (key in states and states[key].converted_reported):
             continue
         transition = decide(defn, usage, states.get(key), usage.last_seen_ms)
         if transition is not None:
