@@ -310,7 +310,10 @@ def test_slack_message_uses_blocks_and_escapes_text():
     assert attempts == 1 and ref is None
     (message,) = fake.messages
     kinds = [b["type"] for b in message["blocks"]]
-    assert kinds[0] == "header" and "section" in kinds and kinds[-1] == "context"
+    assert kinds[0] == "header" and "section" in kinds and kinds[-2:] == ["context", "actions"]
+    # and it ends with the "Mark done" button, which names the task for the interactivity callback
+    (button,) = message["blocks"][-1]["elements"]
+    assert (button["type"], button["text"]["text"], button["value"]) == ("button", "Mark done", sample_task().task_id)
     text = json.dumps(message["blocks"])
     assert "<@U123>" in text
     assert "*Talking points*" in text
