@@ -127,6 +127,21 @@ def test_redelivery_gives_one_task_one_event_one_crm_task(store, table_name, crm
     assert task.deliveries["slack"].status == "delivered"
 
 
+def test_two_rep_task_steps_of_one_journey_are_two_tasks_each_once(store, table_name, crm):
+    # Given a journey whose steps 0 and 2 both ask the rep to follow up the same qualification
+    first = action_event("tr-1", territory="amer")
+    later = action_event("tr-1", territory="amer")
+    later["detail"] |= {"action_id": "act-tr-1-step2", "step": 2}
+    publisher = FakePublisher()
+    # When both actions are handled, each delivered twice
+    results = [run(e, store, publisher, crm["connectors"]) for e in (first, first, later, later)]
+    # Then there are two tasks, one per step, each created and sent once
+    assert len({r["task_id"] for r in results}) == 2
+    assert sorted(i["sk"]["S"] for i in task_items(table_name)) == ["TASK#tr-1", "TASK#tr-1#S2"]
+    assert len(crm["hubspot"].tasks) == 2 and len(publisher.published) == 2
+    assert store.get("acct-1", "tr-1", 2).action_id == "act-tr-1-step2"
+
+
 def test_owner_trait_wins(store, crm):
     # Given an account whose owner trait names a rep
     publisher = FakePublisher()

@@ -94,7 +94,7 @@ class Stack:
                                   publisher=self.publisher, roster=ROSTER, connectors=self.connectors)
         assert result["outcome"] == "delivered"
         drain(self.queue)  # Rep Task Created
-        task = self.store.get("acct-1", transition_id)
+        task = self.store.get("acct-1", transition_id, step)
         assert task is not None
         return {"task_id": task.task_id, "hubspot_id": task.deliveries["hubspot"].ref, "action_id": task.action_id}
 

@@ -105,7 +105,7 @@ class TaskDeliveryFailed(Exception):
 
 
 def _create(action: NurtureAction, q: PqlQualified, c: Collaborators) -> RepTask:
-    existing = c.store.get(q.account_id, q.transition_id)
+    existing = c.store.get(q.account_id, q.transition_id, action.step)
     if existing is not None:
         return existing
     now = datetime.fromtimestamp(clock.now(), tz=UTC)
@@ -118,7 +118,7 @@ def _create(action: NurtureAction, q: PqlQualified, c: Collaborators) -> RepTask
     def for_slot(slot: int) -> RepTask:
         return build_task(action, q, pick_round_robin(choice.eligible, slot), "round_robin", c.roster, now)
 
-    return c.store.create_round_robin(choice.pool, q.transition_id, for_slot)
+    return c.store.create_round_robin(choice.pool, q.transition_id, for_slot, step=action.step)
 
 
 def process(action: NurtureAction, c: Collaborators) -> dict[str, Any]:

@@ -3,6 +3,7 @@ that must happen once is conditional.
 
 Layout (the shared table, `pk`/`sk`):
 - rep task         pk `A#<account_id>`   sk `TASK#<transition_id>`       kind `rep_task`
+                   (`TASK#<transition_id>#S<step>` for a journey's later step)
 - roster counter   pk `ROSTER#<pool>`    sk `COUNTER`                    kind `roster_counter`
 - task pointer     pk `RTASK#<task_id>`  sk `TASK`                       kind `rep_task_pointer`
 - HubSpot pointer  pk `RTASK#HUBSPOT#<HubSpot task id>`  sk `TASK`      kind `rep_task_pointer`
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from pqlflow.channels.rep_tasks.task import Delivery, RepTask, TaskStatus
+from pqlflow.channels.rep_tasks.task import Delivery, RepTask, TaskStatus, task_slot
 from pqlflow.kernel.items import ITEM_KEYS, TableStore, conditional, from_item, is_error, to_item
 
 # Also dropped when reading: `crm_company_id`, which tasks stored by older versions carry (it came from an
@@ -28,8 +29,8 @@ _DROPPED = (*ITEM_KEYS, "crm_company_id")
 
 class RepTaskStore(TableStore):
     @staticmethod
-    def _key(account_id: str, transition_id: str) -> dict[str, Any]:
-        return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"TASK#{transition_id}"}}
+    def _key(account_id: str, transition_id: str, step: int = 0) -> dict[str, Any]:
+        return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": f"TASK#{task_slot(transition_id, step)}"}}
 
     @staticmethod
     def counter_key(pool: str) -> dict[str, Any]:
@@ -37,7 +38,8 @@ class RepTaskStore(TableStore):
 
     def _item(self, task: RepTask) -> dict[str, Any]:
         return to_item(
-            {"pk": f"A#{task.account_id}", "sk": f"TASK#{task.transition_id}", "kind": "rep_task"}
+            {"pk": f"A#{task.account_id}", "sk": f"TASK#{task_slot(task.transition_id, task.step)}",
+             "kind": "rep_task"}
             | task.model_dump(mode="json")
         )
 
@@ -51,8 +53,9 @@ class RepTaskStore(TableStore):
         doc = from_item(item)
         return RepTask.model_validate({k: v for k, v in doc.items() if k not in _DROPPED})
 
-    def get(self, account_id: str, transition_id: str) -> RepTask | None:
-        resp = self.client.get_item(TableName=self.table, Key=self._key(account_id, transition_id), ConsistentRead=True)
+    def get(self, account_id: str, transition_id: str, step: int = 0) -> RepTask | None:
+        resp = self.client.get_item(TableName=self.table, Key=self._key(account_id, transition_id, step),
+                                    ConsistentRead=True)
         item = resp.get("Item")
         return self._task(item) if item else None
 
@@ -66,6 +69,7 @@ class RepTaskStore(TableStore):
                 "task_id": {"S": task.task_id},
                 "account_id": {"S": task.account_id},
                 "transition_id": {"S": task.transition_id},
+                "step": {"N": str(task.step)},
             },
         )
 
@@ -75,7 +79,8 @@ class RepTaskStore(TableStore):
         pointer = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
         if not pointer:
             return None
-        task = self.get(pointer["account_id"]["S"], pointer["transition_id"]["S"])
+        step = int(pointer.get("step", {}).get("N", "0"))
+        task = self.get(pointer["account_id"]["S"], pointer["transition_id"]["S"], step)
         return task if task is not None and (task_id is None or task.task_id == task_id) else None
 
     def claim_close(
@@ -94,7 +99,7 @@ class RepTaskStore(TableStore):
         try:
             resp = self.client.update_item(
                 TableName=self.table,
-                Key=self._key(task.account_id, task.transition_id),
+                Key=self._key(task.account_id, task.transition_id, task.step),
                 UpdateExpression=(
                     "SET closed_at = if_not_exists(closed_at, :at), closed_via = if_not_exists(closed_via, :via), "
                     "close_outcome = if_not_exists(close_outcome, :outcome), close_claimed_at = :now"
@@ -122,14 +127,14 @@ class RepTaskStore(TableStore):
     def release_close(self, task: RepTask) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key(task.account_id, task.transition_id),
+            Key=self._key(task.account_id, task.transition_id, task.step),
             UpdateExpression="REMOVE close_claimed_at",
         )
 
     def mark_close_published(self, task: RepTask) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key(task.account_id, task.transition_id),
+            Key=self._key(task.account_id, task.transition_id, task.step),
             UpdateExpression="SET close_published = :t",
             ExpressionAttributeValues={":t": {"BOOL": True}},
         )
@@ -144,7 +149,8 @@ class RepTaskStore(TableStore):
         return existing
 
     def create_round_robin(
-        self, pool: str, transition_id: str, make: Callable[[int], RepTask], *, window: int = 32, max_tries: int = 25
+        self, pool: str, transition_id: str, make: Callable[[int], RepTask], *, window: int = 32, max_tries: int = 25,
+        step: int = 0,
     ) -> RepTask:
         """Draw the pool's next slot and store the task for it.
 
@@ -154,7 +160,7 @@ class RepTaskStore(TableStore):
         so a crash between the draw and the task write skips no rep. `recent` keeps the last `window`
         draws (a ring), which bounds the item; later redeliveries find the stored task first."""
         key = self.counter_key(pool)
-        tid = transition_id
+        tid = task_slot(transition_id, step)
         for _ in range(max_tries):
             item = self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True).get("Item")
             counter = from_item(item) if item else {}
@@ -204,7 +210,7 @@ class RepTaskStore(TableStore):
     def mark_published(self, task: RepTask) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key(task.account_id, task.transition_id),
+            Key=self._key(task.account_id, task.transition_id, task.step),
             UpdateExpression="SET created_published = :t",
             ExpressionAttributeValues={":t": {"BOOL": True}},
         )
@@ -212,7 +218,7 @@ class RepTaskStore(TableStore):
     def record_delivery(self, task: RepTask, connector: str, delivery: Delivery) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key(task.account_id, task.transition_id),
+            Key=self._key(task.account_id, task.transition_id, task.step),
             UpdateExpression="SET deliveries.#c = :d",
             ExpressionAttributeNames={"#c": connector},
             ExpressionAttributeValues={":d": to_item({"d": delivery.model_dump(mode="json")})["d"]},
@@ -221,7 +227,7 @@ class RepTaskStore(TableStore):
     def set_status(self, task: RepTask, status: TaskStatus) -> None:
         self.client.update_item(
             TableName=self.table,
-            Key=self._key(task.account_id, task.transition_id),
+            Key=self._key(task.account_id, task.transition_id, task.step),
             UpdateExpression="SET #s = :s",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={":s": {"S": status}},

@@ -299,8 +299,13 @@ class RepTask(BaseModel):
         )
 
 
-def task_id_for(transition_id: str) -> str:
-    return "rt_" + hashlib.sha256(transition_id.encode()).hexdigest()[:24]
+def task_slot(transition_id: str, step: int = 0) -> str:
+    """What a task is unique to: its qualification, and its journey step (a journey may ask for two tasks)."""
+    return transition_id if step == 0 else f"{transition_id}#S{step}"
+
+
+def task_id_for(transition_id: str, step: int = 0) -> str:
+    return "rt_" + hashlib.sha256(task_slot(transition_id, step).encode()).hexdigest()[:24]
 
 
 def _number(value: Any) -> float | None:
@@ -557,7 +562,7 @@ def build_task(
     lines += ["", f"Due {_iso(due)} (SLA {sla})."]
 
     return RepTask(
-        task_id=task_id_for(q.transition_id),
+        task_id=task_id_for(q.transition_id, action.step),
         transition_id=q.transition_id,
         action_id=action.action_id,
         step=action.step,
