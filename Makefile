@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 
 ## demo: replay the bundled demo history through the whole system locally (the main job)
 demo: setup
-	$(VENV)/bin/pqlflow replay events/demo/history.jsonl --out out
+	$(VENV)/bin/pqlflow replay events/demo/history.jsonl --out out --simulate-recipients
 
 ## test: template lint (cfn-lint + serverless rules, sam validate --lint), ruff, import-linter, mypy, then pytest
 test: setup $(SAM_VENV)/.installed lint-template lint

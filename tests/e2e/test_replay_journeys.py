@@ -80,6 +80,7 @@ def test_every_journey_stops_once_and_each_step_reaches_its_channel(replayed):
     summary, out = replayed
     # one Journey Stopped per journey: conv converted, full and bigco completed
     assert summary["counts"]["pqlflow_events"]["Journey Stopped"] == 3
+    assert summary["counts"]["journeys_stopped"] == {"completed": 2, "converted": 1}
     assert summary["counts"]["pqlflow_events"]["Journey Step Due"] == 4  # conv 1, full 2, bigco 1
     offers = read_jsonl(out / "offers.jsonl")
     assert sorted(o["account_id"] for o in offers) == ["conv", "full"]

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="accounts whose events the cost estimate runs through ingest and qualify in the batches "
                         f"AWS would form (default {DEFAULT_SAMPLE_ACCOUNTS}; 0 = price replay's own batches, "
                         "which understates ingest)")
+    parser.add_argument("--simulate-recipients", action="store_true",
+                        help="simulated people open, click and unsubscribe from the emails and view, accept or "
+                        "dismiss the offers (a hash of each action decides; `make demo` uses it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.set_defaults(func=run)
 
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=DEFAULT_MAX_BATCH,
         progress=None if args.no_progress else ProgressBar(sys.stderr),
         price_sample=args.price_sample,
+        simulate_recipients=args.simulate_recipients,
     )
     sys.stdout.write(render_summary(summary, args.out))
     return 0
@@ -118,6 +122,14 @@ def render_summary(summary: dict[str, Any], out: Path) -> str:
         ["emails", f"{c['emails']:,}", "emails/*.eml (exact MIME sent to SES) and .html"],
         ["in-app offers", f"{c['offers']:,}", "offers.jsonl"],
         ["rep tasks", f"{c['tasks']:,}", "tasks.jsonl"],
+    ]
+    if stopped := c.get("journeys_stopped"):
+        rows.append(["journeys ended", f"{sum(stopped.values()):,}",
+                     " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in stopped.items())])
+    if people := summary.get("simulated_recipients"):
+        rows.append(["simulated recipients", f"{sum(people.values()):,}",
+                     " · ".join(f"{k.removeprefix('Email ').lower()} {v}" for k, v in people.items())])
+    rows += [
         ["Lambda invocations", f"{sum(summary['lambda']['invocations'].values()):,}",
          " · ".join(f"{k.removesuffix('Function')} {v}" for k, v in summary["lambda"]["invocations"].items())],
         ["AWS requests", f"{sum(sum(ops.values()) for ops in summary['aws_requests'].values()):,}",

@@ -235,6 +235,7 @@ class ReplayResult:
     end_ms: int
     usage_sqs_messages: int = 0  # of sqs_messages, those into the ingest function's queue
     priced: dict[str, Any] | None = None  # ingest + qualify priced as AWS batches them (pqlflow.local.pricing)
+    recipients: dict[str, int] | None = None  # what simulated recipients did (`pqlflow.local.recipients`)
 
 
 def _runtime_class() -> type:
@@ -283,6 +284,7 @@ def run_replay(
     function_output: io.TextIOBase | None = None,
     speedups: bool = True,
     price_sample: int = DEFAULT_SAMPLE_ACCOUNTS,
+    simulate_recipients: bool | Any = False,
 ) -> ReplayResult:
     """Feed the history through the template's application on simulated time and collect what it did.
 
@@ -290,6 +292,9 @@ def run_replay(
     `price_sample`: how many accounts (at most) the cost estimate runs through ingest and qualify in the
     batches AWS would form (`pqlflow.local.pricing`); 0 = no such run, the
     estimate then prices replay's own coarse batches and says so.
+    `simulate_recipients`: people open, click and unsubscribe from the emails and view, accept or dismiss
+    the offers they get (`pqlflow.local.recipients`), so engagement and journeys' stops are exercised;
+    a `Rates` instead of True sets how many do what.
     """
     from pqlflow.local.pricing import covers, forget_process_caches
     from pqlflow.qualify.definition import parse_definition
@@ -342,7 +347,8 @@ def run_replay(
             warnings.catch_warnings(),
         ):
             warnings.filterwarnings("ignore", message="No application metrics to publish")
-            runtime = runtime_cls(template, parameters, root, environment=environment)
+            runtime = runtime_cls(template, parameters, root, environment=environment,
+                                  tap=["sesv2.SendEmail"] if simulate_recipients else ())
             runtime.handler_seconds = defaultdict(float)
             runtime.observed = observed
             with runtime:
@@ -350,7 +356,13 @@ def run_replay(
                 table = _table_name(runtime)
                 if text is not None:
                     DefinitionStore(table, client=runtime.client("dynamodb")).publish(text, str(definition))
-                schedules = _Schedules(runtime)
+                people = None
+                if simulate_recipients:
+                    from pqlflow.local.recipients import Recipients
+
+                    people = Recipients(runtime) if simulate_recipients is True else Recipients(
+                        runtime, simulate_recipients)
+                schedules = _Schedules(runtime, after=people.react if people else None)
                 fed = 0
                 conversions = frozenset(
                     name.strip()
@@ -371,6 +383,8 @@ def run_replay(
                         for e in group
                     )
                     runtime.run_until_idle()
+                    if people is not None:
+                        people.react()
                     n_steps += 1
                     fed += len(group)
                     if progress is not None:
@@ -395,7 +409,7 @@ def run_replay(
     return ReplayResult(
         stats, defn, defn_source, policy_source, observed, emails, items, counters, handler_seconds, memory,
         writers, sqs_messages, n_steps, firings, time.perf_counter() - started, int(sim.now * 1000),
-        usage_sqs_messages, priced,
+        usage_sqs_messages, priced, dict(sorted(people.counts.items())) if people else None,
     )
 
 
@@ -429,8 +443,9 @@ def _table_name(runtime: Any) -> str:
 class _Schedules:
     """The one-time schedules handlers created, so simulated time can stop at each one's due time."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, after: Callable[[], object] | None = None) -> None:
         self.runtime = runtime
+        self.after = after  # run after each firing (simulated recipients react to what it sent)
         self.client = runtime.client("scheduler")
         self.seen_created = 0
         self.pending: list[float] = []
@@ -472,6 +487,8 @@ class _Schedules:
             sim.advance(due[0])
             before = self.runtime.counters()["schedules_fired"]
             self.runtime.run_until_idle()
+            if self.after is not None:
+                self.after()
             fired += self.runtime.counters()["schedules_fired"] - before
             self.pending = [t for t in self.due_times() if t > sim.now]
             self.seen_created = self._created()
@@ -721,6 +738,7 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
         },
         "policy": result.policy,
         "events_ingested": result.stats.events,
+        "simulated_recipients": result.recipients,
         "counts": {
             **outputs,
             "qualified": by_type.get("PQL Qualified", 0),
@@ -731,6 +749,9 @@ def summarize(result: ReplayResult, outputs: dict[str, int]) -> dict[str, Any]:
             "actions_by_outcome": dict(sorted(Counter(a.get("outcome") for a in actions).items())),
             "actions_by_channel": dict(sorted(Counter(a.get("channel") for a in actions).items())),
             "pqlflow_events": dict(sorted(Counter(e.get("detail-type") for e in result.observed).items())),
+            "journeys_stopped": dict(sorted(Counter(
+                (e.get("detail") or {}).get("reason") for e in result.observed
+                if e.get("detail-type") == "Journey Stopped").items())),
         },
         "lambda": {
             "invocations": c["invocations"],
