@@ -534,3 +534,24 @@ def test_a_steps_signal_condition_reads_the_usage_when_it_comes_due(aws, more, r
     assert [(d["step"], d["channel"]) for d in out] == ([(1, "offer")] if runs else [])
     if runs:
         assert out[0]["context"]["signals"]["conversations"] == 140
+
+
+def test_a_conversion_routed_before_its_qualification_still_stops_the_journey(aws):
+    # Given the account's conversion reached route before its qualification did (EventBridge keeps no order)
+    world = make_world()
+    world.service.usage_now = UsageNow(TABLE, world.dynamodb)
+    DefinitionStore(TABLE, world.dynamodb).publish(DRIFT.read_text(), str(DRIFT))
+    _ingest(world, 100)
+    invoke(world, STOPS["converted"])  # no journey yet: nothing to stop
+    processor_messages = [track("Subscription Started", int(clock.now() * 1000), "sub-1")]
+    spec = parse_definition(DRIFT.read_text(), str(DRIFT)).tracking_spec()
+    processor = UsageBatchProcessor(DynamoUsageStore(TABLE, world.dynamodb), IngestConfig(spec=spec), clock.now_ms)
+    ingest_app.handler(sqs_event(processor_messages), LambdaContext(), processor=processor)
+    invoke(world, qualified())
+    world.out()
+    # When step 1 comes due
+    result = world.fire("tr-1", 1)
+    # Then it does not run: the journey stops as converted, once
+    assert not result["ran"]
+    out = world.out()
+    assert [(t, d["reason"], d["after_step"]) for t, d in out] == [("Journey Stopped", "converted", 0)]

@@ -229,8 +229,17 @@ class RouteService:
                 if self.journeys.stop(journey, stop):
                     self._finish_stop(journey, stop)
                 continue
+            converted = None
             if self.usage_now is not None:
-                q = self.usage_now.refresh(q, decide_at)  # the step's conditions and message see today's usage
+                # the step's conditions and message see today's usage
+                q, converted = self.usage_now.read(q, decide_at)
+            if converted is not None:
+                stop = journey.stopped("converted", now, f"the account converted at {converted}",
+                                       after_step=due.step - 1)
+                if self.journeys.stop(journey, stop):
+                    self._finish_stop(journey, stop)
+                    return StepResult(False, f"stopped: the account converted at {converted}")
+                continue
             look = lookups(q)
             found = self.store.read_state_items(q, look)
             step = route_step(q, self.policy, rule, due.step, self.store.state_of(q, look, found),

@@ -10,6 +10,7 @@ without a usage item (expired) keeps the qualification's own.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pqlflow.contracts.emitted import PqlQualified
@@ -31,10 +32,16 @@ class UsageNow:
         self.definitions = definitions or DefinitionStore(table, client=client)
 
     def refresh(self, q: PqlQualified, now: float) -> PqlQualified:
+        return self.read(q, now)[0]
+
+    def read(self, q: PqlQualified, now: float) -> tuple[PqlQualified, str | None]:
+        """The qualification as of `now`, and when the account converted (ISO 8601), if it has: a
+        conversion routed before its qualification (EventBridge does not keep order) stops the journey
+        at its next step all the same."""
         self.reader.client = self.definitions.client = self.client  # one client for the three readers
         item = self.client.get_item(TableName=self.table, Key=usage_key(q.account_id, q.user_id)).get("Item")
         if item is None:
-            return q
+            return q, None
         try:
             usage = self.reader.decode(item)
         except StaleCold:  # a compaction moved on between the two reads: read the item again, consistently
@@ -46,4 +53,7 @@ class UsageNow:
         signals = {k: (float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
                    for k, v in evaluation.signals.items()}
         traits = {k: usage.trait(k) for k in usage.traits}
-        return q.model_copy(update={"signals": signals, "account_traits": traits})
+        converted = None
+        if usage.converted_at_ms is not None:
+            converted = datetime.fromtimestamp(usage.converted_at_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+        return q.model_copy(update={"signals": signals, "account_traits": traits}), converted
