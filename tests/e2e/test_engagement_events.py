@@ -58,10 +58,12 @@ def _histories() -> list[dict[str, Any]]:
 @pytest.fixture
 def chain(tmp_path):
     from pqlflow.local.emulator import create_extra_resources
+    from pqlflow.local.pricing import forget_process_caches
     from pqlflow.local.runtime import LocalRuntime
     from pqlflow.qualify.store import DefinitionStore
 
     clock.set_source(lambda: T0.timestamp())
+    forget_process_caches()  # a new runtime is a new cold start: no definition or settings cached by earlier tests
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     on_bus: list[tuple[str, dict[str, Any]]] = []
