@@ -44,6 +44,8 @@ def _sql_type(values: list[Any]) -> str:
         return "DOUBLE"
     if kinds == {dict}:
         return _struct([v for v in values if v is not None])
+    if kinds == {list}:  # e.g. Order Completed's `products`: a LIST of STRUCTs, as Segment's exports write it
+        return _sql_type([item for v in values if v is not None for item in v]) + "[]"
     assert kinds == {str}, kinds
     return "VARCHAR"
 
