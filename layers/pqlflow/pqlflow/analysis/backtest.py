@@ -1479,6 +1479,8 @@ class BacktestResult:
     decode_only: tuple[int, float, float] | None = None  # bare decoding (lines, wall s, CPU s), when measured
     seconds: float = 0.0  # decode + every definition's run, wall clock
     cpu_seconds: float = 0.0  # the same, CPU time of this process (one core: nothing runs in parallel)
+    engine: str = "reference"  # which engine answered: reference | columnar (`pqlflow.analysis.columnar`)
+    fallback: str | None = None  # why the columnar engine handed the run to the reference, when it did
 
     @property
     def events_per_second(self) -> float:
@@ -1488,6 +1490,7 @@ class BacktestResult:
         h = self.history
         data: dict[str, Any] = {
             "source": "backtest",
+            "engine": {"name": self.engine, "fallback": self.fallback},
             "history": h.summary(),
             "window_days": self.window_days,
             "speed": {

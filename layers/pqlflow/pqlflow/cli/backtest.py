@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from pqlflow.analysis.backtest import no_valid_event
-from pqlflow.analysis.partitions import parse_partitions, run_backtest_partitioned
+from pqlflow.analysis.columnar import ENGINES, run_backtest_engine
+from pqlflow.analysis.partitions import parse_partitions
 from pqlflow.analysis.report import render_html, render_json, render_text
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.definition import load_definition
@@ -79,6 +80,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "up to ~2M events (estimated from the files' sizes), else ~1M events per partition",
     )
     parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="columnar: DuckDB reads and aggregates the history (one lifetime-count rule; an error for "
+        "other definitions); reference: the event-by-event engine; auto (default): columnar when DuckDB is "
+        "installed, the definitions are in its subset and the history fits in memory. The columnar engine "
+        "hands a history it cannot answer exactly (a bad line, a same-millisecond tie...) to the reference, "
+        "and the output says so (docs/backtest.md)",
+    )
+    parser.add_argument(
         "--no-decode-baseline",
         action="store_true",
         help="skip timing bare JSON decoding of the same files (saves one pass)",
@@ -93,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None:
         definitions.append((load_definition(args.compare), str(args.compare)))
     partitions = parse_partitions(args.partitions)
-    result = run_backtest_partitioned(
+    result = run_backtest_engine(
         args.events,
         definitions,
+        engine=args.engine,
         window_days=args.window,
         measure_decode=not args.no_decode_baseline,
         partitions=partitions,
@@ -112,6 +124,15 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"{args.out}: cannot write the report ({exc.strerror or exc})") from None
     sys.stdout.write(render_json(data) if args.json else render_text(data))
+    if not args.json:
+        print(engine_line(result.engine, result.fallback))
     if args.out is not None and not args.json:
         print(f"report: {args.out / 'report.html'}")
     return 0
+
+
+def engine_line(engine: str, fallback: str | None) -> str:
+    """The line the text output ends with: which engine answered, and why not the columnar one."""
+    if fallback is None:
+        return f"engine: {engine}"
+    return f"engine: {engine} (not columnar: {fallback})"

@@ -1,0 +1,527 @@
+"""The columnar fast path of `pqlflow backtest`: DuckDB reads, validates and aggregates the history, Python
+decides only what cannot change between an account's trait events.
+
+A definition in the subset (`unsupported` says why one is not) is answered from one DuckDB pass over the
+history files (JSON Lines, plain or gzip, and Parquet, as `history_files` reads them) instead of decoding
+every line in Python. The answer is the reference engine's (`backtest.run_definition`) by construction:
+
+- every line must be in a strict shape that the reference decoder certainly accepts (`STRICT` below: the
+  fast decoder's own shape, checked in SQL); one line outside it, a duplicate messageId whose lines differ,
+  two of an account's events at the same millisecond where one of them is a trait, conversion or
+  cancellation event (the reference breaks such ties by file order), or an account whose events span the
+  definition's retention (the reference prunes) and the whole run falls back to the reference engine
+  (`Fallback`), which then reports exactly what it always reports (bad lines and all);
+- the account's identify and group events and its conversions and cancellations (a few per account) are
+  handed to Python as their raw lines and decoded by the reference decoder, folded with
+  `AccountUsage.apply`, and the exclusions are asked of `qualify.evaluation.exclusion` after each of them;
+- the counted event only increments a lifetime count, so between two trait events the first qualifying
+  event is the one that brings the count to the threshold: its time comes from the sorted times DuckDB
+  gives; the reasons and the touch are `qualify.evaluation.decide`'s at that moment, on the account's
+  traits folded so far and the count at that event;
+- an account that could be disqualified (an exclusion that starts to hold after it qualified and before
+  it converted) makes the run fall back, so every subject here qualifies at most once.
+
+The subset: `unit: account`, no points, `qualify` one lifetime count (gte/gt a positive number) of an event
+with no property filter or gauge, `touch` by traits (or none), any exclusions and requalify settings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pqlflow.analysis.backtest import (
+    DAY_MS,
+    HISTORY_RETENTION_DAYS,
+    BacktestResult,
+    DefinitionRun,
+    FastDecoder,
+    History,
+    SubjectOutcome,
+    _exclusion_inputs,
+    _fold_traits,
+    check_window,
+    decode_only,
+    properties_read,
+    qualified_accounts,
+    reads_of,
+)
+from pqlflow.analysis.gate import Gate, rule_conditions
+from pqlflow.analysis.history_files import _first_line, _require_duckdb, expand, kind_of, message_sql
+from pqlflow.analysis.worth import customer_worth, money_of_records
+from pqlflow.contracts.usage_events import (
+    MAX_FUTURE_SECONDS,
+    MAX_IDENTIFIER_CHARS,
+    MAX_MESSAGE_BYTES,
+    MAX_NESTING_DEPTH,
+    PAGE_EVENT,
+    SCREEN_EVENT,
+)
+from pqlflow.ingest.usage import AccountUsage
+from pqlflow.kernel import clock
+from pqlflow.kernel.errors import UsageError
+from pqlflow.qualify.evaluation import PqlState, decide, exclusion
+from pqlflow.qualify.language import CountSignal, Definition, TraitSignal
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    try:
+        import duckdb
+    except ImportError:  # pragma: no cover - depends on the environment
+        duckdb = None
+
+ENGINES = ("auto", "reference", "columnar")
+
+
+class Fallback(Exception):  # noqa: N818 - not an error: the reference engine answers instead
+    """This history cannot be answered exactly here: the reference engine must run (the message says why)."""
+
+
+def available() -> bool:
+    return duckdb is not None
+
+
+def unsupported(defn: Definition) -> str | None:
+    """Why the columnar engine cannot run this definition (None: it can)."""
+    if defn.unit != "account":
+        return f"unit {defn.unit!r} (only unit: account)"
+    if defn.points is not None:
+        return "points (only a qualify rule of one lifetime count)"
+    gate = Gate(defn)
+    conds = rule_conditions(defn.qualify)
+    if not gate.one_leaf or len(conds) != 1:
+        return "a qualify rule other than one lifetime count against a number"
+    cond = conds[0]
+    signal = defn.signals.get(cond.signal or "")
+    if not isinstance(signal, CountSignal) or signal.last_days is not None:
+        return f"qualify signal {cond.signal_name!r} is not a lifetime count"
+    if cond.op not in ("gte", "gt") or not (cond.threshold > 0 or (cond.op == "gt" and cond.threshold == 0)):
+        return f"qualify {cond.signal_name} {cond.op} {cond.threshold} (only gte/gt a positive number)"
+    spec = defn.tracking_spec()
+    if signal.key != signal.count or spec.filters_for(signal.count) or spec.gauges_for(signal.count):
+        return f"the count of {signal.count!r} has a property filter or a gauge"
+    if signal.count in spec.conversions:
+        return f"{signal.count!r} is a conversion event"
+    for name in spec.conversions:
+        if spec.gauges_for(name) or spec.filters_for(name):
+            return f"conversion event {name!r} has a gauge or property filter"
+    if reads_of(defn, spec).active_users:
+        return "an active-users signal"
+    for touch in rule_conditions(defn.touch.high):
+        name = touch.signal_name
+        if touch.trait is None and not isinstance(defn.signals.get(name), TraitSignal):
+            return f"touch condition on {touch.signal_name!r} (only traits)"
+    return None
+
+
+# ---- the SQL ------------------------------------------------------------------------------------
+
+_FIELDS = ("type", "messageId", "timestamp", "userId", "anonymousId", "event", "groupId", "context",
+           "context.groupId", "context.timezone", "name", "category", "properties", "traits")
+_TIME = r'"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"'
+
+
+def _x(i: int) -> str:
+    """The JSON text of field i (1-based in `_FIELDS`) of the line; NULL when the field is absent."""
+    return f"x[{i}]"
+
+
+def _str(i: int) -> str:
+    """The value of a string field whose JSON text has no escape (the only strings the strict shape admits)."""
+    return f"substr({_x(i)}, 2, strlen({_x(i)}) - 2)"
+
+
+def _ident(i: int) -> str:
+    """Field i is a JSON string that certainly passes events.Identifier: spelled without escapes (so, in a
+    line DuckDB parsed, without control characters or quotes), ASCII (as many bytes as characters), no DEL,
+    not only spaces, at most MAX_IDENTIFIER_CHARS characters."""
+    x = _x(i)
+    return (f"(starts_with({x}, '\"') AND NOT contains({x}, '\\') AND strlen({x}) = length({x}) "
+            f"AND strlen({x}) <= {MAX_IDENTIFIER_CHARS + 2} AND NOT contains({x}, chr(127)) "
+            f"AND trim({_str(i)}) <> '')")
+
+
+def _null(i: int) -> str:
+    return f"coalesce({_x(i)}, 'null') = 'null'"
+
+
+def _str_or_null(i: int) -> str:
+    return f"({_null(i)} OR starts_with({_x(i)}, '\"'))"
+
+
+def _kind(*kinds: str) -> str:
+    return "x[1] IN (" + ", ".join(f"'\"{k}\"'" for k in kinds) + ")"
+
+
+_CHAR = r"[ !#-\[\]-~]"  # printable ASCII but the quote and the backslash: a string spelled without escapes
+_ID = rf'"[ ]*[!#-\[\]-~]{_CHAR}*"'  # ... and not only spaces: a JSON string events.Identifier certainly accepts
+_IDS = (2, 4, 5, 6, 7, 9, 11, 12)  # messageId, userId, anonymousId, event, groupId, context.groupId, name, category
+
+# The strict shape, in SQL over `x` (each field's JSON text, from one parse of the line) and `j` (the line): a
+# line in it is a message the reference decoder's fast path accepts (FastDecoder), decoded to the same
+# account, user, name and time. Every identifier-like field present is a JSON string spelled without
+# escapes, and all of them together are at most MAX_IDENTIFIER_CHARS long (stricter than each one being so).
+STRICT = " AND ".join([
+    f"strlen(j) <= {MAX_MESSAGE_BYTES // 4}",
+    "NOT contains(j, '\"detail-type\"')",
+    # DuckDB's parser also takes NaN, Infinity and trailing commas, which the reference refuses
+    r"NOT regexp_matches(j, ',[ \t\r\n]*[}\]]|[:\[,][ \t\r\n]*-?[NnIi]')",
+    f"strlen(j) - strlen(replace(replace(j, '{{', ''), '[', '')) <= {MAX_NESTING_DEPTH + 1}",
+    _kind("track", "identify", "group", "page", "screen"),
+    "ids IS NOT NULL",
+    f"regexp_full_match(ids, '{_ID}(\\x01{_ID})*')",
+    f"strlen(ids) <= {MAX_IDENTIFIER_CHARS}",
+    f"starts_with({_x(2)}, '\"')",
+    f"(starts_with({_x(4)}, '\"') OR starts_with({_x(5)}, '\"'))",
+    f"(NOT {_kind('track')} OR starts_with({_x(6)}, '\"'))",
+    f"(NOT {_kind('group')} OR starts_with({_x(7)}, '\"'))",
+    f"regexp_full_match({_x(3)}, '{_TIME}') AND ts_s BETWEEN $lo AND $hi",
+    f"({_null(8)} OR starts_with({_x(8)}, '{{'))",
+    _str_or_null(10),
+    f"({_x(13)} IS NULL OR starts_with({_x(13)}, '{{'))",
+    f"({_x(14)} IS NULL OR starts_with({_x(14)}, '{{'))",
+])
+_IDS_SQL = "concat_ws(chr(1), " + ", ".join(f"NULLIF({_x(i)}, 'null')" for i in _IDS) + ")"
+
+
+def _source(path: Path, index: int, con: Any) -> str:
+    """SQL for one file's messages as (file, j): a JSON line, or a Parquet row spelled as one."""
+    kind = kind_of(path)
+    if kind == "parquet":
+        described = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
+        columns = {row[0]: str(row[1]) for row in described}
+        expr = message_sql(path, columns)
+        return f"SELECT {index} AS file, {expr} AS j FROM read_parquet({_lit(str(path))})"  # noqa: S608
+    compression = "gzip" if kind == "gzip" else "none"
+    return (
+        f"SELECT {index} AS file, json::VARCHAR AS j FROM read_json_objects({_lit(str(path))}, "  # noqa: S608
+        f"format = 'newline_delimited', compression = '{compression}')"
+    )
+
+
+def _one(con: Any, sql: str) -> tuple[Any, ...]:
+    row: tuple[Any, ...] | None = con.execute(sql).fetchone()
+    assert row is not None  # an aggregate without GROUP BY gives one row
+    return row
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass
+class _Table:
+    """The validated events, in DuckDB, with what the history summary needs."""
+
+    con: Any
+    files: list[tuple[str, int]]
+    lines: int
+    count: int
+    duplicates: int
+    start_ms: int | None
+    end_ms: int | None
+
+
+def load(paths: Sequence[str | Path], now_s: float, keep: Sequence[str], threads: int = 1) -> _Table:
+    """Read every file into the table `ev` (account, user_id, mid, type, event, ms, h, j), deduplicated:
+    `j`, the line, only for identify and group events and tracks named in `keep` (the rest need only their
+    time); `h` its hash. `Fallback` when a line is outside the strict shape or a duplicate differs."""
+    files = expand(paths)
+    if duckdb is None:
+        _require_duckdb(files[0] if files else Path("."))
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET TimeZone = 'UTC'")
+    fields = "[" + ", ".join(f"'$.{f}'" for f in _FIELDS) + "]"
+    lo = now_s - HISTORY_RETENTION_DAYS * 86400
+    hi = now_s + MAX_FUTURE_SECONDS
+    try:
+        sources = " UNION ALL ".join(_source(p, i, con) for i, p in enumerate(files))
+        con.execute(f"""
+            CREATE TEMP TABLE ev AS
+            SELECT file, coalesce({STRICT}, false) AS ok,
+                   CASE WHEN x[1] = '"group"' THEN {_str(7)}
+                        ELSE coalesce({_str(9)}, 'user:' || coalesce({_str(4)}, {_str(5)})) END AS account,
+                   coalesce({_str(4)}, {_str(5)}) AS user_id, {_str(2)} AS mid,
+                   CASE WHEN x[1] IN ('"page"', '"screen"') THEN 'track' ELSE {_str(1)} END AS type,
+                   CASE x[1] WHEN '"page"' THEN $page WHEN '"screen"' THEN $screen ELSE {_str(6)} END AS event,
+                   trunc(ts_s * 1000.0)::BIGINT AS ms, hash(j) AS h,
+                   CASE WHEN x[1] IN ('"identify"', '"group"') OR {_str(6)} IN (SELECT unnest($keep::VARCHAR[]))
+                        THEN j END AS j
+            FROM (SELECT file, j, x, {_IDS_SQL} AS ids,
+                         epoch_us(try_cast({_str(3)} AS TIMESTAMP))::DOUBLE / 1000000.0 AS ts_s
+                  FROM (SELECT file, j, json_extract(j, {fields})::VARCHAR[] AS x FROM ({sources})))
+        """, {"lo": lo, "hi": hi, "page": PAGE_EVENT, "screen": SCREEN_EVENT, "keep": list(keep)})  # noqa: S608
+        per_file = con.execute("SELECT file, count(*), count(*) FILTER (WHERE NOT ok) FROM ev GROUP BY file").fetchall()
+    except duckdb.Error as exc:
+        con.close()
+        raise Fallback(f"DuckDB could not read every line as JSON ({_first_line(exc)})") from None
+    outside = sum(b for _, _, b in per_file)
+    if outside:
+        con.close()
+        raise Fallback(f"{outside} line(s) outside the strict shape the fast path checks")
+    counts = {f: n for f, n, _ in per_file}
+    index = 0
+    spans: list[tuple[str, int]] = []
+    for i, p in enumerate(files):
+        spans.append((str(p), index))
+        index += counts.get(i, 0)
+    n, distinct_ids, start, end = _one(con, "SELECT count(*), count(DISTINCT mid), min(ms), max(ms) FROM ev")
+    distinct = n
+    if distinct_ids != n:  # a messageId twice: deduplicate by (account, messageId), as the reference does
+        distinct, differing = _one(
+            con,
+            "SELECT count(*), count(*) FILTER (WHERE hashes > 1) FROM "
+            "(SELECT count(DISTINCT h) AS hashes FROM ev GROUP BY account, mid)",
+        )
+        if differing:
+            con.close()
+            raise Fallback(f"{differing} messageId(s) repeated with different lines (the reference keeps the first)")
+        con.execute(
+            "CREATE TEMP TABLE ev1 AS SELECT * FROM ev QUALIFY row_number() OVER (PARTITION BY account, mid) = 1"
+        )
+        con.execute("DROP TABLE ev")
+        con.execute("ALTER TABLE ev1 RENAME TO ev")
+    return _Table(con, spans, index, distinct, n - distinct, start, end)
+
+
+# ---- one definition -----------------------------------------------------------------------------
+
+
+def _special_names(defn: Definition) -> list[str]:
+    spec = defn.tracking_spec()
+    return sorted(spec.conversions | spec.cancellations)
+
+
+class _Fold:
+    """One account's outcome under a one-count definition: the counted events in bulk, the trait events one
+    by one (see the module's docstring)."""
+
+    def __init__(self, defn: Definition, counted: str, first_k: int, transitions: list[tuple[str, int]]):
+        self.defn = defn
+        self.spec = defn.tracking_spec()
+        self.counted = counted
+        self.first_k = first_k  # the count at which the rule holds first
+        self.transitions = transitions
+        self.excluding = _exclusion_inputs(defn)
+        self.prints: dict[str, bytes] = {}
+        self.encodings: dict[tuple[type, Any], str | None] = {}
+        self.decided = 0
+
+    def account(self, out: SubjectOutcome, times: list[int], records: list[tuple[Any, ...]], conv: int | None) -> None:
+        """Fill `out` (qualification, reasons, touch, rows, record highs) from the account's counted times
+        and its decoded records, up to its first conversion `conv`."""
+        defn, spec, first_k = self.defn, self.spec, self.first_k
+        before = len(times) if conv is None else bisect.bisect_left(times, conv)
+        self.usage = usage = AccountUsage(out.account_id, None)
+        self.out = out
+        self.times = times
+        self.excluded = exclusion(defn, usage) is not None
+        self.top = -math.inf  # the highest critical value recorded
+        self.done = 0  # counted events checked so far
+        highs = out.records[0]
+        for rec in records:
+            if rec[3] == "track" or (conv is not None and rec[0] >= conv):
+                continue
+            self.counted_run(bisect.bisect_left(times, rec[0], self.done, before))
+            inputs = self.excluding(usage, rec[5])
+            _fold_traits(usage, rec, spec, self.prints, self.encodings)
+            if self.excluding(usage, rec[5]) != inputs:
+                self.excluded = exclusion(defn, usage) is not None
+                if self.excluded and out.qualified_at_ms is not None:
+                    raise Fallback(f"account {out.account_id}: an exclusion starts after it qualified "
+                                   "(a disqualification)")
+            if not self.excluded:  # the check after a trait event: the count as it is
+                if float(self.done) > self.top:
+                    highs.append((rec[0], float(self.done)))
+                    self.top = float(self.done)
+                if out.qualified_at_ms is None and self.done >= first_k:
+                    self.qualify(rec[0], self.done)
+        self.counted_run(before)
+        out.rows[0] = before >= first_k
+
+    def counted_run(self, upto: int) -> None:
+        """The counted events up to index `upto` (exclusive), under the current exclusion: each one checks
+        the rule, and the count only grows."""
+        done, times = self.done, self.times
+        if not self.excluded and upto > done:
+            lo = max(done + 1, int(self.top) + 1 if self.top > -math.inf else 1)
+            if lo <= upto:
+                self.out.records[0].extend(zip(times[lo - 1:upto], map(float, range(lo, upto + 1)), strict=True))
+                self.top = float(upto)
+            k = max(self.first_k, done + 1)
+            if self.out.qualified_at_ms is None and k <= upto:
+                self.qualify(times[k - 1], k)
+        self.done = upto
+
+    def qualify(self, at: int, count: int) -> None:
+        """`decide` at the first qualifying event, on the traits folded so far and the count then."""
+        usage, out = self.usage, self.out
+        usage.lifetime[self.counted] = count
+        self.decided += 1
+        transition = decide(self.defn, usage, PqlState(), at)
+        del usage.lifetime[self.counted]  # the fold itself reads traits only
+        if transition is None or transition.kind != "qualified" or transition.evaluation is None:
+            raise Fallback(f"account {out.account_id}: the reference would not qualify it at {at}")
+        out.qualified_at_ms = at
+        out.qualifications = 1
+        out.touch = transition.evaluation.touch
+        out.reasons = [(r.code, r.kind, r.text) for r in transition.evaluation.reasons]
+        self.transitions.append(("qualified", at))
+
+
+def run_columnar_definition(
+    table: _Table, defn: Definition, source: str, decoder: FastDecoder
+) -> tuple[DefinitionRun, dict[str, list[tuple[Any, ...]]]]:
+    """The reference engine's `DefinitionRun` of one supported definition, from the table; also each
+    account's decoded trait, conversion and cancellation records (what the customer-worth table reads)."""
+    started = time.perf_counter()
+    spec = defn.tracking_spec()
+    gate = Gate(defn)
+    cond = rule_conditions(defn.qualify)[0]
+    signal = defn.signals[cond.signal or ""]
+    assert isinstance(signal, CountSignal)
+    counted = signal.count
+    threshold = float(cond.threshold)
+    first_k = max(1, math.ceil(threshold)) if cond.op == "gte" else math.floor(threshold) + 1
+    special = _special_names(defn)
+    conversions = spec.conversions
+    con = table.con
+    is_special = "(type <> 'track' OR event IN (SELECT unnest($special::VARCHAR[])))"
+    retention = spec.retention_days
+    rows = con.execute(
+        f"""SELECT account, min(ms), max(ms),
+                   list(ms ORDER BY ms) FILTER (WHERE type = 'track' AND event = $counted),
+                   list(j ORDER BY ms) FILTER (WHERE {is_special})
+            FROM ev GROUP BY account ORDER BY min(ms), account""",  # noqa: S608
+        {"special": special, "counted": counted},
+    ).fetchall()
+    outs: list[SubjectOutcome] = []
+    transitions: list[tuple[str, int]] = []
+    run = DefinitionRun(defn.name, defn.version, source, defn.unit, gate.rows, gate.targets, outs, transitions,
+                        warnings=list(defn.warnings))
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    fold = _Fold(defn, counted, first_k, transitions)
+    for account, first_ms, last_ms, times, lines in rows:
+        times = times or []
+        records: list[tuple[Any, ...]] = []
+        for raw in lines or []:
+            rec = decoder.record(raw.encode(), 0)
+            if type(rec) is not tuple:
+                raise Fallback(f"account {account}: a line the strict shape admitted is refused ({rec})")
+            records.append(rec)
+        groups[account] = records
+        if (last_ms - first_ms) // DAY_MS >= retention - 1:
+            raise Fallback(f"account {account}: its events span the definition's {retention}-day retention "
+                           "(the reference prunes)")
+        for i, rec in enumerate(records):  # the reference orders events of the same millisecond by file position
+            at = rec[0]
+            j = bisect.bisect_left(times, at)
+            if (j < len(times) and times[j] == at) or (i and records[i - 1][0] == at):
+                raise Fallback(f"account {account}: a trait, conversion or cancellation event shares its "
+                               "millisecond with another of its events")
+        out = SubjectOutcome(account, None, first_ms, last_ms, rows=[False], records=[[]])
+        outs.append(out)
+        conv = next((r[0] for r in records if r[3] == "track" and r[6] in conversions), None)
+        fold.account(out, times, records, conv)
+        if conv is not None:
+            out.converted_at_ms = conv
+            transitions.append(("converted", conv))
+    run.decided = fold.decided
+    run.folded = sum(len(t or []) for _, _, _, t, _ in rows)
+    run.seconds = time.perf_counter() - started
+    return run, groups
+
+
+def run_backtest_columnar(
+    paths: Sequence[str | Path],
+    definitions: Sequence[tuple[Definition, str]],
+    *,
+    window_days: float = 30,
+    measure_decode: bool = False,
+    now_s: float | None = None,
+    threads: int = 1,
+) -> BacktestResult:
+    """`backtest.run_backtest` by the columnar engine: `UsageError` when a definition is outside the subset,
+    `Fallback` when the history needs the reference engine."""
+    check_window(window_days)
+    for defn, source in definitions:
+        reason = unsupported(defn)
+        if reason is not None:
+            raise UsageError(
+                f"--engine columnar: {source or defn.name}: not supported by the columnar engine: {reason}"
+            )
+    if duckdb is None:
+        raise UsageError("--engine columnar needs DuckDB, which is not installed: pip install 'pqlflow[parquet]'")
+    bare = decode_only(paths) if measure_decode else None
+    started = time.perf_counter()
+    cpu = time.process_time()
+    now = clock.now() if now_s is None else now_s
+    keep = properties_read(d for d, _ in definitions)
+    table = load(paths, now, sorted(keep), threads)
+    try:
+        decoder = FastDecoder(now, HISTORY_RETENTION_DAYS, keep)
+        runs = []
+        for defn, source in definitions:
+            run, groups = run_columnar_definition(table, defn, source, decoder)
+            first_seen = {s.account_id: s.first_ms for s in run.subjects}
+            _, money = money_of_records(groups, defn, defn.tracking_spec())
+            run.worth = customer_worth(first_seen, qualified_accounts(run), money, table.end_ms or 0)
+            runs.append(run)
+    finally:
+        table.con.close()
+    history = History({}, table.files, lines=table.lines, duplicates=table.duplicates, count=table.count,
+                      start_ms=table.start_ms, end_ms=table.end_ms)
+    history.decode_seconds = time.perf_counter() - started - sum(r.seconds for r in runs)
+    result = BacktestResult(history, runs, window_days, bare, time.perf_counter() - started,
+                            time.process_time() - cpu)
+    result.engine = "columnar"
+    return result
+
+
+def run_backtest_engine(
+    paths: Sequence[str | Path],
+    definitions: Sequence[tuple[Definition, str]],
+    *,
+    engine: str = "auto",
+    partitions: int | None = None,
+    window_days: float = 30,
+    measure_decode: bool = False,
+    now_s: float | None = None,
+) -> BacktestResult:
+    """The backtest by the engine asked for: `columnar` (a `UsageError` for a definition outside the subset),
+    `reference`, or `auto`: columnar when DuckDB is installed, every definition is in the subset and the
+    history is held in memory (one partition), else the reference. Whenever the columnar engine cannot
+    answer this history exactly (`Fallback`) the reference answers, and the result says why
+    (`BacktestResult.fallback`)."""
+    from pqlflow.analysis.partitions import choose_partitions, run_backtest_partitioned
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine}: must be one of {', '.join(ENGINES)}")
+    now = clock.now() if now_s is None else now_s
+    why: str | None = None
+    if engine != "reference":
+        reasons = [f"{source or defn.name}: {r}" for defn, source in definitions if (r := unsupported(defn))]
+        n = choose_partitions(paths) if partitions is None else partitions
+        if engine == "columnar" or (not reasons and duckdb is not None and n == 1):
+            try:
+                return run_backtest_columnar(paths, definitions, window_days=window_days,
+                                             measure_decode=measure_decode, now_s=now)
+            except Fallback as exc:
+                why = str(exc)
+        elif reasons:
+            why = "not in the columnar subset: " + "; ".join(reasons)
+        elif duckdb is None:
+            why = "DuckDB is not installed"
+        else:
+            why = f"the history is run in {n} partitions"
+    result = run_backtest_partitioned(paths, definitions, partitions=partitions, window_days=window_days,
+                                      measure_decode=measure_decode, now_s=now)
+    result.fallback = why
+    return result
