@@ -124,7 +124,8 @@ def unsupported(defn: Definition) -> str | None:
 
 _FIELDS = ("type", "messageId", "timestamp", "userId", "anonymousId", "event", "groupId", "context",
            "context.groupId", "context.timezone", "name", "category", "properties", "traits")
-_TIME = r'"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z"'
+# a time as toISOString() (milliseconds) or strftime's %f (microseconds: Parquet timestamps) writes it
+_TIME = r'"\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.(\d{3}|\d{6})Z"'
 
 
 def _x(i: int) -> str:
@@ -301,79 +302,156 @@ def _special_names(defn: Definition) -> list[str]:
 
 class _Fold:
     """One account's outcome under a one-count definition: the counted events in bulk, the trait events one
-    by one (see the module's docstring)."""
+    by one, every transition by `qualify.evaluation.decide` (see the module's docstring)."""
 
-    def __init__(self, defn: Definition, counted: str, first_k: int, transitions: list[tuple[str, int]]):
+    def __init__(self, defn: Definition, counted: str, first_k: int, transitions: list[tuple[str, int]], con: Any):
         self.defn = defn
         self.spec = defn.tracking_spec()
         self.counted = counted
         self.first_k = first_k  # the count at which the rule holds first
         self.transitions = transitions
+        self.con = con
         self.excluding = _exclusion_inputs(defn)
         self.prints: dict[str, bytes] = {}
         self.encodings: dict[tuple[type, Any], str | None] = {}
         self.decided = 0
+        self.cooldown_ms = defn.requalify.cooldown_days * DAY_MS
+        self.again = defn.requalify.again
 
     def account(self, out: SubjectOutcome, times: list[int], records: list[tuple[Any, ...]], conv: int | None) -> None:
-        """Fill `out` (qualification, reasons, touch, rows, record highs) from the account's counted times
-        and its decoded records, up to its first conversion `conv`."""
+        """Fill `out` (qualifications, reasons, touch, rows, record highs) and the transitions from the
+        account's counted times and its decoded records, up to its first conversion `conv`."""
         defn, spec, first_k = self.defn, self.spec, self.first_k
         before = len(times) if conv is None else bisect.bisect_left(times, conv)
         self.usage = usage = AccountUsage(out.account_id, None)
         self.out = out
         self.times = times
+        self.state = PqlState()
+        self.day_firsts: list[int] | None = None  # the time of each day's first event, fetched when needed
         self.excluded = exclusion(defn, usage) is not None
+        self.enter = False  # would_enter at the last check
         self.top = -math.inf  # the highest critical value recorded
         self.done = 0  # counted events checked so far
-        highs = out.records[0]
+        self.at = -math.inf  # the time of the last check
         for rec in records:
             if rec[3] == "track" or (conv is not None and rec[0] >= conv):
                 continue
-            self.counted_run(bisect.bisect_left(times, rec[0], self.done, before))
+            self.counted_run(bisect.bisect_left(times, rec[0], self.done, before), rec[0])
             inputs = self.excluding(usage, rec[5])
             _fold_traits(usage, rec, spec, self.prints, self.encodings)
             if self.excluding(usage, rec[5]) != inputs:
                 self.excluded = exclusion(defn, usage) is not None
-                if self.excluded and out.qualified_at_ms is not None:
-                    raise Fallback(f"account {out.account_id}: an exclusion starts after it qualified "
-                                   "(a disqualification)")
-            if not self.excluded:  # the check after a trait event: the count as it is
-                if float(self.done) > self.top:
-                    highs.append((rec[0], float(self.done)))
-                    self.top = float(self.done)
-                if out.qualified_at_ms is None and self.done >= first_k:
-                    self.qualify(rec[0], self.done)
-        self.counted_run(before)
+            self.check(rec[0], self.done, new_day=self.is_day_first(rec[0]))
+        self.counted_run(before, math.inf if conv is None else conv)
         out.rows[0] = before >= first_k
 
-    def counted_run(self, upto: int) -> None:
-        """The counted events up to index `upto` (exclusive), under the current exclusion: each one checks
-        the rule, and the count only grows."""
-        done, times = self.done, self.times
-        if not self.excluded and upto > done:
+    def check(self, at: int, count: int, new_day: bool) -> None:
+        """run_definition's check after one event: the record high, and `decide` when it must."""
+        self.at = at
+        now_enter = count >= self.first_k and not self.excluded
+        if not self.excluded and float(count) > self.top:
+            self.out.records[0].append((at, float(count)))
+            self.top = float(count)
+        must = (now_enter and not self.enter) or (self.enter and not now_enter) or (now_enter and new_day)
+        self.enter = now_enter
+        if not must:
+            return
+        state = self.state
+        if state.status == "qualified":
+            if now_enter:
+                return
+        elif not now_enter or (state.status == "disqualified" and not self.again) or self.cooling(at):
+            return
+        self.decide(at, count)
+
+    def cooling(self, at: int) -> bool:
+        last = self.state.qualified_at_ms
+        return last is not None and at - last < self.cooldown_ms
+
+    def counted_run(self, upto: int, until: float) -> None:
+        """The counted events up to index `upto` (exclusive) and the checks of each day's first event
+        before `until`, under the current exclusion: the count only grows, so the rule starts to hold at
+        most once, and a subject held back by a cooldown is asked again at the first day after it."""
+        done, times, out = self.done, self.times, self.out
+        if self.excluded or upto <= done and self.state.status != "disqualified":
+            self.done = upto
+            return
+        if upto > done:
             lo = max(done + 1, int(self.top) + 1 if self.top > -math.inf else 1)
             if lo <= upto:
-                self.out.records[0].extend(zip(times[lo - 1:upto], map(float, range(lo, upto + 1)), strict=True))
+                out.records[0].extend(zip(times[lo - 1:upto], map(float, range(lo, upto + 1)), strict=True))
                 self.top = float(upto)
-            k = max(self.first_k, done + 1)
-            if self.out.qualified_at_ms is None and k <= upto:
-                self.qualify(times[k - 1], k)
+        k = max(self.first_k, done + 1)
+        if not self.enter and k <= upto:  # the event that makes the rule hold
+            self.enter = True
+            at = times[k - 1]
+            self.at = at
+            if self.state.status == "never" or (self.state.status == "disqualified" and self.again
+                                             and not self.cooling(at)):
+                self.decide(at, k)
+        if self.enter and self.state.status == "disqualified" and self.again:
+            # held back by the cooldown: a day's first event checks again (the definition is time-dependent)
+            firsts = self.firsts()
+            i = bisect.bisect_right(firsts, self.at)
+            last = self.state.qualified_at_ms
+            assert last is not None  # a disqualified subject qualified before
+            i = max(i, bisect.bisect_left(firsts, last + self.cooldown_ms))
+            if i < len(firsts) and firsts[i] < until:
+                at = firsts[i]
+                self.at = at
+                self.decide(at, bisect.bisect_right(times, at))
         self.done = upto
 
-    def qualify(self, at: int, count: int) -> None:
-        """`decide` at the first qualifying event, on the traits folded so far and the count then."""
+    def firsts(self) -> list[int]:
+        """The time of each UTC day's first event of the account (any event): each is a check when the
+        definition is time-dependent. Fetched once, for an account that needs it; an account where another
+        event shares a trait event's millisecond falls back (which one is the day's first is file order)."""
+        if self.day_firsts is None:
+            account = self.out.account_id
+            rows = self.con.execute(
+                "SELECT min(ms) FROM ev WHERE account = ? GROUP BY ms // ? ORDER BY 1", [account, DAY_MS]
+            ).fetchall()
+            self.day_firsts = [r[0] for r in rows]
+            shared = self.con.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM ev WHERE account = ? GROUP BY ms "
+                "HAVING count(*) > 1 AND bool_or(j IS NOT NULL))", [account]
+            ).fetchone()
+            if shared and shared[0]:
+                raise Fallback(f"account {account}: another event shares a trait event's millisecond "
+                               "(which is the day's first is file order)")
+        return self.day_firsts
+
+    def is_day_first(self, at: int) -> bool:
+        """Whether the event at `at` (a trait event: no other event of the account shares its millisecond
+        among the read ones) is its day's first, when that matters: a subject held back by a cooldown."""
+        if self.state.status != "disqualified" or not self.cooldown_ms:
+            return False
+        firsts = self.firsts()
+        i = bisect.bisect_left(firsts, at)
+        return i < len(firsts) and firsts[i] == at
+
+    def decide(self, at: int, count: int) -> None:
+        """`decide` at `at`, on the traits folded so far and the count then, as run_definition calls it."""
         usage, out = self.usage, self.out
         usage.lifetime[self.counted] = count
         self.decided += 1
-        transition = decide(self.defn, usage, PqlState(), at)
+        transition = decide(self.defn, usage, self.state, at)
         del usage.lifetime[self.counted]  # the fold itself reads traits only
-        if transition is None or transition.kind != "qualified" or transition.evaluation is None:
-            raise Fallback(f"account {out.account_id}: the reference would not qualify it at {at}")
-        out.qualified_at_ms = at
-        out.qualifications = 1
-        out.touch = transition.evaluation.touch
-        out.reasons = [(r.code, r.kind, r.text) for r in transition.evaluation.reasons]
-        self.transitions.append(("qualified", at))
+        if transition is None:
+            return
+        self.state = transition.new_state
+        self.transitions.append((transition.kind, transition.at_ms))
+        if transition.kind == "qualified":
+            out.qualifications += 1
+            if out.qualified_at_ms is None:
+                out.qualified_at_ms = transition.at_ms
+                if transition.evaluation is not None:
+                    out.touch = transition.evaluation.touch
+                    out.reasons = [(r.code, r.kind, r.text) for r in transition.evaluation.reasons]
+        elif transition.kind == "disqualified":
+            out.disqualifications += 1
+        else:  # pragma: no cover - a conversion is the caller's, after the last check
+            raise Fallback(f"account {out.account_id}: an unexpected {transition.kind} at {at}")
 
 
 def run_columnar_definition(
@@ -407,7 +485,7 @@ def run_columnar_definition(
     run = DefinitionRun(defn.name, defn.version, source, defn.unit, gate.rows, gate.targets, outs, transitions,
                         warnings=list(defn.warnings))
     groups: dict[str, list[tuple[Any, ...]]] = {}
-    fold = _Fold(defn, counted, first_k, transitions)
+    fold = _Fold(defn, counted, first_k, transitions, con)
     for account, first_ms, last_ms, times, lines in rows:
         times = times or []
         records: list[tuple[Any, ...]] = []

@@ -1,0 +1,271 @@
+"""The columnar (DuckDB) engine answers exactly as the reference engine does — same PQLs at the same events,
+same reasons and touch, same metrics, sweeps, customer worth and data-quality counts — on every example
+definition in its subset, and hands every history it cannot answer exactly to the reference."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pqlflow import cli
+from pqlflow.analysis.backtest import BacktestResult, run_backtest
+from pqlflow.analysis.columnar import run_backtest_columnar, run_backtest_engine, unsupported
+from pqlflow.analysis.sample import Sample, SampleConfig
+from pqlflow.kernel.errors import UsageError
+from pqlflow.qualify.definition import load_definition, parse_definition
+from pqlflow.qualify.language import Definition
+
+from tests.unit.analysis.test_backtest_formats import write_messages_json_strings, write_messages_structs
+
+REPO = Path(__file__).resolve().parents[3]
+DEMO = REPO / "events" / "demo" / "history.jsonl"
+EXAMPLES = sorted((REPO / "examples" / "definitions").glob("*.yaml"))
+SLACK = REPO / "examples" / "definitions" / "slack-messages.yaml"
+SCORING = REPO / "examples" / "definitions" / "scoring.yaml"
+NOW = 1_893_456_000.0  # 2030-01-01: every history here is in the past, none past the retention window
+
+# Variants of the subset the examples do not cover: gt, no touch rule, internal-domain and paying exclusions
+# that start before the account qualifies, and a low threshold that most accounts reach.
+EXTRA = {
+    "low-gt": """
+name: low-gt
+version: 1
+signals:
+  invites: {count: Invite Sent}
+qualify: {signal: invites, gt: 2}
+exclusions:
+  converted: true
+  internal_domains: [example.com]
+""",
+    "paying-first": """
+name: paying-first
+version: 2
+signals:
+  signins: {count: Signed In, label: sign-ins}
+qualify: {signal: signins, gte: 5, reason: "{value} sign-ins"}
+requalify: {cooldown_days: 0}
+exclusions:
+  converted: true
+  paying: {plan: [trial]}
+touch:
+  high: {trait: seats, gte: 5}
+""",
+}
+
+
+def supported_examples() -> list[tuple[str, Definition]]:
+    found = [(p.name, load_definition(p)) for p in EXAMPLES]
+    found += [(name, parse_definition(text, name)) for name, text in EXTRA.items()]
+    return [(name, d) for name, d in found if unsupported(d) is None]
+
+
+SUPPORTED = supported_examples()
+
+
+def comparable(result: BacktestResult) -> dict[str, Any]:
+    """What a user reads in the output, less what depends on the engine: timings and the work counters."""
+    data = result.to_dict()
+    data.pop("speed")
+    data.pop("engine")
+    for d in data["definitions"]:
+        d.pop("work")
+    return data
+
+
+def both(paths: list[Path], defn: Definition, name: str) -> tuple[BacktestResult, BacktestResult]:
+    reference = run_backtest(paths, [(defn, name)], now_s=NOW)
+    columnar = run_backtest_engine(paths, [(defn, name)], engine="auto", now_s=NOW)
+    return reference, columnar
+
+
+def sample(tmp_path: Path, seed: int, **config: Any) -> Path:
+    path = tmp_path / f"sample{seed}.jsonl"
+    cfg = SampleConfig(seed=seed, accounts=40, days=30, start=date(2026, 9, 1), **config)
+    with path.open("w") as out:
+        Sample(cfg).write(out)
+    return path
+
+
+def pqls(result: BacktestResult) -> dict[str, tuple[int | None, str | None, list[tuple[str, str, str]]]]:
+    return {
+        s.account_id: (s.qualified_at_ms, s.touch, s.reasons)
+        for s in result.runs[0].subjects
+        if s.qualified_at_ms is not None
+    }
+
+
+def test_the_subset_covers_slack_messages() -> None:
+    assert "slack-messages.yaml" in [name for name, _ in SUPPORTED]
+    assert unsupported(load_definition(SCORING)) == "points (only a qualify rule of one lifetime count)"
+
+
+@pytest.mark.parametrize("name, defn", SUPPORTED, ids=[n for n, _ in SUPPORTED])
+def test_same_answers_as_the_reference_on_the_demo(name: str, defn: Definition) -> None:
+    reference, columnar = both([DEMO], defn, name)
+    assert columnar.engine == "columnar" and columnar.fallback is None
+    assert pqls(columnar) == pqls(reference)
+    assert comparable(columnar) == comparable(reference)
+
+
+@pytest.mark.parametrize("name, defn", SUPPORTED, ids=[n for n, _ in SUPPORTED])
+def test_same_answers_on_a_redelivered_shuffled_sample(tmp_path: Path, name: str, defn: Definition) -> None:
+    # Given a `pqlflow sample` history with redelivered (duplicate) lines, out of order
+    path = sample(tmp_path, seed=3, duplicates=0.03, shuffle_window=40)
+    reference, columnar = both([path], defn, name)
+    assert columnar.engine == "columnar", columnar.fallback
+    assert reference.history.duplicates > 0 and columnar.history.duplicates == reference.history.duplicates
+    assert comparable(columnar) == comparable(reference)
+    assert pqls(columnar) == pqls(reference)
+
+
+LOW = """
+name: low
+version: 1
+signals:
+  messages: {count: Message Sent}
+qualify: {signal: messages, gte: 10}
+exclusions:
+  converted: true
+  paying: {plan: [pro]}
+touch:
+  high: {trait: employees, gte: 200}
+"""
+
+
+def test_json_lines_gzip_and_parquet_of_one_history_agree(tmp_path: Path) -> None:
+    defn = parse_definition(LOW, "low")
+    zipped = tmp_path / "demo.jsonl.gz"
+    zipped.write_bytes(gzip.compress(DEMO.read_bytes()))
+    structs = write_messages_structs(DEMO, tmp_path / "structs" / "part-0.parquet")
+    strings = write_messages_json_strings(DEMO, tmp_path / "strings" / "part-0.parquet")
+    results = [run_backtest_engine([p], [(defn, "slack")], now_s=NOW) for p in (DEMO, zipped, structs, strings)]
+    assert [r.engine for r in results] == ["columnar"] * 4, [r.fallback for r in results]
+    texts = []
+    for r in results:
+        data = comparable(r)
+        data["history"].pop("files")
+        texts.append(data)
+    assert all(t == texts[0] for t in texts[1:])
+    assert texts[0]["definitions"][0]["pqls"] > 0
+
+
+def test_a_definition_outside_the_subset_runs_the_reference() -> None:
+    defn = load_definition(SCORING)
+    result = run_backtest_engine([DEMO], [(defn, "scoring.yaml")], now_s=NOW)
+    assert result.engine == "reference"
+    assert result.fallback is not None and "points" in result.fallback
+    assert comparable(result) == comparable(run_backtest([DEMO], [(defn, "scoring.yaml")], now_s=NOW))
+    with pytest.raises(UsageError, match="scoring.yaml: not supported by the columnar engine: points"):
+        run_backtest_columnar([DEMO], [(defn, "scoring.yaml")], now_s=NOW)
+
+
+def _with(tmp_path: Path, *extra: str) -> Path:
+    path = tmp_path / "h.jsonl"
+    path.write_text(DEMO.read_text() + "".join(line + "\n" for line in extra))
+    return path
+
+
+def _line(**fields: Any) -> str:
+    message = {"type": "track", "messageId": "x-1", "timestamp": "2026-09-20T10:00:00.000Z", "userId": "usr_x",
+               "event": "Message Sent", "context": {"groupId": "acct_x"}} | fields
+    return json.dumps(message)
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (["{not json"], "could not read every line as JSON"),
+        ([_line(timestamp="yesterday")], "outside the strict shape"),
+        ([_line(messageId=5)], "outside the strict shape"),
+        ([_line(properties={"n": float("nan")})], "outside the strict shape"),
+        ([_line(messageId="x-\u00e9")], "outside the strict shape"),  # \u00e9: an escape, not plain ASCII
+        ([_line(), _line(event="Other")], "repeated with different lines"),
+    ],
+    ids=["not-json", "bad-time", "number-id", "nan", "escaped-id", "different-duplicate"],
+)
+def test_a_history_the_fast_path_cannot_prove_falls_back_with_the_same_answer(
+    tmp_path: Path, extra: list[str], why: str
+) -> None:
+    path = _with(tmp_path, *extra)
+    defn = load_definition(SLACK)
+    reference, result = both([path], defn, "slack")
+    assert result.engine == "reference"
+    assert result.fallback is not None and why in result.fallback
+    assert comparable(result) == comparable(reference)
+
+
+def test_a_bad_line_is_still_reported_after_the_fallback(tmp_path: Path) -> None:
+    path = _with(tmp_path, "{not json", _line(timestamp="yesterday"))
+    result = run_backtest_engine([path], [(load_definition(SLACK), "slack")], now_s=NOW)
+    assert result.engine == "reference"
+    assert [b.line for b in result.history.bad] == [15059, 15060]
+    assert result.to_dict()["history"]["bad_lines"] == 2
+
+
+def _group(mid: str, when: str, traits: dict[str, Any]) -> str:
+    return json.dumps({"type": "group", "messageId": mid, "timestamp": when, "userId": "usr_t", "groupId": "acct_t",
+                       "traits": traits})
+
+
+def _account(n_messages: int, *, tie: bool = False, pays_after: bool = False, back_free: bool = False) -> list[str]:
+    """An account that sends `n_messages` messages, one a minute from 2026-09-21 10:00."""
+    lines = [_group("g-1", "2026-09-21T09:00:00.000Z", {"plan": "free", "employees": 500})]
+    for i in range(n_messages):
+        lines.append(_line(messageId=f"t-{i}", timestamp=f"2026-09-21T{10 + i // 60:02d}:{i % 60:02d}:00.000Z",
+                           userId="usr_t", context={"groupId": "acct_t"}))
+    if tie:  # a trait event at the very millisecond of a counted one: only file order says which came first
+        lines.append(_group("g-2", "2026-09-21T10:05:00.000Z", {"employees": 5}))
+    if pays_after:  # an exclusion that starts after the account qualified: the reference disqualifies it
+        lines.append(_group("g-3", "2026-09-22T10:00:00.000Z", {"plan": "pro"}))
+    if back_free:  # ... and ends the day after; then one sign-in (not counted) a day, late in the day
+        lines.append(_group("g-4", "2026-09-23T10:00:00.000Z", {"plan": "free"}))
+        for day in range(23, 30):
+            lines.append(_line(messageId=f"s-{day}", timestamp=f"2026-09-{day}T23:00:00.000Z", userId="usr_t",
+                               event="Signed In", context={"groupId": "acct_t"}))
+    return lines
+
+
+def test_a_same_millisecond_tie_falls_back(tmp_path: Path) -> None:
+    defn = parse_definition(LOW, "low")
+    plain = _with(tmp_path, *_account(20))
+    reference, result = both([plain], defn, "low")
+    assert result.engine == "columnar"
+    tenth = int(datetime(2026, 9, 21, 10, 9, tzinfo=UTC).timestamp() * 1000)  # the 10th message
+    assert pqls(result)["acct_t"] == (tenth, "high", [("qualify", "usage", "10 messages sent")])
+    assert comparable(result) == comparable(reference)
+    tie = _with(tmp_path, *_account(20, tie=True))
+    reference, result = both([tie], defn, "low")
+    assert result.engine == "reference"
+    assert result.fallback is not None and "shares its millisecond" in result.fallback
+    assert comparable(result) == comparable(reference)
+
+
+@pytest.mark.parametrize("requalify", ["{}", "{cooldown_days: 3}", "{cooldown_days: 3, again: false}",
+                                       "{cooldown_days: 0.5}"])
+def test_disqualification_and_requalification_after_a_cooldown(tmp_path: Path, requalify: str) -> None:
+    # Given an account that qualifies, starts paying (excluded) the next day, and is back on free the day after
+    defn = parse_definition(LOW + f"requalify: {requalify}\n", "low")
+    path = _with(tmp_path, *_account(20, pays_after=True, back_free=True))
+    reference, result = both([path], defn, "low")
+    assert result.engine == "columnar", result.fallback
+    ours = next(s for s in result.runs[0].subjects if s.account_id == "acct_t")
+    theirs = next(s for s in reference.runs[0].subjects if s.account_id == "acct_t")
+    assert ours.disqualifications == theirs.disqualifications == 1
+    assert ours.qualifications == theirs.qualifications == (1 if "again: false" in requalify else 2)
+    assert sorted(result.runs[0].transitions) == sorted(reference.runs[0].transitions)
+    assert comparable(result) == comparable(reference)
+
+
+def test_cli_says_which_engine_ran(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--no-decode-baseline"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("engine: columnar")
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--engine", "reference", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["engine"] == {"name": "reference", "fallback": None}
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--no-decode-baseline"]) == 0
+    assert "engine: reference (not columnar: not in the columnar subset" in capsys.readouterr().out
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--engine", "columnar"]) == 2
+    assert "not supported by the columnar engine: points" in capsys.readouterr().err
