@@ -11,25 +11,43 @@ without a usage item (expired) keeps the qualification's own.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pqlflow.contracts.emitted import PqlQualified
-from pqlflow.ingest.cold import StaleCold
-from pqlflow.ingest.item import usage_key
-from pqlflow.ingest.store import UsageReader
 from pqlflow.kernel.aws import AwsClient
-from pqlflow.qualify.evaluation import evaluate
-from pqlflow.qualify.store import DefinitionStore
+
+if TYPE_CHECKING:
+    from pqlflow.ingest.store import UsageReader
+    from pqlflow.qualify.store import DefinitionStore
 
 
 class UsageNow:
+    """Imports the usage decoding and the evaluator on the first step it reads (most route invocations are
+    qualifications and engagement, which never need them: 75 ms less cold start)."""
+
     client = AwsClient("dynamodb")
 
     def __init__(self, table: str, client: Any = None, definitions: DefinitionStore | None = None):
         self.table = table
         self.client = client
-        self.reader = UsageReader(table, client=client)
-        self.definitions = definitions or DefinitionStore(table, client=client)
+        self._reader: UsageReader | None = None
+        self._definitions = definitions
+
+    @property
+    def reader(self) -> UsageReader:
+        if self._reader is None:
+            from pqlflow.ingest.store import UsageReader
+
+            self._reader = UsageReader(self.table)
+        return self._reader
+
+    @property
+    def definitions(self) -> DefinitionStore:
+        if self._definitions is None:
+            from pqlflow.qualify.store import DefinitionStore
+
+            self._definitions = DefinitionStore(self.table)
+        return self._definitions
 
     def refresh(self, q: PqlQualified, now: float) -> PqlQualified:
         return self.read(q, now)[0]
@@ -38,6 +56,10 @@ class UsageNow:
         """The qualification as of `now`, and when the account converted (ISO 8601), if it has: a
         conversion routed before its qualification (EventBridge does not keep order) stops the journey
         at its next step all the same."""
+        from pqlflow.ingest.cold import StaleCold
+        from pqlflow.ingest.item import usage_key
+        from pqlflow.qualify.evaluation import evaluate
+
         self.reader.client = self.definitions.client = self.client  # one client for the three readers
         item = self.client.get_item(TableName=self.table, Key=usage_key(q.account_id, q.user_id)).get("Item")
         if item is None:
