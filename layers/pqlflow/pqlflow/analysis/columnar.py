@@ -33,8 +33,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pqlflow.analysis import history_files
 from pqlflow.analysis.backtest import (
     DAY_MS,
     HISTORY_RETENTION_DAYS,
@@ -68,14 +69,6 @@ from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.evaluation import PqlState, decide, exclusion
 from pqlflow.qualify.language import CountSignal, Definition, TraitSignal
 
-if TYPE_CHECKING:
-    import duckdb
-else:
-    try:
-        import duckdb
-    except ImportError:  # pragma: no cover - depends on the environment
-        duckdb = None
-
 ENGINES = ("auto", "reference", "columnar")
 
 
@@ -84,7 +77,7 @@ class Fallback(Exception):  # noqa: N818 - not an error: the reference engine an
 
 
 def available() -> bool:
-    return duckdb is not None
+    return history_files.duckdb is not None
 
 
 def unsupported(defn: Definition) -> str | None:
@@ -234,9 +227,9 @@ def load(paths: Sequence[str | Path], now_s: float, keep: Sequence[str], threads
     `j`, the line, only for identify and group events and tracks named in `keep` (the rest need only their
     time); `h` its hash. `Fallback` when a line is outside the strict shape or a duplicate differs."""
     files = expand(paths)
-    if duckdb is None:
+    if history_files.duckdb is None:
         _require_duckdb(files[0] if files else Path("."))
-    con = duckdb.connect(":memory:")
+    con = history_files.duckdb.connect(":memory:")
     con.execute(f"SET threads = {int(threads)}")
     con.execute("SET TimeZone = 'UTC'")
     fields = "[" + ", ".join(f"'$.{f}'" for f in _FIELDS) + "]"
@@ -260,7 +253,7 @@ def load(paths: Sequence[str | Path], now_s: float, keep: Sequence[str], threads
                   FROM (SELECT file, j, json_extract(j, {fields})::VARCHAR[] AS x FROM ({sources})))
         """, {"lo": lo, "hi": hi, "page": PAGE_EVENT, "screen": SCREEN_EVENT, "keep": list(keep)})  # noqa: S608
         per_file = con.execute("SELECT file, count(*), count(*) FILTER (WHERE NOT ok) FROM ev GROUP BY file").fetchall()
-    except duckdb.Error as exc:
+    except history_files.duckdb.Error as exc:
         con.close()
         raise Fallback(f"DuckDB could not read every line as JSON ({_first_line(exc)})") from None
     outside = sum(b for _, _, b in per_file)
@@ -535,7 +528,7 @@ def run_backtest_columnar(
             raise UsageError(
                 f"--engine columnar: {source or defn.name}: not supported by the columnar engine: {reason}"
             )
-    if duckdb is None:
+    if history_files.duckdb is None:
         raise UsageError("--engine columnar needs DuckDB, which is not installed: pip install 'pqlflow[parquet]'")
     bare = decode_only(paths) if measure_decode else None
     started = time.perf_counter()
@@ -587,7 +580,7 @@ def run_backtest_engine(
     if engine != "reference":
         reasons = [f"{source or defn.name}: {r}" for defn, source in definitions if (r := unsupported(defn))]
         n = choose_partitions(paths) if partitions is None else partitions
-        if engine == "columnar" or (not reasons and duckdb is not None and n == 1):
+        if engine == "columnar" or (not reasons and history_files.duckdb is not None and n == 1):
             try:
                 return run_backtest_columnar(paths, definitions, window_days=window_days,
                                              measure_decode=measure_decode, now_s=now)
@@ -595,7 +588,7 @@ def run_backtest_engine(
                 why = str(exc)
         elif reasons:
             why = "not in the columnar subset: " + "; ".join(reasons)
-        elif duckdb is None:
+        elif history_files.duckdb is None:
             why = "DuckDB is not installed"
         else:
             why = f"the history is run in {n} partitions"
