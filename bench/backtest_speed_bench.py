@@ -9,6 +9,10 @@ Uses the backtest bench's cached history (`pqlflow sample`, default 1,000,000 ev
      (`run_backtest_partitioned`, partitions auto: in memory at this size), with its phases: reading and
      validating, dedupe + sort + per-account columns, the fold and evaluation;
   3. the same for examples/definitions/scoring.yaml (points with decay);
+  2b, 3b. each again as `pqlflow backtest` runs it by default (`--engine auto`: the columnar engine,
+     `pqlflow.analysis.columnar`, where it answers exactly, else the reference), with the engine that
+     answered and whether its answers (every subject's qualifications, reasons, touch and conversion, every
+     transition) are identical to the reference run's;
   4. `pqlflow discover` on the same file (`run_discover`);
   5. two floors, for any engine that hands each event to Python: msgspec decoding every line into the
      backtest's typed message struct, nothing else (`floor_typed_decode`); and DuckDB reading the file and
@@ -38,7 +42,7 @@ DEFINITIONS = {"slack": ROOT / "examples/definitions/slack-messages.yaml",
 TARGETS = {"slack": 2.0, "scoring": 3.0}  # × DuckDB's CPU time (issue 17 item 3)
 DISCOVER_TARGET_SECONDS = 30.0
 COUNTED = "Message Sent"
-KINDS = ("duckdb", "slack", "scoring", "floor_decode", "floor_duckdb")
+KINDS = ("duckdb", "slack", "slack_auto", "scoring", "scoring_auto", "floor_decode", "floor_duckdb")
 THRESHOLD = 2000
 
 # The equivalent of slack-messages' rule in SQL: every account's lifetime count of one event name and the time
@@ -113,6 +117,16 @@ def floor_duckdb_rows(path: Path) -> int:
     return n
 
 
+def answer_digest(run: Any) -> str:
+    """A digest of what a backtest answered, subject by subject (who qualified when, how often, with which
+    reasons and touch, and when they converted), so two engines' answers can be compared in one line."""
+    import hashlib
+
+    rows = sorted((s.account_id, s.user_id or "", s.qualified_at_ms or 0, s.qualifications, s.disqualifications,
+                   s.converted_at_ms or 0, s.touch or "", [list(r) for r in s.reasons]) for s in run.subjects)
+    return hashlib.sha256(json.dumps([rows, sorted(run.transitions)]).encode()).hexdigest()[:16]
+
+
 def _timed(work: Any) -> tuple[Any, float, float]:
     cpu, wall = time.process_time(), time.perf_counter()
     out = work()
@@ -132,16 +146,22 @@ def child(kind: str, path: Path) -> dict[str, Any]:
 
         result, cpu, wall = _timed(lambda: run_discover([path], now_s=time.time()))
         return {"cpu": cpu, "wall": wall, "candidates": result.candidates}
+    from pqlflow.analysis.columnar import run_backtest_engine
     from pqlflow.analysis.partitions import run_backtest_partitioned
     from pqlflow.qualify.definition import load_definition
 
-    definition = DEFINITIONS[kind]
+    definition = DEFINITIONS[kind.removesuffix("_auto")]
     defn = load_definition(definition)
-    result, cpu, wall = _timed(lambda: run_backtest_partitioned([path], [(defn, definition.name)], now_s=time.time()))
+    # `_auto`: as `pqlflow backtest` runs it (the columnar engine where it answers exactly); else the reference
+    engine = run_backtest_engine if kind.endswith("_auto") else run_backtest_partitioned
+    result, cpu, wall = _timed(lambda: engine([path], [(defn, definition.name)], now_s=time.time()))
     history, run = result.history, result.runs[0]
     return {
         "cpu": cpu,
         "wall": wall,
+        "engine": getattr(result, "engine", "reference"),
+        "fallback": getattr(result, "fallback", None),
+        "answer": answer_digest(run),
         "lines": history.lines,
         "read_validate": history.decode_seconds - history.sort_cpu_seconds,
         "sort": history.sort_cpu_seconds,
@@ -191,17 +211,27 @@ def main() -> int:
     print(f"duckdb, 1 thread: lifetime '{COUNTED}' per account + its {THRESHOLD:,}th   CPU {_span(duck_cpu)} s  "
           f"wall {_span([r['wall'] for r in duck])} s  ({duck[0]['accounts']:,} accounts, "
           f"{duck[0]['crossed']:,} reach {THRESHOLD:,})")
-    for kind in ("slack", "scoring"):
+    for kind in ("slack", "slack_auto", "scoring", "scoring_auto"):
         rs = runs[kind]
+        name = DEFINITIONS[kind.removesuffix("_auto")].name
         cpu = [r["cpu"] for r in rs]
         ratios = [c / d for c, d in zip(cpu, duck_cpu, strict=True)]
-        met = max(ratios) <= TARGETS[kind]
-        print(f"backtest {DEFINITIONS[kind].name:<20}                              CPU {_span(cpu)} s  "
+        if kind.endswith("_auto"):
+            same = {r["answer"] for r in rs} == {r["answer"] for r in runs[kind.removesuffix("_auto")]}
+            engine = rs[0]["engine"] + (f" (fell back: {rs[0]['fallback']})" if rs[0]["fallback"] else "")
+            met = max(ratios) <= TARGETS[kind.removesuffix("_auto")]
+            print(f"backtest {name:<20} --engine auto → {engine}")
+            print(f"  CPU {_span(cpu)} s  wall {_span([r['wall'] for r in rs])} s  ({rs[0]['pqls']:,} PQLs; answers "
+                  f"{'identical to' if same else 'DIFFER from'} the reference's)")
+            print(f"  {_span(ratios)}× DuckDB's CPU time; target within {TARGETS[kind.removesuffix('_auto')]:g}×: "
+                  f"{'met' if met else 'NOT met'}")
+            continue
+        print(f"backtest {name:<20} --engine reference                           CPU {_span(cpu)} s  "
               f"wall {_span([r['wall'] for r in rs])} s  ({rs[0]['lines']:,} lines, {rs[0]['pqls']:,} PQLs, "
               f"{rs[0]['folded']:,} folded)")
         print(f"  phases: read + validate {_span([r['read_validate'] for r in rs])} s · dedupe + sort + columns "
               f"{_span([r['sort'] for r in rs])} s · fold + evaluate {_span([r['fold'] for r in rs])} s")
-        print(f"  {_span(ratios)}× DuckDB's CPU time; target within {TARGETS[kind]:g}×: {'met' if met else 'NOT met'}")
+        print(f"  {_span(ratios)}× DuckDB's CPU time")
     for kind, what in (("floor_decode", "floor: msgspec typed decode of every line, nothing kept"),
                        ("floor_duckdb", "floor: DuckDB hands Python 5 fields per event")):
         rs = runs[kind]
