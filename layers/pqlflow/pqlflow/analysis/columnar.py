@@ -18,8 +18,9 @@ every line in Python. The answer is the reference engine's (`backtest.run_defini
   event is the one that brings the count to the threshold: its time comes from the sorted times DuckDB
   gives; the reasons and the touch are `qualify.evaluation.decide`'s at that moment, on the account's
   traits folded so far and the count at that event;
-- an account that could be disqualified (an exclusion that starts to hold after it qualified and before
-  it converted) makes the run fall back, so every subject here qualifies at most once.
+- an exclusion that starts to hold after the account qualified disqualifies it at that trait event; it
+  qualifies again (requalify `again`) at the first event after the cooldown where the rule holds: the
+  first day's first event after the cooldown ends, as the reference checks a time-dependent definition.
 
 The subset: `unit: account`, no points, `qualify` one lifetime count (gte/gt a positive number) of an event
 with no property filter or gauge, `touch` by traits (or none), any exclusions and requalify settings.
