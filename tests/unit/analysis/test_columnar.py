@@ -269,3 +269,75 @@ def test_cli_says_which_engine_ran(capsys: pytest.CaptureFixture[str]) -> None:
     assert "engine: reference (not columnar: not in the columnar subset" in capsys.readouterr().out
     assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--engine", "columnar"]) == 2
     assert "not supported by the columnar engine: points" in capsys.readouterr().err
+
+
+def _messages(n: int, member: str) -> list[str]:
+    """`n` Message Sent of one account, a minute apart from 2026-09-21 10:00, every other one spelled with
+    `member` (raw JSON text, placed just before the counted event's name) inside the object."""
+    lines = []
+    for i in range(n):
+        when = datetime(2026, 9, 21, 10, tzinfo=UTC).timestamp() + 60 * i
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        extra = member if i % 2 else ""
+        lines.append(f'{{"type":"track","messageId":"m-{i}","timestamp":"{stamp}","userId":"usr_d",{extra}'
+                     f'"event":"Message Sent","context":{{"groupId":"acct_d"}},"properties":{{"n":1}}}}')
+    return lines
+
+
+@pytest.mark.parametrize(
+    "member, why",
+    [
+        ('"event":"Other",', "line 2: the member 'event' twice"),  # the reference takes the last: Message Sent
+        ('"context":{"groupId":"acct_other"},', "line 2: the member 'context' twice"),
+        ('"properties":{"n":1,"n":2},', "line 2: the member 'properties' twice"),  # the top level, again
+    ],
+    ids=["event", "context", "properties"],
+)
+def test_a_member_spelled_twice_falls_back_to_the_reference_and_its_last_value(
+    tmp_path: Path, member: str, why: str
+) -> None:
+    # Given a history where the counted event's name (or the account) is a key given twice in a message:
+    # DuckDB's json_extract reads the first, the reference's decoder the last
+    path = tmp_path / "dup.jsonl"
+    path.write_text("\n".join(_messages(2100, member)) + "\n")
+    defn = load_definition(SLACK)
+    # When it is backtested by the default engine, then the reference answers, and the fallback says why
+    reference, result = both([path], defn, "slack")
+    assert result.engine == "reference" and result.fallback is not None and why in result.fallback
+    assert comparable(result) == comparable(reference)
+    assert "usr_d" not in result.fallback and "m-1" not in result.fallback  # no line content in the reason
+
+
+def test_a_key_twice_inside_properties_is_the_reference_decoders_business(tmp_path: Path) -> None:
+    # Given the same history with a key twice inside the properties (which the count rule does not read)
+    path = tmp_path / "dup-props.jsonl"
+    path.write_text("\n".join(line.replace('{"n":1}', '{"n":1,"n":2}') for line in _messages(2100, "")) + "\n")
+    reference, result = both([path], load_definition(SLACK), "slack")
+    # Then the columnar engine still answers, and as the reference does: the account qualifies
+    assert result.engine == "columnar"
+    assert comparable(result) == comparable(reference) and pqls(result).keys() == {"acct_d"}
+
+
+def test_a_parquet_context_string_with_a_key_twice_falls_back(tmp_path: Path) -> None:
+    # Given a Parquet history (one row per message, context as a JSON string) whose context names the
+    # account twice: the first a decoy, the last the account the reference reads
+    import duckdb
+
+    path = tmp_path / "dup.parquet"
+    rows = []
+    for i, line in enumerate(_messages(2100, "")):
+        message = json.loads(line)
+        context = '{"groupId":"acct_decoy","groupId":"acct_d"}' if i % 2 else json.dumps(message["context"])
+        rows.append((message["type"], message["messageId"], message["timestamp"], message["userId"],
+                     message["event"], context))
+    con = duckdb.connect()
+    con.execute("CREATE TABLE m (type VARCHAR, messageId VARCHAR, timestamp VARCHAR, userId VARCHAR, "
+                "event VARCHAR, context VARCHAR)")
+    con.executemany("INSERT INTO m VALUES (?, ?, ?, ?, ?, ?)", rows)
+    con.execute(f"COPY m TO '{path}' (FORMAT parquet)")
+    con.close()
+    reference, result = both([path], load_definition(SLACK), "slack")
+    # Then the reference answers, and its answer counts all 2,100 messages for the one account
+    assert result.engine == "reference"
+    assert result.fallback == "1050 line(s) outside the strict shape the fast path checks"
+    assert comparable(result) == comparable(reference) and pqls(result).keys() == {"acct_d"}
