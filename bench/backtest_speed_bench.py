@@ -9,10 +9,10 @@ Uses the backtest bench's cached history (`pqlflow sample`, default 1,000,000 ev
      (`run_backtest_partitioned`, partitions auto: in memory at this size), with its phases: reading and
      validating, dedupe + sort + per-account columns, the fold and evaluation;
   3. the same for examples/definitions/scoring.yaml (points with decay);
-  2b, 3b. each again as `pqlflow backtest` runs it by default (`--engine auto`: the columnar engine,
-     `pqlflow.analysis.columnar`, where it answers exactly, else the reference), with the engine that
-     answered and whether its answers (every subject's qualifications, reasons, touch and conversion, every
-     transition) are identical to the reference run's;
+  2b, 3b. each again with `--engine auto` (the columnar engine, `pqlflow.analysis.columnar`, where it
+     answers exactly, else the reference), with the engine that answered and whether its answers (every
+     subject's qualifications, reasons, touch and conversion, every transition) are identical to the
+     reference run's;
   4. `pqlflow discover` on the same file (`run_discover`);
   5. two floors, for any engine that hands each event to Python: msgspec decoding every line into the
      backtest's typed message struct, nothing else (`floor_typed_decode`); and DuckDB reading the file and
@@ -152,7 +152,7 @@ def child(kind: str, path: Path) -> dict[str, Any]:
 
     definition = DEFINITIONS[kind.removesuffix("_auto")]
     defn = load_definition(definition)
-    # `_auto`: as `pqlflow backtest` runs it (the columnar engine where it answers exactly); else the reference
+    # `_auto`: `--engine auto` (the columnar engine where it answers exactly); else the reference (the default)
     engine = run_backtest_engine if kind.endswith("_auto") else run_backtest_partitioned
     result, cpu, wall = _timed(lambda: engine([path], [(defn, definition.name)], now_s=time.time()))
     history, run = result.history, result.runs[0]

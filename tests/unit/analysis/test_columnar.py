@@ -261,11 +261,14 @@ def test_disqualification_and_requalification_after_a_cooldown(tmp_path: Path, r
 
 
 def test_cli_says_which_engine_ran(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--no-decode-baseline"]) == 0
+    quiet = "--no-decode-baseline"
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), quiet]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("engine: reference")  # the default
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--engine", "auto", quiet]) == 0
     assert capsys.readouterr().out.rstrip().endswith("engine: columnar")
-    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--engine", "reference", "--json"]) == 0
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SLACK), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["engine"] == {"name": "reference", "fallback": None}
-    assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--no-decode-baseline"]) == 0
+    assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--engine", "auto", quiet]) == 0
     assert "engine: reference (not columnar: not in the columnar subset" in capsys.readouterr().out
     assert cli.main(["backtest", str(DEMO), "--definition", str(SCORING), "--engine", "columnar"]) == 2
     assert "not supported by the columnar engine: points" in capsys.readouterr().err

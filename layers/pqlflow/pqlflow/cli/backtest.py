@@ -82,12 +82,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        default="auto",
-        help="columnar: DuckDB reads and aggregates the history (one lifetime-count rule; an error for "
-        "other definitions); reference: the event-by-event engine; auto (default): columnar when DuckDB is "
-        "installed, the definitions are in its subset and the history fits in memory. The columnar engine "
-        "hands a history it cannot answer exactly (a bad line, a same-millisecond tie...) to the reference, "
-        "and the output says so (docs/backtest.md)",
+        default="reference",
+        help="reference (default): the event-by-event engine; columnar (experimental): DuckDB reads and "
+        "aggregates the history (one lifetime-count rule; an error for other definitions); auto: columnar "
+        "when DuckDB is installed, the definitions are in its subset and the history fits in memory. The "
+        "columnar engine hands a history it cannot answer exactly (a bad line, a same-millisecond tie, a key "
+        "given twice...) to the reference, and the output says so. It is not the default because it is "
+        "not faster once it checks all that (docs/backtest.md)",
     )
     parser.add_argument(
         "--no-decode-baseline",
