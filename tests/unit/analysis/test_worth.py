@@ -107,7 +107,7 @@ def test_the_table_says_which_customers_retention_counts(worth):
     assert headers == ["", "PQL-sourced", "other"]
     shown = {r[0]: r[1:] for r in rows}
     assert shown["revenue per account (LTV so far ÷ accounts)"] == ["USD 128", "USD 250"]
-    assert shown["retained at 60 days"] == ["50.0% of 2", "—"]
+    assert shown["retained at 60 days"] == ["1 of 2 (50.0%)", "—"]
     assert any("at least N days before the history's end" in n for n in notes)
 
 

@@ -75,7 +75,7 @@ def test_backtest_json_text_and_report_show_the_customer_worth(tmp_path, capsys)
     assert "What PQLs are worth as customers" in text
     assert "revenue per account (LTV so far ÷ accounts)" in text and "USD 60" in text
     page = (out / "report.html").read_text()
-    assert "What PQLs are worth as customers" in page and "0.0% of 1" in page
+    assert "What PQLs are worth as customers" in page and "0 of 1 (0.0%)" in page
 
 
 def test_the_same_table_in_partitions(tmp_path, capsys):

@@ -362,7 +362,8 @@ def customer_table(worth: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
     for days in RETENTION_DAYS:
         rows.append([f"retained at {days} days", *both(lambda g, d=days: (
             "—" if not g["retention"][str(d)]["eligible"] else
-            f"{_pct(g['retention'][str(d)]['rate'])} of {g['retention'][str(d)]['eligible']}"))])
+            f"{g['retention'][str(d)]['retained']:,} of {g['retention'][str(d)]['eligible']:,} "
+            f"({_pct(g['retention'][str(d)]['rate'])})"))])
     notes = [
         "PQLs: accounts that qualified, counted from their first qualification; others: every other account, "
         "from its first event.",
