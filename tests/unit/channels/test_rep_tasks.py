@@ -197,12 +197,16 @@ def test_task_says_why_who_usage_what_to_say_and_when():
     assert "score 87" in task.body
     assert "contacts: 8,000" in task.body
     assert "Ana <ana@acme.test>" in task.body and "Head of Sales" in task.body
+    # times as a person writes them, not ISO 8601
+    assert "became a product-qualified lead on Fri 20 Nov 2026, 15:00 UTC" in task.body
+    assert "(last seen 20 Nov 2026)" in task.body and "Head of Sales, last seen 19 Nov 2026" in task.body
+    assert "T15:00" not in task.body
     assert "Usage against limits:" in task.body and "contacts: 8,000 of 10,000 (80%)" in task.body
     assert "Suggested talking points:" in task.body
     assert list(task.top_signals)[:2] == ["contacts", "active_users"]
     # 8 business hours from Friday 10:00 New York: 7 on Friday, 1 on Monday → Monday 10:00 (15:00 UTC)
     assert task.due_at == "2026-11-23T15:00:00Z"
-    assert "Due 2026-11-23T15:00:00Z (SLA 8h in business hours)" in task.body
+    assert "Due Mon 23 Nov 2026, 15:00 UTC (SLA 8h in business hours)" in task.body
     assert task.priority == "HIGH"
     assert task.hubspot_owner_id == "64492918"
     # the account's `hubspot_company_id` trait is not trusted: the task names no CRM company of its own

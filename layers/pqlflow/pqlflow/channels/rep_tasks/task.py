@@ -507,6 +507,21 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _moment(moment: datetime | str, *, day_only: bool = False) -> str:
+    """A time as a person writes it in a task: `Mon 23 Nov 2026, 15:00 UTC` (or `23 Nov 2026`); an ISO
+    string that does not parse is shown as it is."""
+    if isinstance(moment, str):
+        try:
+            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            return moment
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    day = f"{moment.day} {moment:%b %Y}"
+    return day if day_only else f"{moment:%a} {day}, {moment:%H:%M} UTC"
+
+
 def build_task(
     action: NurtureAction,
     qualification: PqlQualified,
@@ -536,7 +551,7 @@ def build_task(
     labels = {r.signal: r.label for r in q.reasons if r.signal and r.label}
 
     lines = [
-        f"{company} became a product-qualified lead on {q.qualified_at} "
+        f"{company} became a product-qualified lead on {_moment(q.qualified_at)} "
         f"(definition {q.definition.name} v{q.definition.version}"
         + (f", score {_fmt(q.score)})." if q.score is not None else ")."),
         "",
@@ -555,11 +570,12 @@ def build_task(
         lines += ["", f"Active users ({len(q.users)}):"]
         for u in users:
             who = " ".join(p for p in (u.name, f"<{u.email}>" if u.email else None) if p) or u.user_id
-            extra = ", ".join(p for p in (u.title, f"last seen {u.last_seen}" if u.last_seen else None) if p)
+            seen = f"last seen {_moment(u.last_seen, day_only=True)}" if u.last_seen else None
+            extra = ", ".join(p for p in (u.title, seen) if p)
             lines.append(f"- {who}" + (f" ({extra})" if extra else ""))
     lines += ["", "Suggested talking points:", *[f"- {p}" for p in points]]
     sla = f"{roster.sla.hours:g}h" + (" in business hours" if roster.sla.business_hours else "")
-    lines += ["", f"Due {_iso(due)} (SLA {sla})."]
+    lines += ["", f"Due {_moment(due)} (SLA {sla})."]
 
     return RepTask(
         task_id=task_id_for(q.transition_id, action.step),
