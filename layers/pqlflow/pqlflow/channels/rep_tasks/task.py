@@ -512,14 +512,14 @@ def _moment(moment: datetime | str, *, day_only: bool = False) -> str:
     string that does not parse is shown as it is."""
     if isinstance(moment, str):
         try:
-            moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+            when = datetime.fromisoformat(moment.replace("Z", "+00:00"))
         except ValueError:
             return moment
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    day = f"{moment.day} {moment:%b %Y}"
-    return day if day_only else f"{moment:%a} {day}, {moment:%H:%M} UTC"
+    else:
+        when = moment
+    when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    day = f"{when.day} {when:%b %Y}"
+    return day if day_only else f"{when:%a} {day}, {when:%H:%M} UTC"
 
 
 def build_task(
