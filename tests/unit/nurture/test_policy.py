@@ -284,3 +284,60 @@ def test_cli_validate_checks_templates_and_offers_and_exits_non_zero(tmp_path, c
     assert code != 0
     err = capsys.readouterr().err
     assert f"{path}:12: rules[0].then[1].offer: no offer 'free-pony' in the catalog" in err
+
+
+SALES_JOURNEY = """\
+name: sales
+version: 1
+rules:
+  - name: sales
+    when: {touch: high}
+    then:
+      - channel: rep_task
+        also_email: upgrade_nudge
+      - name: demo-if-opened
+        after_days: 7
+        when:
+          engaged: {step: 0, event: email_opened}
+        channel: email
+        template: demo_invite
+"""
+
+
+def test_engaged_on_the_email_a_rep_task_brings_along_is_a_valid_condition():
+    # Given a rep task step that also emails, and a later step waiting on that email being opened
+    # When the policy is validated
+    rule = parse_policy(SALES_JOURNEY, "policy.yaml").rules[0]
+    # Then it is accepted: the companion email reports its opens under the rep task's step
+    assert [s.channel for s in rule.steps] == ["rep_task", "email"]
+    # And a rep task without the companion email still cannot report an open
+    (error,) = errors_of(SALES_JOURNEY.replace("        also_email: upgrade_nudge\n", ""))
+    assert error.startswith("policy.yaml:11: rules[0].then[1].when.engaged.event: step 0 is on channel rep_task: "
+                            "it never reports email_opened")
+
+
+def test_engaged_on_the_fallback_offer_of_an_email_step_is_a_valid_condition():
+    # Given a policy whose suppressed-address fallback turns an email step into an offer
+    text = JOURNEY.replace("name: journeys\nversion: 1\n", "name: journeys\nversion: 1\nconsent: "
+                           "{email_suppressed: offer, fallback_offer: extended-trial}\n") \
+        .replace("email_clicked", "offer_viewed")
+    # When a later step waits on that offer being viewed, the policy is valid
+    assert parse_policy(text, "policy.yaml").rules[0].steps[1].when is not None
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("true", "Input should be a valid number"), ('"5"', "Input should be a valid number"),
+    ("'5'", "Input should be a valid number"), (".nan", "Input should be a finite number"),
+])
+def test_after_days_is_a_number_of_days_not_a_boolean_a_string_or_nan(value, message):
+    # Given a step whose delay is written as a boolean (read as 1 day), a quoted number or not a number
+    # When the policy is validated
+    errors = errors_of(JOURNEY.replace("after_days: 3", f"after_days: {value}"))
+    # Then the delay is refused as what it is, naming its line and key
+    assert errors == [f"policy.yaml:8: rules[0].then[1].after_days: {message}"]
+
+
+def test_after_days_takes_whole_and_fractional_days():
+    # Given delays written as an integer and as a fraction of a day, the policy is valid
+    rule = parse_policy(JOURNEY.replace("after_days: 3", "after_days: 2.5")).rules[0]
+    assert [s.after_days for s in rule.steps] == [0, 2.5, 7]

@@ -176,8 +176,9 @@ class Step(Then):
     """One step of a journey: at `after_days` after the qualification, if `when` holds then, do `then`."""
 
     name: Name | None = None
-    after_days: float = Field(default=0, ge=0, le=MAX_JOURNEY_DAYS,
-                              description="days after the qualification (0: at once)")
+    after_days: float = Field(default=0, ge=0, le=MAX_JOURNEY_DAYS, strict=True, allow_inf_nan=False,
+                              description="days after the qualification (0: at once); a number, never "
+                              "`true` or a quoted \"7\"")
     when: Condition | None = Field(default=None, description="checked when the step comes due")
 
 
@@ -383,6 +384,20 @@ def _conditions(condition: Condition | None, loc: Loc) -> list[tuple[Loc, Condit
     return out
 
 
+def _reported(step: Step, policy: Policy) -> set[str]:
+    """The channels whose engagement a step's actions can report, under the step's index.
+
+    A rep task's `also_email` is an email of that step; an email step whose address is suppressed
+    becomes the consent's fallback offer (`email_suppressed: offer`), an offer of that step.
+    """
+    channels: set[str] = {step.channel}
+    if step.also_email:
+        channels.add("email")
+    if step.channel == "email" and policy.consent.email_suppressed == "offer":
+        channels.add("offer")
+    return channels
+
+
 def _journey_problems(policy: Policy) -> list[tuple[Loc, str]]:
     """What the models alone cannot see: the order of a journey's steps and what their conditions name."""
     problems: list[tuple[Loc, str]] = []
@@ -419,7 +434,8 @@ def _journey_problems(policy: Policy) -> list[tuple[Loc, str]]:
                     problems.append(((*loc, "engaged", "step"), f"step {i} waits on engagement with step "
                                      f"{target}, which runs {'at the same time' if target == i else 'after it'}: "
                                      "a loop that can never run"))
-                elif wrong := [e for e in engaged.events if ENGAGEMENT_CHANNEL[e] != steps[target].channel]:
+                elif wrong := [e for e in engaged.events
+                               if ENGAGEMENT_CHANNEL[e] not in _reported(steps[target], policy)]:
                     problems.append(((*loc, "engaged", "event"), f"step {target} is on channel "
                                      f"{steps[target].channel}: it never reports {', '.join(wrong)}, so this "
                                      "condition can never be decided on it"))
