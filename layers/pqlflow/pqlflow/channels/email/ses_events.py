@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,6 +99,17 @@ def safe_link(url: Any) -> str | None:
     return urlunsplit((parts.scheme.lower(), host, parts.path, "", ""))
 
 
+def _unsubscribe_click(url: Any) -> bool:
+    """A click on pqlflow's unsubscribe link: a path ending in /unsubscribe with a `token` in its query."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.path.rstrip("/").endswith("/unsubscribe") and "token" in dict(parse_qsl(parts.query))
+
+
 def engagement_id(ses_message_id: str, event_type: str, timestamp: str, link: str | None = None) -> str:
     """Deterministic from the SES event: a redelivery names the same engagement."""
     key = "\n".join((ses_message_id, event_type, timestamp, link or ""))
@@ -111,6 +122,10 @@ def engagement_of(detail: Mapping[str, Any], event_time: str | None = None) -> _
     event_type = str(detail.get("eventType") or "")
     if event_type not in ENGAGEMENT:
         return "not_engagement"
+    if event_type == "Complaint" and (detail.get("complaint") or {}).get("complaintFeedbackType") == "not-spam":
+        return "not_engagement"  # a correction, not a complaint: `suppression.from_ses_event` suppresses nothing either
+    if event_type == "Click" and _unsubscribe_click((detail.get("click") or {}).get("link")):
+        return "not_engagement"  # someone leaving is not interest (the footer link is also marked ses:no-track)
     mail = detail.get("mail") or {}
     tagged = ses_tags.read(mail.get("tags") or {})
     if tagged is None:

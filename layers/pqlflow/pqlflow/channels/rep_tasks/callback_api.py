@@ -11,7 +11,10 @@ body pqlflow cannot read; 404 for a task pqlflow does not know (logged without a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -56,9 +59,10 @@ def close(closure: Closure, store: RepTaskStore, publisher: Publisher) -> Result
     if task is None:
         return "unknown"
     now = clock.now()
-    claimed = store.claim_close(
-        task, closed_at=_iso(closure.occurred_at or now), outcome=closure.outcome, via=closure.via, now=now
-    )
+    at = closure.occurred_at
+    if at is None or not math.isfinite(at) or not 0 < at <= now + callbacks.REPLAY_WINDOW:
+        at = now  # a connector's time pqlflow cannot use (none, in the future, absurd): when it heard of it
+    claimed = store.claim_close(task, closed_at=_iso(at), outcome=closure.outcome, via=closure.via, now=now)
     if claimed is None:
         return "duplicate"
     assert claimed.closed_at and claimed.close_outcome and claimed.closed_via
@@ -113,7 +117,16 @@ def build_app(
     app = APIGatewayHttpResolver()
 
     def body() -> bytes:
-        return (app.current_event.decoded_body or "").encode("utf-8", "surrogateescape")
+        """The exact bytes the sender signed: a base64 body decoded here, not as UTF-8 text (a body that is
+        not UTF-8 is then a signature mismatch or a 400, never a crash)."""
+        event = app.current_event
+        raw = event.body or ""
+        if event.is_base64_encoded:
+            try:
+                return base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequestError("body: not valid base64") from None
+        return raw.encode("utf-8", "surrogateescape")
 
     def headers() -> dict[str, str]:
         return dict(app.current_event.headers or {})

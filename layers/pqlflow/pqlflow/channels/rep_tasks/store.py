@@ -144,7 +144,7 @@ class RepTaskStore(TableStore):
         put = {"TableName": self.table, "Item": self._item(task), "ConditionExpression": "attribute_not_exists(pk)"}
         if conditional(self.client.put_item, **put):
             return task
-        existing = self.get(task.account_id, task.transition_id)
+        existing = self.get(task.account_id, task.transition_id, task.step)
         assert existing is not None
         return existing
 

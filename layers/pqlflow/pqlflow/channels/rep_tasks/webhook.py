@@ -25,7 +25,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+    # bytes: a non-ASCII header is a mismatch, not the TypeError compare_digest raises for such strings
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode("utf-8", "surrogateescape"))
 
 
 @dataclass
