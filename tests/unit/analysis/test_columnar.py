@@ -344,3 +344,35 @@ def test_a_parquet_context_string_with_a_key_twice_falls_back(tmp_path: Path) ->
     assert result.engine == "reference"
     assert result.fallback == "1050 line(s) outside the strict shape the fast path checks"
     assert comparable(result) == comparable(reference) and pqls(result).keys() == {"acct_d"}
+
+
+@pytest.mark.parametrize("mrr", ["49", -49, float("nan")], ids=["string", "negative", "nan"])
+def test_a_conversion_live_ingest_would_quarantine_converts_in_neither_engine(tmp_path: Path, mrr: Any) -> None:
+    # Given an account that signs in three times, then sends a Subscription Started whose mrr live ingest
+    # refuses (a string, a negative amount, NaN), then signs in again
+    defn = parse_definition("""
+name: three-sign-ins
+version: 1
+signals:
+  sign_ins: {count: Signed In}
+qualify: {signal: sign_ins, gte: 3}
+""", "three-sign-ins")
+    lines = []
+    for i, (event, day) in enumerate([("Signed In", 0), ("Signed In", 0.1), ("Signed In", 0.2),
+                                      ("Subscription Started", 10), ("Signed In", 40)]):
+        stamp = datetime.fromtimestamp(datetime(2026, 6, 1, 10, tzinfo=UTC).timestamp() + day * 86400, UTC)
+        message: dict[str, Any] = {"type": "track", "messageId": f"m{i}", "userId": "u1", "event": event,
+                                   "context": {"groupId": "acct_m"},
+                                   "timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+        if event == "Subscription Started":
+            message["properties"] = {"mrr": mrr, "currency": "USD"}
+        lines.append(json.dumps(message))
+    path = tmp_path / "bad-mrr.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    # When both engines backtest it
+    reference, result = both([path], defn, "three-sign-ins")
+    # Then the account qualifies and never converts, the bad conversion is a bad event, and they agree
+    (subject,) = reference.runs[0].subjects
+    assert subject.qualified_at_ms is not None and subject.converted_at_ms is None
+    assert [b.reason for b in reference.runs[0].bad] != [] and "mrr" in reference.runs[0].bad[0].reason
+    assert comparable(result) == comparable(reference)

@@ -949,7 +949,10 @@ def run_definition(
     counts_only = gate.count_keys is not None
     conversions = spec.conversions
     # track events AccountUsage.apply only counts (no gauge, no property filter): folded inline below
-    plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)}
+    # conversions and cancellations are a few per account: they take `usage.apply`, which checks their amounts
+    # (a conversion whose mrr live ingest would quarantine is a bad event here too, never a conversion)
+    plain = {n for n in names if not spec.gauges_for(n) and not spec.filters_for(n)
+             and n not in spec.conversions and n not in spec.cancellations}
     read = (names | {None}).__contains__
     name_of, user_of = itemgetter(6), itemgetter(5)
     prints: dict[str, bytes] = {}  # user id → fingerprint (AccountUsage's day sets)

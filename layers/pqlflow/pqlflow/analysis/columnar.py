@@ -65,7 +65,7 @@ from pqlflow.contracts.usage_events import (
     PAGE_EVENT,
     SCREEN_EVENT,
 )
-from pqlflow.ingest.usage import AccountUsage
+from pqlflow.ingest.usage import MONEY_PROPERTIES, AccountUsage, GaugeError, gauge_value
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.evaluation import PqlState, decide, exclusion
@@ -543,6 +543,10 @@ def run_columnar_definition(
             if (j < len(times) and times[j] == at) or (i and records[i - 1][0] == at):
                 raise Fallback(f"account {account}: a trait, conversion or cancellation event shares its "
                                "millisecond with another of its events")
+        for rec in records:
+            if rec[3] == "track" and rec[6] in special and _bad_amount(rec[7]):
+                raise Fallback(f"account {account}: a conversion or cancellation with an amount live ingest "
+                               "refuses (the reference lists it as a bad event)")
         out = SubjectOutcome(account, None, first_ms, last_ms, rows=[False], records=[[]])
         outs.append(out)
         conv = next((r[0] for r in records if r[3] == "track" and r[6] in conversions), None)
@@ -554,6 +558,23 @@ def run_columnar_definition(
     run.folded = sum(len(t or []) for _, _, _, t, _ in rows)
     run.seconds = time.perf_counter() - started
     return run, groups
+
+
+def _bad_amount(properties: Any) -> bool:
+    """Whether `ingest.usage.money_json` would refuse these properties (an mrr or revenue that is not a
+    finite number ≥ 0)."""
+    if not isinstance(properties, dict):
+        return False
+    for prop in MONEY_PROPERTIES:
+        value = properties.get(prop)
+        if value is None:
+            continue
+        try:
+            if gauge_value(value, prop) < 0:
+                return True
+        except GaugeError:
+            return True
+    return False
 
 
 def run_backtest_columnar(
