@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pqlflow.analysis.worth import (
     DAY_MS,
@@ -188,3 +190,44 @@ def test_step_results_count_sends_engagement_conversions_after_the_step_and_lift
     headers, rows, _ = step_table(result)
     assert rows[0][-1] == "+20.0 pts (+5.2 pts to +33.4 pts)"
     assert rows[1][-1] == "not enough data" and rows[1][0] == "nudge · 1 offer"
+
+
+def _journey_action(i: int, account: str, step: int, channel: str, outcome: str = "send") -> dict[str, Any]:
+    return {"action_id": f"a{i}", "transition_id": f"t{account}", "account_id": account, "rule": "nudge",
+            "step": step, "channel": channel, "outcome": outcome, "at_ms": 20_000 * DAY_MS + step * 7 * DAY_MS}
+
+
+def test_a_later_step_that_changes_nothing_shows_no_lift() -> None:
+    # Given 40 accounts nudged and 40 held out by the same rule, where nothing has any effect: half of each
+    # group converts on day 3; the other half gets step 1 on day 7 and nobody converts after
+    actions, conversions = [], {}
+    t0 = 20_000 * DAY_MS
+    for i in range(40):
+        actions.append(_journey_action(i, f"s{i}", 0, "email"))
+        if i % 2:
+            conversions[f"s{i}"] = [t0 + 3 * DAY_MS]
+        else:
+            actions.append(_journey_action(100 + i, f"s{i}", 1, "email"))
+        actions.append(_journey_action(200 + i, f"h{i}", 0, "none", outcome="holdout"))
+        if i % 2:
+            conversions[f"h{i}"] = [t0 + 3 * DAY_MS]
+    # When the per-step results are computed
+    step0, step1 = step_results(actions, [], conversions, 30)["steps"]
+    # Then step 0 is compared from the decision (20/40 against 20/40), and step 1 from day 7, with the holdout
+    # accounts not converted by then (0/20 against 0/20): no lift either way
+    assert (step0["converted"], step0["sends"], step0["holdout_converted"], step0["holdout"]) == (20, 40, 20, 40)
+    assert step0["lift"]["difference"] == 0
+    assert (step1["converted"], step1["sends"], step1["holdout_converted"], step1["holdout"]) == (0, 20, 0, 20)
+    assert step1["offset_days"] == 7 and step1["lift"]["difference"] == 0
+    assert step1["lift"]["low"] <= 0 <= step1["lift"]["high"]
+
+
+def test_a_rule_is_never_compared_with_another_rules_holdout() -> None:
+    # Given sends of a high-touch rule and holdouts recorded under a low-touch rule only
+    actions = [{"action_id": f"r{i}", "transition_id": f"t{i}", "account_id": f"r{i}", "rule": "rep-follow-up",
+                "step": 0, "channel": "rep_task", "outcome": "send", "at_ms": 0} for i in range(20)]
+    actions += [{"action_id": f"h{i}", "transition_id": f"u{i}", "account_id": f"h{i}", "rule": "nudge",
+                 "step": 0, "channel": None, "outcome": "holdout", "at_ms": 0} for i in range(20)]
+    # When the per-step results are computed, then the high-touch rule has no holdout to be compared with
+    (row,) = step_results(actions, [], {f"r{i}": [DAY_MS] for i in range(10)}, 30)["steps"]
+    assert row["holdout"] == 0 and not row["lift"]["enough"]

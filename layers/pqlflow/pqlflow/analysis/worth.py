@@ -238,35 +238,55 @@ def step_results(
         action = d.get("action_id") or (offer_action or {}).get(str(d.get("offer_id")))
         if action:
             engaged.setdefault(str(action), set()).add(column)
-    holdout: dict[str | None, list[bool]] = {}
+    holdout: dict[str | None, list[tuple[str, int]]] = {}  # rule → (account, when held out)
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
+    offsets: dict[tuple[str, int, str], list[int]] = {}
+    started: dict[str, int] = {}  # transition → when its first action (step 0) was decided
+    unique: list[Mapping[str, Any]] = []
     seen_actions: set[str] = set()
     for a in actions:
         action_id = str(a.get("action_id"))
         if action_id in seen_actions:
             continue
         seen_actions.add(action_id)
+        unique.append(a)
+        transition = str(a.get("transition_id") or "")
+        if transition and int(a.get("step") or 0) == 0:
+            started[transition] = min(started.get(transition, int(a["at_ms"])), int(a["at_ms"]))
+    for a in unique:
+        action_id = str(a.get("action_id"))
         at = int(a["at_ms"])
-        converted = _first_after(conversions.get(str(a.get("account_id")), ()), at, window_ms) is not None
+        account = str(a.get("account_id"))
         if a.get("outcome") == "holdout":
-            holdout.setdefault(a.get("rule"), []).append(converted)
+            holdout.setdefault(a.get("rule"), []).append((account, at))
             continue
         if a.get("outcome") not in ("send", "deferred") or a.get("channel") in (None, "none"):
             continue
+        converted = _first_after(conversions.get(account, ()), at, window_ms) is not None
         key = (str(a.get("rule") or "—"), int(a.get("step") or 0), str(a.get("channel")))
         row = rows.setdefault(key, {"rule": key[0], "step": key[1], "step_name": a.get("step_name"),
                                     "channel": key[2], "sends": 0, "converted": 0,
                                     **{c: 0 for c in ENGAGEMENT_COLUMNS}})
         row["sends"] += 1
         row["converted"] += converted
+        offsets.setdefault(key, []).append(max(0, at - started.get(str(a.get("transition_id") or ""), at)))
         for column in engaged.get(action_id, ()):
             if column in row:
                 row[column] += 1
     out = []
     for row_key in sorted(rows):
         row = rows[row_key]
-        control = holdout.get(row["rule"] if row["rule"] != "—" else None) or [
-            c for group in holdout.values() for c in group]
+        # The same rule's holdout, measured from the same offset after being held out as the step is after its
+        # qualification: only holdout accounts not converted by then, converting within the window after it
+        # (a later step reaches only accounts its journey has not seen convert).
+        offset = int(statistics.median(offsets[row_key])) if offsets.get(row_key) else 0
+        control = []
+        for account, held_at in holdout.get(row["rule"] if row["rule"] != "—" else None, []):
+            times = conversions.get(account, ())
+            if any(t < held_at + offset for t in times):
+                continue
+            control.append(_first_after(times, held_at + offset, window_ms) is not None)
+        row["offset_days"] = round(offset / DAY_MS, 1)
         row["conversion_rate"] = _ratio(row["converted"], row["sends"])
         row["holdout"] = len(control)
         row["holdout_converted"] = sum(control)
@@ -394,8 +414,9 @@ def step_table(steps: Mapping[str, Any]) -> tuple[list[str], list[list[str]], li
                      f"{r['holdout_converted']:,}/{r['holdout']:,} ({_pct(r['holdout_rate'])})" if r["holdout"]
                      else "none", shown])
     notes = [
-        f"Converted after: accounts converting within {steps['window_days']:g} days after the step (holdout: after "
-        "the holdout decision). Lift: the difference in conversion rate against the same rule's holdout, "
+        f"Converted after: accounts converting within {steps['window_days']:g} days after the step. Holdout: the "
+        "same rule's held-out accounts, from as long after the holdout decision as the step is after its "
+        "qualification (a later step: only those not converted by then). Lift: the difference in conversion rate, "
         f"with a 95% Newcombe (hybrid Wilson score) interval; fewer than {steps['min_group']} sends or holdouts: "
         "not enough data.",
     ]
