@@ -22,6 +22,7 @@ from pqlflow.ingest.batch import IngestConfig, UsageBatchProcessor
 from pqlflow.ingest.store import DynamoUsageStore
 from pqlflow.kernel import clock
 from pqlflow.nurture.journey import schedule_name
+from pqlflow.nurture.journey_store import JourneyStore
 from pqlflow.nurture.policy import parse_policy
 from pqlflow.nurture.routing import action_id, address_hash
 from pqlflow.nurture.schedule import SchedulerDeferrer
@@ -555,3 +556,311 @@ def test_a_conversion_routed_before_its_qualification_still_stops_the_journey(aw
     assert not result["ran"]
     out = world.out()
     assert [(t, d["reason"], d["after_step"]) for t, d in out] == [("Journey Stopped", "converted", 0)]
+
+
+# --- quiet-hour deferrals and stops ---------------------------------------------------------------------
+
+QUIET = """\
+name: journeys
+version: 1
+holdout: {share: 0}
+caps: {account_days: 1, user_days: 0}
+quiet_hours: {enabled: true, default_timezone: UTC, start: "09:00", end: "18:00"}
+rules:
+  - name: nurture
+    then:
+      - {channel: email, template: upgrade_nudge}
+      - name: weekend-email          # day 5 of a journey that starts on a Monday: a Saturday
+        after_days: 5
+        channel: email
+        template: demo_invite
+      - name: last-call
+        after_days: 14
+        channel: offer
+        offer: pro-discount-20
+"""
+
+
+def pending(world: World) -> list[tuple[str, str, int | None, str | None]]:
+    """What the schedules left in Scheduler will put on the bus: (detail-type, transition, step, outcome)."""
+    found = []
+    for name in sorted(world.schedules()):
+        target = world.scheduler.get_schedule(Name=name, GroupName="default")["Target"]
+        detail = json.loads(target["Input"])
+        found.append((target["EventBridgeParameters"]["DetailType"], detail["transition_id"], detail.get("step"),
+                      detail.get("outcome")))
+    return found
+
+
+def _requalified() -> dict:
+    event = qualified("tr-2")
+    event["detail"]["qualified_at"] = "2026-11-29T10:00:00Z"
+    return event
+
+
+STOP_OR_REQUALIFY = {**STOPS, "requalified": _requalified()}
+
+
+@pytest.mark.parametrize("reason", ["converted", "offer_accepted", "disqualified", "task_closed", "requalified"])
+def test_a_step_email_waiting_for_the_sending_window_is_not_sent_after_the_journey_stops(aws, reason):
+    # Given a journey whose step 1 came due on a Saturday, so its email waits for Monday 09:00
+    world = make_world(QUIET)
+    invoke(world, qualified())
+    result = world.fire("tr-1", 1)
+    assert [(a["channel"], a["outcome"]) for a in result["actions"]] == [("email", "deferred")]
+    assert ("Nurture Action", "tr-1", 1, "send") in pending(world)
+    world.out()
+    # When on Sunday the account converts (or accepts an offer, is disqualified, the rep closes the task,
+    # or the subject qualifies again)
+    clock.set_source(lambda: NOW + 6 * DAY)
+    invoke(world, STOP_OR_REQUALIFY[reason])
+    stops = [(d["transition_id"], d["reason"], d["after_step"]) for t, d in world.out() if t == "Journey Stopped"]
+    assert stops == [("tr-1", reason, 1)]
+    # Then nothing of the stopped journey is left to go out on Monday: not the email, not step 2
+    assert [p for p in pending(world) if p[1] == "tr-1"] == []
+
+
+def test_a_first_email_waiting_for_the_sending_window_is_not_sent_after_the_journey_stops(aws):
+    # Given an account that qualifies on a Saturday: the journey's first email waits for Monday 09:00
+    saturday = NOW + 5 * DAY
+    clock.set_source(lambda: saturday)
+    world = make_world(QUIET)
+    invoke(world, qualified())
+    assert [(o, s) for t, _, s, o in pending(world) if t == "Nurture Action"] == [("send", 0)]
+    # When the account converts on Sunday
+    clock.set_source(lambda: saturday + DAY)
+    invoke(world, STOPS["converted"])
+    # Then the first email never goes out
+    assert pending(world) == []
+
+
+def test_the_last_steps_waiting_email_still_goes_out_when_the_journey_completes(aws):
+    # Given a journey whose last step is an email that comes due on a Saturday
+    world = make_world(QUIET.replace("      - name: last-call\n        after_days: 14\n        channel: offer\n"
+                                     "        offer: pro-discount-20\n", ""))
+    invoke(world, qualified())
+    world.fire("tr-1", 1)
+    # When the journey completes with it
+    stops = [d["reason"] for t, d in world.out() if t == "Journey Stopped"]
+    assert stops == ["completed"]
+    # Then the email is still sent on Monday: completing is not a stop of what the journey decided
+    assert pending(world) == [("Nurture Action", "tr-1", 1, "send")]
+    # But if the account converts on Sunday, it is not sent
+    clock.set_source(lambda: NOW + 6 * DAY)
+    invoke(world, STOPS["converted"])
+    assert pending(world) == [] and world.out() == []
+
+
+class StopBeforeScheduling:
+    """The real deferrer, but an event is delivered to route (concurrently) just before the first schedule."""
+
+    def __init__(self, world: World, event: dict):
+        self.world, self.event, self.inner = world, event, world.service.deferrer
+
+    def _deliver(self) -> None:
+        if self.event is not None:
+            event, self.event = self.event, None
+            invoke(self.world, event)
+
+    def schedule(self, delivery, at):
+        self._deliver()
+        self.inner.schedule(delivery, at)
+
+    def put_later(self, name, detail, at, description):
+        self._deliver()
+        self.inner.put_later(name, detail, at, description)
+
+    def cancel(self, name):
+        self.inner.cancel(name)
+
+    def unschedule(self, delivery):
+        self.inner.unschedule(delivery)
+
+
+@pytest.mark.parametrize("policy", [POLICY, QUIET], ids=["sent", "waiting"])
+@pytest.mark.parametrize("reason", ["converted", "offer_accepted", "requalified"])
+def test_a_stop_landing_between_a_steps_decision_and_its_schedules_leaves_nothing_scheduled(aws, policy, reason):
+    # Given a journey at step 1 (with quiet hours on, step 1's email comes due on a Saturday and waits)
+    world = make_world(policy)
+    invoke(world, qualified())
+    world.out()
+    racing = RouteService(world.service.policy, world.service.store, world.service.publisher,
+                          StopBeforeScheduling(world, STOP_OR_REQUALIFY[reason]))
+    # When the stop lands after step 1's transaction, before step 1 made its schedules
+    result = world.fire("tr-1", 1, service=racing)
+    # Then the step ran (it was decided before the stop), the journey stopped after it...
+    assert result["ran"]
+    stops = [(d["transition_id"], d["reason"], d["after_step"]) for t, d in world.out() if t == "Journey Stopped"]
+    assert stops == [("tr-1", reason, 1)]
+    # ...and nothing of the stopped journey is left scheduled: not step 2, not a waiting email
+    assert [p for p in pending(world) if p[1] == "tr-1"] == []
+
+
+@pytest.mark.parametrize("policy", [POLICY, QUIET], ids=["sent", "waiting"])
+def test_a_stop_landing_between_the_first_steps_decision_and_its_schedules_leaves_nothing_scheduled(aws, policy):
+    # Given an account that qualifies on a Saturday (its first email waits for Monday when quiet hours are on)
+    clock.set_source(lambda: NOW + 5 * DAY)
+    world = make_world(policy)
+    racing = RouteService(world.service.policy, world.service.store, world.service.publisher,
+                          StopBeforeScheduling(world, STOPS["converted"]))
+    # When it converts after the first step's transaction, before its schedules are made
+    invoke(world, qualified(), racing)
+    stops = [(d["reason"], d["after_step"]) for t, d in world.out() if t == "Journey Stopped"]
+    # Then the journey stopped after step 0, and nothing of it is left scheduled
+    assert stops == [("converted", 0)]
+    assert pending(world) == []
+
+
+def _waiting_step(world: World) -> dict:
+    """A QUIET journey qualified Monday, step 1's event (due Saturday: its email will wait for Monday)."""
+    clock.set_source(lambda: NOW)
+    invoke(world, qualified())
+    world.out()
+    return _fired(world, 1)
+
+
+@pytest.mark.parametrize("failure", ["throttle", "crash", "crash_after"])
+def test_a_fault_at_every_aws_call_of_a_step_whose_email_waits_leaves_one_waiting_email(aws_env, failure):
+    with mock_aws():
+        world = make_world(QUIET)
+        event = _waiting_step(world)
+        recorder = _recorded(world)
+        invoke(world, event)
+        calls, expected, scheduled = recorder.total, _outcome(world), pending(world)
+    assert expected == [("Nurture Action", 1, "deferred")]
+    assert sorted(scheduled) == [("Journey Step Due", "tr-1", 2, None), ("Nurture Action", "tr-1", 1, "send")]
+    for n in range(1, calls + 1):
+        with mock_aws():
+            world = make_world(QUIET)
+            event = _waiting_step(world)
+            recorder = _recorded(world)
+            recorder.fail_at, recorder.failure = n, failure
+            with pytest.raises((Crash, ClientError)):
+                invoke(world, event)
+            recorder.fail_at = None
+            invoke(world, event)  # the trigger's retry
+            assert (_outcome(world), sorted(pending(world))) == (expected, sorted(scheduled)), f"{failure} at {n}"
+
+
+@pytest.mark.parametrize("failure", ["throttle", "crash", "crash_after"])
+def test_a_fault_at_every_aws_call_of_a_stop_leaves_no_waiting_email_behind(aws_env, failure):
+    with mock_aws():
+        world = make_world(QUIET)
+        invoke(world, _waiting_step(world))
+        world.out()
+        recorder = _recorded(world)
+        invoke(world, STOPS["converted"])
+        calls = recorder.total
+        assert pending(world) == []
+    assert calls >= 6  # the query, the stop, the records' read, two deletes, the publish, the mark
+    for n in range(1, calls + 1):
+        with mock_aws():
+            world = make_world(QUIET)
+            invoke(world, _waiting_step(world))
+            world.out()
+            recorder = _recorded(world)
+            recorder.fail_at, recorder.failure = n, failure
+            with pytest.raises((Crash, ClientError)):
+                invoke(world, STOPS["converted"])
+            recorder.fail_at = None
+            invoke(world, STOPS["converted"])
+            assert (_outcome(world), pending(world)) == ([("Journey Stopped", None, "converted")], []), \
+                f"{failure} at call {n}"
+
+
+# --- the time an email goes out -----------------------------------------------------------------------
+
+
+def test_a_step_email_that_comes_due_late_still_waits_for_the_sending_window(aws):
+    # Given a journey in Berlin's sending window (09:00-18:00) whose step 2 email is planned for 16:00 Berlin
+    world = make_world(POLICY.replace("quiet_hours: {enabled: false}",
+                                      'quiet_hours: {enabled: true, default_timezone: Europe/Berlin, '
+                                      'start: "09:00", end: "18:00"}'))
+    invoke(world, qualified())  # Mon 23 Nov 15:00 UTC = 16:00 Berlin
+    world.fire("tr-1", 1)
+    world.out()
+    # When its trigger runs five hours late, at 21:00 Berlin
+    event = world.due_event("tr-1", 2)
+    clock.set_source(lambda: NOW + 7 * DAY + 5 * 3600)
+    invoke(world, event)
+    # Then the email is not sent at 21:00: it waits for 09:00 Berlin the next morning
+    (action,) = [d for t, d in world.out() if t == "Nurture Action"]
+    assert (action["outcome"], action["send_after"]) == ("deferred", "2026-12-01T08:00:00Z")
+    assert ("Nurture Action", "tr-1", 2, "send") in pending(world)
+
+
+# --- events that arrive out of order ------------------------------------------------------------------
+
+
+def _disqualified(at: str) -> dict:
+    return pqlflow_event({"transition_id": "tr-dq1", "account_id": "acme", "user_id": None,
+                          "definition": {"name": "default", "version": 3}, "disqualified_at": at},
+                         "PQL Disqualified")
+
+
+def _qualified_at(transition_id: str, at: str) -> dict:
+    event = qualified(transition_id)
+    event["detail"]["qualified_at"] = at
+    return event
+
+
+def test_a_disqualification_routed_after_the_next_qualification_does_not_stop_its_journey(world):
+    # Given the account qualified (tr-1), was disqualified on the 24th and qualified again on the 25th (tr-2)
+    invoke(world, qualified("tr-1"))
+    clock.set_source(lambda: NOW + 2 * DAY)
+    # When route sees the new qualification before the (retried) disqualification
+    invoke(world, _qualified_at("tr-2", "2026-11-25T15:00:00Z"))
+    invoke(world, _disqualified("2026-11-24T10:00:00Z"))
+    # Then only the old journey stopped (replaced), and the new one goes on to its next step
+    stops = [(d["transition_id"], d["reason"]) for t, d in world.out() if t == "Journey Stopped"]
+    assert stops == [("tr-1", "requalified")]
+    world.fire("tr-2", 1)
+    assert world.steps_out() == [(1, "offer", "send")]
+    # And a disqualification after that qualification still stops it
+    invoke(world, _disqualified("2026-11-28T10:00:00Z"))
+    assert [(d["transition_id"], d["reason"]) for t, d in world.out() if t == "Journey Stopped"] == [
+        ("tr-2", "disqualified")]
+
+
+def test_an_older_qualification_routed_late_does_not_replace_the_newer_journey(world):
+    # Given the subject's qualification of the 25th (tr-2) started its journey
+    clock.set_source(lambda: NOW + 2 * DAY)
+    invoke(world, _qualified_at("tr-2", "2026-11-25T15:00:00Z"))
+    world.out()
+    # When its qualification of the 23rd (tr-1) is routed only now (a retried delivery)
+    result = invoke(world, qualified("tr-1"))
+    # Then the stale qualification gets no nudge and no journey, and the newer journey is left alone
+    assert (result["channel"], result["outcome"]) == ("none", "suppressed")
+    out = world.out()
+    assert [t for t, _ in out] == ["Nurture Action"] and "later qualification (tr-2)" in out[0][1]["why"]
+    assert [(p[1], p[2]) for p in pending(world)] == [("tr-2", 1)]
+    world.fire("tr-2", 1)
+    assert world.steps_out() == [(1, "offer", "send")]
+
+
+def test_an_older_qualification_routed_late_does_not_restart_after_the_newer_journey_stopped(world):
+    # Given the newer qualification's journey started and was then stopped by a disqualification
+    clock.set_source(lambda: NOW + 2 * DAY)
+    invoke(world, _qualified_at("tr-2", "2026-11-25T15:00:00Z"))
+    invoke(world, _disqualified("2026-11-26T10:00:00Z"))
+    world.out()
+    # When the older qualification is routed only now
+    invoke(world, qualified("tr-1"))
+    # Then it starts no journey: nothing is scheduled
+    assert pending(world) == []
+
+
+# --- logs --------------------------------------------------------------------------------------------
+
+
+def test_a_stop_that_keeps_losing_its_race_does_not_put_the_account_id_in_the_error(world, monkeypatch):
+    # Given a B2C account whose id is an email address, with a journey running
+    invoke(world, qualified(account_id="user:ana@acme.test"))
+    monkeypatch.setattr(JourneyStore, "stop", lambda self, journey, stop: False)  # a step wins every race
+    # When its conversion keeps losing the race to change the journey
+    with pytest.raises(RuntimeError) as raised:
+        invoke(world, pqlflow_event({"account_id": "user:ana@acme.test", "converted_at": "2026-11-27T10:00:00Z"},
+                                    "Account Converted"))
+    # Then the error the Lambda runtime logs does not carry the address
+    assert "ana@acme.test" not in str(raised.value)
+    assert "kept changing" in str(raised.value)

@@ -8,6 +8,7 @@ import pytest
 from pqlflow.contracts.emitted import PqlQualified
 from pqlflow.nurture.policy import parse_policy
 from pqlflow.nurture.routing import (
+    Engagement,
     NurtureState,
     action_id,
     address_hash,
@@ -15,6 +16,7 @@ from pqlflow.nurture.routing import (
     in_holdout,
     lookups,
     route,
+    route_step,
     scheduled_delivery,
 )
 
@@ -329,3 +331,35 @@ def test_offers_and_rep_tasks_ignore_quiet_hours():
     assert decide(with_recipient_zone("Asia/Tokyo", touch="high")).primary.outcome == "send"
     limit = with_recipient_zone("Asia/Tokyo", reasons=[{"code": "c", "text": "t", "kind": "limit"}])
     assert decide(limit).primary.outcome == "send"
+
+
+JOURNEY = parse_policy("""
+name: journey
+version: 1
+holdout: {share: 0.0}
+caps: {account_days: 7, user_days: 7}
+quiet_hours: {default_timezone: Europe/Berlin, start: "09:00", end: "18:00"}
+rules:
+  - name: nurture
+    then:
+      - {channel: email, template: upgrade_nudge}
+      - {after_days: 7, channel: email, template: demo_invite}
+""")
+
+
+def test_a_late_journey_step_is_capped_as_planned_but_waits_for_the_window_of_when_it_goes_out():
+    # Given a step planned for 16:00 Berlin, exactly one cap after the last nudge, that runs at 21:00 Berlin
+    rule = JOURNEY.rules[0]
+    planned, late = MONDAY_3PM_UTC, MONDAY_3PM_UTC + 5 * 3600
+    state = NurtureState(account_last_nudge_at=planned - 7 * DAY,
+                         user_last_nudge_at={"u": planned - 7 * DAY})
+    q = with_recipient_zone("Europe/Berlin")
+    # When it is decided as of its planned time, going out now
+    step = route_step(q, JOURNEY, rule, 1, state, Engagement(rule), planned, send_now=late)
+    # Then the caps do not hold it back, and the email waits for 09:00 Berlin the next morning
+    assert step.decision is not None
+    action = step.decision.primary
+    assert (action.outcome, action.send_after) == ("deferred", "2026-11-24T08:00:00Z")
+    # And on time, it goes out at once
+    on_time = route_step(q, JOURNEY, rule, 1, state, Engagement(rule), planned).decision
+    assert on_time is not None and on_time.primary.outcome == "send"

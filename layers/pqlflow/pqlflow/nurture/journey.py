@@ -11,14 +11,18 @@ at once and for good (`JourneyStopped`) on the first of:
 | event on the bus                         | reason          | which journeys                        |
 |------------------------------------------|-----------------|---------------------------------------|
 | `Account Converted`                      | converted       | every journey of the account          |
-| `PQL Disqualified`                       | disqualified    | the disqualified subject's            |
+| `PQL Disqualified`                       | disqualified    | the subject's, if qualified before it |
 | `Offer Accepted`                         | offer_accepted  | every journey of the account          |
 | `Rep Task Closed`                        | task_closed     | the task's qualification's            |
 | `Email Complained`, `Email Bounced` (permanent) | suppressed | the email's qualification's          |
-| a newer `PQL Qualified` of the subject   | requalified     | the subject's older journey           |
+| a later `PQL Qualified` of the subject   | requalified     | the subject's earlier journey         |
 | a step finds the address suppressed      | unsubscribed    | that journey                          |
 | a step finds the account suppressed      | suppressed      | that journey                          |
 | the last step ran                        | completed       | that journey                          |
+
+EventBridge keeps no order, so "later" and "before" are the events' own times (`qualified_at`,
+`disqualified_at`), not the order route sees them in: a disqualification or a qualification routed late
+never stops (or replaces) the journey of a qualification that came after it.
 
 Engagement events (`Email Delivered/Opened/Clicked`, `Offer Viewed/Dismissed`) are recorded on the
 journey as (step, engagement) for later steps' `engaged` conditions.
@@ -53,6 +57,17 @@ def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def moment(value: object) -> datetime | None:
+    """An event's ISO 8601 time (naive: UTC), or None when it is missing or not a time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class Journey:
     """A subject's journey as stored."""
@@ -68,10 +83,17 @@ class Journey:
     engagement: frozenset[tuple[int, str]] = frozenset()
     stop: JourneyStopped | None = None
     stop_emitted: bool = False
+    qualified_at: str | None = None
+    """The qualification's `qualified_at` (None on items written before it was kept)."""
 
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    def qualified_after(self, at: object) -> bool:
+        """Whether the journey's qualification is later than the event time `at` (unknown times: no)."""
+        mine, theirs = moment(self.qualified_at), moment(at)
+        return mine is not None and theirs is not None and mine > theirs
 
     def due(self, rule: Rule, step: int) -> float:
         """When step `step` comes due: `after_days` after the journey started."""
@@ -98,10 +120,14 @@ class Stop:
     why: str
     transition_id: str | None = None
     subject: tuple[str | None] | None = None  # (user_id,) for one subject's journey; None: every subject
+    at: str | None = None
+    """When it happened, for stops that end only journeys qualified before (a disqualification)."""
 
     def applies_to(self, journey: Journey) -> bool:
         if self.transition_id is not None and journey.transition_id != self.transition_id:
             return False
+        if self.at is not None and journey.qualified_after(self.at):
+            return False  # routed late: the subject qualified again after it
         return self.subject is None or journey.user_id == self.subject[0]
 
 
@@ -113,8 +139,9 @@ def stop_for(detail_type: str, detail: Mapping[str, Any]) -> Stop | None:
     if detail_type == "Account Converted":
         return Stop("converted", account, f"the account converted at {detail.get('converted_at')}")
     if detail_type == "PQL Disqualified":
-        return Stop("disqualified", account, f"disqualified at {detail.get('disqualified_at')}",
-                    subject=(detail.get("user_id"),))
+        at = detail.get("disqualified_at")
+        return Stop("disqualified", account, f"disqualified at {at}", subject=(detail.get("user_id"),),
+                    at=at if isinstance(at, str) else None)
     if detail_type == "Offer Accepted":
         return Stop("offer_accepted", account, f"offer {detail.get('offer')} accepted at {detail.get('accepted_at')}")
     transition = detail.get("transition_id")

@@ -2,12 +2,13 @@
 
 Layout (the single table, beside `pqlflow.nurture.store`):
 - journey       pk `A#<account_id>`  sk `JOURNEY` (or `JOURNEY#U#<user_id>`)   kind `nurture_journey`
-  transition_id, rule, steps, next_step, status (active | stopped | completed), started_at,
+  transition_id, qualified_at, rule, steps, next_step, status (active | stopped | completed), started_at,
   eng (string set of `<step>:<engagement>`), stop (the `Journey Stopped` JSON), stop_emitted
 - step record   pk `A#<account_id>`  sk `NURTURE#<transition_id>#S<step>`       kind `nurture_action`
   the step's actions (none when its `when` did not hold), emitted, and `journey_next`: the next step
 
-The journey item is small (no qualification on it: that is on the first action's item), so the
+The journey item is small (of the qualification only its time, `qualified_at`, which orders it against
+a disqualification or a qualification routed late; the rest is on the first action's item), so the
 engagement updates and the step's conditional advance cost 1 WRU each.
 """
 
@@ -50,6 +51,7 @@ def parse(item: dict[str, Any] | None) -> Journey | None:
         started_at=float(item["started_at"]["N"]), engagement=frozenset(seen),
         stop=JourneyStopped.model_validate_json(stop) if stop else None,
         stop_emitted=bool(item.get("stop_emitted", {}).get("BOOL")),
+        qualified_at=item.get("qualified_at", {}).get("S"),
     )
 
 
@@ -73,13 +75,13 @@ class JourneyStore:
 
     # --- writes that go into a transaction of the nurture store -------------------------------------
 
-    def start(self, *, account_id: str, user_id: str | None, transition_id: str, rule: Rule, policy: Policy,
-              now: float, old: Journey | None) -> dict[str, Any]:
+    def start(self, *, account_id: str, user_id: str | None, transition_id: str, qualified_at: str, rule: Rule,
+              policy: Policy, now: float, old: Journey | None) -> dict[str, Any]:
         """The Put that starts a journey (replacing `old`, if it is still as read)."""
         condition, values = _if_unchanged(old)
         item = {
             **journey_key(account_id, user_id), "kind": {"S": JOURNEY_KIND},
-            "transition_id": {"S": transition_id}, "rule": {"S": rule.name},
+            "transition_id": {"S": transition_id}, "qualified_at": {"S": qualified_at}, "rule": {"S": rule.name},
             "policy": {"S": f"{policy.name}@{policy.version}"}, "steps": {"N": str(len(rule.steps))},
             "next_step": {"N": "1"}, "status": {"S": "active"}, "started_at": {"N": repr(now)},
             "expires_at": {"N": str(int(now) + JOURNEY_TTL_DAYS * 86_400)},

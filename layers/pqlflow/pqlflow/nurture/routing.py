@@ -332,6 +332,9 @@ class _Router:
     rule: str | None = None
     step: int = 0
     step_name: str | None = None
+    send_now: float | None = None
+    """When an email would go out, for quiet hours (None: `now`; a late journey step is decided as of its
+    planned time, but goes out now)."""
 
     def action(self, part: str = "primary", **fields: Any) -> NurtureAction:
         return NurtureAction(
@@ -383,7 +386,8 @@ class _Router:
             return None, self.nothing("capped", why_prefix + capped, part, template=template,
                                       recipient_user_id=recipient.user_id), ()
         zone = recipient_zone(recipient, self.policy.quiet_hours)
-        send_after = next_send_time(datetime.fromtimestamp(self.now, UTC), zone, self.policy.quiet_hours)
+        sending = self.now if self.send_now is None else self.send_now
+        send_after = next_send_time(datetime.fromtimestamp(sending, UTC), zone, self.policy.quiet_hours)
         fields: dict[str, Any] = {"channel": "email", "template": template,
                                   "recipient_user_id": recipient.user_id}
         if send_after is not None:
@@ -459,9 +463,17 @@ class StepDecision:
     why: str = ""
 
 
+def superseded(q: PqlQualified, policy: Policy, now: float, why: str) -> Decision:
+    """The record of a qualification routed after a later one of its subject: no nudge, no journey."""
+    return Decision((_Router(q, policy, NurtureState(), now).nothing("suppressed", why),))
+
+
 def route_step(q: PqlQualified, policy: Policy, rule: Rule, step: int, state: NurtureState,
-               engagement: Engagement, now: float) -> StepDecision:
+               engagement: Engagement, now: float, send_now: float | None = None) -> StepDecision:
     """Journey step `step` (≥ 1) of `rule` for qualification `q`, at `now`.
+
+    `now` is what caps are judged at (a late step: its planned time); `send_now` (default `now`) is when
+    an email would actually go out, what quiet hours are judged at.
 
     A suppressed account or a recipient whose address is suppressed (unsubscribed, bounced, complained)
     stops the journey; a step whose `when` does not hold is skipped (the journey goes on); otherwise the
@@ -479,7 +491,7 @@ def route_step(q: PqlQualified, policy: Policy, rule: Rule, step: int, state: Nu
     label = f"step {step}" + (f" ({spec.name})" if spec.name else "")
     if not matches(spec.when, q, recipient, engagement):
         return StepDecision(why=f"{label} of rule {rule.name}: its `when` did not hold; skipped")
-    router = _Router(q, policy, state, now, rule=rule.name, step=step, step_name=spec.name)
+    router = _Router(q, policy, state, now, rule=rule.name, step=step, step_name=spec.name, send_now=send_now)
     decision = router.apply(spec, rule.name)
     return StepDecision(Decision(decision.actions, decision.cap_claims, rule.name), why=label)
 

@@ -5,8 +5,10 @@ to a weekend. Each schedule is `at(<send_after>)` in UTC with `ActionAfterComple
 EventBridge PutEvents target that puts the same action, outcome `send`, on the bus at `send_after`.
 Channel rules must therefore match `outcome: ["send"]`. Schedule names are deterministic, so a retried
 delivery finds the schedule an earlier attempt created. A journey's next step is the same kind of
-schedule putting `Journey Step Due` (`put_later`); a stopped journey deletes its pending step's
-schedule (`cancel`; the step would find the journey stopped anyway).
+schedule putting `Journey Step Due` (`put_later`). A stopped journey deletes its pending step's
+schedule (`cancel`; the step would find the journey stopped anyway) and the schedules of its emails
+still waiting for the sending window (`unschedule`: nothing downstream checks the journey, so a waiting
+email would otherwise go out after the stop).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Deferrer(Protocol):
     def put_later(self, name: str, detail: _Detail, at: datetime, description: str) -> None: ...
 
     def cancel(self, name: str) -> None: ...
+
+    def unschedule(self, delivery: NurtureAction) -> None: ...
 
 
 class SchedulerDeferrer:
@@ -75,3 +79,7 @@ class SchedulerDeferrer:
         """Delete a pending schedule; one already fired (and deleted) or never made is fine."""
         with contextlib.suppress(self.client.exceptions.ResourceNotFoundException):
             self.client.delete_schedule(Name=name, GroupName=self.group)
+
+    def unschedule(self, delivery: NurtureAction) -> None:
+        """Delete a deferred action's schedule (`schedule`); one already fired or never made is fine."""
+        self.cancel(self.name(delivery))

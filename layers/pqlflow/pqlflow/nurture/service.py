@@ -37,11 +37,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from pqlflow.contracts.bus import EventPublisher
 from pqlflow.contracts.emitted import JourneyStepDue, JourneyStopped, PqlQualified, _Detail
 from pqlflow.kernel import clock
+from pqlflow.kernel.observability import log_id
 from pqlflow.kernel.settings import SettingsError, from_environ
 from pqlflow.nurture.journey import Journey, engagement_of, schedule_name, stop_for, subject_sk
 from pqlflow.nurture.journey_store import JourneyStore, journey_key, parse, step_key
 from pqlflow.nurture.policy import Policy, load_policy
-from pqlflow.nurture.routing import Decision, Engagement, lookups, route, route_step, scheduled_delivery
+from pqlflow.nurture.routing import (
+    Decision,
+    Engagement,
+    lookups,
+    route,
+    route_step,
+    scheduled_delivery,
+    superseded,
+)
 from pqlflow.nurture.schedule import Deferrer, SchedulerDeferrer
 from pqlflow.nurture.store import (
     ActionExists,
@@ -56,6 +65,7 @@ from pqlflow.nurture.usage_now import UsageNow
 
 MAX_DECIDE_ATTEMPTS = 3
 MIN_SCHEDULE_LEAD = timedelta(minutes=1)
+BATCH_GET_KEYS = 100  # BatchGetItem's limit
 
 
 class RouteSettings(BaseModel):
@@ -112,8 +122,9 @@ class RouteService:
         """Decide (or find) the qualification's actions and make sure they are on the bus.
 
         A rule with a journey starts it in the same transaction (replacing the subject's older journey,
-        which stops: `requalified`). Returns the stored actions and whether they had been decided by an
-        earlier delivery.
+        which stops: `requalified`). A qualification routed after a later one of its subject (EventBridge
+        keeps no order) is recorded as `suppressed` and touches no journey. Returns the stored actions and
+        whether they had been decided by an earlier delivery.
         """
         now = clock.now()
         look = lookups(q)
@@ -123,8 +134,15 @@ class RouteService:
         for _ in range(MAX_DECIDE_ATTEMPTS):
             if snapshot.stored is not None:
                 break
-            decision = route(q, self.policy, snapshot.state, now)
-            later, journey_write = self._journey_plan(q, decision, parse(snapshot.journey_item), now)
+            old = parse(snapshot.journey_item)
+            if old is not None and old.transition_id != q.transition_id and old.qualified_after(q.qualified_at):
+                decision = superseded(q, self.policy, now, f"a later qualification ({old.transition_id}) of "
+                                      "the subject was routed first: this one is stale")
+                later: dict[str, str] = {}
+                journey_write = None
+            else:
+                decision = route(q, self.policy, snapshot.state, now)
+                later, journey_write = self._journey_plan(q, decision, old, now)
             try:
                 snapshot = Snapshot(self.store.commit(q, decision, self.policy, now, later=later,
                                                       journey_write=journey_write), snapshot.state)
@@ -158,14 +176,20 @@ class RouteService:
                               started)
             later["journey_next"] = journey.step_due(rule, 1).model_dump_json()
             return later, self.journeys.start(account_id=q.account_id, user_id=q.user_id,
-                                              transition_id=q.transition_id, rule=rule, policy=self.policy,
-                                              now=started, old=old)
+                                              transition_id=q.transition_id, qualified_at=q.qualified_at,
+                                              rule=rule, policy=self.policy, now=started, old=old)
         if old is not None and replaced is not None:
             return later, self.journeys.end(old, replaced, published_elsewhere=True)
         return later, None
 
     def emit(self, q: PqlQualified, stored: StoredAction, now: float, *, key: dict[str, Any] | None = None) -> None:
-        """Schedule what comes later (deferred emails, the journey's next step), publish, then mark emitted."""
+        """Schedule what comes later (deferred emails, the journey's next step), publish, then mark emitted.
+
+        A journey's schedules are made first, then the journey is read again: a stop (or a newer
+        qualification) that landed since this step's transaction cancelled what existed then, so what was
+        made after it is cancelled here. Either this read sees the stop, or the schedules were made before
+        the stop's write and so before its cancels.
+        """
         earliest = datetime.fromtimestamp(now, UTC) + MIN_SCHEDULE_LEAD
         for action in stored.actions:
             if action.outcome == "deferred" and action.send_after:
@@ -176,13 +200,47 @@ class RouteService:
             self.deferrer.put_later(schedule_name(due.transition_id, due.step), due,
                                     max(datetime.fromisoformat(due.due_at), earliest),
                                     f"pqlflow: journey step {due.step} of rule {due.rule}")
+            self._recheck(due, stored)
         details: list[_Detail] = list(stored.actions)
         if "journey_stop" in stored.later:
             stop = JourneyStopped.model_validate_json(stored.later["journey_stop"])
-            self.deferrer.cancel(schedule_name(stop.transition_id, stop.after_step + 1))
+            self._cancel_pending(stop)
             details.append(stop)
         self.publisher.publish(details)
         self.store.mark_emitted(q, now, key=key)
+
+    def _recheck(self, due: JourneyStepDue, stored: StoredAction) -> None:
+        """Cancel the schedules `emit` just made if the journey is no longer waiting for step `due.step`."""
+        jkey = journey_key(due.account_id, due.user_id)
+        journey = parse(self.store.get_items([jkey]).get(_at(jkey)))
+        if journey is not None and journey.transition_id == due.transition_id and journey.active \
+                and journey.next_step == due.step:
+            return
+        self.deferrer.cancel(schedule_name(due.transition_id, due.step))
+        if journey is not None and journey.transition_id == due.transition_id and (
+                journey.active or journey.stop is None or journey.stop.reason == "completed"):
+            return  # it only moved on (a redelivery after the next step ran): the emails still go out
+        for action in stored.actions:
+            if action.outcome == "deferred":
+                self.deferrer.unschedule(action)
+
+    def _cancel_pending(self, stop: JourneyStopped) -> None:
+        """What a stopped journey still has scheduled: its next step, and (unless it completed) its emails
+        waiting for the sending window, of every step that ran."""
+        self.deferrer.cancel(schedule_name(stop.transition_id, stop.after_step + 1))
+        if stop.reason == "completed":
+            return  # the last step's emails are what the journey decided: they still go out
+        self._unschedule_waiting(stop.account_id, stop.transition_id, range(stop.after_step + 1))
+
+    def _unschedule_waiting(self, account_id: str, transition_id: str, steps: range) -> None:
+        """Delete the schedules of the steps' deferred emails (read from their records; fired ones are fine)."""
+        keys = [action_key(account_id, transition_id) if n == 0 else step_key(account_id, transition_id, n)
+                for n in steps]
+        for start in range(0, len(keys), BATCH_GET_KEYS):
+            for item in self.store.get_items(keys[start:start + BATCH_GET_KEYS]).values():
+                for action in self.store.stored(item).actions:
+                    if action.outcome == "deferred":
+                        self.deferrer.unschedule(action)
 
     # --- journeys -----------------------------------------------------------------------------------
 
@@ -242,8 +300,9 @@ class RouteService:
                 continue
             look = lookups(q)
             found = self.store.read_state_items(q, look)
+            # caps as of the planned time; quiet hours as of now, when an email would go out
             step = route_step(q, self.policy, rule, due.step, self.store.state_of(q, look, found),
-                              Engagement(rule, journey.engagement), decide_at)
+                              Engagement(rule, journey.engagement), decide_at, send_now=now)
             if step.stop is not None:
                 stop = journey.stopped(step.stop, now, step.why, after_step=due.step - 1)
                 if self.journeys.stop(journey, stop):
@@ -283,6 +342,10 @@ class RouteService:
                 if not journey.active:
                     if self._finish_stop(journey):
                         published.append(journey.stop)  # type: ignore[arg-type]  # _finish_stop: it has one
+                    elif journey.status == "completed" and journey.stop is not None:
+                        # over already, but its last step's email may still wait for the sending window
+                        self._unschedule_waiting(journey.account_id, journey.transition_id,
+                                                 range(journey.stop.after_step, journey.stop.after_step + 1))
                     continue
                 ended = journey.stopped(stop.reason, now, stop.why)
                 if self.journeys.stop(journey, ended):
@@ -292,14 +355,15 @@ class RouteService:
                     pending = True  # it moved on (a step ran) or stopped meanwhile: read it again
             if not pending:
                 return published
-        raise RuntimeError(f"journeys of {stop.account_id} kept changing; the trigger will retry")
+        raise RuntimeError(f"journeys of {log_id(stop.account_id)} kept changing ({stop.reason}); the trigger "
+                           "will retry")
 
     def _finish_stop(self, journey: Journey, stop: JourneyStopped | None = None) -> bool:
-        """Publish a journey's stored stop once (cancelling its pending step); False if nothing to do."""
+        """Publish a journey's stored stop once (cancelling what it has pending); False if nothing to do."""
         stop = stop or journey.stop
         if stop is None or (journey.stop is not None and journey.stop_emitted and stop is journey.stop):
             return False
-        self.deferrer.cancel(schedule_name(stop.transition_id, stop.after_step + 1))
+        self._cancel_pending(stop)
         self.publisher.publish([stop])
         self.journeys.mark_stop_emitted(journey)
         return True
