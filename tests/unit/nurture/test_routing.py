@@ -190,6 +190,11 @@ def test_a_held_out_account_gets_a_recorded_holdout_action_and_no_nudge():
     decision = decide(qualification(account_id=held[0]), policy=policy)
     assert (decision.primary.channel, decision.primary.outcome) == ("none", "holdout")
     assert decision.cap_claims == ()  # a holdout does not use up the cap
+    # recorded under the rule that would have nudged it (each rule's lift is against its own holdout), and
+    # starting no journey
+    nudged = decide(qualification(account_id=next(a for a in accounts if a not in held)), policy=policy)
+    assert decision.primary.rule == nudged.primary.rule is not None
+    assert decision.rule is None
 
 
 # --- consent and suppression -----------------------------------------------------------------------

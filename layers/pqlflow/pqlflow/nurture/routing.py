@@ -412,11 +412,14 @@ class _Router:
         if state.account_suppressed:
             return Decision((self.nothing("suppressed", "account is suppressed: it gets no nudge"),))
         holdout = policy.holdout
-        if q.touch in holdout.touch and in_holdout(q.account_id, holdout.share, holdout.salt):
-            return Decision((self.nothing("holdout", f"holdout: {holdout.share:.0%} of accounts get no nudge "
-                                                     f"(salt {holdout.salt!r})"),))
         recipient = choose_recipient(q, require_email=True) or choose_recipient(q, require_email=False)
         rule = first_rule(policy, q, recipient)
+        if q.touch in holdout.touch and in_holdout(q.account_id, holdout.share, holdout.salt):
+            # recorded under the rule that would have nudged it, so each rule's lift is against its own holdout;
+            # a holdout decision starts no journey
+            held = replace(self, rule=rule.name) if rule is not None else self
+            return Decision((held.nothing("holdout", f"holdout: {holdout.share:.0%} of accounts get no nudge "
+                                                     f"(salt {holdout.salt!r})"),))
         if rule is None:
             return Decision((self.nothing("suppressed", "no policy rule matched"),))
         decision = replace(self, rule=rule.name, step_name=rule.steps[0].name).apply(rule.first, rule.name)
