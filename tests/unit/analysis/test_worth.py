@@ -231,3 +231,19 @@ def test_a_rule_is_never_compared_with_another_rules_holdout() -> None:
     # When the per-step results are computed, then the high-touch rule has no holdout to be compared with
     (row,) = step_results(actions, [], {f"r{i}": [DAY_MS] for i in range(10)}, 30)["steps"]
     assert row["holdout"] == 0 and not row["lift"]["enough"]
+
+
+def test_amounts_without_a_currency_are_not_labelled_with_another_customers_currency() -> None:
+    # Given one customer paying in EUR and another giving an amount without a currency
+    money = {"a": [MoneyEvent(T0, "convert", revenue=1000, currency="EUR")],
+             "b": [MoneyEvent(T0, "convert", revenue=1200)]}
+    worth = customer_worth({"a": T0, "b": T0}, {"a": T0, "b": T0}, money, T0 + DAY_MS)
+    # When the table is shown, then the amounts carry no currency, and a note says why
+    _, rows, notes = customer_table(worth)
+    shown = {r[0]: r[1] for r in rows}
+    assert shown["lifetime value so far, per customer"] == "1,100"
+    assert "1 customer gave amounts without a currency, summed as sent with the others (EUR)." in notes
+    # and with every amount in EUR, they say so
+    money["b"] = [MoneyEvent(T0, "convert", revenue=1200, currency="EUR")]
+    _, rows, _ = customer_table(customer_worth({"a": T0, "b": T0}, {"a": T0, "b": T0}, money, T0 + DAY_MS))
+    assert {r[0]: r[1] for r in rows}["lifetime value so far, per customer"] == "EUR 1,100"

@@ -61,6 +61,7 @@ class Customer:
     ltv: float = 0.0
     churns: int = 0
     currencies: set[str] = field(default_factory=set)
+    unnamed_currency: bool = False  # an amount was given without a currency
 
     def paying_at(self, ms: int) -> bool:
         return any(start <= ms and (end is None or ms < end) for start, end in self.periods)
@@ -98,6 +99,8 @@ def customer_of(account_id: str, events: Iterable[MoneyEvent], end_ms: int) -> C
                 customer.ltv += e.revenue
             if e.currency:
                 customer.currencies.add(e.currency)
+            elif e.mrr is not None or e.revenue is not None:
+                customer.unnamed_currency = True
         elif paying and customer is not None and e.ms > start:
             paying = False
             customer.periods.append((start, e.ms))
@@ -159,6 +162,8 @@ def customer_worth(
         "end": end_ms,
         "month_days": MONTH_MS // DAY_MS,
         "currencies": currencies,
+        # customers who gave an amount without its currency: with them, no one currency labels the amounts
+        "customers_without_currency": sum(1 for c in customers.values() if c.unnamed_currency),
         "pql": group_worth(pqls, customers, end_ms),
         "other": group_worth(others, customers, end_ms),
         "customers_without_revenue": sum(1 for c in customers.values() if c.ltv == 0 and c.first_mrr is None),
@@ -359,10 +364,17 @@ def _points(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:+.1f} pts"
 
 
+def amount_unit(worth: Mapping[str, Any]) -> str:
+    """The currency that labels the amounts ("EUR "): only when every amount named the same one."""
+    currencies = worth.get("currencies") or []
+    return f"{currencies[0]} " if len(currencies) == 1 and not worth.get("customers_without_currency") else ""
+
+
 def customer_table(worth: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
     """(headers, rows, notes) of the PQL-sourced against other customers table."""
     currencies = worth.get("currencies") or []
-    unit = f"{currencies[0]} " if len(currencies) == 1 else ""
+    unnamed = worth.get("customers_without_currency") or 0
+    unit = amount_unit(worth)
     p, o = worth["pql"], worth["other"]
 
     def both(fn: Any) -> list[str]:
@@ -393,6 +405,10 @@ def customer_table(worth: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
     ]
     if len(currencies) > 1:
         notes.append(f"Amounts in several currencies ({', '.join(currencies)}) are summed as sent, not converted.")
+    if unnamed and currencies:
+        notes.append(f"{unnamed:,} customer{'' if unnamed == 1 else 's'} gave amounts without a currency, "
+                     "summed as sent with the others "
+                     f"({', '.join(currencies)}).")
     if worth.get("customers_without_revenue"):
         notes.append(f"{worth['customers_without_revenue']:,} customers converted with no mrr or revenue given.")
     return ["", "PQL-sourced", "other"], rows, notes

@@ -87,7 +87,9 @@ def _worth_rows(worth: dict[str, Any]) -> list[list[str]]:
     rows = []
     customers = worth.get("customers")
     if customers:
-        currency = customers["currencies"][0] + " " if len(customers["currencies"]) == 1 else ""
+        from pqlflow.analysis.worth import amount_unit
+
+        currency = amount_unit(customers)
 
         def line(g: dict[str, Any]) -> str:
             rate = "—" if g["conversion_rate"] is None else f"{g['conversion_rate']:.1%}"
