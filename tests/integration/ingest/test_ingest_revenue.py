@@ -46,6 +46,23 @@ def test_a_subscription_keeps_its_revenue_and_a_cancellation_its_time_under_rede
     assert not any(k.startswith("$") for k in usage.traits)
 
 
+def test_an_order_after_the_subscription_keeps_the_subscriptions_mrr_in_one_batch_or_later(ingest, table_name):
+    # Given a checkout that sends Subscription Started (mrr, plan) and Order Completed (revenue) in one batch,
+    # and a one-off add-on order in a later batch (each redelivered, out of order)
+    started = sent(message("s1", event="Subscription Started", timestamp=iso(NOW_MS - 3 * HOUR),
+                           properties={"mrr": 49, "currency": "usd", "plan": "pro"}))
+    order = sent(message("o1", event="Order Completed", timestamp=iso(NOW_MS - 3 * HOUR + 500),
+                         properties={"revenue": 588, "currency": "usd"}))
+    addon = sent(message("o2", event="Order Completed", timestamp=iso(NOW_MS - HOUR), properties={"revenue": 20}))
+    assert ingest([order, started, order]) == {"batchItemFailures": []}
+    assert ingest([addon, started, addon]) == {"batchItemFailures": []}
+    # Then the latest conversion is the add-on, and the subscription is still the one with the mrr
+    usage = read_usage(boto3.client("dynamodb"), table_name, "acme")
+    assert usage.last_conversion == (NOW_MS - HOUR, {"revenue": 20})
+    assert usage.last_subscription == {"mrr": 49, "currency": "USD", "plan": "pro"}
+    assert not any(k.startswith("$") for k in usage.traits)
+
+
 @pytest.mark.parametrize(("amount", "reason"), [
     ("lots", 'properties.mrr: revenue is not a non-negative number ("lots")'),
     (-5, "properties.mrr: revenue is not a non-negative number (-5)"),

@@ -61,6 +61,32 @@ def test_an_order_completed_conversion_carries_its_one_off_revenue(table_name: s
     assert (converted["revenue"], converted["mrr"], converted["currency"]) == (199.0, None, "EUR")
 
 
+def test_a_checkout_of_a_subscription_and_an_order_in_one_write_carries_both(table_name: str, qualify: Any,
+                                                                            bus_events: Any) -> None:
+    # Given a qualified account whose checkout sends Subscription Started and Order Completed together
+    stream = _qualified(table_name, qualify)
+    at = stream.clock_ms + DAY_MS
+    qualify(stream.change(stream.track("Subscription Started", at_ms=at, mrr=49, currency="USD", plan="pro"),
+                          stream.track("Order Completed", at_ms=at + 300, revenue=588, currency="USD")))
+    # Then Account Converted has the subscription's mrr and plan and the order's revenue
+    (converted,) = of_type(bus_events(), "Account Converted")
+    assert {k: converted[k] for k in ("mrr", "revenue", "currency", "plan")} == {
+        "mrr": 49.0, "revenue": 588.0, "currency": "USD", "plan": "pro"}
+
+
+def test_a_churn_after_a_one_off_order_names_the_subscriptions_mrr(table_name: str, qualify: Any,
+                                                                  bus_events: Any) -> None:
+    # Given a customer at 49 a month who buys a one-off add-on the next day
+    stream = _qualified(table_name, qualify)
+    _converted(stream, qualify, mrr=49, plan="pro")
+    qualify(stream.change(stream.track("Order Completed", at_ms=stream.clock_ms + 2 * DAY_MS, revenue=20)))
+    # When it cancels
+    qualify(stream.change(stream.track("Subscription Cancelled", at_ms=stream.clock_ms + 3 * DAY_MS)))
+    # Then Account Churned names the subscription's mrr as lost, not the add-on's none
+    (churned,) = of_type(bus_events(), "Account Churned")
+    assert churned["mrr"] == 49.0
+
+
 def test_a_cancellation_churns_the_customer_once_under_redelivery(table_name: str, qualify: Any,
                                                                   bus_events: Any) -> None:
     # Given a customer paying 49 a month
@@ -152,7 +178,7 @@ def test_items_of_the_layout_before_revenue_keep_working(table_name: str, qualif
     stream = _qualified(table_name, qualify)
     record = stream.change(stream.track("Subscription Started", at_ms=stream.clock_ms + DAY_MS, mrr=10))
     image = record["dynamodb"]["NewImage"]
-    image["ta"]["SS"] = [e for e in image["ta"]["SS"] if "$conversion" not in e]
+    image["ta"]["SS"] = [e for e in image["ta"]["SS"] if "$conversion" not in e and "$subscription" not in e]
     if not image["ta"]["SS"]:
         del image["ta"]
     assert "cv" in image

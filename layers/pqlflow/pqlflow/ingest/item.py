@@ -44,6 +44,7 @@ from pqlflow.ingest.usage import (
     MAX_USERS_PER_DAY,
     PSEUDO_TRAITS,
     SEEN,
+    SUBSCRIPTION_TRAIT,
     AccountUsage,
     TrackingSpec,
     counter_names,
@@ -52,6 +53,7 @@ from pqlflow.ingest.usage import (
     gauge_readings,
     newer,
     seen_stamp,
+    subscription_of,
     trait_json,
 )
 
@@ -141,6 +143,10 @@ class SubjectDelta:
                 self.converted_ms = ms if self.converted_ms is None else min(self.converted_ms, ms)
             if customer is not None and newer((ms, customer[1]), self.traits.get(customer[0])):
                 self.traits[customer[0]] = (ms, customer[1])
+            if customer is not None and customer[0] == CONVERSION_TRAIT:
+                sub = subscription_of(customer[1])
+                if sub is not None and newer((ms, sub), self.traits.get(SUBSCRIPTION_TRAIT)):
+                    self.traits[SUBSCRIPTION_TRAIT] = (ms, sub)
         elif kind == "group" or (kind == "identify" and event.account_id.startswith("user:")):
             for key, value in event.traits.items():
                 if key in PSEUDO_TRAITS:
@@ -473,7 +479,8 @@ def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
     for key_, (ms, value) in usage.gauges.items():
         item[f"g|{key_}"] = {"SS": [_stamp(ms) + repr(value)]}
     traits = dict(usage.traits)
-    for pseudo, entry in ((CONVERSION_TRAIT, usage.conversion), (CANCELLATION_TRAIT, usage.cancellation)):
+    for pseudo, entry in ((CONVERSION_TRAIT, usage.conversion), (CANCELLATION_TRAIT, usage.cancellation),
+                          (SUBSCRIPTION_TRAIT, usage.subscription)):
         if entry is not None:
             traits[pseudo] = entry
     if traits:

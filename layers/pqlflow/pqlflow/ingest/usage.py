@@ -37,7 +37,10 @@ MAX_TRAIT_JSON = 1024  # a trait value whose JSON is longer is not kept
 # and the latest cancellation. Account traits of these names sent by a product are not kept.
 CONVERSION_TRAIT = "$conversion"
 CANCELLATION_TRAIT = "$cancellation"
-PSEUDO_TRAITS = frozenset({CONVERSION_TRAIT, CANCELLATION_TRAIT})
+# The subscription as the latest conversion that gave an mrr left it ({mrr, plan, currency}): a later
+# conversion without one (an `Order Completed` after the `Subscription Started`) does not erase it
+SUBSCRIPTION_TRAIT = "$subscription"
+PSEUDO_TRAITS = frozenset({CONVERSION_TRAIT, CANCELLATION_TRAIT, SUBSCRIPTION_TRAIT})
 MONEY_PROPERTIES = ("mrr", "revenue")  # Segment Spec: Subscription Started `mrr`, Order Completed `revenue`
 MAX_LABEL_CHARS = 64  # currency and plan as the sender gave them, clipped
 
@@ -190,6 +193,15 @@ def money_json(event: UsageEvent) -> str:
     return json.dumps(kept, separators=(",", ":"), sort_keys=True)
 
 
+def subscription_of(money: str) -> str | None:
+    """The `$subscription` a conversion's money JSON sets: its mrr, plan and currency, when it gives an mrr."""
+    fields = json.loads(money)
+    if "mrr" not in fields:
+        return None
+    return json.dumps({k: fields[k] for k in ("mrr", "plan", "currency") if k in fields}, separators=(",", ":"),
+                      sort_keys=True)
+
+
 def customer_trait(event: UsageEvent, spec: TrackingSpec) -> tuple[str, str] | None:
     """(pseudo trait, JSON) a track event records about the customer: a conversion's revenue or a
     cancellation; None for every other event. Raises `RevenueError` for a bad amount."""
@@ -246,6 +258,7 @@ class AccountUsage:
     converted_at_ms: int | None = None
     conversion: tuple[int, str] | None = None  # the latest conversion event: (ms, money_json)
     cancellation: tuple[int, str] | None = None  # the latest cancellation event: (ms, money_json)
+    subscription: tuple[int, str] | None = None  # the latest conversion with an mrr: (ms, subscription_of)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -312,6 +325,11 @@ class AccountUsage:
         return None
 
     @property
+    def last_subscription(self) -> dict[str, Any]:
+        """mrr, plan and currency of the latest conversion that gave an mrr ({} when none did)."""
+        return json.loads(self.subscription[1]) if self.subscription is not None else {}
+
+    @property
     def last_cancellation(self) -> tuple[int, dict[str, Any]] | None:
         """(ms, fields) of the latest `Subscription Cancelled`."""
         return (self.cancellation[0], json.loads(self.cancellation[1])) if self.cancellation is not None else None
@@ -320,6 +338,9 @@ class AccountUsage:
         """Move the customer pseudo traits out of `traits` (decoding an item, where they are stored as traits)."""
         conversion = self.traits.pop(CONVERSION_TRAIT, None)
         cancellation = self.traits.pop(CANCELLATION_TRAIT, None)
+        subscription = self.traits.pop(SUBSCRIPTION_TRAIT, None)
+        if subscription is not None:
+            self.subscription = subscription
         if conversion is not None:
             self.conversion = conversion
         if cancellation is not None:
@@ -354,6 +375,9 @@ class AccountUsage:
                 if customer[0] == CONVERSION_TRAIT:
                     if newer(entry, self.conversion):
                         self.conversion = entry
+                    sub = subscription_of(customer[1])
+                    if sub is not None and newer((ms, sub), self.subscription):
+                        self.subscription = (ms, sub)
                 elif newer(entry, self.cancellation):
                     self.cancellation = entry
         elif event.kind == "group" or (event.kind == "identify" and self.account_id.startswith("user:")):

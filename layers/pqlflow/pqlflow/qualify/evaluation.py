@@ -904,6 +904,9 @@ def converted_event(defn: Definition, usage: AccountUsage, transition: Transitio
         ref = DefinitionRef(name=state.definition_name or defn.name, version=state.version)
     last = usage.last_conversion
     fields = last[1] if last is not None else {}
+    # the subscription's mrr and plan, from the latest conversion that gave one (an Order Completed after the
+    # Subscription Started gives revenue, not mrr)
+    fields = {**usage.last_subscription, **fields}
     return AccountConverted(
         account_id=usage.account_id,
         converted_at=iso(transition.at_ms),
@@ -924,6 +927,8 @@ def churned_event(usage: AccountUsage, transition: Transition, reason: str) -> A
     cancelled = usage.last_cancellation
     last = usage.last_conversion
     mrr = _money(cancelled[1], "mrr") if cancelled is not None and reason == "subscription_cancelled" else None
+    if mrr is None:
+        mrr = _money(usage.last_subscription, "mrr")
     if mrr is None and last is not None:
         mrr = _money(last[1], "mrr")
     converted = transition.new_state.converted_ms or usage.converted_at_ms
