@@ -505,9 +505,10 @@ def _expected_table_access() -> dict[str, dict[str, set[str]]]:
                             "dynamodb:UpdateItem": {task, counter}},
         # rep_task_events (internet-facing, signed): the pointer, then the task item it closes
         "RepTaskEventsFunction": {"dynamodb:GetItem": {pointer, task}, "dynamodb:UpdateItem": {task}},
-        # send_email: the delivery marker (claim, finish, release) and the suppression check
+        # send_email: the delivery marker (claim, finish, release), the suppression check and whether the account
+        # converted since it qualified (its qualification state)
         "SendEmailFunction": {"dynamodb:PutItem": {marker}, "dynamodb:UpdateItem": {marker},
-                              "dynamodb:DeleteItem": {marker}, "dynamodb:GetItem": {suppression}},
+                              "dynamodb:DeleteItem": {marker}, "dynamodb:GetItem": {suppression, pql}},
         # the public unsubscribe endpoint and SES feedback: suppression entries, nothing else
         "UnsubscribeFunction": {"dynamodb:GetItem": {suppression}, "dynamodb:PutItem": {suppression}},
         "SesEventsFunction": {"dynamodb:PutItem": {suppression}},

@@ -351,3 +351,43 @@ def test_a_paid_feature_label_with_template_code_renders_inert(email_env):
     assert "3 {{ 7*7 }} &lt;b&gt;reports&lt;/b&gt; exported" in html
     assert "<b>reports</b>" not in html
     assert "49" not in re.sub(r"token=[\w.-]+", "", text + html)
+
+
+def _pql_state(table: str, account_id: str, converted_at: str | None) -> None:
+    """The account's qualification state item as qualify writes it (converted at `converted_at`, or not)."""
+    from datetime import UTC, datetime
+
+    from pqlflow.qualify.transitions import encode_state
+
+    converted_ms = int(datetime.fromisoformat(converted_at.replace("Z", "+00:00")).timestamp() * 1000) \
+        if converted_at else None
+    state = PqlState(status="converted" if converted_ms else "qualified", seq=2, converted_ms=converted_ms,
+                     qualified_at_ms=int(datetime(2026, 11, 20, 15, 42, 7, tzinfo=UTC).timestamp() * 1000))
+    boto3.client("dynamodb").put_item(TableName=table, Item=encode_state(account_id, None, state))
+
+
+@pytest.mark.parametrize(
+    ("converted_at", "outcome"),
+    [("2026-11-21T09:00:00Z", "converted"), ("2026-10-01T09:00:00Z", "sent"), (None, "sent")],
+    ids=["converted-while-it-waited", "a-customer-before-it-qualified", "not-converted"],
+)
+def test_a_nudge_that_waited_is_not_sent_to_an_account_that_paid_meanwhile(email_env, converted_at, outcome):
+    # Given Priya's nudge (qualified 2026-11-20 15:42), held for the sending window, and the account's
+    # qualification state: converted the next morning, a customer since before it qualified, or not converted
+    _pql_state(email_env["TABLE_NAME"], "acc_fieldstone", converted_at)
+    event = nurture_event(example_action())
+    # When its schedule delivers it (twice: at least once)
+    results = [send(event)["outcome"] for _ in range(2)]
+    # Then an account that paid while the nudge waited gets no email; the others get exactly one
+    assert results == [outcome, "duplicate"]
+    assert sent_count() == (0 if outcome == "converted" else 1)
+    item = marker(email_env["TABLE_NAME"], "acc_fieldstone", event["detail"]["action_id"])
+    assert item["status"]["S"] == outcome
+
+
+def test_the_sender_spells_the_qualification_state_key_as_qualify_does() -> None:
+    from pqlflow.channels.email.sender import pql_state_key
+    from pqlflow.qualify.transitions import state_key
+
+    assert pql_state_key("acme", None) == state_key("acme", None)
+    assert pql_state_key("acme", "u1") == state_key("acme", "u1")

@@ -25,6 +25,7 @@ from pqlflow.channels.email.render import EmailTemplates, find_templates_dir
 from pqlflow.channels.email.unsubscribe import SigningKeys
 from pqlflow.contracts.emitted import NurtureAction
 from pqlflow.kernel import clock
+from pqlflow.kernel.aws import AwsClient
 from pqlflow.kernel.settings import from_environ
 from pqlflow.nurture import suppression
 from pqlflow.nurture.suppression import SuppressionList
@@ -62,6 +63,36 @@ class SuppressionCheck(Protocol):
     def is_suppressed(self, hashed: str) -> bool: ...
 
 
+class ConversionCheck(Protocol):
+    def converted_since(self, account_id: str, user_id: str | None, since_ms: int) -> bool: ...
+
+
+def pql_state_key(account_id: str, user_id: str | None) -> dict[str, dict[str, str]]:
+    """`qualify.transitions.state_key`, spelled here: importing the evaluator would cost send_email's cold
+    start ~90 ms (a test holds the two equal)."""
+    return {"pk": {"S": f"A#{account_id}"}, "sk": {"S": "PQL" if user_id is None else f"PQL#U#{user_id}"}}
+
+
+class PqlStates:
+    """The subject's qualification state item (`A#<account>` / `PQL`, written by qualify): has it converted?"""
+
+    client = AwsClient("dynamodb")
+
+    def __init__(self, table_name: str, client: Any = None) -> None:
+        self.table_name = table_name
+        self.client = client
+
+    def converted_since(self, account_id: str, user_id: str | None, since_ms: int) -> bool:
+        """Whether the subject converted at or after `since_ms` (a strongly consistent read, 1 RRU)."""
+        item = self.client.get_item(
+            TableName=self.table_name,
+            Key=pql_state_key(account_id, user_id),
+            ConsistentRead=True,
+            ProjectionExpression="converted_ms",
+        ).get("Item")
+        return item is not None and "converted_ms" in item and int(item["converted_ms"]["N"]) >= since_ms
+
+
 class Outbox(Protocol):
     def send(self, raw: bytes, *, to: str, tags: Mapping[str, str]) -> str:
         """Send the exact MIME bytes with the message's SES tags and return the message id; raise
@@ -69,7 +100,7 @@ class Outbox(Protocol):
         ...
 
 
-Outcome = Literal["sent", "duplicate", "suppressed", "no_recipient", "ignored"]
+Outcome = Literal["sent", "duplicate", "suppressed", "converted", "no_recipient", "ignored"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +144,7 @@ class EmailSender:
     ledger: DeliveryLedger
     suppressions: SuppressionCheck
     outbox: Outbox
+    conversions: ConversionCheck | None = None  # None: the email is sent whether or not the account converted
     token_ttl_seconds: int = 90 * 86400
     marker_ttl_seconds: int = 180 * 86400
 
@@ -155,6 +187,10 @@ class EmailSender:
         if self.suppressions.is_suppressed(hashed):
             self.ledger.finish(action.account_id, action.action_id, "suppressed", {})
             return Delivery("suppressed", action.action_id, rendered.template, address_hash=hashed)
+        if self._converted_since_qualifying(action):
+            # a nudge that waited (quiet hours, a retry) for an account that has paid since: never sent
+            self.ledger.finish(action.account_id, action.action_id, "converted", {})
+            return Delivery("converted", action.action_id, rendered.template, address_hash=hashed)
         try:
             message_id = self.outbox.send(
                 message_bytes(message),
@@ -188,6 +224,18 @@ class EmailSender:
         )
 
 
+    def _converted_since_qualifying(self, action: NurtureAction) -> bool:
+        qualified_at = action.context.get("qualified_at")
+        if self.conversions is None or not isinstance(qualified_at, str):
+            return False
+        try:
+            since = datetime.fromisoformat(qualified_at.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        return self.conversions.converted_since(action.account_id, action.user_id, int(since.timestamp() * 1000))
+
+
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
@@ -205,6 +253,7 @@ def build(settings: SendEmailSettings | None = None, **clients: Any) -> EmailSen
         signing_key=SigningKeys(settings.UNSUBSCRIBE_SECRET_ARN, clients.get("secretsmanager")).current(),
         ledger=DynamoDeliveryLedger(settings.TABLE_NAME, clients.get("dynamodb")),
         suppressions=SuppressionList(settings.TABLE_NAME, clients.get("dynamodb")),
+        conversions=PqlStates(settings.TABLE_NAME, clients.get("dynamodb")),
         outbox=SesOutbox(settings.SES_CONFIGURATION_SET, settings.SENDER, clients.get("sesv2")),
         token_ttl_seconds=settings.UNSUBSCRIBE_TOKEN_DAYS * 86400,
         marker_ttl_seconds=settings.EMAIL_MARKER_DAYS * 86400,
