@@ -268,6 +268,12 @@ def test_every_function_handler_exists(template: dict[str, Any]) -> None:
         assert attr in defined, f"{name}: {path} defines no {attr}"
 
 
+def test_every_function_description_fits_lambdas_limit(template: dict[str, Any]) -> None:
+    # Lambda refuses a Description over 256 characters at deploy time (cfn-lint E3033)
+    for name, fn in _resources(template, FUNCTION).items():
+        assert len(fn["Properties"].get("Description", "")) <= 256, name
+
+
 def test_every_function_logs_to_its_own_group_with_retention(template: dict[str, Any]) -> None:
     groups = _resources(template, "AWS::Logs::LogGroup")
     for name, fn in _resources(template, FUNCTION).items():
