@@ -65,7 +65,7 @@ from pqlflow.contracts.usage_events import (
     PAGE_EVENT,
     SCREEN_EVENT,
 )
-from pqlflow.ingest.usage import MONEY_PROPERTIES, AccountUsage, GaugeError, gauge_value
+from pqlflow.ingest.usage import AccountUsage, RevenueError, money_fields
 from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 from pqlflow.qualify.evaluation import PqlState, decide, exclusion
@@ -561,19 +561,12 @@ def run_columnar_definition(
 
 
 def _bad_amount(properties: Any) -> bool:
-    """Whether `ingest.usage.money_json` would refuse these properties (an mrr or revenue that is not a
-    finite number ≥ 0)."""
-    if not isinstance(properties, dict):
-        return False
-    for prop in MONEY_PROPERTIES:
-        value = properties.get(prop)
-        if value is None:
-            continue
-        try:
-            if gauge_value(value, prop) < 0:
-                return True
-        except GaugeError:
-            return True
+    """Whether `ingest.usage.money_fields` refuses these properties (an mrr or revenue that is not a finite
+    number ≥ 0)."""
+    try:
+        money_fields(properties if isinstance(properties, dict) else {})
+    except RevenueError:
+        return True
     return False
 
 

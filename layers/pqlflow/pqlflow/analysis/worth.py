@@ -18,15 +18,13 @@ end of the history. Amounts are summed as sent: a history in several currencies 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pqlflow.contracts.usage_events import UsageEvent
-from pqlflow.ingest.usage import RevenueError, money_json
+from pqlflow.ingest.usage import RevenueError, money_fields
 from pqlflow.qualify.evaluation import free_plan
 
 DAY_MS = 86_400_000
@@ -331,7 +329,7 @@ def money_of_records(
                     continue
                 ms, account, name, bag = r[0], r[4], r[6], r[7]
                 try:
-                    fields = json.loads(money_json(UsageEvent(r[2], kind, account, r[5], ms, name, bag or {})))
+                    fields = money_fields(bag or {})
                 except RevenueError:
                     continue
                 if name in spec.conversions:

@@ -37,23 +37,20 @@ from typing import TYPE_CHECKING, Any
 from pqlflow.contracts.usage_events import UsageEvent
 from pqlflow.ingest.cold import ColdUsage, StaleCold
 from pqlflow.ingest.usage import (
-    CANCELLATION_TRAIT,
-    CONVERSION_TRAIT,
     DAY_MS,
     HOUR_MS,
     MAX_USERS_PER_DAY,
+    PSEUDO_ATTRIBUTES,
     PSEUDO_TRAITS,
     SEEN,
-    SUBSCRIPTION_TRAIT,
     AccountUsage,
     TrackingSpec,
     counter_names,
-    customer_trait,
+    customer_traits,
     fingerprint,
     gauge_readings,
     newer,
     seen_stamp,
-    subscription_of,
     trait_json,
 )
 
@@ -107,7 +104,7 @@ class SubjectDelta:
         """
         kind = event.kind
         readings = gauge_readings(event, spec) if kind == "track" and spec.gauges else []
-        customer = customer_trait(event, spec) if kind == "track" else None
+        customer = customer_traits(event, spec) if kind == "track" else ()
         ms = event.ms
         if self.min_ms is None or ms < self.min_ms:
             self.min_ms = ms
@@ -141,12 +138,9 @@ class SubjectDelta:
                     self.gauges[key] = (ms, value)
             if event.name in spec.conversions:
                 self.converted_ms = ms if self.converted_ms is None else min(self.converted_ms, ms)
-            if customer is not None and newer((ms, customer[1]), self.traits.get(customer[0])):
-                self.traits[customer[0]] = (ms, customer[1])
-            if customer is not None and customer[0] == CONVERSION_TRAIT:
-                sub = subscription_of(customer[1])
-                if sub is not None and newer((ms, sub), self.traits.get(SUBSCRIPTION_TRAIT)):
-                    self.traits[SUBSCRIPTION_TRAIT] = (ms, sub)
+            for trait, money in customer:
+                if newer((ms, money), self.traits.get(trait)):
+                    self.traits[trait] = (ms, money)
         elif kind == "group" or (kind == "identify" and event.account_id.startswith("user:")):
             for key, value in event.traits.items():
                 if key in PSEUDO_TRAITS:
@@ -479,8 +473,8 @@ def encode_usage(usage: AccountUsage, now_ms: int) -> dict[str, dict[str, Any]]:
     for key_, (ms, value) in usage.gauges.items():
         item[f"g|{key_}"] = {"SS": [_stamp(ms) + repr(value)]}
     traits = dict(usage.traits)
-    for pseudo, entry in ((CONVERSION_TRAIT, usage.conversion), (CANCELLATION_TRAIT, usage.cancellation),
-                          (SUBSCRIPTION_TRAIT, usage.subscription)):
+    for pseudo, attribute in PSEUDO_ATTRIBUTES.items():
+        entry = getattr(usage, attribute)
         if entry is not None:
             traits[pseudo] = entry
     if traits:

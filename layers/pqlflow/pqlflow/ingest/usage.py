@@ -13,6 +13,7 @@ import builtins
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -41,6 +42,9 @@ CANCELLATION_TRAIT = "$cancellation"
 # conversion without one (an `Order Completed` after the `Subscription Started`) does not erase it
 SUBSCRIPTION_TRAIT = "$subscription"
 PSEUDO_TRAITS = frozenset({CONVERSION_TRAIT, CANCELLATION_TRAIT, SUBSCRIPTION_TRAIT})
+# The AccountUsage attribute each pseudo trait is kept in (on the item they are stored as traits)
+PSEUDO_ATTRIBUTES = {CONVERSION_TRAIT: "conversion", CANCELLATION_TRAIT: "cancellation",
+                     SUBSCRIPTION_TRAIT: "subscription"}
 MONEY_PROPERTIES = ("mrr", "revenue")  # Segment Spec: Subscription Started `mrr`, Order Completed `revenue`
 MAX_LABEL_CHARS = 64  # currency and plan as the sender gave them, clipped
 
@@ -168,15 +172,15 @@ class RevenueError(GaugeError):
         self.field = f"properties.{prop}"
 
 
-def money_json(event: UsageEvent) -> str:
-    """The revenue fields of a conversion or cancellation event, as canonical JSON (`{}` when it has none).
+def money_fields(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The revenue fields of a conversion's or cancellation's properties.
 
     `mrr`/`revenue` must be finite numbers ≥ 0 (`RevenueError` otherwise: the event is quarantined with the
     field named, as a bad gauge value is); `currency` and `plan` are kept as text when they are strings."""
     kept: dict[str, Any] = {}
     for prop in MONEY_PROPERTIES:
-        if prop in event.properties and event.properties[prop] is not None:
-            value = event.properties[prop]
+        if prop in properties and properties[prop] is not None:
+            value = properties[prop]
             try:
                 number = gauge_value(value, prop)
             except GaugeError:
@@ -185,31 +189,36 @@ def money_json(event: UsageEvent) -> str:
                 raise RevenueError(prop, value)
             kept[prop] = int(number) if number.is_integer() and abs(number) < 2**53 else number
     for prop in ("currency", "plan"):
-        value = event.properties.get(prop)
+        value = properties.get(prop)
         if isinstance(value, str) and value.strip():
             kept[prop] = value.strip()[:MAX_LABEL_CHARS]
     if "currency" in kept:
         kept["currency"] = kept["currency"].upper()
-    return json.dumps(kept, separators=(",", ":"), sort_keys=True)
+    return kept
 
 
-def subscription_of(money: str) -> str | None:
-    """The `$subscription` a conversion's money JSON sets: its mrr, plan and currency, when it gives an mrr."""
-    fields = json.loads(money)
-    if "mrr" not in fields:
-        return None
-    return json.dumps({k: fields[k] for k in ("mrr", "plan", "currency") if k in fields}, separators=(",", ":"),
-                      sort_keys=True)
+def _canonical(fields: Mapping[str, Any]) -> str:
+    return json.dumps(fields, separators=(",", ":"), sort_keys=True)
 
 
-def customer_trait(event: UsageEvent, spec: TrackingSpec) -> tuple[str, str] | None:
-    """(pseudo trait, JSON) a track event records about the customer: a conversion's revenue or a
-    cancellation; None for every other event. Raises `RevenueError` for a bad amount."""
+def money_json(event: UsageEvent) -> str:
+    """`money_fields` of the event's properties as canonical JSON (`{}` when it has none)."""
+    return _canonical(money_fields(event.properties))
+
+
+def customer_traits(event: UsageEvent, spec: TrackingSpec) -> tuple[tuple[str, str], ...]:
+    """(pseudo trait, JSON) pairs a track event records about the customer: a conversion's revenue fields
+    (and, when it gives an mrr, the subscription's mrr, plan and currency), or a cancellation's; none for
+    every other event. Each pseudo trait is newest-wins on its own. Raises `RevenueError` for a bad amount."""
     if event.name in spec.conversions:
-        return CONVERSION_TRAIT, money_json(event)
+        money = money_fields(event.properties)
+        if "mrr" not in money:
+            return ((CONVERSION_TRAIT, _canonical(money)),)
+        subscription: dict[str, Any] = {k: money[k] for k in ("mrr", "plan", "currency") if k in money}
+        return (CONVERSION_TRAIT, _canonical(money)), (SUBSCRIPTION_TRAIT, _canonical(subscription))
     if event.name in spec.cancellations:
-        return CANCELLATION_TRAIT, money_json(event)
-    return None
+        return ((CANCELLATION_TRAIT, money_json(event)),)
+    return ()
 
 
 def counter_names(event: UsageEvent, spec: TrackingSpec) -> list[str]:
@@ -336,22 +345,17 @@ class AccountUsage:
 
     def split_customer_traits(self) -> None:
         """Move the customer pseudo traits out of `traits` (decoding an item, where they are stored as traits)."""
-        conversion = self.traits.pop(CONVERSION_TRAIT, None)
-        cancellation = self.traits.pop(CANCELLATION_TRAIT, None)
-        subscription = self.traits.pop(SUBSCRIPTION_TRAIT, None)
-        if subscription is not None:
-            self.subscription = subscription
-        if conversion is not None:
-            self.conversion = conversion
-        if cancellation is not None:
-            self.cancellation = cancellation
+        for trait, attribute in PSEUDO_ATTRIBUTES.items():
+            entry = self.traits.pop(trait, None)
+            if entry is not None:
+                setattr(self, attribute, entry)
 
     # ---- folding events (backtest path; ingest writes the same state through usage_item) ---------
 
     def apply(self, event: UsageEvent, spec: TrackingSpec) -> None:
         """Fold one valid, already-deduplicated event in. Raises `GaugeError` like ingest would reject it."""
         readings = gauge_readings(event, spec) if event.kind == "track" else []
-        customer = customer_trait(event, spec) if event.kind == "track" else None
+        customer = customer_traits(event, spec) if event.kind == "track" else ()
         ms = event.ms
         self.first_seen_ms = ms if self.first_seen_ms is None else min(self.first_seen_ms, ms)
         self.last_seen_ms = ms if self.last_seen_ms is None else max(self.last_seen_ms, ms)
@@ -370,16 +374,10 @@ class AccountUsage:
                     self.gauges[key] = (ms, value)
             if event.name in spec.conversions:
                 self.converted_at_ms = ms if self.converted_at_ms is None else min(self.converted_at_ms, ms)
-            if customer is not None:
-                entry = (ms, customer[1])
-                if customer[0] == CONVERSION_TRAIT:
-                    if newer(entry, self.conversion):
-                        self.conversion = entry
-                    sub = subscription_of(customer[1])
-                    if sub is not None and newer((ms, sub), self.subscription):
-                        self.subscription = (ms, sub)
-                elif newer(entry, self.cancellation):
-                    self.cancellation = entry
+            for trait, money in customer:
+                attribute = PSEUDO_ATTRIBUTES[trait]
+                if newer((ms, money), getattr(self, attribute)):
+                    setattr(self, attribute, (ms, money))
         elif event.kind == "group" or (event.kind == "identify" and self.account_id.startswith("user:")):
             for key, value in event.traits.items():
                 if key in PSEUDO_TRAITS:
