@@ -186,9 +186,9 @@ STRICT = " AND ".join([
 _IDS_SQL = "concat_ws(chr(1), " + ", ".join(f"NULLIF({_x(i)}, 'null')" for i in _IDS) + ")"
 
 
-def _source(path: Path, index: int, con: Any) -> str:
-    """SQL for one file's messages as (file, j): a JSON line, or a Parquet row spelled as one."""
-    kind = kind_of(path)
+def _source(path: Path, index: int, kind: str, con: Any) -> str:
+    """SQL for one file's messages as (file, j): a JSON line, or a Parquet row spelled as one (`kind`:
+    `history_files.kind_of`)."""
     if kind == "parquet":
         described = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
         columns = {row[0]: str(row[1]) for row in described}
@@ -282,7 +282,8 @@ def load(paths: Sequence[str | Path], now_s: float, keep: Sequence[str], threads
         raise
     strict = STRICT + (" AND " + _CONTEXT_KEYS_UNIQUE if "parquet" in kinds else "")
     try:
-        sources = " UNION ALL ".join(_source(p, i, con) for i, p in enumerate(files))
+        sources = " UNION ALL ".join(
+            _source(p, i, kind, con) for i, (p, kind) in enumerate(zip(files, kinds, strict=True)))
         con.execute(f"""
             CREATE TEMP TABLE ev AS
             SELECT file, coalesce({strict}, false) AS ok,

@@ -244,20 +244,15 @@ def step_results(
     holdout: dict[str | None, list[tuple[str, int]]] = {}  # rule → (account, when held out)
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
     offsets: dict[tuple[str, int, str], list[int]] = {}
-    started: dict[str, int] = {}  # transition → when its first action (step 0) was decided
-    unique: list[Mapping[str, Any]] = []
-    seen_actions: set[str] = set()
+    unique: dict[str, Mapping[str, Any]] = {}  # action id → its first record (actions are redelivered)
     for a in actions:
-        action_id = str(a.get("action_id"))
-        if action_id in seen_actions:
-            continue
-        seen_actions.add(action_id)
-        unique.append(a)
+        unique.setdefault(str(a.get("action_id")), a)
+    started: dict[str, int] = {}  # transition → when its first action (step 0) was decided
+    for a in unique.values():
         transition = str(a.get("transition_id") or "")
         if transition and int(a.get("step") or 0) == 0:
             started[transition] = min(started.get(transition, int(a["at_ms"])), int(a["at_ms"]))
-    for a in unique:
-        action_id = str(a.get("action_id"))
+    for action_id, a in unique.items():
         at = int(a["at_ms"])
         account = str(a.get("account_id"))
         if a.get("outcome") == "holdout":

@@ -103,12 +103,6 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes, now: fl
         raise Unverified(f"bad signature: {webhook.SIGNATURE_HEADER} does not match the body")
 
 
-def same(expected: str, given: str) -> bool:
-    """Constant-time comparison; a header holding characters no signature has is a mismatch (401), not the
-    TypeError `hmac.compare_digest` raises for non-ASCII strings."""
-    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))
-
-
 def slack_signature(signing_secret: str, timestamp: str, body: bytes) -> str:
     base = b"v0:" + timestamp.encode() + b":" + body
     return "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
@@ -118,7 +112,7 @@ def verify_slack(signing_secret: str, headers: Mapping[str, str], body: bytes, n
     timestamp = _header(headers, "X-Slack-Request-Timestamp")
     signature = _header(headers, "X-Slack-Signature")
     _fresh(timestamp, now)
-    if not same(slack_signature(signing_secret, timestamp, body), signature):
+    if not webhook.same(slack_signature(signing_secret, timestamp, body), signature):
         raise Unverified("bad signature: X-Slack-Signature does not match the body")
 
 
@@ -140,7 +134,7 @@ def verify_hubspot(
     timestamp = _header(headers, "X-HubSpot-Request-Timestamp")
     signature = _header(headers, "X-HubSpot-Signature-v3")
     _fresh(timestamp, now, millis=True)
-    if not same(hubspot_signature(client_secret, method, uri, body, timestamp), signature):
+    if not webhook.same(hubspot_signature(client_secret, method, uri, body, timestamp), signature):
         raise Unverified("bad signature: X-HubSpot-Signature-v3 does not match the request")
 
 
