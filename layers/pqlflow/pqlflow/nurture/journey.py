@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pqlflow.contracts.emitted import JourneyStepDue, JourneyStopped, StopReason
+from pqlflow.kernel import clock
 from pqlflow.nurture.policy import Rule
 
 DAY_SECONDS = 86_400
@@ -55,17 +56,6 @@ def schedule_name(transition_id: str, step: int) -> str:
 
 def iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def moment(value: object) -> datetime | None:
-    """An event's ISO 8601 time (naive: UTC), or None when it is missing or not a time."""
-    if not isinstance(value, str):
-        return None
-    try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -92,7 +82,7 @@ class Journey:
 
     def qualified_after(self, at: object) -> bool:
         """Whether the journey's qualification is later than the event time `at` (unknown times: no)."""
-        mine, theirs = moment(self.qualified_at), moment(at)
+        mine, theirs = clock.parse_iso(self.qualified_at), clock.parse_iso(at)
         return mine is not None and theirs is not None and mine > theirs
 
     def due(self, rule: Rule, step: int) -> float:

@@ -225,14 +225,9 @@ class EmailSender:
 
 
     def _converted_since_qualifying(self, action: NurtureAction) -> bool:
-        qualified_at = action.context.get("qualified_at")
-        if self.conversions is None or not isinstance(qualified_at, str):
+        since = clock.parse_iso(action.context.get("qualified_at"))
+        if self.conversions is None or since is None:
             return False
-        try:
-            since = datetime.fromisoformat(qualified_at.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        since = since if since.tzinfo else since.replace(tzinfo=UTC)
         return self.conversions.converted_since(action.account_id, action.user_id, int(since.timestamp() * 1000))
 
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pqlflow.contracts.emitted import NurtureAction, PqlQualified, Reason, RepTaskCreated
+from pqlflow.kernel import clock
 from pqlflow.kernel.errors import UsageError
 from pqlflow.kernel.yamlfile import first_problem, load_config
 
@@ -510,14 +511,10 @@ def _iso(moment: datetime) -> str:
 def _moment(moment: datetime | str, *, day_only: bool = False) -> str:
     """A time as a person writes it in a task: `Mon 23 Nov 2026, 15:00 UTC` (or `23 Nov 2026`); an ISO
     string that does not parse is shown as it is."""
-    if isinstance(moment, str):
-        try:
-            when = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-        except ValueError:
-            return moment
-    else:
-        when = moment
-    when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    parsed = clock.parse_iso(moment) if isinstance(moment, str) else moment
+    if parsed is None:
+        return str(moment)
+    when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     day = f"{when.day} {when:%b %Y}"
     return day if day_only else f"{when:%a} {day}, {when:%H:%M} UTC"
 
