@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pqlflow.kernel.errors import UsageError
 from pqlflow.local.cfn_yaml import loads
+from pqlflow.local.runtime import LOCAL_DEFAULTS
 from pqlflow.local.template import build_wiring, load_template
 
 from tests.support.local import FIXTURE
@@ -212,9 +213,14 @@ REPO_TEMPLATE = Path(__file__).parents[3] / "template.yaml"
 
 @pytest.mark.skipif(not REPO_TEMPLATE.is_file(), reason="the repository has no template.yaml yet")
 def test_the_repository_template_is_wholly_emulated_locally():
-    # Given pqlflow's own template
-    wiring = load_template(REPO_TEMPLATE)
+    # Given pqlflow's own template, as the local runtime reads it (usage through the queue: LOCAL_DEFAULTS)
+    wiring = load_template(REPO_TEMPLATE, defaults=LOCAL_DEFAULTS)
     # Then every function's handler exists and every trigger and target runs locally
     assert [fn.logical_id for fn in wiring.functions.values() if not fn.handler_file.is_file()] == []
     assert [t.arn for r in wiring.rules for t in r.targets if t.kind == "unsupported"] == []
     assert wiring.warnings == ()
+    # And the deployed default differs from it only by the usage rules' Firehose target
+    deployed = load_template(REPO_TEMPLATE)
+    unsupported = [t.arn.rsplit(":", 1)[-1] for r in deployed.rules for t in r.targets if t.kind == "unsupported"]
+    assert unsupported == ["pqlflow-local-UsageFirehose"]
+    assert set(LOCAL_DEFAULTS) == {"IngestTransport"}

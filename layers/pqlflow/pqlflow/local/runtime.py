@@ -67,6 +67,12 @@ class Invocation:
     error: BaseException | None
 
 
+# What the local runtime runs in place of a template default it cannot emulate: usage reaches ingest through
+# the queue (the deployed default is Firehose, which moto cannot deliver to S3 on a schedule). Pricing still
+# prices the template's own default transport (pqlflow.local.pricing).
+LOCAL_DEFAULTS: dict[str, Any] = {"IngestTransport": "sqs"}
+
+
 class LocalRuntime:
     """Runs the application a SAM template describes, in-process, against moto."""
 
@@ -99,8 +105,15 @@ class LocalRuntime:
         `tap`: "service.Operation" names (e.g. "sesv2.SendEmail") whose calls by handlers are kept, with
         their parameters, in `requests.tapped`.
         """
+        transport = (parameter_overrides or {}).get("IngestTransport")
+        if transport is not None and str(transport) != "sqs":
+            raise UsageError(
+                f"IngestTransport {transport!r}: the local runtime has no Firehose; it runs IngestTransport sqs "
+                "(the ingest handler folds a Firehose object as one batch of the same code: docs/ingest.md)"
+            )
         self.wiring: Wiring = load_template(
-            template_path, parameter_overrides, root=root, stack_name=stack_name, imports=imports
+            template_path, parameter_overrides, root=root, stack_name=stack_name, imports=imports,
+            defaults=LOCAL_DEFAULTS,
         )
         self.endpoint_url = endpoint_url
         self._start_mock = start_mock and endpoint_url is None

@@ -51,11 +51,14 @@ def load_template(
     root: str | Path | None = None,
     stack_name: str = DEFAULT_STACK_NAME,
     imports: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Wiring:
     """The wiring of the template at `template_path`.
 
     `root` is the folder CodeUri paths are relative to (default: the template's folder), so a temp copy
     of a template can still point at the repository's functions. `imports` supplies `Fn::ImportValue`s.
+    `defaults`: values that stand in for the template's own Default of parameters it declares (the local
+    runtime's, for what it cannot run); `parameter_overrides` still win.
     """
     path = Path(template_path)
     return build_wiring(
@@ -65,6 +68,7 @@ def load_template(
         root=Path(root) if root is not None else path.parent,
         stack_name=stack_name,
         imports=imports,
+        defaults=defaults,
     )
 
 
@@ -76,9 +80,13 @@ def build_wiring(
     root: Path | None = None,
     stack_name: str = DEFAULT_STACK_NAME,
     imports: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Wiring:
-    """The wiring of an already-parsed template document."""
-    return _Builder(document, template_path, parameter_overrides or {}, root, stack_name, imports).build()
+    """The wiring of an already-parsed template document (`defaults`: see `load_template`)."""
+    declared = document.get("Parameters") or {}
+    given = {k: v for k, v in (defaults or {}).items() if k in declared}
+    given.update(parameter_overrides or {})
+    return _Builder(document, template_path, given, root, stack_name, imports).build()
 
 
 class _Builder(TriggerReader):
