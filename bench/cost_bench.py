@@ -390,7 +390,7 @@ class Baseline:
 
 def replay_estimate(history: Path, sample: int) -> dict[str, Any]:
     """`pqlflow replay`'s cost estimate of a history (summary["cost"]), whole and restricted to what this
-    bench's faithful measurement covers (ingest, qualify, the usage queue, transitions on the bus)."""
+    bench's faithful measurement covers (ingest, qualify, the transport to ingest, transitions on the bus)."""
     from pqlflow.local.replay import TRANSITION_TYPES, run_replay, summarize
 
     started = time.process_time()
@@ -399,10 +399,13 @@ def replay_estimate(history: Path, sample: int) -> dict[str, Any]:
     cost = summarize(result, {})["cost"]
     lines = cost["lines"]
     transitions = sum(1 for e in result.observed if e.get("detail-type") in TRANSITION_TYPES)
-    by_service = {"SQS": lines["usage_sqs"]["per_million_events"],
-                  "Lambda": lines["usage_lambda"]["per_million_events"],
-                  "DynamoDB": lines["usage_dynamodb"]["per_million_events"],
-                  "EventBridge": transitions / result.stats.events * PRICES["eventbridge_per_million_events"]}
+    def line(name: str) -> float:
+        return float((lines.get(name) or {}).get("per_million_events", 0.0))
+
+    by_service = {"SQS": line("usage_sqs"), "Firehose": line("usage_firehose"), "S3": line("usage_s3"),
+                  "Lambda": line("usage_lambda"), "DynamoDB": line("usage_dynamodb"),
+                  "EventBridge": line("usage_object_events")
+                  + transitions / result.stats.events * PRICES["eventbridge_per_million_events"]}
     return {"cost": cost, "scoped": sum(by_service.values()), "by_service": by_service,
             "cpu_seconds": time.process_time() - started, "pipeline": cost["usage_pipeline"]}
 
@@ -491,7 +494,7 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
              "arrival = event timestamp, all measured",
              settings_note(s, args), f"bench CPU {cpu:.0f} s (pqlflow + baseline)"]
     print_table("sparse (demo history)", measured, base, notes)
-    if args.no_replay or args.transport != "sqs":
+    if args.no_replay or args.transport != s.transport or args.firehose_interval != s.firehose_interval:
         return  # replay prices the template's transport
     with tempfile.TemporaryDirectory() as folder:
         history = HISTORY
@@ -506,7 +509,7 @@ def shape_sparse(s: Settings, args: argparse.Namespace) -> None:
           f"ingest and qualify priced on {pipe['sampled_accounts']} of {pipe['accounts']} accounts, "
           f"{pipe['sampled_events']:,} of {pipe['events']:,} events, in the batches of the whole history):")
     print(f"     all functions: ${whole:.3f}/M on top of EventBridge; "
-          f"ingest + qualify + usage queue + transitions only: ${scoped:.3f}/M")
+          f"ingest + qualify + transport + transitions only: ${scoped:.3f}/M")
     print(f"     faithful figure (this bench, every account): ${faithful:.3f}/M → replay differs by "
           f"{(scoped - faithful) / faithful * 100:+.1f}% (same scope)")
     for svc, value in rep["by_service"].items():
@@ -524,7 +527,7 @@ def measure(ours: Pqlflow, s: Settings, args: argparse.Namespace, name: str, eve
 
 
 TRANSPORT_NOTES = {
-    "sqs": "transport: EventBridge → SQS queue → ingest's event source mapping (the template's)",
+    "sqs": "transport: EventBridge → SQS queue → ingest's event source mapping",
     "kinesis": "transport: EventBridge → Kinesis stream (provisioned, shards for the average rate) → ingest's "
                "event source mapping, same BatchSize and window (NOT in the template: priced only)",
     "firehose": "transport: EventBridge → Firehose → S3 object per buffer ({interval:g} s / {mb} MB, gzip, a line "
@@ -623,11 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-scale", type=float, default=None, metavar="X",
                         help=f"Lambda CPU time per CPU second measured here (default {pricing.FULL_VCPU_MB} MB / "
                         "MemorySize: Lambda's CPU share; 1 = as fast as this machine's core)")
-    parser.add_argument("--transport", choices=pricing.TRANSPORTS, default="sqs",
-                        help="how events reach ingest: the template's SQS queue (default), or an alternative "
-                        "priced on the same traffic (kinesis, firehose, lambda; not deployable yet)")
-    parser.add_argument("--firehose-interval", type=float, default=60, metavar="S",
-                        help="--transport firehose: buffer interval, 0..900 s (default 60)")
+    parser.add_argument("--transport", choices=pricing.TRANSPORTS, default=None,
+                        help="how events reach ingest (default: the template's IngestTransport): firehose or sqs "
+                        "(both in the template), or kinesis or lambda (priced on the same traffic only)")
+    parser.add_argument("--firehose-interval", type=float, default=None, metavar="S",
+                        help="--transport firehose: buffer interval, 0..900 s (default: the template's "
+                        "IngestBufferSeconds)")
     parser.add_argument("--firehose-mb", type=int, default=5, metavar="MB",
                         help="--transport firehose: buffer size, 1..128 MB (default 5)")
     parser.add_argument("--no-replay", action="store_true", help="sparse shape: skip replay's own estimate")
@@ -648,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--aws-latency-ms must not be negative")
     try:
         settings = template_settings(args.window, args.batch_size)
+        if args.transport is None:
+            args.transport = settings.transport
+        if args.firehose_interval is None:
+            args.firehose_interval = settings.firehose_interval
         sqs_batches([0], settings.ingest_batch_size, settings.ingest_window)  # AWS's own constraints
         if args.transport == "firehose":
             pricing.firehose_batches([0], args.firehose_interval, args.firehose_mb, [0])

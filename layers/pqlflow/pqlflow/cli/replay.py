@@ -143,7 +143,10 @@ def render_summary(summary: dict[str, Any], out: Path) -> str:
     rows += _worth_rows(summary.get("worth") or {})
     pipeline = cost.get("usage_pipeline")
     if pipeline:
-        rows.append(["", "", f"ingest + qualify priced in the batches AWS forms: {pipeline['ingest_batches']:,} "
+        transport = pipeline.get("transport", "sqs")
+        via = "Firehose objects" if transport == "firehose" else f"{transport} batches"
+        rows.append(["", "", f"ingest + qualify priced as AWS delivers them (the template's IngestTransport: "
+                     f"{via}): {pipeline['ingest_batches']:,} "
                      f"ingest invocations ({pipeline['events_per_batch']:.2f} events each), run on "
                      f"{pipeline['sampled_accounts']} of {pipeline['accounts']} accounts"])
     else:

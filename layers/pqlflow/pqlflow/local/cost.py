@@ -65,8 +65,9 @@ def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES,
 
     `usage_pipeline`: ingest and qualify priced as AWS batches them (`pqlflow.local.pricing.PricedHistory
     .to_dict()`); `counts` then leave out those two functions and the usage queue's messages, and the
-    pipeline's SQS, Lambda and DynamoDB lines are added as `usage_sqs`, `usage_lambda`, `usage_dynamodb` (its
-    PutEvents are the transitions `counts.pqlflow_events` already has). Without it, everything is priced from
+    pipeline's lines are added as `usage_sqs`, `usage_lambda`, `usage_dynamodb` and, with the Firehose
+    transport, `usage_firehose`, `usage_s3` and `usage_object_events` (its PutEvents are the transitions
+    `counts.pqlflow_events` already has). Without it, everything is priced from
     the run's own counts (`"usage_pricing": "replay batches"`), which understates ingest: see docs/replay.md."""
     n = counts.usage_events
     lines: dict[str, dict[str, Any]] = {}
@@ -114,8 +115,16 @@ def estimate(counts: RunCounts, prices: Mapping[str, float] = PRICES,
     add("secretsmanager", secret_calls, "API calls", prices["secretsmanager_per_10k_calls"], 1e4)
     if usage_pipeline is not None:
         by_service = usage_pipeline["per_million_by_service"]
-        for service, name in (("SQS", "usage_sqs"), ("Lambda", "usage_lambda"), ("DynamoDB", "usage_dynamodb")):
-            per_million = float(by_service.get(service, 0.0))
+        pipeline_services = (("SQS", "usage_sqs"), ("Firehose", "usage_firehose"), ("S3", "usage_s3"),
+                             ("Lambda", "usage_lambda"), ("DynamoDB", "usage_dynamodb"))
+        per_line = {k: float(v["per_million_events"]) for k, v in (usage_pipeline.get("lines") or {}).items()}
+        pipeline_lines = [(name, float(by_service.get(service, 0.0))) for service, name in pipeline_services
+                          if service in by_service or service in ("SQS", "Lambda", "DynamoDB")]
+        # a Firehose object's Object Created event (EventBridge bills it as an event on the default bus)
+        objects = sum(v for k, v in per_line.items() if k.startswith("EventBridge Object Created"))
+        if objects:
+            pipeline_lines.append(("usage_object_events", objects))
+        for name, per_million in pipeline_lines:
             lines[name] = {"units": None, "unit": "as billed (pqlflow.local.pricing)",
                            "cost": per_million * n / 1e6, "per_million_events": per_million}
     reference = lines["eventbridge_ingest"]["per_million_events"]

@@ -5,8 +5,10 @@ This is the faithful measurement behind `bench/cost_bench.py` and behind `pqlflo
 hold tens of events where AWS's hold about one, so its own counts cannot price ingest. This module prices it
 the way it is billed:
 
-- ingest batches are formed by `pqlflow.local.batching.sqs_batches` from the events' arrival times with the
-  template's IngestBatchSize / IngestBatchingWindowSeconds (its Parameters, or the overrides given);
+- ingest batches are formed from the events' arrival times as the template's IngestTransport forms them
+  (`transport_batches`): Firehose's objects of IngestBufferSeconds (`batching.firehose_batches`), or the SQS
+  mapping's IngestBatchSize / IngestBatchingWindowSeconds (`batching.sqs_batches`), from its Parameters or the
+  overrides given;
 - the template's own IngestFunction and QualifyFunction handlers run in-process (`FunctionHost`) on a fresh
   in-process moto, `pqlflow.kernel.clock` set to each invocation's time (caches, the pending window and
   compaction see real time);
@@ -84,6 +86,9 @@ class Settings:
     table_args: dict[str, Any]
     ingest_function: Function
     qualify_function: Function
+    transport: str = "sqs"  # how usage reaches ingest: the template's IngestTransport
+    firehose_interval: float = 60.0  # with firehose: the stream's buffer interval (IngestBufferSeconds)
+    firehose_mb: int = 5  # with firehose: the stream's buffer size
 
 
 def covers(wiring: Wiring) -> bool:
@@ -119,6 +124,8 @@ def template_settings(template: str | Path, root: str | Path | None = None,
         stream_filters=stream.filters, environment={k: str(v) for k, v in environment.items()},
         table=ingest.environment["TABLE_NAME"], bus=qualify.environment["EVENT_BUS_NAME"], table_args=table_args,
         ingest_function=ingest, qualify_function=qualify,
+        transport=str(wiring.parameters.get("IngestTransport", "sqs")),
+        firehose_interval=float(wiring.parameters.get("IngestBufferSeconds", 60)),
     )
 
 
@@ -438,7 +445,7 @@ def object_created(bucket: str, key: str, size: int) -> dict[str, Any]:
 
 
 def transport_batches(transport: str, events: Sequence[Event], settings: Settings,
-                      firehose_interval: float = 60, firehose_mb: int = 5) -> list[Batch]:
+                      firehose_interval: float | None = None, firehose_mb: int | None = None) -> list[Batch]:
     """The ingest invocations a transport makes from EventBridge to the ingest function:
 
     - ``sqs`` (the template's): the queue's event source mapping (BatchSize, MaximumBatchingWindowInSeconds);
@@ -447,13 +454,17 @@ def transport_batches(transport: str, events: Sequence[Event], settings: Setting
     - ``firehose``: a Firehose stream delivering to S3 (buffer interval and size), the bucket notifying the
       function once per object;
     - ``lambda``: the function as the rule's target, invoked asynchronously once per event.
+
+    Firehose's buffer interval and size default to the template's (`settings`).
     """
     arrivals = [e.arrival_ms for e in events]
     if transport in ("sqs", "kinesis"):
         return sqs_batches(arrivals, settings.ingest_batch_size, settings.ingest_window,
                            [e.record_bytes for e in events])
     if transport == "firehose":
-        return firehose_batches(arrivals, firehose_interval, firehose_mb, [e.body_bytes for e in events])
+        interval = settings.firehose_interval if firehose_interval is None else firehose_interval
+        size_mb = settings.firehose_mb if firehose_mb is None else firehose_mb
+        return firehose_batches(arrivals, interval, size_mb, [e.body_bytes for e in events])
     if transport == "lambda":
         return sqs_batches(arrivals, 1, 0)
     raise ValueError(f"transport {transport!r}: one of {', '.join(TRANSPORTS)}")
@@ -693,6 +704,7 @@ class PricedHistory:
     bill: Bill
     measured: Measured  # the sample's own run, unscaled
     ingest_batches: int  # of the whole history
+    transport: str = "sqs"  # how usage reached ingest (Settings.transport)
 
     @property
     def per_million(self) -> float:
@@ -706,6 +718,7 @@ class PricedHistory:
         by_service = {svc: self.bill.per_million(self.events, svc) for svc in sorted({k[0] for k in self.bill.lines})}
         m = self.measured
         return {"events": self.events, "accounts": self.accounts, "sampled_events": self.sampled_events,
+                "transport": self.transport,
                 "sampled_accounts": self.sampled_accounts, "ingest_batches": self.ingest_batches,
                 "events_per_batch": self.events / self.ingest_batches if self.ingest_batches else None,
                 "writes_per_event": m.meter.write_requests("ingest") / m.events if m.events else None,
@@ -721,8 +734,8 @@ def price_history(events: Sequence[Event], settings: Settings, *, sample: int | 
     from moto import mock_aws  # a dev dependency: only the local tools price
 
     events = list(events)
-    full = sqs_batches([e.arrival_ms for e in events], settings.ingest_batch_size, settings.ingest_window,
-                       [e.record_bytes for e in events])
+    transport = settings.transport
+    full = transport_batches(transport, events, settings)
     accounts = [message_account(e.message) for e in events]
     distinct = set(accounts)
     keep = distinct if sample is None or len(distinct) <= sample else sample_accounts(list(distinct), sample)
@@ -737,20 +750,21 @@ def price_history(events: Sequence[Event], settings: Settings, *, sample: int | 
         run = Faithful(settings, latency_ms, cpu_scale)
         run.start()
         try:
-            measured = run.run("history", picked, batches)
+            measured = run.run("history", picked, batches, transport=transport)
         finally:
             run.stop()
     scale = len(events) / len(picked) if picked else 0.0
     bill = Bill()
-    add_sqs_and_invocations(bill, events, full)
+    add_transport(bill, transport, events, full)
+    transport_lines = set(bill.lines)
     per_batch = len(full) / len(batches) if batches else 0.0
     for (service, operation), line in measured.bill.lines.items():
-        if service == "SQS":
+        if (service, operation) in transport_lines:
             continue
-        if operation == "requests (ingest)":
+        if operation in ("requests (ingest)", "GetObject (ingest)"):  # one per ingest invocation (object)
             bill.add(service, operation, len(full), line.unit, len(full))
         elif operation == "requests (qualify)":
             bill.add(service, operation, line.units * per_batch, line.unit, round(line.requests * per_batch))
         else:
             bill.add(service, operation, line.units * scale, line.unit, round(line.requests * scale))
-    return PricedHistory(len(events), len(distinct), len(picked), len(keep), bill, measured, len(full))
+    return PricedHistory(len(events), len(distinct), len(picked), len(keep), bill, measured, len(full), transport)
