@@ -214,10 +214,32 @@ def test_firehose_objects_reach_ingest_once_each_and_failures_are_kept(template:
     on_failure = ingest["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
     assert target["DeadLetterConfig"]["Arn"] == on_failure == {"Fn::GetAtt": ["UsageObjectsDeadLetterQueue", "Arn"]}
     assert ingest["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
-    # And nothing of it exists with the default transport
+    # And nothing of it exists with the queue transport
     conditioned = {n for n, r in resources.items() if r.get("Condition") == "UsageViaFirehose"}
-    assert {"UsageObjectsBucket", "UsageFirehose", "UsageObjectsRule", "UsageObjectsPermission"} <= conditioned
-    assert template["Parameters"]["IngestTransport"]["Default"] == "sqs"
+    assert {"UsageObjectsBucket", "UsageFirehose", "UsageObjectsRule", "UsageObjectsPermission",
+            "UsageFirehoseFreshnessAlarm"} <= conditioned
+    # And an object's delivery that stalls pages someone before Firehose's 24 hours of retries run out
+    freshness = resources["UsageFirehoseFreshnessAlarm"]["Properties"]
+    assert freshness["MetricName"] == "DeliveryToS3.DataFreshness"
+    assert freshness["Dimensions"] == [{"Name": "DeliveryStreamName", "Value": {"Ref": "UsageFirehose"}}]
+    assert freshness["Threshold"] > template["Parameters"]["IngestBufferSeconds"]["MaxValue"]
+
+
+def test_the_default_transport_is_the_one_the_cost_bench_chose(template: dict[str, Any]) -> None:
+    parameters = template["Parameters"]
+    # Given the defaults (docs/deploy.md, Cost notes: Firehose at a 5-minute buffer meets the cost targets at
+    # the busy shape, SQS does not at any window)
+    assert parameters["IngestTransport"]["Default"] == "firehose"
+    assert parameters["IngestBufferSeconds"]["Default"] == 300
+    # Then the queue's mapping polls only when the queue is the transport: no empty receives billed otherwise
+    (usage,) = [e for e in template["Resources"]["IngestFunction"]["Properties"]["Events"].values()
+                if e["Type"] == "SQS"]
+    assert usage["Properties"]["Enabled"] == {"Fn::If": ["UsageViaQueue", True, False]}
+    assert template["Conditions"]["UsageViaQueue"] == {"Fn::Equals": [{"Ref": "IngestTransport"}, "sqs"]}
+    for transport, polls in (("firehose", False), ("sqs", True)):
+        (source,) = [s for s in load_wiring(TEMPLATE, {"IngestTransport": transport}).sqs_sources
+                     if s.function == "IngestFunction"]
+        assert source.enabled is polls
 
 
 # --- nurture: channel rules ------------------------------------------------------------------------
