@@ -18,8 +18,8 @@ Uses the backtest bench's cached history (`pqlflow sample`, default 1,000,000 ev
      backtest's typed message struct, nothing else (`floor_typed_decode`); and DuckDB reading the file and
      handing Python the five fields a count rule needs, per event (`floor_duckdb_rows`). For an exact engine
      that keeps the events in DuckDB: msgspec proving every line strict JSON, which DuckDB's reader does not
-     (`floor_strict_json`); and DuckDB keeping a table of the five columns a per-account fold reads
-     (`floor_duckdb_lists`), where the query streams.
+     (`floor_strict_json`); and DuckDB handing Python, per account, what a fold of a count rule reads, with
+     no check (`floor_duckdb_lists`).
 Prints CPU and wall seconds (the range over the repeats), the ratios of each backtest's CPU time to DuckDB's
 against the targets (2× for the one-rule definition, 3× for scoring), and discover against its 30 s. CPU time
 is what "one core" means: every run here is single-threaded, and CPU time is not inflated by other processes
@@ -36,6 +36,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +47,6 @@ DEFINITIONS = {"slack": ROOT / "examples/definitions/slack-messages.yaml",
 TARGETS = {"slack": 2.0, "scoring": 3.0}  # × DuckDB's CPU time (issue 17 item 3)
 DISCOVER_TARGET_SECONDS = 30.0
 COUNTED = "Message Sent"
-KINDS = ("duckdb", "slack", "slack_auto", "scoring", "scoring_auto", "floor_decode", "floor_duckdb", "floor_strict",
-         "floor_lists")
-FLOORS = (("floor_decode", "floor: msgspec typed decode of every line, nothing kept"),
-          ("floor_duckdb", "floor: DuckDB hands Python 5 fields per event"),
-          ("floor_strict", "floor: msgspec proves every line strict JSON, builds nothing"),
-          ("floor_lists", "floor: DuckDB hands Python per-account lists, checks nothing"))
 THRESHOLD = 2000
 
 # The equivalent of slack-messages' rule in SQL: every account's lifetime count of one event name and the time
@@ -58,7 +54,7 @@ THRESHOLD = 2000
 # else the message's context.groupId, else the user alone ("user:" + userId).
 QUERY = """
 WITH ev AS (
-    SELECT coalesce(groupId, context->>'groupId', 'user:' || userId) AS account, event, type,
+    SELECT {account} AS account, event, type,
            epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) AS ms
     FROM read_json(?, columns = {columns}, format = 'newline_delimited')
 ), counted AS (
@@ -70,6 +66,23 @@ FROM counted GROUP BY account ORDER BY account
 """
 COLUMNS = ("{'type': 'VARCHAR', 'event': 'VARCHAR', 'timestamp': 'VARCHAR', 'userId': 'VARCHAR', "
            "'groupId': 'VARCHAR', 'context': 'JSON'}")
+ACCOUNT = "coalesce(groupId, context->>'groupId', 'user:' || userId)"
+# the same file with the messageIds too, for the floors
+WITH_IDS = f"read_json(?, columns = {COLUMNS[:-1]}, 'messageId': 'VARCHAR'}}, format = 'newline_delimited')"
+
+
+@contextmanager
+def one_thread() -> Iterator[Any]:
+    """A DuckDB connection in memory, on one thread, in UTC."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET threads = 1")
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    finally:
+        con.close()
 
 
 def lifetime_and_crossing(
@@ -77,17 +90,10 @@ def lifetime_and_crossing(
 ) -> list[tuple[str, int, int | None]]:
     """DuckDB (one thread): (account, lifetime count of `event`, epoch ms of its `threshold`-th or None) for
     every account with at least one, sorted by account."""
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET threads = 1")
-        con.execute("SET TimeZone = 'UTC'")
+    with one_thread() as con:
         rows: list[tuple[str, int, int | None]] = con.execute(
-            QUERY.format(columns=COLUMNS), [str(path), event, threshold]
+            QUERY.format(account=ACCOUNT, columns=COLUMNS), [str(path), event, threshold]
         ).fetchall()
-    finally:
-        con.close()
     return rows
 
 
@@ -107,21 +113,14 @@ def floor_typed_decode(path: Path) -> int:
 def floor_duckdb_rows(path: Path) -> int:
     """DuckDB (one thread) reads the file and hands Python, per event, the fields a count rule reads
     (messageId, timestamp, user, account, event name), fetched and dropped. Returns the rows fetched."""
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET threads = 1")
+    with one_thread() as con:
         cursor = con.execute(
-            "SELECT messageId, \"timestamp\", userId, coalesce(groupId, context->>'groupId'), event "
-            f"FROM read_json(?, columns = {COLUMNS[:-1]}, 'messageId': 'VARCHAR'}}, format = 'newline_delimited')",
+            f"SELECT messageId, \"timestamp\", userId, coalesce(groupId, context->>'groupId'), event FROM {WITH_IDS}",
             [str(path)],
         )
         n = 0
         while rows := cursor.fetchmany(65_536):
             n += len(rows)
-    finally:
-        con.close()
     return n
 
 
@@ -148,22 +147,13 @@ def account_lists(path: Path, event: str = COUNTED) -> list[tuple[str, int, int,
     """DuckDB (one thread), checking no line: per account (sorted), its first and last event's epoch ms, its
     count of distinct messageIds (the dedupe), and the sorted times of `event` (None without one; redelivered
     copies included, which the fold drops): what a per-account fold of a count rule reads."""
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET threads = 1")
-        con.execute("SET TimeZone = 'UTC'")
+    with one_thread() as con:
         rows: list[tuple[str, int, int, int, list[int] | None]] = con.execute(
             "SELECT account, min(ms), max(ms), count(DISTINCT messageId), list(ms ORDER BY ms) FILTER (WHERE "
-            "type = 'track' AND event = ?) FROM (SELECT coalesce(groupId, context->>'groupId', 'user:' || userId) "
-            "AS account, messageId, type, event, epoch_ms(CAST(\"timestamp\" AS TIMESTAMPTZ)) AS ms "
-            f"FROM read_json(?, columns = {COLUMNS[:-1]}, 'messageId': 'VARCHAR'}}, format = 'newline_delimited')) "
-            "GROUP BY account ORDER BY account",
+            f"type = 'track' AND event = ?) FROM (SELECT {ACCOUNT} AS account, messageId, type, event, "
+            f"epoch_ms(CAST(\"timestamp\" AS TIMESTAMPTZ)) AS ms FROM {WITH_IDS}) GROUP BY account ORDER BY account",
             [event, str(path)],
         ).fetchall()
-    finally:
-        con.close()
     return rows
 
 
@@ -172,6 +162,15 @@ def floor_duckdb_lists(path: Path) -> int:
     account (the columnar engine gathers this and the trait events' lines, after proving every line).
     Returns the accounts fetched."""
     return len(account_lists(path))
+
+
+FLOORS = (
+    ("floor_decode", "floor: msgspec typed decode of every line, nothing kept", floor_typed_decode),
+    ("floor_duckdb", "floor: DuckDB hands Python 5 fields per event", floor_duckdb_rows),
+    ("floor_strict", "floor: msgspec proves every line strict JSON, builds nothing", floor_strict_json),
+    ("floor_lists", "floor: DuckDB hands Python per-account lists, checks nothing", floor_duckdb_lists),
+)
+KINDS = ("duckdb", "slack", "slack_auto", "scoring", "scoring_auto", *(kind for kind, _, _ in FLOORS))
 
 
 def answer_digest(run: Any) -> str:
@@ -194,9 +193,8 @@ def child(kind: str, path: Path) -> dict[str, Any]:
     if kind == "duckdb":
         rows, cpu, wall = _timed(lambda: lifetime_and_crossing(path))
         return {"cpu": cpu, "wall": wall, "accounts": len(rows), "crossed": sum(1 for r in rows if r[2] is not None)}
-    if kind.startswith("floor_"):
-        work = {"floor_decode": floor_typed_decode, "floor_duckdb": floor_duckdb_rows,
-                "floor_strict": floor_strict_json, "floor_lists": floor_duckdb_lists}[kind]
+    work = next((fn for floor, _, fn in FLOORS if floor == kind), None)
+    if work is not None:
         n, cpu, wall = _timed(lambda: work(path))
         return {"cpu": cpu, "wall": wall, "lines": n}
     if kind == "discover":
@@ -294,7 +292,7 @@ def main() -> int:
         print(f"  phases: read + validate {_span([r['read_validate'] for r in rs])} s · dedupe + sort + columns "
               f"{_span([r['sort'] for r in rs])} s · fold + evaluate {_span([r['fold'] for r in rs])} s")
         print(f"  {_span(ratios)}× DuckDB's CPU time")
-    for kind, what in FLOORS:
+    for kind, what, _ in FLOORS:
         rs = runs[kind]
         cpu = [r["cpu"] for r in rs]
         ratios = [c / d for c, d in zip(cpu, duck_cpu, strict=True)]

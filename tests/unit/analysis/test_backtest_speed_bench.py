@@ -71,10 +71,11 @@ def test_the_per_account_floor_gathers_what_the_fold_reads(tmp_path: Path) -> No
     for s in subjects:
         group = result.history.groups[s.account_id]
         first, last, distinct, times = lists[s.account_id]
+        times = times or []
         assert (first, last, distinct) == (s.first_ms, s.last_ms, len(group))
         counted = [r[0] for r in group if r[3] == "track" and r[6] == "Message Sent"]
-        assert sorted(times or []) == (times or []) and set(times or []) == set(counted)
-        copied += len(times or []) - len(counted)
+        assert sorted(times) == times and set(times) == set(counted)
+        copied += len(times) - len(counted)
     assert copied > 0
 
 
